@@ -1,0 +1,1 @@
+//! Data preparation: conversation files to validated, templated, masked, packed token shards.
