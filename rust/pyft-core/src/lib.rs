@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod data;
+pub mod parallel;
 pub mod error;
 
 pub use error::{Error, Result};

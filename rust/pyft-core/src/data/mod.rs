@@ -1,1 +1,6 @@
 //! Data preparation: conversation files to validated, templated, masked, packed token shards.
+
+pub mod read;
+pub mod formats;
+pub mod pack;
+pub mod mask;

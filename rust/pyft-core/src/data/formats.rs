@@ -1,0 +1,564 @@
+//! Input formats: detection, validation and conversion of raw JSON records into [`Example`]s.
+//!
+//! Supported (see the README for the exact shapes):
+//! - `alpaca`: `instruction`, optional `input`, `output`, optional `system` and `history`
+//!   (a list of `[question, answer]` pairs);
+//! - `sharegpt`: `conversations` of `{from, value}` (roles human/user, gpt/assistant, system,
+//!   tool/observation), optional top-level `system`;
+//! - `messages`: `messages` of `{role, content}` (system, user, assistant, tool), optional `tools`;
+//! - `text`: `text` (continued pre-training);
+//! - `preference`: `prompt` (optional when implicit), `chosen`, `rejected`, each a string or a
+//!   list of messages;
+//! - `kto`: `prompt`, `completion` (string or messages) and a boolean `label`.
+//!
+//! Every validation failure is an [`Error::Record`] naming the file, line and field.
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Location, Result};
+
+/// The record formats pyft reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// instruction / input / output.
+    Alpaca,
+    /// conversations of from / value.
+    Sharegpt,
+    /// messages of role / content.
+    Messages,
+    /// plain text for continued pre-training.
+    Text,
+    /// prompt + chosen + rejected.
+    Preference,
+    /// prompt + completion + boolean label.
+    Kto,
+}
+
+impl Format {
+    /// All formats, in detection priority order.
+    pub const ALL: [Format; 6] =
+        [Format::Messages, Format::Sharegpt, Format::Preference, Format::Kto, Format::Alpaca, Format::Text];
+
+    /// The format's name as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Alpaca => "alpaca",
+            Format::Sharegpt => "sharegpt",
+            Format::Messages => "messages",
+            Format::Text => "text",
+            Format::Preference => "preference",
+            Format::Kto => "kto",
+        }
+    }
+
+    /// Parse a format name.
+    pub fn from_name(name: &str) -> Result<Format> {
+        Format::ALL.into_iter().find(|f| f.name() == name).ok_or_else(|| {
+            Error::Option(format!(
+                "unknown format `{name}` (expected one of: {})",
+                Format::ALL.map(Format::name).join(", ")
+            ))
+        })
+    }
+
+    /// Guess the format of a record from its keys.
+    pub fn detect(record: &Value) -> Option<Format> {
+        let obj = record.as_object()?;
+        let has = |k: &str| obj.contains_key(k);
+        if has("messages") {
+            Some(Format::Messages)
+        } else if has("conversations") {
+            Some(Format::Sharegpt)
+        } else if has("chosen") && has("rejected") {
+            Some(Format::Preference)
+        } else if has("completion") && has("label") {
+            Some(Format::Kto)
+        } else if has("instruction") && has("output") {
+            Some(Format::Alpaca)
+        } else if has("text") {
+            Some(Format::Text)
+        } else {
+            None
+        }
+    }
+
+    /// The kind of training example this format produces.
+    pub fn kind(self) -> ExampleKind {
+        match self {
+            Format::Alpaca | Format::Sharegpt | Format::Messages => ExampleKind::Chat,
+            Format::Text => ExampleKind::Text,
+            Format::Preference => ExampleKind::Preference,
+            Format::Kto => ExampleKind::Kto,
+        }
+    }
+}
+
+/// What an output directory holds; all inputs of one `prepare` call must agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExampleKind {
+    /// Conversations for supervised fine-tuning.
+    Chat,
+    /// Plain text for continued pre-training.
+    Text,
+    /// Paired preferences (DPO, ORPO, SimPO, reward models).
+    Preference,
+    /// Unpaired binary feedback (KTO).
+    Kto,
+}
+
+impl ExampleKind {
+    /// The name written to `meta.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExampleKind::Chat => "chat",
+            ExampleKind::Text => "text",
+            ExampleKind::Preference => "preference",
+            ExampleKind::Kto => "kto",
+        }
+    }
+}
+
+/// A prompt or completion: plain text, or a list of chat messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    /// Plain text, tokenized without a chat template.
+    Text(String),
+    /// A JSON array of `{role, content, ...}` messages.
+    Messages(Value),
+}
+
+/// One validated training example.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Example {
+    /// A conversation: a JSON array of `{role, content, ...}` objects, plus optional extra
+    /// template variables (e.g. `tools`).
+    Chat {
+        /// The messages, normalized to `role`/`content` keys.
+        messages: Value,
+        /// Extra template variables from the record (`tools`).
+        extra: Option<Map<String, Value>>,
+    },
+    /// Plain text.
+    Text(String),
+    /// A preference pair.
+    Preference {
+        /// The shared prompt.
+        prompt: Part,
+        /// The preferred completion.
+        chosen: Part,
+        /// The dispreferred completion.
+        rejected: Part,
+    },
+    /// Unpaired feedback.
+    Kto {
+        /// The prompt.
+        prompt: Part,
+        /// The completion.
+        completion: Part,
+        /// Whether the completion is desirable.
+        label: bool,
+    },
+}
+
+impl Example {
+    /// A canonical string for exact-duplicate detection.
+    pub fn canonical(&self) -> String {
+        fn part(p: &Part) -> Value {
+            match p {
+                Part::Text(t) => Value::String(t.clone()),
+                Part::Messages(m) => m.clone(),
+            }
+        }
+        let v = match self {
+            Example::Chat { messages, extra } => serde_json::json!(["chat", messages, extra]),
+            Example::Text(t) => serde_json::json!(["text", t]),
+            Example::Preference { prompt, chosen, rejected } => {
+                serde_json::json!(["pref", part(prompt), part(chosen), part(rejected)])
+            }
+            Example::Kto { prompt, completion, label } => {
+                serde_json::json!(["kto", part(prompt), part(completion), label])
+            }
+        };
+        v.to_string()
+    }
+}
+
+struct Ctx<'a> {
+    location: &'a Location,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::Record { location: self.location.clone(), field: Some(field.into()), message: message.into() }
+    }
+
+    fn err_record(&self, message: impl Into<String>) -> Error {
+        Error::Record { location: self.location.clone(), field: None, message: message.into() }
+    }
+
+    fn required<'v>(&self, obj: &'v Map<String, Value>, key: &str) -> Result<&'v Value> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Err(self.err(key, "missing")),
+            Some(v) => Ok(v),
+        }
+    }
+
+    /// A required, non-blank string at `path`.
+    fn text<'v>(&self, v: &'v Value, path: &str) -> Result<&'v str> {
+        match v {
+            Value::String(s) if s.trim().is_empty() => Err(self.err(path, "empty")),
+            Value::String(s) => Ok(s),
+            other => Err(self.err(path, format!("expected a string, got {}", type_name(other)))),
+        }
+    }
+
+    fn optional_text<'v>(&self, obj: &'v Map<String, Value>, key: &str) -> Result<Option<&'v str>> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.err(key, format!("expected a string, got {}", type_name(other)))),
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+const CHAT_ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
+fn message(role: &str, content: &str) -> Value {
+    serde_json::json!({"role": role, "content": content})
+}
+
+/// Convert `record` (read from `location`) in format `format` into an [`Example`].
+pub fn convert(record: &Value, format: Format, location: &Location) -> Result<Example> {
+    let ctx = Ctx { location };
+    let obj = record
+        .as_object()
+        .ok_or_else(|| ctx.err_record(format!("expected a JSON object, got {}", type_name(record))))?;
+    match format {
+        Format::Messages => convert_messages(&ctx, obj),
+        Format::Sharegpt => convert_sharegpt(&ctx, obj),
+        Format::Alpaca => convert_alpaca(&ctx, obj),
+        Format::Text => Ok(Example::Text(ctx.text(ctx.required(obj, "text")?, "text")?.to_string())),
+        Format::Preference => convert_preference(&ctx, obj),
+        Format::Kto => convert_kto(&ctx, obj),
+    }
+}
+
+/// Validate a list of `{role, content}` messages at `path`; returns the normalized array.
+fn validate_messages(ctx: &Ctx, v: &Value, path: &str, need_assistant: bool) -> Result<Value> {
+    let items = v.as_array().ok_or_else(|| ctx.err(path, format!("expected a list of messages, got {}", type_name(v))))?;
+    if items.is_empty() {
+        return Err(ctx.err(path, "empty"));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        let here = format!("{path}[{i}]");
+        let obj = m
+            .as_object()
+            .ok_or_else(|| ctx.err(&here, format!("expected a message object, got {}", type_name(m))))?;
+        let role = match obj.get("role") {
+            None | Some(Value::Null) => return Err(ctx.err(format!("{here}.role"), "missing")),
+            Some(Value::String(r)) => r.as_str(),
+            Some(other) => return Err(ctx.err(format!("{here}.role"), format!("expected a string, got {}", type_name(other)))),
+        };
+        if !CHAT_ROLES.contains(&role) {
+            return Err(ctx.err(
+                format!("{here}.role"),
+                format!("unknown role `{role}` (expected one of: {})", CHAT_ROLES.join(", ")),
+            ));
+        }
+        let has_tool_calls = obj.get("tool_calls").is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()));
+        match obj.get("content") {
+            Some(Value::String(s)) if !s.trim().is_empty() => {}
+            None | Some(Value::Null) if has_tool_calls => {}
+            Some(Value::String(_)) if has_tool_calls => {}
+            None | Some(Value::Null) => return Err(ctx.err(format!("{here}.content"), "missing")),
+            Some(Value::String(_)) => return Err(ctx.err(format!("{here}.content"), "empty")),
+            Some(other) => {
+                return Err(ctx.err(format!("{here}.content"), format!("expected a string, got {}", type_name(other))))
+            }
+        }
+        out.push(m.clone());
+    }
+    if need_assistant && !out.iter().any(|m| m["role"] == "assistant") {
+        return Err(ctx.err(path, "no assistant turn: nothing to train on"));
+    }
+    Ok(Value::Array(out))
+}
+
+fn convert_messages(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
+    let messages = validate_messages(ctx, ctx.required(obj, "messages")?, "messages", true)?;
+    let extra = match obj.get("tools") {
+        None | Some(Value::Null) => None,
+        Some(tools @ Value::Array(_)) => Some(Map::from_iter([("tools".to_string(), tools.clone())])),
+        Some(Value::String(s)) => {
+            let parsed: Value = serde_json::from_str(s).map_err(|e| ctx.err("tools", format!("not valid JSON: {e}")))?;
+            Some(Map::from_iter([("tools".to_string(), parsed)]))
+        }
+        Some(other) => return Err(ctx.err("tools", format!("expected a list, got {}", type_name(other)))),
+    };
+    Ok(Example::Chat { messages, extra })
+}
+
+fn sharegpt_role(from: &str) -> Option<&'static str> {
+    match from {
+        "human" | "user" => Some("user"),
+        "gpt" | "assistant" | "model" => Some("assistant"),
+        "system" => Some("system"),
+        "tool" | "observation" | "function_response" => Some("tool"),
+        _ => None,
+    }
+}
+
+fn convert_sharegpt(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
+    let turns_v = ctx.required(obj, "conversations")?;
+    let turns = turns_v
+        .as_array()
+        .ok_or_else(|| ctx.err("conversations", format!("expected a list, got {}", type_name(turns_v))))?;
+    if turns.is_empty() {
+        return Err(ctx.err("conversations", "empty"));
+    }
+    let mut messages = Vec::with_capacity(turns.len() + 1);
+    if let Some(system) = ctx.optional_text(obj, "system")? {
+        if !system.trim().is_empty() {
+            messages.push(message("system", system));
+        }
+    }
+    for (i, t) in turns.iter().enumerate() {
+        let here = format!("conversations[{i}]");
+        let t = t.as_object().ok_or_else(|| ctx.err(&here, format!("expected an object, got {}", type_name(t))))?;
+        let from_v = t.get("from").ok_or_else(|| ctx.err(format!("{here}.from"), "missing"))?;
+        let from = from_v
+            .as_str()
+            .ok_or_else(|| ctx.err(format!("{here}.from"), format!("expected a string, got {}", type_name(from_v))))?;
+        let role = sharegpt_role(from).ok_or_else(|| {
+            ctx.err(
+                format!("{here}.from"),
+                format!("unknown role `{from}` (expected human, user, gpt, assistant, system, tool or observation)"),
+            )
+        })?;
+        let value = t.get("value").ok_or_else(|| ctx.err(format!("{here}.value"), "missing"))?;
+        messages.push(message(role, ctx.text(value, &format!("{here}.value"))?));
+    }
+    if !messages.iter().any(|m| m["role"] == "assistant") {
+        return Err(ctx.err("conversations", "no assistant turn (`gpt`): nothing to train on"));
+    }
+    Ok(Example::Chat { messages: Value::Array(messages), extra: None })
+}
+
+fn convert_alpaca(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
+    let instruction = ctx.text(ctx.required(obj, "instruction")?, "instruction")?;
+    let input = ctx.optional_text(obj, "input")?.unwrap_or("");
+    let output = ctx.text(ctx.required(obj, "output")?, "output")?;
+    let mut messages = Vec::new();
+    if let Some(system) = ctx.optional_text(obj, "system")? {
+        if !system.trim().is_empty() {
+            messages.push(message("system", system));
+        }
+    }
+    if let Some(history) = obj.get("history").filter(|h| !h.is_null()) {
+        let pairs = history.as_array().ok_or_else(|| ctx.err("history", "expected a list of [question, answer] pairs"))?;
+        for (i, pair) in pairs.iter().enumerate() {
+            let here = format!("history[{i}]");
+            let qa = pair.as_array().filter(|a| a.len() == 2).ok_or_else(|| {
+                ctx.err(&here, "expected a [question, answer] pair")
+            })?;
+            messages.push(message("user", ctx.text(&qa[0], &format!("{here}[0]"))?));
+            messages.push(message("assistant", ctx.text(&qa[1], &format!("{here}[1]"))?));
+        }
+    }
+    let user = if input.trim().is_empty() { instruction.to_string() } else { format!("{instruction}\n{input}") };
+    messages.push(message("user", &user));
+    messages.push(message("assistant", output));
+    Ok(Example::Chat { messages: Value::Array(messages), extra: None })
+}
+
+/// A prompt or completion that may be a string or a list of messages.
+fn part(ctx: &Ctx, obj: &Map<String, Value>, key: &str, need_assistant: bool) -> Result<Part> {
+    let v = ctx.required(obj, key)?;
+    match v {
+        Value::String(_) => Ok(Part::Text(ctx.text(v, key)?.to_string())),
+        Value::Array(_) => Ok(Part::Messages(validate_messages(ctx, v, key, need_assistant)?)),
+        other => Err(ctx.err(key, format!("expected a string or a list of messages, got {}", type_name(other)))),
+    }
+}
+
+fn convert_preference(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
+    let chosen = part(ctx, obj, "chosen", false)?;
+    let rejected = part(ctx, obj, "rejected", false)?;
+    let (prompt, chosen, rejected) = match obj.get("prompt").filter(|p| !p.is_null()) {
+        Some(_) => (part(ctx, obj, "prompt", false)?, chosen, rejected),
+        None => split_implicit_prompt(ctx, chosen, rejected)?,
+    };
+    match (&prompt, &chosen, &rejected) {
+        (Part::Text(_), Part::Text(_), Part::Text(_)) | (Part::Messages(_), Part::Messages(_), Part::Messages(_)) => {}
+        _ => return Err(ctx.err_record("`prompt`, `chosen` and `rejected` must all be strings or all be message lists")),
+    }
+    if chosen == rejected {
+        return Err(ctx.err("rejected", "identical to `chosen`: the pair carries no preference"));
+    }
+    for (key, p) in [("chosen", &chosen), ("rejected", &rejected)] {
+        if let Part::Messages(m) = p {
+            if !m.as_array().is_some_and(|a| a.iter().any(|m| m["role"] == "assistant")) {
+                return Err(ctx.err(key, "no assistant message: empty completion"));
+            }
+        }
+    }
+    Ok(Example::Preference { prompt, chosen, rejected })
+}
+
+/// TRL's implicit-prompt convention: the longest common leading run of messages is the prompt.
+fn split_implicit_prompt(ctx: &Ctx, chosen: Part, rejected: Part) -> Result<(Part, Part, Part)> {
+    let (Part::Messages(c), Part::Messages(r)) = (&chosen, &rejected) else {
+        return Err(ctx.err("prompt", "missing (an implicit prompt needs `chosen` and `rejected` as message lists)"));
+    };
+    let (c, r) = (c.as_array().expect("validated"), r.as_array().expect("validated"));
+    let common = c.iter().zip(r).take_while(|(a, b)| a == b).count();
+    if common == 0 {
+        return Err(ctx.err("prompt", "missing, and `chosen` and `rejected` share no leading messages"));
+    }
+    let prompt = Value::Array(c[..common].to_vec());
+    let (c_rest, r_rest) = (&c[common..], &r[common..]);
+    if c_rest.is_empty() {
+        return Err(ctx.err("chosen", "empty completion after the shared prompt"));
+    }
+    if r_rest.is_empty() {
+        return Err(ctx.err("rejected", "empty completion after the shared prompt"));
+    }
+    Ok((Part::Messages(prompt), Part::Messages(Value::Array(c_rest.to_vec())), Part::Messages(Value::Array(r_rest.to_vec()))))
+}
+
+fn convert_kto(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
+    let prompt = part(ctx, obj, "prompt", false)?;
+    let completion = part(ctx, obj, "completion", false)?;
+    let label = match ctx.required(obj, "label")? {
+        Value::Bool(b) => *b,
+        other => return Err(ctx.err("label", format!("expected true or false, got {other}"))),
+    };
+    if matches!(&prompt, Part::Text(_)) != matches!(&completion, Part::Text(_)) {
+        return Err(ctx.err_record("`prompt` and `completion` must both be strings or both be message lists"));
+    }
+    if let Part::Messages(m) = &completion {
+        if !m.as_array().is_some_and(|a| a.iter().any(|m| m["role"] == "assistant")) {
+            return Err(ctx.err("completion", "no assistant message: empty completion"));
+        }
+    }
+    Ok(Example::Kto { prompt, completion, label })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn loc() -> Location {
+        Location { file: "d.jsonl".into(), line: 7 }
+    }
+
+    fn err(v: Value, f: Format) -> String {
+        convert(&v, f, &loc()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn detects_formats() {
+        assert_eq!(Format::detect(&json!({"messages": []})), Some(Format::Messages));
+        assert_eq!(Format::detect(&json!({"conversations": []})), Some(Format::Sharegpt));
+        assert_eq!(Format::detect(&json!({"instruction": "a", "output": "b"})), Some(Format::Alpaca));
+        assert_eq!(Format::detect(&json!({"prompt": "a", "chosen": "b", "rejected": "c"})), Some(Format::Preference));
+        assert_eq!(Format::detect(&json!({"prompt": "a", "completion": "b", "label": true})), Some(Format::Kto));
+        assert_eq!(Format::detect(&json!({"text": "a"})), Some(Format::Text));
+        assert_eq!(Format::detect(&json!({"foo": "a"})), None);
+    }
+
+    #[test]
+    fn alpaca_becomes_messages() {
+        let ex = convert(
+            &json!({"instruction": "Add", "input": "2 and 3", "output": "5", "system": "Be brief.",
+                    "history": [["hi", "hello"]]}),
+            Format::Alpaca,
+            &loc(),
+        )
+        .unwrap();
+        let Example::Chat { messages, .. } = ex else { panic!() };
+        assert_eq!(
+            messages,
+            json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "hello"}, {"role": "user", "content": "Add\n2 and 3"},
+                   {"role": "assistant", "content": "5"}])
+        );
+    }
+
+    #[test]
+    fn sharegpt_roles_map() {
+        let ex = convert(
+            &json!({"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}),
+            Format::Sharegpt,
+            &loc(),
+        )
+        .unwrap();
+        let Example::Chat { messages, .. } = ex else { panic!() };
+        assert_eq!(messages[2], json!({"role": "assistant", "content": "A"}));
+    }
+
+    #[test]
+    fn validation_messages_name_file_line_field() {
+        assert_eq!(
+            err(json!({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}), Format::Messages),
+            "d.jsonl:7: field `messages[1].role`: unknown role `bot` (expected one of: system, user, assistant, tool)"
+        );
+        assert_eq!(
+            err(json!({"messages": [{"role": "user", "content": "hi"}]}), Format::Messages),
+            "d.jsonl:7: field `messages`: no assistant turn: nothing to train on"
+        );
+        assert_eq!(
+            err(json!({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}), Format::Messages),
+            "d.jsonl:7: field `messages[0].content`: empty"
+        );
+        assert_eq!(err(json!({"instruction": "x"}), Format::Alpaca), "d.jsonl:7: field `output`: missing");
+        assert_eq!(
+            err(json!({"conversations": [{"from": "robot", "value": "x"}]}), Format::Sharegpt),
+            "d.jsonl:7: field `conversations[0].from`: unknown role `robot` (expected human, user, gpt, assistant, system, tool or observation)"
+        );
+        assert_eq!(err(json!({"text": 3}), Format::Text), "d.jsonl:7: field `text`: expected a string, got a number");
+        assert_eq!(err(json!([1]), Format::Text), "d.jsonl:7: expected a JSON object, got an array");
+    }
+
+    #[test]
+    fn preference_checks() {
+        assert_eq!(
+            err(json!({"prompt": "p", "chosen": "same", "rejected": "same"}), Format::Preference),
+            "d.jsonl:7: field `rejected`: identical to `chosen`: the pair carries no preference"
+        );
+        assert_eq!(err(json!({"prompt": "p", "chosen": "", "rejected": "r"}), Format::Preference), "d.jsonl:7: field `chosen`: empty");
+        assert_eq!(err(json!({"prompt": "p", "chosen": "c"}), Format::Preference), "d.jsonl:7: field `rejected`: missing");
+        let implicit = convert(
+            &json!({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
+                    "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}]}),
+            Format::Preference,
+            &loc(),
+        )
+        .unwrap();
+        let Example::Preference { prompt, chosen, .. } = implicit else { panic!() };
+        assert_eq!(prompt, Part::Messages(json!([{"role": "user", "content": "q"}])));
+        assert_eq!(chosen, Part::Messages(json!([{"role": "assistant", "content": "good"}])));
+    }
+
+    #[test]
+    fn kto_label_must_be_boolean() {
+        assert_eq!(
+            err(json!({"prompt": "p", "completion": "c", "label": "yes"}), Format::Kto),
+            "d.jsonl:7: field `label`: expected true or false, got \"yes\""
+        );
+        assert!(convert(&json!({"prompt": "p", "completion": "c", "label": false}), Format::Kto, &loc()).is_ok());
+    }
+}
