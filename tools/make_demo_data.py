@@ -1,12 +1,12 @@
 """Generate the bundled demo dataset, ``pyft/data/demo/demo.jsonl``.
 
-The dataset is meant to be learned by a *tiny, randomly initialised* causal LM in a couple of minutes on CPU, so
-every task family answers in one fixed, short template ("The capital of X is Y.", "7 plus 5 is 12.", ...). Only
-the questions vary in phrasing. About 15 % of the records are multi-turn (follow-ups refer back to the previous
-answer), about 20 % carry a system prompt, and a handful contain non-ASCII text so that byte-level tokenization of
-accents, CJK and emoji is exercised.
+The dataset is meant to be learned by a *tiny, randomly initialised* causal LM in a couple of minutes on CPU,
+so every task family answers in one fixed, short template ("The capital of X is Y.", "7 plus 5 is 12.", ...).
+Only the questions vary in phrasing. About 15 % of the records are multi-turn (follow-ups refer back to the
+previous answer), about 20 % carry a system prompt, and a handful contain non-ASCII text so that byte-level
+tokenization of accents, CJK and emoji is exercised.
 
-Everything here was written for pyft; the facts are checked by the assertions below. The output is deterministic
+Everything here was written for pyft; the fact tables are checked by `_check_facts`. The output is deterministic
 (fixed seed, no dict/set iteration order dependence), so running::
 
     python3 tools/make_demo_data.py          # rewrite the file
@@ -49,9 +49,9 @@ SYSTEM_PROMPTS = [
     "Answer the question directly and accurately.",
 ]
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Facts. Items listed in HELD_OUT_* never appear in demo.jsonl, so they can be used as unseen prompts.
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 CAPITALS: list[tuple[str, str]] = [
     ("France", "Paris"),
@@ -333,10 +333,9 @@ def _check_facts() -> None:
         assert factor > 1
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Task families. Each `ask_*` returns one (question, answer) pair; each family function returns a list of
-# messages (user/assistant alternating) with `turns` exchanges.
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
+# Task families. Each family function returns `turns` user/assistant exchanges as a list of messages.
+# ------------------------------------------------------------------------------------------------------------
 
 Messages = list[dict[str, str]]
 
@@ -505,7 +504,8 @@ def uppercase(rng: DeckRandom, turns: int) -> Messages:
             out += [_user(rng.choice(first).format(p=p)), _assistant(f'"{p}" in uppercase is "{upper}".')]
         elif i == 1 and rng.random() < 0.4:
             prev = phrases[0]
-            out += [_user("Now make it lowercase."), _assistant(f'"{prev.upper()}" in lowercase is "{prev}".')]
+            answer = f'"{prev.upper()}" in lowercase is "{prev}".'
+            out += [_user("Now make it lowercase."), _assistant(answer)]
         else:
             out += [_user(f'And "{p}"?'), _assistant(f'"{p}" in uppercase is "{upper}".')]
     return out
@@ -562,7 +562,12 @@ def _capitalise(text: str) -> str:
 
 
 def colours(rng: DeckRandom, turns: int) -> Messages:
-    first = ["What colour is {x}?", "What color is {x}?", "Which colour is {x}?", "Tell me the colour of {x}."]
+    first = [
+        "What colour is {x}?",
+        "What color is {x}?",
+        "Which colour is {x}?",
+        "Tell me the colour of {x}.",
+    ]
     follow = ["And {x}?", "What about {x}?"]
     out: Messages = []
     for i, (x, c) in enumerate(rng.draw(COLOURS, turns)):
@@ -654,7 +659,7 @@ TASK_FAMILIES: list[Callable[[DeckRandom, int], Messages]] = []  # filled below,
 
 def greetings(rng: DeckRandom, turns: int) -> Messages:
     if turns == 1:
-        pool = GREETINGS_EN + THANKS_EN + BYE_EN  # equal content gives the same deck: decks are keyed by value
+        pool = GREETINGS_EN + THANKS_EN + BYE_EN  # a fresh list, but decks are keyed by value
         # About three in ten single-turn greetings are non-English or carry an emoji.
         user, reply = rng.draw(GREETINGS_INTL if rng.random() < 0.3 else pool, 1)[0]
         return [_user(user), _assistant(reply)]
@@ -683,9 +688,9 @@ FAMILIES: dict[str, Callable[[DeckRandom, int], Messages]] = {
 TASK_FAMILIES.extend(fn for name, fn in FAMILIES.items() if name != "greetings")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Assembly and validation.
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def build(seed: int = SEED) -> list[tuple[str, dict]]:
@@ -761,8 +766,8 @@ def main(argv: list[str] | None = None) -> int:
         validate(record)
     text = render(records)
     if args.check:
-        current = args.out.read_text(encoding="utf-8") if args.out.exists() else None
-        if current != text:
+        current = args.out.read_bytes() if args.out.exists() else None
+        if current != text.encode("utf-8"):
             print(f"{args.out} is out of date; run python3 tools/make_demo_data.py", file=sys.stderr)
             return 1
         print(f"{args.out} is up to date ({len(records)} records)")

@@ -4,3 +4,6 @@ pub mod read;
 pub mod formats;
 pub mod pack;
 pub mod mask;
+pub mod shards;
+pub mod progress;
+pub mod split;

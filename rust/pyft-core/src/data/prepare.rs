@@ -1,0 +1,839 @@
+//! `prepare`: input files → validated, templated, tokenized, masked, (packed) token shards.
+//!
+//! Steps: read every file in parallel; detect or force the format; validate and convert each
+//! record; drop exact duplicates; mix in general data; split train/validation deterministically;
+//! encode (template + tokenizer + mask) in parallel; apply the length policy; pack; write shards
+//! and `meta.json` into a staging directory that replaces the output only when complete.
+//! With `on_error = fail` any bad record aborts before anything is written.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::data::encode::{Encoded, Encoder, MaskMethod, TrainOn, IGNORE_INDEX};
+use crate::data::formats::{convert, Example, ExampleKind, Format};
+use crate::data::pack::pack_bfd;
+use crate::data::progress::Progress;
+use crate::data::read::{read_file, RawRecord};
+use crate::data::shards::{to_i32, ShardColumns, ShardInfo, StagingDir};
+use crate::data::split::{sample_without_replacement, split_indices};
+use crate::data::template::{ChatTemplate, SpecialTokens};
+use crate::data::tokenize::Tokenizer;
+use crate::error::{Error, Location, Result};
+
+/// Version of the output layout written to `meta.json`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where the chat template comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateChoice {
+    /// The tokenizer's own `chat_template` (default).
+    Tokenizer,
+    /// A built-in template by name (`chatml`, `llama3`, `alpaca`, ...).
+    Builtin(String),
+    /// A Jinja file.
+    File(PathBuf),
+}
+
+impl TemplateChoice {
+    /// `tokenizer`, a built-in name, or else a path to a Jinja file.
+    pub fn parse(s: &str) -> TemplateChoice {
+        if s == "tokenizer" || s.is_empty() {
+            TemplateChoice::Tokenizer
+        } else if ChatTemplate::builtin_source(s).is_some() {
+            TemplateChoice::Builtin(s.to_string())
+        } else {
+            TemplateChoice::File(PathBuf::from(s))
+        }
+    }
+}
+
+/// What to do with sequences longer than `max_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlong {
+    /// Drop the example.
+    Drop,
+    /// Keep the first `max_len` tokens (preference/KTO: keep the end of the prompt).
+    Truncate,
+    /// Cut into `max_len` pieces, each its own document (chat/text only).
+    Split,
+}
+
+impl Overlong {
+    /// Parse `drop`, `truncate` or `split`.
+    pub fn from_name(name: &str) -> Result<Overlong> {
+        match name {
+            "drop" => Ok(Overlong::Drop),
+            "truncate" => Ok(Overlong::Truncate),
+            "split" => Ok(Overlong::Split),
+            _ => Err(Error::Option(format!("unknown overlong policy `{name}` (expected drop, truncate or split)"))),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Overlong::Drop => "drop",
+            Overlong::Truncate => "truncate",
+            Overlong::Split => "split",
+        }
+    }
+}
+
+/// Options of [`prepare`]; see `pyft data prepare --help` for the user-facing description.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// Task data files.
+    pub inputs: Vec<PathBuf>,
+    /// General data mixed into the training split: `(file, ratio)`, where `ratio` in (0, 1) is the
+    /// share of the final training examples that come from that file.
+    pub mix: Vec<(PathBuf, f64)>,
+    /// A tokenizer directory (tokenizer.json + tokenizer_config.json) or a tokenizer.json file.
+    pub tokenizer: PathBuf,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Force a format instead of detecting it per file.
+    pub format: Option<Format>,
+    /// Chat template source.
+    pub template: TemplateChoice,
+    /// Loss mask policy for chat data.
+    pub train_on: TrainOn,
+    /// Maximum sequence length in tokens (also the packed row length).
+    pub max_len: usize,
+    /// Policy for longer sequences.
+    pub overlong: Overlong,
+    /// Pack sequences with best-fit-decreasing.
+    pub pack: bool,
+    /// Drop invalid records (true) or fail on the first one (false, default).
+    pub skip_invalid: bool,
+    /// Drop exact duplicates.
+    pub dedup: bool,
+    /// Share of examples held out for validation, in [0, 1).
+    pub val_ratio: f64,
+    /// Seed for the split and the mixing sample.
+    pub seed: u64,
+    /// System prompt added to conversations that have none.
+    pub system_prompt: Option<String>,
+    /// Tokens per shard file (rows are never split across shards).
+    pub shard_tokens: usize,
+    /// Replace an existing output directory.
+    pub overwrite: bool,
+    /// Show a progress line on stderr.
+    pub progress: bool,
+}
+
+impl PrepareOptions {
+    /// Options with the defaults for everything but inputs, tokenizer and output.
+    pub fn new(inputs: Vec<PathBuf>, tokenizer: PathBuf, out_dir: PathBuf) -> PrepareOptions {
+        PrepareOptions {
+            inputs,
+            mix: Vec::new(),
+            tokenizer,
+            out_dir,
+            format: None,
+            template: TemplateChoice::Tokenizer,
+            train_on: TrainOn::Assistant,
+            max_len: 2048,
+            overlong: Overlong::Truncate,
+            pack: false,
+            skip_invalid: false,
+            dedup: false,
+            val_ratio: 0.0,
+            seed: 42,
+            system_prompt: None,
+            shard_tokens: 1 << 26,
+            overwrite: false,
+            progress: false,
+        }
+    }
+}
+
+/// A loaded tokenizer directory: tokenizer, special tokens, chat template and a content hash.
+pub struct TokenizerBundle {
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Special tokens from tokenizer_config.json.
+    pub special: SpecialTokens,
+    /// The tokenizer's chat template, if any.
+    pub template: Option<ChatTemplate>,
+    /// SHA-256 of tokenizer.json, hex.
+    pub sha256: String,
+}
+
+/// Load `path` (a directory or a tokenizer.json file).
+pub fn load_tokenizer(path: &Path) -> Result<TokenizerBundle> {
+    let (dir, file) = if path.is_dir() { (path.to_path_buf(), path.join("tokenizer.json")) } else {
+        (path.parent().map(Path::to_path_buf).unwrap_or_default(), path.to_path_buf())
+    };
+    if !file.is_file() {
+        return Err(Error::Tokenizer(format!("{}: no tokenizer.json found", path.display())));
+    }
+    let json = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+    let tokenizer = Tokenizer::from_json(&json).map_err(|e| Error::Tokenizer(format!("{}: {e}", file.display())))?;
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg: Value = if cfg_path.is_file() {
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::File { path: cfg_path.clone(), message: format!("malformed JSON: {e}") })?
+    } else {
+        Value::Object(Default::default())
+    };
+    let special = SpecialTokens::from_tokenizer_config(&cfg);
+    let template = ChatTemplate::from_tokenizer_dir(&dir)?;
+    Ok(TokenizerBundle { tokenizer, special, template, sha256: hex_sha256(json.as_bytes()) })
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A record that made it through conversion, with its origin.
+struct Item {
+    location: Location,
+    example: Example,
+    from_mix: bool,
+}
+
+/// Counters for `meta.json`.
+#[derive(Default)]
+struct Counts {
+    read: usize,
+    invalid: usize,
+    duplicate: usize,
+    overlong_dropped: usize,
+    truncated: usize,
+    split: usize,
+    no_trainable: usize,
+    mix_requested: BTreeMap<String, (usize, usize)>,
+}
+
+/// One encoded document ready for writing.
+enum Doc {
+    Seq { ids: Vec<u32>, labels: Vec<i32> },
+    Pair { prompt: Vec<u32>, chosen: Vec<u32>, rejected: Vec<u32> },
+    Kto { prompt: Vec<u32>, completion: Vec<u32>, label: bool },
+}
+
+impl Doc {
+    fn tokens(&self) -> usize {
+        match self {
+            Doc::Seq { ids, .. } => ids.len(),
+            Doc::Pair { prompt, chosen, rejected } => prompt.len() + chosen.len() + rejected.len(),
+            Doc::Kto { prompt, completion, .. } => prompt.len() + completion.len(),
+        }
+    }
+
+    fn trainable(&self) -> usize {
+        match self {
+            Doc::Seq { labels, .. } => labels.iter().filter(|&&l| l != IGNORE_INDEX).count(),
+            Doc::Pair { chosen, rejected, .. } => chosen.len() + rejected.len(),
+            Doc::Kto { completion, .. } => completion.len(),
+        }
+    }
+}
+
+/// Run the whole pipeline. Returns the `meta.json` content.
+pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
+    validate_options(opts)?;
+    let bundle = load_tokenizer(&opts.tokenizer)?;
+    let (template, template_name) = match &opts.template {
+        TemplateChoice::Tokenizer => (bundle.template.clone(), "tokenizer".to_string()),
+        TemplateChoice::Builtin(name) => (Some(ChatTemplate::builtin(name)?), name.clone()),
+        TemplateChoice::File(path) => {
+            let src = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let t = ChatTemplate::new(&src).map_err(|e| Error::Template(format!("{}: {e}", path.display())))?;
+            (Some(t), path.display().to_string())
+        }
+    };
+    let mut counts = Counts::default();
+    let mut problems: Vec<Error> = Vec::new();
+
+    // 1-2. Read, detect, convert.
+    let mut inputs_meta = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
+    let mut mix_items: Vec<(usize, Vec<Item>)> = Vec::new();
+    let mut kind: Option<(ExampleKind, PathBuf)> = None;
+    let all_files: Vec<(PathBuf, Option<usize>)> = opts
+        .inputs
+        .iter()
+        .map(|p| (p.clone(), None))
+        .chain(opts.mix.iter().enumerate().map(|(i, (p, _))| (p.clone(), Some(i))))
+        .collect();
+    for (path, mix_idx) in &all_files {
+        let read = read_file(path)?;
+        counts.read += read.records.len() + read.problems.len();
+        counts.invalid += read.problems.len();
+        problems.extend(read.problems);
+        let format = match opts.format {
+            Some(f) => f,
+            None => detect_file_format(path, &read.records)?,
+        };
+        match &kind {
+            None => kind = Some((format.kind(), path.clone())),
+            Some((k, first)) if *k != format.kind() => {
+                return Err(Error::File {
+                    path: path.clone(),
+                    message: format!(
+                        "holds {} data but {} holds {} data; prepare them into separate outputs",
+                        format.kind().name(),
+                        first.display(),
+                        k.name()
+                    ),
+                })
+            }
+            _ => {}
+        }
+        let converted = crate::parallel::map(&read.records, |r: &RawRecord| convert(&r.value, format, &r.location));
+        let mut file_items = Vec::new();
+        for (rec, res) in read.records.iter().zip(converted) {
+            match res {
+                Ok(example) => file_items.push(Item { location: rec.location.clone(), example, from_mix: mix_idx.is_some() }),
+                Err(e) => {
+                    counts.invalid += 1;
+                    problems.push(e);
+                }
+            }
+        }
+        inputs_meta.push(json!({"path": path.display().to_string(), "format": format.name(),
+                                "records": file_items.len(), "mix": mix_idx.map(|i| opts.mix[i].1)}));
+        match mix_idx {
+            None => items.extend(file_items),
+            Some(i) => mix_items.push((*i, file_items)),
+        }
+    }
+    let kind = kind.map(|(k, _)| k).unwrap_or(ExampleKind::Chat);
+    if !problems.is_empty() && !opts.skip_invalid {
+        return Err(invalid(problems));
+    }
+
+    // 3. Default system prompt, dedup.
+    if let Some(system) = &opts.system_prompt {
+        for it in items.iter_mut().chain(mix_items.iter_mut().flat_map(|(_, v)| v.iter_mut())) {
+            add_system_prompt(&mut it.example, system);
+        }
+    }
+    if opts.dedup {
+        let mut seen = std::collections::HashSet::new();
+        let mut keep = |it: &Item| seen.insert(it.example.canonical());
+        let before = items.len() + mix_items.iter().map(|(_, v)| v.len()).sum::<usize>();
+        items.retain(&mut keep);
+        for (_, v) in mix_items.iter_mut() {
+            v.retain(&mut keep);
+        }
+        counts.duplicate = before - items.len() - mix_items.iter().map(|(_, v)| v.len()).sum::<usize>();
+    }
+
+    // 4. Split the task data, then mix general data into the training side.
+    let (train_idx, val_idx) = split_indices(items.len(), opts.val_ratio, opts.seed);
+    let mut train: Vec<Item> = Vec::with_capacity(train_idx.len());
+    let mut val: Vec<Item> = Vec::with_capacity(val_idx.len());
+    let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+    for i in &train_idx {
+        train.push(slots[*i].take().expect("index used once"));
+    }
+    for i in &val_idx {
+        val.push(slots[*i].take().expect("index used once"));
+    }
+    let n_task_train = train.len();
+    for (mi, pool) in mix_items {
+        let ratio = opts.mix[mi].1;
+        let wanted = ((ratio / (1.0 - ratio)) * n_task_train as f64).round() as usize;
+        let picked = sample_without_replacement(pool.len(), wanted, opts.seed.wrapping_add(mi as u64 + 1));
+        counts.mix_requested.insert(opts.mix[mi].0.display().to_string(), (wanted, picked.len()));
+        let mut pool: Vec<Option<Item>> = pool.into_iter().map(Some).collect();
+        train.extend(picked.into_iter().map(|i| pool[i].take().expect("sampled once")));
+    }
+
+    // 5. Encode in parallel.
+    let encoder = Encoder { tokenizer: &bundle.tokenizer, template: template.as_ref(), special: &bundle.special, train_on: opts.train_on };
+    let total = train.len() + val.len();
+    let progress = Progress::new("tokenizing", total, opts.progress);
+    let done = AtomicUsize::new(0);
+    let mut method_counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut encode_split = |split: Vec<Item>, problems: &mut Vec<Error>, counts: &mut Counts| -> Vec<Doc> {
+        let encoded = crate::parallel::map(&split, |it| {
+            let r = encoder.encode(&it.example).map_err(|e| locate(e, &it.location));
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            progress.update(n);
+            r
+        });
+        let mut docs = Vec::with_capacity(encoded.len());
+        for (it, res) in split.iter().zip(encoded) {
+            match res {
+                Ok(enc) => {
+                    if let Encoded::Sequence { method, .. } = &enc {
+                        *method_counts.entry(method.name()).or_default() += 1;
+                    }
+                    apply_length_policy(enc, opts, counts, &mut docs, &it.location, problems)
+                }
+                Err(e) => {
+                    counts.invalid += 1;
+                    problems.push(e);
+                }
+            }
+        }
+        docs
+    };
+    let train_docs = encode_split(train, &mut problems, &mut counts);
+    let val_docs = encode_split(val, &mut problems, &mut counts);
+    progress.finish();
+    if !problems.is_empty() && !opts.skip_invalid {
+        return Err(invalid(problems));
+    }
+
+    // 6-7. Pack and write.
+    let staging = StagingDir::new(&opts.out_dir, opts.overwrite)?;
+    let mut splits = serde_json::Map::new();
+    let mut histogram = LengthHistogram::new(opts.max_len);
+    for (name, docs) in [("train", &train_docs), ("validation", &val_docs)] {
+        for d in docs.iter() {
+            histogram.add(d.tokens());
+        }
+        if docs.is_empty() && name == "validation" {
+            continue;
+        }
+        let split_meta = write_split(staging.path(), name, docs, opts)?;
+        splits.insert(name.to_string(), split_meta);
+    }
+    let tokens: usize = train_docs.iter().chain(&val_docs).map(Doc::tokens).sum();
+    let trainable: usize = train_docs.iter().chain(&val_docs).map(Doc::trainable).sum();
+    let kept = train_docs.len() + val_docs.len();
+    let special = &bundle.special;
+    let tok = &bundle.tokenizer;
+    let id_of = |k: &str| special.get(k).and_then(|t| tok.token_to_id(t));
+    let meta = json!({
+        "format_version": FORMAT_VERSION,
+        "pyft_version": env!("CARGO_PKG_VERSION"),
+        "kind": kind.name(),
+        "tokenizer": {
+            "path": opts.tokenizer.display().to_string(),
+            "sha256": bundle.sha256,
+            "vocab_size": tok.vocab_size(),
+            "backend": tok.backend().to_string(),
+            "bos_token": special.get("bos_token"), "bos_token_id": id_of("bos_token"),
+            "eos_token": special.get("eos_token"), "eos_token_id": id_of("eos_token"),
+            "pad_token": special.get("pad_token"), "pad_token_id": id_of("pad_token"),
+        },
+        "template": template.as_ref().map(|t| json!({
+            "name": template_name,
+            "sha256": hex_sha256(t.source().as_bytes()),
+            "generation_markers": t.has_generation_markers(),
+            "source": t.source(),
+        })),
+        "system_prompt": opts.system_prompt,
+        "options": {
+            "format": opts.format.map(Format::name),
+            "train_on": opts.train_on.name(),
+            "max_len": opts.max_len,
+            "overlong": opts.overlong.name(),
+            "pack": if opts.pack { "bfd" } else { "none" },
+            "on_error": if opts.skip_invalid { "skip" } else { "fail" },
+            "dedup": opts.dedup,
+            "val_ratio": opts.val_ratio,
+            "seed": opts.seed,
+            "shard_tokens": opts.shard_tokens,
+            "mix": opts.mix.iter().map(|(p, r)| json!([p.display().to_string(), r])).collect::<Vec<_>>(),
+        },
+        "inputs": inputs_meta,
+        "counts": {
+            "read": counts.read,
+            "kept": kept,
+            "dropped": {
+                "invalid": counts.invalid,
+                "duplicate": counts.duplicate,
+                "overlong": counts.overlong_dropped,
+                "no_trainable_tokens": counts.no_trainable,
+            },
+            "truncated": counts.truncated,
+            "split": counts.split,
+            "mix": counts.mix_requested.iter().map(|(k, (w, g))| (k.clone(), json!({"requested": w, "taken": g}))).collect::<serde_json::Map<_, _>>(),
+            "mask_methods": method_counts,
+        },
+        "tokens": tokens,
+        "trainable_tokens": trainable,
+        "splits": splits,
+        "length_histogram": histogram.to_json(),
+        "problems": problems.iter().take(20).map(|e| e.to_string()).collect::<Vec<_>>(),
+    });
+    let meta_path = staging.path().join("meta.json");
+    let text = serde_json::to_string_pretty(&meta).map_err(|e| Error::Option(e.to_string()))?;
+    std::fs::write(&meta_path, text).map_err(|e| Error::io(&meta_path, e))?;
+    staging.commit()?;
+    Ok(meta)
+}
+
+fn validate_options(opts: &PrepareOptions) -> Result<()> {
+    if opts.inputs.is_empty() {
+        return Err(Error::Option("no input files".into()));
+    }
+    if opts.max_len < 2 {
+        return Err(Error::Option(format!("max_len must be at least 2, got {}", opts.max_len)));
+    }
+    if !(0.0..1.0).contains(&opts.val_ratio) {
+        return Err(Error::Option(format!("val_ratio must be in [0, 1), got {}", opts.val_ratio)));
+    }
+    for (p, r) in &opts.mix {
+        if !(*r > 0.0 && *r < 1.0) {
+            return Err(Error::Option(format!("mix ratio for {} must be in (0, 1), got {r}", p.display())));
+        }
+    }
+    if opts.shard_tokens == 0 || opts.shard_tokens > (1 << 30) {
+        return Err(Error::Option(format!("shard_tokens must be in 1..=2^30, got {}", opts.shard_tokens)));
+    }
+    // Never let the output replace a directory holding an input.
+    let out = std::fs::canonicalize(&opts.out_dir).ok();
+    for input in opts.inputs.iter().chain(opts.mix.iter().map(|(p, _)| p)).chain([&opts.tokenizer]) {
+        if let (Some(out), Ok(inp)) = (&out, std::fs::canonicalize(input)) {
+            if inp.starts_with(out) {
+                return Err(Error::Option(format!(
+                    "output directory {} contains the input {}; choose another output",
+                    opts.out_dir.display(),
+                    input.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn detect_file_format(path: &Path, records: &[RawRecord]) -> Result<Format> {
+    let first = records.iter().find(|r| r.value.is_object());
+    match first {
+        None => Err(Error::File { path: path.to_path_buf(), message: "no records found".into() }),
+        Some(r) => Format::detect(&r.value).ok_or_else(|| {
+            let keys: Vec<&String> = r.value.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+            Error::Record {
+                location: r.location.clone(),
+                field: None,
+                message: format!(
+                    "cannot detect the format from keys {keys:?} (expected messages, conversations, \
+                     instruction+output, prompt+chosen+rejected, prompt+completion+label or text); pass a format"
+                ),
+            }
+        }),
+    }
+}
+
+fn locate(e: Error, location: &Location) -> Error {
+    match e {
+        Error::Record { .. } => e,
+        other => Error::Record { location: location.clone(), field: None, message: other.to_string() },
+    }
+}
+
+fn invalid(mut problems: Vec<Error>) -> Error {
+    let n = problems.len();
+    let first = problems.swap_remove(0);
+    if n == 1 {
+        return first;
+    }
+    match first {
+        Error::Record { location, field, message } => Error::Record {
+            location,
+            field,
+            message: format!("{message} (and {} more invalid records; use on_error=skip to drop them)", n - 1),
+        },
+        other => other,
+    }
+}
+
+fn add_system_prompt(example: &mut Example, system: &str) {
+    let add = |messages: &mut Value| {
+        if let Some(items) = messages.as_array_mut() {
+            if items.first().is_none_or(|m| m["role"] != "system") {
+                items.insert(0, json!({"role": "system", "content": system}));
+            }
+        }
+    };
+    match example {
+        Example::Chat { messages, .. } => add(messages),
+        Example::Preference { prompt: crate::data::formats::Part::Messages(m), .. }
+        | Example::Kto { prompt: crate::data::formats::Part::Messages(m), .. } => add(m),
+        _ => {}
+    }
+}
+
+fn apply_length_policy(
+    enc: Encoded,
+    opts: &PrepareOptions,
+    counts: &mut Counts,
+    docs: &mut Vec<Doc>,
+    location: &Location,
+    problems: &mut Vec<Error>,
+) {
+    let max = opts.max_len;
+    match enc {
+        Encoded::Sequence { input_ids, labels, .. } => {
+            let mut pieces: Vec<(Vec<u32>, Vec<i32>)> = Vec::new();
+            if input_ids.len() <= max {
+                pieces.push((input_ids, labels));
+            } else {
+                match opts.overlong {
+                    Overlong::Drop => {
+                        counts.overlong_dropped += 1;
+                        return;
+                    }
+                    Overlong::Truncate => {
+                        counts.truncated += 1;
+                        pieces.push((input_ids[..max].to_vec(), labels[..max].to_vec()));
+                    }
+                    Overlong::Split => {
+                        counts.split += 1;
+                        for (ids, lab) in input_ids.chunks(max).zip(labels.chunks(max)) {
+                            let mut lab = lab.to_vec();
+                            lab[0] = IGNORE_INDEX;
+                            pieces.push((ids.to_vec(), lab));
+                        }
+                    }
+                }
+            }
+            for (ids, labels) in pieces {
+                if labels.iter().all(|&l| l == IGNORE_INDEX) {
+                    counts.no_trainable += 1;
+                    continue;
+                }
+                docs.push(Doc::Seq { ids, labels });
+            }
+        }
+        Encoded::Pair { mut prompt, mut chosen, mut rejected } => {
+            if chosen.is_empty() || rejected.is_empty() {
+                counts.invalid += 1;
+                problems.push(Error::Record {
+                    location: location.clone(),
+                    field: Some(if chosen.is_empty() { "chosen" } else { "rejected" }.into()),
+                    message: "empty completion after tokenization".into(),
+                });
+                return;
+            }
+            let longest = chosen.len().max(rejected.len());
+            if prompt.len() + longest > max {
+                if opts.overlong == Overlong::Drop {
+                    counts.overlong_dropped += 1;
+                    return;
+                }
+                counts.truncated += 1;
+                let keep_completion = longest.min(max - prompt.len().min(max / 2));
+                chosen.truncate(keep_completion);
+                rejected.truncate(keep_completion);
+                let keep_prompt = max - chosen.len().max(rejected.len());
+                prompt = prompt[prompt.len() - keep_prompt.min(prompt.len())..].to_vec();
+            }
+            docs.push(Doc::Pair { prompt, chosen, rejected });
+        }
+        Encoded::Kto { mut prompt, mut completion, label } => {
+            if completion.is_empty() {
+                counts.invalid += 1;
+                problems.push(Error::Record {
+                    location: location.clone(),
+                    field: Some("completion".into()),
+                    message: "empty completion after tokenization".into(),
+                });
+                return;
+            }
+            if prompt.len() + completion.len() > max {
+                if opts.overlong == Overlong::Drop {
+                    counts.overlong_dropped += 1;
+                    return;
+                }
+                counts.truncated += 1;
+                completion.truncate(completion.len().min(max - prompt.len().min(max / 2)));
+                let keep_prompt = max - completion.len();
+                prompt = prompt[prompt.len() - keep_prompt.min(prompt.len())..].to_vec();
+            }
+            docs.push(Doc::Kto { prompt, completion, label });
+        }
+    }
+}
+
+/// Write one split's shards; returns its `meta.json` entry.
+fn write_split(root: &Path, name: &str, docs: &[Doc], opts: &PrepareOptions) -> Result<Value> {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let is_seq = matches!(docs.first(), Some(Doc::Seq { .. }) | None);
+    // Rows: lists of document indices.
+    let (rows, efficiency): (Vec<Vec<u32>>, Option<f64>) = if is_seq && opts.pack {
+        let lengths: Vec<u32> = docs.iter().map(|d| d.tokens() as u32).collect();
+        let packing = pack_bfd(&lengths, opts.max_len as u32)?;
+        let eff = packing.efficiency();
+        (packing.rows, Some(eff))
+    } else {
+        ((0..docs.len() as u32).map(|i| vec![i]).collect(), None)
+    };
+    let mut shards: Vec<ShardInfo> = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start;
+        let mut tokens = 0usize;
+        while end < rows.len() {
+            let row_tokens: usize = rows[end].iter().map(|&d| docs[d as usize].tokens()).sum();
+            if end > start && tokens + row_tokens > opts.shard_tokens {
+                break;
+            }
+            tokens += row_tokens;
+            end += 1;
+        }
+        let file = format!("{name}/shard-{:05}.safetensors", shards.len());
+        let cols = shard_columns(docs, &rows[start..end])?;
+        cols.write(&root.join(&file), None)?;
+        shards.push(ShardInfo { file, rows: end - start, tokens: tokens as u64 });
+        start = end;
+    }
+    let tokens: usize = docs.iter().map(Doc::tokens).sum();
+    let trainable: usize = docs.iter().map(Doc::trainable).sum();
+    let max_row = rows.iter().map(|r| r.iter().map(|&d| docs[d as usize].tokens()).sum::<usize>()).max().unwrap_or(0);
+    let mut meta = json!({
+        "examples": docs.len(),
+        "rows": rows.len(),
+        "tokens": tokens,
+        "trainable_tokens": trainable,
+        "max_row_tokens": max_row,
+        "shards": shards,
+    });
+    if let Some(eff) = efficiency {
+        meta["packing_efficiency"] = json!(eff);
+    } else if is_seq && !rows.is_empty() {
+        // Share of a padded batch that is real tokens if every row were padded to the longest.
+        meta["padding_efficiency"] = json!(tokens as f64 / (rows.len() as f64 * max_row.max(1) as f64));
+    }
+    if let Some(Doc::Kto { .. }) = docs.first() {
+        let desirable = docs.iter().filter(|d| matches!(d, Doc::Kto { label: true, .. })).count();
+        meta["desirable"] = json!(desirable);
+        meta["undesirable"] = json!(docs.len() - desirable);
+    }
+    Ok(meta)
+}
+
+fn offsets_of<'a>(lens: impl Iterator<Item = usize> + 'a) -> Result<Vec<i32>> {
+    let mut out = vec![0i32];
+    let mut acc = 0usize;
+    for l in lens {
+        acc += l;
+        out.push(to_i32(acc, "offset")?);
+    }
+    Ok(out)
+}
+
+fn ids_i32(ids: &[u32]) -> impl Iterator<Item = i32> + '_ {
+    ids.iter().map(|&x| x as i32)
+}
+
+fn shard_columns(docs: &[Doc], rows: &[Vec<u32>]) -> Result<ShardColumns> {
+    let ordered: Vec<&Doc> = rows.iter().flat_map(|r| r.iter().map(|&d| &docs[d as usize])).collect();
+    let mut cols = ShardColumns::default();
+    match ordered.first() {
+        None | Some(Doc::Seq { .. }) => {
+            let mut ids = Vec::new();
+            let mut labels = Vec::new();
+            for d in &ordered {
+                if let Doc::Seq { ids: i, labels: l } = d {
+                    ids.extend(ids_i32(i));
+                    labels.extend_from_slice(l);
+                }
+            }
+            cols.push("input_ids", ids);
+            cols.push("labels", labels);
+            cols.push("doc_offsets", offsets_of(ordered.iter().map(|d| d.tokens()))?);
+            cols.push("row_offsets", offsets_of(rows.iter().map(Vec::len))?);
+        }
+        Some(Doc::Pair { .. }) => {
+            let (mut p, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut pl, mut cl, mut rl) = (Vec::new(), Vec::new(), Vec::new());
+            for d in &ordered {
+                if let Doc::Pair { prompt, chosen, rejected } = d {
+                    p.extend(ids_i32(prompt));
+                    c.extend(ids_i32(chosen));
+                    r.extend(ids_i32(rejected));
+                    pl.push(prompt.len());
+                    cl.push(chosen.len());
+                    rl.push(rejected.len());
+                }
+            }
+            cols.push("prompt_ids", p);
+            cols.push("prompt_offsets", offsets_of(pl.into_iter())?);
+            cols.push("chosen_ids", c);
+            cols.push("chosen_offsets", offsets_of(cl.into_iter())?);
+            cols.push("rejected_ids", r);
+            cols.push("rejected_offsets", offsets_of(rl.into_iter())?);
+        }
+        Some(Doc::Kto { .. }) => {
+            let (mut p, mut c, mut pl, mut cl, mut lab) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for d in &ordered {
+                if let Doc::Kto { prompt, completion, label } = d {
+                    p.extend(ids_i32(prompt));
+                    c.extend(ids_i32(completion));
+                    pl.push(prompt.len());
+                    cl.push(completion.len());
+                    lab.push(i32::from(*label));
+                }
+            }
+            cols.push("prompt_ids", p);
+            cols.push("prompt_offsets", offsets_of(pl.into_iter())?);
+            cols.push("completion_ids", c);
+            cols.push("completion_offsets", offsets_of(cl.into_iter())?);
+            cols.push("label", lab);
+        }
+    }
+    Ok(cols)
+}
+
+/// Document lengths in power-of-two buckets up to `max_len`.
+struct LengthHistogram {
+    edges: Vec<usize>,
+    counts: Vec<usize>,
+    max_seen: usize,
+}
+
+impl LengthHistogram {
+    fn new(max_len: usize) -> LengthHistogram {
+        let mut edges = vec![0];
+        let mut e = 16;
+        while e < max_len {
+            edges.push(e);
+            e *= 2;
+        }
+        edges.push(max_len);
+        let n = edges.len();
+        LengthHistogram { edges, counts: vec![0; n], max_seen: 0 }
+    }
+
+    fn add(&mut self, len: usize) {
+        self.max_seen = self.max_seen.max(len);
+        // bucket i holds edges[i] < len <= edges[i+1]; the last bucket anything above max_len.
+        let i = self.edges.partition_point(|&e| e < len).saturating_sub(1);
+        self.counts[i.min(self.counts.len() - 1)] += 1;
+    }
+
+    fn to_json(&self) -> Value {
+        let labels: Vec<String> = self
+            .edges
+            .windows(2)
+            .map(|w| format!("{}-{}", w[0] + 1, w[1]))
+            .chain([format!(">{}", self.edges.last().copied().unwrap_or(0))])
+            .collect();
+        json!({"buckets": labels, "counts": self.counts, "max": self.max_seen})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets() {
+        let mut h = LengthHistogram::new(64);
+        for l in [1, 16, 17, 32, 33, 64, 65] {
+            h.add(l);
+        }
+        let j = h.to_json();
+        assert_eq!(j["buckets"], json!(["1-16", "17-32", "33-64", ">64"]));
+        assert_eq!(j["counts"], json!([2, 2, 2, 1]));
+    }
+
+    #[test]
+    fn template_choice_parses() {
+        assert_eq!(TemplateChoice::parse("tokenizer"), TemplateChoice::Tokenizer);
+        assert_eq!(TemplateChoice::parse("chatml"), TemplateChoice::Builtin("chatml".into()));
+        assert_eq!(TemplateChoice::parse("my.jinja"), TemplateChoice::File("my.jinja".into()));
+    }
+}
