@@ -2,8 +2,9 @@
 
 The corpus is written for pyft (nothing is downloaded or copied) and mixes, in this order:
 
-1. every system, user and assistant message of ``pyft/data/demo/demo.jsonl``, one per line, so that a
-   tokenizer trained here covers the demo dataset well (run ``tools/make_demo_data.py`` first);
+1. every system, user and assistant message of ``pyft/data/demo/demo.jsonl``, one per line and again as
+   "User: ..." transcripts, so that a tokenizer trained here covers the demo dataset well (run
+   ``tools/make_demo_data.py`` first);
 2. hand-written English prose paragraphs on many topics;
 3. sentences generated from per-topic word lists (the bulk of the English text);
 4. short Python, Rust, shell, YAML, TOML, SQL, JavaScript and HTML snippets, generated JSON and Markdown;
@@ -20,6 +21,7 @@ byte-identically, ``--check`` exits 1 if it is out of date.
 from __future__ import annotations
 
 import argparse
+import calendar
 import datetime
 import json
 import random
@@ -711,13 +713,18 @@ EMOJI = ["🚀", "✅", "❌", "🎉", "😊", "🙏", "👍", "🔥", "🌍", "
 
 
 def demo_messages() -> list[str]:
-    """Every message text of the demo dataset, one per line, in file order."""
-    lines: list[str] = []
+    """Every message text of the demo dataset, twice: one message per line, then as role-prefixed transcripts.
+
+    Seeing each demo word at least twice helps the small BPE learn whole-word merges for the demo vocabulary.
+    """
     with open(DEMO_PATH, encoding="utf-8") as f:
-        for line in f:
-            for message in json.loads(line)["messages"]:
-                lines.append(message["content"])
-    return ["\n".join(lines)]
+        records = [json.loads(line)["messages"] for line in f]
+    lines = [message["content"] for messages in records for message in messages]
+    transcripts = [
+        "\n".join(f"{message['role'].capitalize()}: {message['content']}" for message in messages)
+        for messages in records
+    ]
+    return ["\n".join(lines), *transcripts]
 
 
 def prose() -> list[str]:
@@ -912,7 +919,7 @@ def number_lines(rng: random.Random) -> list[str]:
         first = datetime.date(year, 1, 1)
         lines.append(
             f"{first.isoformat()} is a {DAY_NAMES[first.weekday()]}; {year} has "
-            f"{366 if year % 4 == 0 else 365} days."
+            f"{366 if calendar.isleap(year) else 365} days."
         )
     return ["\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)]
 

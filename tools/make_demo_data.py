@@ -6,8 +6,8 @@ Only the questions vary in phrasing. About 15 % of the records are multi-turn (f
 previous answer), about 20 % carry a system prompt, and a handful contain non-ASCII text so that byte-level
 tokenization of accents, CJK and emoji is exercised.
 
-Everything here was written for pyft; the fact tables are checked by `_check_facts`. The output is deterministic
-(fixed seed, no dict/set iteration order dependence), so running::
+Everything here was written for pyft; the fact tables are checked by `_check_facts`. The output is
+deterministic (fixed seed, no dependence on set or hash order), so running::
 
     python3 tools/make_demo_data.py          # rewrite the file
     python3 tools/make_demo_data.py --check  # exit 1 if the committed file differs

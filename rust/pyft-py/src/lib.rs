@@ -1,9 +1,48 @@
 //! `pyft._core`: the thin PyO3 binding over `pyft-core`.
+//!
+//! Every function extracts its arguments, releases the GIL for the work, and maps
+//! `pyft_core::Error` to the Python exceptions of [`error`].
+
+mod data;
+mod error;
+
 use pyo3::prelude::*;
+
+/// In a forked child (PyTorch DataLoader workers) the parent's thread pool is gone: switch the
+/// core to sequential work.
+extern "C" fn after_fork_in_child() {
+    pyft_core::parallel::mark_forked();
+}
 
 /// The compiled core of pyft.
 #[pymodule(gil_used = false)]
 mod _core {
     #[pymodule_export]
+    use super::data::{builtin_template, builtin_template_names, prepare, render_template, PyTokenizer};
+    #[pymodule_export]
+    use super::error::{ConfigError, DataError, PyftError, TemplateError, TokenizerError};
+
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
     const __version__: &str = env!("CARGO_PKG_VERSION");
+
+    /// `release` or `debug`: benchmarks refuse debug builds.
+    #[pyfunction]
+    fn build_profile() -> &'static str {
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    }
+
+    #[pymodule_init]
+    fn init(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+        // SAFETY: registering a plain `extern "C"` function with no captured state.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(super::after_fork_in_child));
+        }
+        Ok(())
+    }
 }

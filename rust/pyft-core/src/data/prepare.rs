@@ -384,6 +384,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
 
     // 6-7. Pack and write.
     let staging = StagingDir::new(&opts.out_dir, opts.overwrite)?;
+    copy_tokenizer_files(&opts.tokenizer, &staging.path().join("tokenizer"))?;
     let mut splits = serde_json::Map::new();
     let mut histogram = LengthHistogram::new(opts.max_len);
     for (name, docs) in [("train", &train_docs), ("validation", &val_docs)] {
@@ -461,6 +462,26 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
     std::fs::write(&meta_path, text).map_err(|e| Error::io(&meta_path, e))?;
     staging.commit()?;
     Ok(meta)
+}
+
+/// Copy the tokenizer files next to the shards so the output is self-describing.
+fn copy_tokenizer_files(tokenizer: &Path, dest: &Path) -> Result<()> {
+    std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    let (dir, json) = if tokenizer.is_dir() {
+        (tokenizer.to_path_buf(), tokenizer.join("tokenizer.json"))
+    } else {
+        (tokenizer.parent().map(Path::to_path_buf).unwrap_or_default(), tokenizer.to_path_buf())
+    };
+    let mut files = vec![(json, "tokenizer.json")];
+    for name in ["tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"] {
+        files.push((dir.join(name), name));
+    }
+    for (src, name) in files {
+        if src.is_file() {
+            std::fs::copy(&src, dest.join(name)).map_err(|e| Error::io(&src, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn validate_options(opts: &PrepareOptions) -> Result<()> {

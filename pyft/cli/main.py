@@ -1,0 +1,138 @@
+"""``pyft``: the command-line interface.
+
+Subcommands so far: ``data prepare``, ``data inspect``, ``demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import pyft
+from pyft.errors import PyftError
+
+_PREPARE_EPILOG = """\
+formats (auto-detected per file from the first record):
+  messages    {"messages": [{"role": "system|user|assistant|tool", "content": ...}, ...]}
+  sharegpt    {"conversations": [{"from": "human|gpt|system", "value": ...}, ...], "system"?}
+  alpaca      {"instruction", "input"?, "output", "system"?, "history"?: [[q, a], ...]}
+  text        {"text": ...}
+  preference  {"prompt"?, "chosen", "rejected"}   (strings or message lists)
+  kto         {"prompt", "completion", "label": true|false}
+
+example:
+  pyft data prepare chats.jsonl --tokenizer ./my-model --out ./prepared \\
+      --max-len 2048 --pack bfd --val-ratio 0.05 --mix general.jsonl:0.1
+"""
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="validate, template, tokenize, mask and pack data files into token shards",
+        description="Prepare conversation files (JSONL, JSON array, Parquet) into token shards for training.",
+        epilog=_PREPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="data files (.jsonl, .json, .parquet)")
+    p.add_argument("--tokenizer", required=True, metavar="PATH",
+                   help="HF tokenizer directory (or model directory) or tokenizer.json file")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
+    p.add_argument("--format", choices=["alpaca", "sharegpt", "messages", "text", "preference", "kto"],
+                   help="force the input format (default: detect per file)")
+    p.add_argument("--template", default="tokenizer", metavar="NAME|FILE",
+                   help="chat template: 'tokenizer' (default: the tokenizer's own), a built-in name "
+                        "(chatml, llama3, alpaca, mistral, gemma, zephyr) or a Jinja file")
+    p.add_argument("--train-on", choices=["assistant", "last", "all"], default="assistant",
+                   help="tokens with loss: every assistant turn + end-of-turn token (default), the last one, or all")
+    p.add_argument("--max-len", type=int, default=2048, metavar="N", help="max tokens per sequence / packed row (2048)")
+    p.add_argument("--overlong", choices=["truncate", "drop", "split"], default="truncate",
+                   help="policy for longer sequences (default truncate)")
+    p.add_argument("--pack", choices=["bfd", "none"], default="none",
+                   help="bfd: best-fit-decreasing packing into max-len rows (padding-free training)")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                   help="fail (default, nothing written) or skip invalid records (counted, first ones reported)")
+    p.add_argument("--dedup", action="store_true", help="drop exact duplicate records")
+    p.add_argument("--val-ratio", type=float, default=0.0, metavar="R", help="share held out for validation (0)")
+    p.add_argument("--seed", type=int, default=42, help="seed for the split and mixing (42)")
+    p.add_argument("--mix", action="append", default=[], metavar="FILE:RATIO",
+                   help="mix general data into training; RATIO in (0,1) is its share of the training examples")
+    p.add_argument("--system-prompt", metavar="TEXT", help="system message for conversations without one")
+    p.add_argument("--shard-tokens", type=int, default=1 << 26, metavar="N", help="tokens per shard file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress line and no summary")
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from pyft.data import prepare
+
+    info = prepare(
+        args.inputs, args.tokenizer, args.out,
+        mix=args.mix, format=args.format, template=args.template, train_on=args.train_on,
+        max_len=args.max_len, overlong=args.overlong, pack=args.pack, on_error=args.on_error,
+        dedup=args.dedup, val_ratio=args.val_ratio, seed=args.seed, system_prompt=args.system_prompt,
+        shard_tokens=args.shard_tokens, overwrite=args.overwrite, progress=None if not args.quiet else False,
+    )
+    if not args.quiet:
+        print(info.summary())
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from pyft.data import inspect
+
+    print(inspect(args.dir, index=args.index, split=args.split, color=None if not args.no_color else False))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pyft.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyft",
+        description="pyft: Rust-accelerated fine-tuning, from conversation data to servable models.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyft {pyft.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    data = sub.add_parser("data", help="prepare and inspect training data",
+                          description="Prepare and inspect training data.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    _add_prepare(data_sub)
+    ins = data_sub.add_parser("inspect", help="statistics and one example with trainable tokens highlighted",
+                              description="Show the statistics of a prepared directory and one decoded example.")
+    ins.add_argument("dir", metavar="DIR", help="a directory written by `pyft data prepare`")
+    ins.add_argument("--index", type=int, default=0, help="row to show (0)")
+    ins.add_argument("--split", default="train", help="train (default) or validation")
+    ins.add_argument("--no-color", action="store_true", help="mark trainable tokens with [[ ]] instead of color")
+    demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded tiny model and bundled data",
+                          description="Build the tiny demo model, prepare the bundled data and show the results.")
+    demo.add_argument("--out", default="pyft-demo", metavar="DIR", help="output directory (./pyft-demo)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo}
+    handler = handlers.get((args.command, getattr(args, "data_command", None)))
+    if handler is None:
+        # `pyft` or `pyft data` without a subcommand: show the matching help.
+        if args.command is not None:
+            parser.parse_args([args.command, "--help"])
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except (PyftError, OSError) as e:
+        print(f"pyft: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""``pyft.data.prepare``: conversation files to validated, templated, masked, packed token shards.
+
+The work happens in Rust (``pyft._core.prepare``), in parallel over records, with the GIL
+released. This module only shapes arguments and results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyft import _core
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class PreparedInfo:
+    """What :func:`prepare` wrote: the output directory and its ``meta.json``.
+
+    Attributes:
+        out_dir: the output directory.
+        meta: the parsed ``meta.json`` (counts, tokens, options, tokenizer and template hashes).
+    """
+
+    out_dir: Path
+    meta: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def read(cls, out_dir: PathLike) -> PreparedInfo:
+        """Read the ``meta.json`` of a prepared directory."""
+        out = Path(out_dir)
+        meta_path = out / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{out}: not a prepared data directory (no meta.json)")
+        return cls(out, json.loads(meta_path.read_text(encoding="utf-8")))
+
+    @property
+    def kind(self) -> str:
+        """``chat``, ``text``, ``preference`` or ``kto``."""
+        return self.meta["kind"]
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        """Records read, kept, dropped by reason, truncated, split."""
+        return self.meta["counts"]
+
+    @property
+    def splits(self) -> dict[str, Any]:
+        """Per split (``train``, ``validation``): examples, rows, tokens, shards, efficiency."""
+        return self.meta["splits"]
+
+    @property
+    def tokens(self) -> int:
+        """All tokens written (both splits)."""
+        return self.meta["tokens"]
+
+    @property
+    def trainable_tokens(self) -> int:
+        """Tokens with a label (loss is computed on them)."""
+        return self.meta["trainable_tokens"]
+
+    def summary(self) -> str:
+        """A human-readable multi-line summary (used by the CLI)."""
+        m = self.meta
+        c = m["counts"]
+        d = c["dropped"]
+        lines = [
+            f"output:    {self.out_dir}",
+            f"kind:      {m['kind']}   tokenizer: {m['tokenizer']['path']} ({m['tokenizer']['backend']})",
+        ]
+        if m.get("template"):
+            lines.append(f"template:  {m['template']['name']} (generation markers: {m['template']['generation_markers']})")
+        lines.append(
+            f"records:   read {c['read']:,}  kept {c['kept']:,}  dropped: invalid {d['invalid']:,}, "
+            f"duplicate {d['duplicate']:,}, overlong {d['overlong']:,}, no trainable tokens "
+            f"{d['no_trainable_tokens']:,}  (truncated {c['truncated']:,}, split {c['split']:,})"
+        )
+        if c.get("mask_methods"):
+            lines.append("masks:     " + ", ".join(f"{k} {v:,}" for k, v in c["mask_methods"].items()))
+        lines.append(f"tokens:    {m['tokens']:,}  trainable {m['trainable_tokens']:,}")
+        for name, s in m["splits"].items():
+            eff = ""
+            if "packing_efficiency" in s:
+                eff = f"  packing efficiency {s['packing_efficiency']:.1%}"
+            elif "padding_efficiency" in s:
+                eff = f"  padding efficiency {s['padding_efficiency']:.1%}"
+            lines.append(
+                f"{name + ':':<11}{s['examples']:,} examples in {s['rows']:,} rows, {s['tokens']:,} tokens "
+                f"({s['trainable_tokens']:,} trainable), {len(s['shards'])} shard(s){eff}"
+            )
+        hist = m["length_histogram"]
+        lines.append(
+            "lengths:   " + "  ".join(f"{b}:{n}" for b, n in zip(hist["buckets"], hist["counts"]) if n)
+            + f"  (max {hist['max']})"
+        )
+        if m.get("problems"):
+            lines.append(f"problems ({d['invalid']:,}; first {len(m['problems'])}):")
+            lines.extend(f"  {p}" for p in m["problems"])
+        return "\n".join(lines)
+
+
+def _parse_mix(mix: Iterable[str | tuple[PathLike, float]] | Mapping[PathLike, float] | None) -> list[tuple[str, float]]:
+    if mix is None:
+        return []
+    items = mix.items() if isinstance(mix, Mapping) else mix
+    out: list[tuple[str, float]] = []
+    for item in items:
+        if isinstance(item, str):
+            path, sep, ratio = item.rpartition(":")
+            if not sep or not path:
+                raise _core.ConfigError(f"--mix expects FILE:RATIO, got {item!r}")
+            try:
+                out.append((path, float(ratio)))
+            except ValueError:
+                raise _core.ConfigError(f"--mix expects FILE:RATIO with a number ratio, got {item!r}") from None
+        else:
+            path, ratio = item
+            out.append((os.fspath(path), float(ratio)))
+    return out
+
+
+def prepare(
+    inputs: PathLike | Sequence[PathLike],
+    tokenizer: PathLike,
+    out_dir: PathLike,
+    *,
+    mix: Iterable[str | tuple[PathLike, float]] | Mapping[PathLike, float] | None = None,
+    format: str | None = None,
+    template: str = "tokenizer",
+    train_on: str = "assistant",
+    max_len: int = 2048,
+    overlong: str = "truncate",
+    pack: str | bool = "none",
+    on_error: str = "fail",
+    dedup: bool = False,
+    val_ratio: float = 0.0,
+    seed: int = 42,
+    system_prompt: str | None = None,
+    shard_tokens: int = 1 << 26,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> PreparedInfo:
+    """Prepare training data into token shards.
+
+    Args:
+        inputs: one or more ``.jsonl``/``.json``/``.parquet`` files.
+        tokenizer: an HF tokenizer directory (``tokenizer.json`` + ``tokenizer_config.json``) or a
+            ``tokenizer.json`` file.
+        out_dir: output directory; written to a temporary sibling and renamed at the end.
+        mix: general data mixed into the training split, as ``"FILE:RATIO"`` strings or
+            ``(file, ratio)`` pairs; ``RATIO`` in (0, 1) is the share of the final training
+            examples taken from that file (sampled with ``seed``).
+        format: force ``alpaca``, ``sharegpt``, ``messages``, ``text``, ``preference`` or ``kto``
+            (default: detected per file from the first record's keys).
+        template: ``tokenizer`` (the tokenizer's own ``chat_template``), a built-in name
+            (``chatml``, ``llama3``, ``alpaca``, ``mistral``, ``gemma``, ``zephyr``) or a Jinja file.
+        train_on: ``assistant`` (every assistant turn and its end-of-turn token), ``last`` (the
+            final assistant turn) or ``all``.
+        max_len: maximum tokens per sequence, and the row length when packing.
+        overlong: ``truncate`` (default), ``drop`` or ``split`` (into ``max_len`` pieces) for longer
+            sequences.
+        pack: ``bfd`` (best-fit-decreasing packing into ``max_len`` rows) or ``none``.
+        on_error: ``fail`` (default: nothing is written) or ``skip`` (invalid records are
+            dropped, counted and the first problems listed in ``meta.json``).
+        dedup: drop exact duplicate records.
+        val_ratio: share of the (task) examples held out for validation.
+        seed: seed of the split and of mixing.
+        system_prompt: system message added to conversations that have none.
+        shard_tokens: tokens per shard file.
+        overwrite: replace an existing ``out_dir``.
+        progress: show a progress line (default: when stderr is a terminal).
+
+    Returns:
+        :class:`PreparedInfo` for the written directory.
+
+    Raises:
+        DataError: invalid records or files (the message names ``file:line`` and the field).
+        TemplateError, TokenizerError, ConfigError: see :mod:`pyft.errors`.
+    """
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if isinstance(pack, bool):
+        pack = "bfd" if pack else "none"
+    if pack not in ("bfd", "none"):
+        raise _core.ConfigError(f"unknown pack strategy {pack!r} (expected bfd or none)")
+    if progress is None:
+        progress = os.isatty(2)
+    meta = _core.prepare(
+        [os.fspath(p) for p in paths],
+        os.fspath(tokenizer),
+        os.fspath(out_dir),
+        mix=_parse_mix(mix),
+        format=format,
+        template=template,
+        train_on=train_on,
+        max_len=max_len,
+        overlong=overlong,
+        pack=pack == "bfd",
+        on_error=on_error,
+        dedup=dedup,
+        val_ratio=val_ratio,
+        seed=seed,
+        system_prompt=system_prompt,
+        shard_tokens=shard_tokens,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    return PreparedInfo(Path(out_dir), json.loads(meta))

@@ -1,0 +1,62 @@
+"""Tiny random-init causal LMs built from transformers configs (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+#: Shapes of the tiny fixture models: hidden 64, 2 layers, 4 heads.
+#: ``llama``: MHA, untied embeddings. ``qwen2``: GQA (2 KV heads), tied embeddings, q/k/v bias.
+TINY_SHAPES: dict[str, dict[str, Any]] = {
+    "llama": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, tie_word_embeddings=False, rms_norm_eps=1e-5),
+    "qwen2": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6),
+}
+
+
+def make_tiny_model(
+    out_dir: str | os.PathLike[str],
+    tokenizer_dir: str | os.PathLike[str],
+    arch: str = "llama",
+    seed: int = 0,
+    max_position_embeddings: int = 2048,
+    **overrides: Any,
+) -> Path:
+    """Build a tiny random-init causal LM and save it with its tokenizer as an HF directory.
+
+    Args:
+        out_dir: directory to write (``config.json``, ``model.safetensors``, tokenizer files,
+            ``generation_config.json``).
+        tokenizer_dir: an HF tokenizer directory (e.g. from :func:`make_tokenizer`); the
+            vocabulary size and special ids come from it.
+        arch: ``llama`` or ``qwen2`` (see :data:`TINY_SHAPES`).
+        seed: torch seed for the random weights.
+        max_position_embeddings: context length in tokens.
+        **overrides: config fields to change (e.g. ``num_hidden_layers=4``).
+
+    Returns:
+        ``out_dir`` as a :class:`~pathlib.Path`. Same arguments give the same weights.
+    """
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if arch not in TINY_SHAPES:
+        raise ValueError(f"unknown arch {arch!r} (expected one of {sorted(TINY_SHAPES)})")
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    shape = {**TINY_SHAPES[arch], **overrides}
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=max_position_embeddings, **ids, **shape)
+        cls = LlamaForCausalLM
+    else:
+        config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=max_position_embeddings, **ids, **shape)
+        cls = Qwen2ForCausalLM
+    torch.manual_seed(seed)
+    model = cls(config)
+    model.generation_config = GenerationConfig(**ids)
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out

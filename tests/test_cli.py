@@ -1,0 +1,47 @@
+"""The `pyft` command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyft
+from pyft.cli.main import main
+
+from helpers import CONVERSATIONS, write_jsonl
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyft.cli.main", *args], capture_output=True, text=True)
+
+
+def test_version_and_help():
+    r = _run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"pyft {pyft.__version__}"
+    r = _run("--help")
+    assert r.returncode == 0 and "data" in r.stdout and "demo" in r.stdout
+    r = _run("data", "prepare", "--help")
+    assert r.returncode == 0 and "--pack" in r.stdout and "--mix FILE:RATIO" in r.stdout
+
+
+def test_prepare_and_inspect(tokenizer_dirs, tmp_path, capsys):
+    src = write_jsonl(tmp_path / "c.jsonl", [{"messages": m} for m in CONVERSATIONS])
+    out = tmp_path / "out"
+    assert main(["data", "prepare", str(src), "--tokenizer", str(tokenizer_dirs["chatml"]), "--out", str(out),
+                 "--pack", "bfd", "--max-len", "512", "--val-ratio", "0.2"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept 5" in printed and "packing efficiency" in printed
+    assert main(["data", "inspect", str(out), "--no-color"]) == 0
+    shown = capsys.readouterr().out
+    assert "[[" in shown and "]]" in shown and "<|im_start|>" in shown
+    # trainable text is the assistant content plus <|im_end|>, never the user turn
+    assert "[[<|im_start|>user" not in shown
+
+
+def test_errors_exit_nonzero_with_location(tokenizer_dirs, tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    r = _run("data", "prepare", str(src), "--tokenizer", str(tokenizer_dirs["chatml"]), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1
+    assert f"pyft: error: {src}:1: field `messages`: no assistant turn" in r.stderr
+    assert not (tmp_path / "o").exists()
