@@ -5,7 +5,8 @@
 //!
 //! Jinja2 filters and tests whose minijinja versions behave differently on the values
 //! chat templates use are replaced here: `length`/`count` (0 for undefined), `string`
-//! and `join` (Python `str()` of items), `trim` (Python whitespace), and the tests
+//! and `join` (Python `str()` of items), `trim` (Python whitespace), `title` (Jinja2's
+//! word split), and the tests
 //! `sequence`/`iterable` (true for strings and dicts, as in Python).
 
 use minijinja::value::{Value, ValueKind};
@@ -53,6 +54,7 @@ pub(crate) fn build() -> Environment<'static> {
     env.add_filter("length", length);
     env.add_filter("count", length);
     env.add_filter("trim", trim);
+    env.add_filter("title", title);
     env.add_filter("join", join);
     env.add_filter(generation::FILTER, |body: &str| generation::wrap(body));
 
@@ -89,6 +91,26 @@ fn trim(v: &Value, chars: Option<&str>) -> Value {
         Some(set) => s.trim_matches(|c| set.contains(c)),
         None => s.trim_matches(pystr::is_py_space),
     })
+}
+
+/// `x|title`: Jinja2's `do_title`: split before runs of whitespace, `-`, `(`, `{`, `[`
+/// and `<`; each piece gets its first character uppercased and the rest lowercased.
+fn title(v: &Value) -> Value {
+    let s = pyrepr::to_str(v);
+    let mut out = String::with_capacity(s.len());
+    let mut word_start = true;
+    for c in s.chars() {
+        if pystr::is_py_space(c) || matches!(c, '-' | '(' | '{' | '[' | '<') {
+            out.push(c);
+            word_start = true;
+        } else if word_start {
+            out.extend(c.to_uppercase());
+            word_start = false;
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    Value::from(out)
 }
 
 /// `items|join(d="", attribute=None)`: Python's `d.join(str(i) for i in items)`, with

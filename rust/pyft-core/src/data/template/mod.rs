@@ -49,6 +49,8 @@ const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning
 /// - A `{% generation %}` block inside a macro or `{% set %}` block is tracked where
 ///   its text finally lands (transformers records the position of the enclosing call);
 ///   nested generation blocks are an error.
+/// - `x|attr(name)` also finds dict keys (Jinja2's only finds attributes, so on a
+///   message dict it gives undefined).
 /// - The rewrite of `{% generation %}` tags is textual, so the tag is also rewritten
 ///   inside `{% raw %}` blocks.
 pub struct ChatTemplate {
@@ -88,9 +90,15 @@ impl ChatTemplate {
                 line + 1
             )));
         }
-        let generation = generation::has_markers(source);
+        // Jinja2 writes every newline of the template (`\r\n`, `\r`, `\n`) as `\n`.
+        let normalized = if source.contains('\r') {
+            std::borrow::Cow::Owned(source.replace("\r\n", "\n").replace('\r', "\n"))
+        } else {
+            std::borrow::Cow::Borrowed(source)
+        };
+        let generation = generation::has_markers(&normalized);
         let mut env = env::build();
-        env.add_template_owned(NAME, generation::rewrite(source).into_owned())
+        env.add_template_owned(NAME, generation::rewrite(&normalized).into_owned())
             .map_err(|e| template_error(&e))?;
         Ok(ChatTemplate { source: source.to_owned(), env, generation })
     }

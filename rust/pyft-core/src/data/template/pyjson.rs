@@ -193,7 +193,8 @@ fn key_string(k: &Value) -> Result<String, Error> {
 }
 
 /// A JSON string literal with Python's escapes: `\"`, `\\`, `\n`, `\r`, `\t`, `\b`,
-/// `\f`, other control characters as `\u00XX`; non-ASCII as `\uXXXX` if `ensure_ascii`.
+/// `\f`, other control characters as `\u00XX`; with `ensure_ascii`, everything above
+/// `~` (DEL and non-ASCII) as `\uXXXX`.
 fn write_string(out: &mut String, s: &str, ensure_ascii: bool) {
     out.push('"');
     for c in s.chars() {
@@ -208,7 +209,7 @@ fn write_string(out: &mut String, s: &str, ensure_ascii: bool) {
             c if (c as u32) < 0x20 => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
-            c if ensure_ascii && !c.is_ascii() => {
+            c if ensure_ascii && c > '~' => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
                     let _ = write!(out, "\\u{unit:04x}");
