@@ -242,6 +242,131 @@ escaping: {{ '<b>&amp;</b>' }} {{ '<b>' | e }} {{ '<i>' | safe }}
 {%- else %}<|{{ m.role }}|>{{ m.content }}
 {% endif %}
 {%- endfor %}""",
+    # A reasoning-model template: the last user query is found by a reverse scan with a
+    # namespace, <think> blocks are split off the content, tool arguments may be strings.
+    "reasoning_model": r"""{%- set ns = namespace(multi_step_tool=true, last_query_index=messages | length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages | length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == 'user' and message.content is string and not (message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- set content = message.content if message.content is string else '' %}
+    {%- if message.role in ['system', 'user'] %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}
+    {%- elif message.role == 'assistant' %}
+        {%- set reasoning = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning = message.reasoning_content %}
+        {%- elif '</think>' in content %}
+            {%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+            {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+        {%- endif %}
+        {{- '<|im_start|>assistant\n' }}
+        {%- generation %}
+        {%- if loop.index0 > ns.last_query_index and (loop.last or reasoning) %}
+            {{- '<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+        {%- else %}
+            {{- content }}
+        {%- endif %}
+        {%- if 'tool_calls' in message and message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}{{- '\n' }}{%- endif %}
+                {%- set fn = tool_call.function if tool_call.function else tool_call %}
+                {{- '<tool_call>\n{"name": "' }}{{- fn.name }}{{- '", "arguments": ' }}
+                {{- fn.arguments if fn.arguments is string else fn.arguments | tojson }}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>' }}
+        {%- endgeneration %}
+        {{- '\n' }}
+    {%- elif message.role == 'tool' %}
+        {{- '<|im_start|>user\n<tool_response>\n' + content + '\n</tool_response><|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+""",
+    # Tools listed in the first user message, a date from a kwarg, an ipython role.
+    "tools_in_user": r"""{{- bos_token }}
+{%- if custom_tools is defined %}{%- set tools = custom_tools %}{%- endif %}
+{%- if not tools_in_user_message is defined %}{%- set tools_in_user_message = true %}{%- endif %}
+{%- if not date_string is defined %}{%- set date_string = strftime_now('%d %b %Y') %}{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] | trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = '' %}
+{%- endif %}
+{{- '<|start_header_id|>system<|end_header_id|>\n\n' }}
+{{- 'Today Date: ' + date_string + '\n\n' }}
+{{- system_message }}
+{{- '<|eot_id|>' }}
+{%- if tools_in_user_message and tools is not none %}
+    {%- if messages | length != 0 %}
+        {%- set first_user_message = messages[0]['content'] | trim %}
+        {%- set messages = messages[1:] %}
+    {%- else %}
+        {{- raise_exception('Cannot put tools in the first user message when there is none!') }}
+    {%- endif %}
+    {{- '<|start_header_id|>user<|end_header_id|>\n\n' }}
+    {{- 'Use these functions:\n\n' }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- '\n\n' }}
+    {%- endfor %}
+    {{- first_user_message + '<|eot_id|>' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'assistant' and message.tool_calls is defined %}
+        {%- if message.tool_calls | length != 1 %}
+            {{- raise_exception('Only one tool call per message is supported.') }}
+        {%- endif %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+        {%- generation %}
+        {{- '{"name": "' + tool_call.name + '", "parameters": ' }}
+        {{- tool_call.arguments | tojson }}
+        {{- '}<|eot_id|>' }}
+        {%- endgeneration %}
+    {%- elif message.role == 'tool' or message.role == 'ipython' %}
+        {{- '<|start_header_id|>ipython<|end_header_id|>\n\n' }}
+        {%- if message.content is mapping or message.content is iterable and message.content is not string %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- '<|eot_id|>' }}
+    {%- else %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}
+        {%- if message.role == 'assistant' %}
+            {%- generation %}{{- message['content'] | trim + '<|eot_id|>' }}{%- endgeneration %}
+        {%- else %}
+            {{- message['content'] | trim + '<|eot_id|>' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+""",
+    # A {% generation %} block inside a macro, called from the top level.
+    "generation_macro": r"""{%- macro turn(m) -%}
+{%- generation -%}{{ m.content | trim }}{{ eos_token }}{%- endgeneration -%}
+{%- endmacro -%}
+{%- for m in messages -%}
+[{{ m.role }}] {% if m.role == 'assistant' %}{{ turn(m) }}{% else %}{{ m.content }}{% endif %}
+
+{% endfor -%}""",
+    # Accessing the first message of an empty conversation fails in Jinja2 and here.
+    "error_empty_index": "{{ messages[0].role }}",
     # Custom kwargs and special tokens as variables.
     "kwargs": r"""{{ bos_token }}{% if enable_thinking is defined and not enable_thinking %}[no-think]{% endif %}
 {%- if documents %}{% for d in documents %}<doc title="{{ d.title }}">{{ d.text }}</doc>{% endfor %}{% endif %}
@@ -325,6 +450,27 @@ CONVERSATIONS: dict[str, list[dict]] = {
         {"role": "assistant", "content": "Null.", "thinking": None, "reasoning": "from reasoning"},
     ],
     "empty": [],
+    "think_tags": [
+        {"role": "user", "content": "Solve it."},
+        {"role": "assistant", "content": "<think>\nStep 1.\nStep 2.\n</think>\n\nThe answer is 42."},
+        {"role": "user", "content": "Again, shorter."},
+        {"role": "assistant", "content": "<think>Quick.</think>42"},
+    ],
+    "tool_calls_single": [
+        {"role": "system", "content": " Tools are available. "},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}}]},
+        {"role": "ipython", "content": {"temp": 21.5}},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny, 21.5 °C."},
+    ],
+    "tool_calls_double": [
+        {"role": "user", "content": "Both?"},
+        {"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": "a", "arguments": {}}},
+            {"type": "function", "function": {"name": "b", "arguments": {}}}]},
+    ],
 }
 
 # Feature-template inputs.
@@ -455,6 +601,21 @@ def cases() -> tuple[dict[str, str], list[dict]]:
         for agp in (False, True):
             add(f"generation/{conv}/agp={agp}", "generation", conv, agp, SPECIAL)
     add("reasoning", "reasoning", "reasoning", False, SPECIAL)
+    for conv in ["basic", "multi_turn", "tool_calls", "reasoning", "unicode", "think_tags"]:
+        for agp in (False, True):
+            add(f"reasoning_model/{conv}/agp={agp}", "reasoning_model", conv, agp, SPECIAL)
+    add("reasoning_model/no_thinking", "reasoning_model", "multi_turn", True, SPECIAL, {"enable_thinking": False})
+    for conv in ["basic", "tool_calls_single", "single_user"]:
+        for agp in (False, True):
+            add(f"tools_in_user/{conv}/agp={agp}", "tools_in_user", conv, agp, SPECIAL_BY_TEMPLATE["llama3"],
+                {"tools": TOOLS, "date_string": "26 Jul 2024"})
+    add("tools_in_user/no_tools", "tools_in_user", "basic", False, SPECIAL_BY_TEMPLATE["llama3"],
+        {"date_string": "1 Jan 2025"})
+    add("tools_in_user/two_calls", "tools_in_user", "tool_calls_double", False, SPECIAL_BY_TEMPLATE["llama3"],
+        {"tools": TOOLS, "date_string": "1 Jan 2025"})
+    for conv in ["multi_turn", "unicode", "system_multi_turn_open"]:
+        add(f"generation_macro/{conv}", "generation_macro", conv, False, SPECIAL)
+    add("error_empty_index", "error_empty_index", "empty", False, SPECIAL)
     add("raise/ok", "raise", "multi_turn", False, SPECIAL)
     add("raise/system", "raise", "basic", False, SPECIAL)
     for name in ["error_undefined_attr", "error_type", "error_unknown_filter", "error_tojson_undefined"]:

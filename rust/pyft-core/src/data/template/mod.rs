@@ -97,9 +97,10 @@ impl ChatTemplate {
             std::borrow::Cow::Borrowed(source)
         };
         let generation = generation::has_markers(&normalized);
+        let rewritten = generation::rewrite(&normalized).into_owned();
         let mut env = env::build();
-        env.add_template_owned(NAME, generation::rewrite(&normalized).into_owned())
-            .map_err(|e| template_error(&e))?;
+        env.add_template_owned(NAME, rewritten.clone())
+            .map_err(|e| template_error(&e, Some(&rewritten)))?;
         Ok(ChatTemplate { source: source.to_owned(), env, generation })
     }
 
@@ -248,8 +249,8 @@ impl ChatTemplate {
         ctx.push(("add_generation_prompt", minijinja::Value::from(add_generation_prompt)));
         let ctx: minijinja::Value = ctx.into_iter().collect();
 
-        let template = self.env.get_template(NAME).map_err(|e| template_error(&e))?;
-        let raw = template.render(ctx).map_err(|e| template_error(&e))?;
+        let template = self.env.get_template(NAME).map_err(|e| template_error(&e, None))?;
+        let raw = template.render(ctx).map_err(|e| template_error(&e, Some(template.source())))?;
         if !self.generation {
             return Ok(Rendered { text: raw, generation_spans: Vec::new() });
         }
@@ -318,46 +319,53 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// Rejects inputs holding the generation-marker characters.
+/// Rejects inputs holding the generation-marker characters, naming the first culprit
+/// by its JSON path (`messages[2].content`, `eos_token`, `tools[0].function.name`).
 fn check_reserved(messages: &Value, special: &SpecialTokens, extra: Option<&Map<String, Value>>) -> Result<()> {
-    let mut path = String::from("messages");
-    let mut found = generation::find_reserved(messages, &mut path);
-    if !found {
-        path = String::from("special tokens");
-        found = generation::find_reserved(&Value::Object(special.map.clone()), &mut path);
-    }
-    if !found {
-        if let Some(extra) = extra {
-            path = String::from("extra");
-            found = generation::find_reserved(&Value::Object(extra.clone()), &mut path);
-        }
-    }
-    if found {
-        return Err(Error::Template(format!(
+    let culprit = |path: String| {
+        Err(Error::Template(format!(
             "`{path}` holds a reserved character U+FDD0 or U+FDD1 (used to track generation blocks)"
-        )));
+        )))
+    };
+    let mut path = String::from("messages");
+    if generation::find_reserved(messages, &mut path) {
+        return culprit(path);
+    }
+    for (name, value) in special.map.iter().chain(extra.into_iter().flatten()) {
+        let mut path = name.clone();
+        if name.contains([generation::OPEN, generation::CLOSE]) || generation::find_reserved(value, &mut path) {
+            return culprit(path);
+        }
     }
     Ok(())
 }
 
-/// A minijinja error as [`Error::Template`]: the `raise_exception` message or
-/// minijinja's description, then the template line when known.
-fn template_error(err: &minijinja::Error) -> Error {
-    let mut raised = None;
+/// A minijinja error as [`Error::Template`]: the `raise_exception` message, or
+/// minijinja's description with the failing expression from `source`; then the
+/// template line when known.
+fn template_error(err: &minijinja::Error, source: Option<&str>) -> Error {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if let Some(r) = e.downcast_ref::<env::Raised>() {
-            raised = Some(r.0.clone());
-            break;
+        if let Some(raised) = e.downcast_ref::<env::Raised>() {
+            let line = err.line().map(|l| format!(" (line {l})")).unwrap_or_default();
+            return Error::Template(format!("{}{line}", raised.0));
         }
         cur = e.source();
     }
-    let mut msg = raised.unwrap_or_else(|| match err.detail() {
+    let mut msg = match err.detail() {
         Some(detail) => format!("{}: {detail}", err.kind()),
         None => err.kind().to_string(),
-    });
-    if let Some(line) = err.line() {
-        msg.push_str(&format!(" (line {line})"));
+    };
+    let snippet = err
+        .range()
+        .zip(source)
+        .and_then(|(range, src)| src.get(range))
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty());
+    match (err.line(), snippet) {
+        (Some(line), Some(s)) if s.chars().count() <= 80 => msg.push_str(&format!(" (line {line}: `{s}`)")),
+        (Some(line), _) => msg.push_str(&format!(" (line {line})")),
+        _ => {}
     }
     Error::Template(msg)
 }

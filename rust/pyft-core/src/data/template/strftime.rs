@@ -111,7 +111,7 @@ pub(crate) fn strftime(t: &DateTime, format: &str) -> String {
                 out.push_str(&format!("{v:0width$}"));
             }
         };
-        let hour12 = if t.hour % 12 == 0 { 12 } else { t.hour % 12 };
+        let hour12 = if t.hour.is_multiple_of(12) { 12 } else { t.hour % 12 };
         match code {
             'a' => out.push_str(&DAYS[t.weekday as usize][..3]),
             'A' => out.push_str(DAYS[t.weekday as usize]),
