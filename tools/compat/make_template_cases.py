@@ -450,6 +450,11 @@ CONVERSATIONS: dict[str, list[dict]] = {
         {"role": "assistant", "content": "Null.", "thinking": None, "reasoning": "from reasoning"},
     ],
     "empty": [],
+    "null_content": [
+        {"role": "system", "content": [{"type": "text", "text": "Sys "}, {"type": "text", "text": "prompt."}]},
+        {"role": "user", "content": "Call nothing."},
+        {"role": "assistant", "content": None},
+    ],
     "think_tags": [
         {"role": "user", "content": "Solve it."},
         {"role": "assistant", "content": "<think>\nStep 1.\nStep 2.\n</think>\n\nThe answer is 42."},
@@ -573,7 +578,7 @@ def cases() -> tuple[dict[str, str], list[dict]]:
 
     builtin_convs = [
         "single_user", "basic", "multi_turn", "system_multi_turn_open", "unicode", "list_content",
-        "not_alternating", "assistant_first", "unsupported_role", "late_system", "empty",
+        "not_alternating", "assistant_first", "unsupported_role", "late_system", "empty", "null_content",
     ]
     for template in BUILTINS:
         special = SPECIAL_BY_TEMPLATE.get(template, SPECIAL)

@@ -87,29 +87,30 @@ pub(crate) fn extract(raw: String) -> Result<(String, Vec<Range<usize>>), String
     Ok((text, spans))
 }
 
-/// The first string (or key) in `v` holding a marker character, as a JSON path.
+/// Whether any string or key in `v` holds a marker character; if so, `path` gets the
+/// JSON path of the first one appended (`[0].content`).
 pub(crate) fn find_reserved(v: &serde_json::Value, path: &mut String) -> bool {
     let bad = |s: &str| s.contains([OPEN, CLOSE]);
     match v {
         serde_json::Value::String(s) => bad(s),
-        serde_json::Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
-            let len = path.len();
-            path.push_str(&format!("[{i}]"));
-            let found = find_reserved(item, path);
-            if !found {
-                path.truncate(len);
+        serde_json::Value::Array(items) => match items.iter().position(|item| find_reserved(item, &mut String::new())) {
+            Some(i) => {
+                path.push_str(&format!("[{i}]"));
+                find_reserved(&items[i], path)
             }
-            found
-        }),
-        serde_json::Value::Object(map) => map.iter().any(|(k, item)| {
-            let len = path.len();
-            path.push_str(&format!(".{k}"));
-            let found = bad(k) || find_reserved(item, path);
-            if !found {
-                path.truncate(len);
+            None => false,
+        },
+        serde_json::Value::Object(map) => {
+            let hit = map.iter().find(|(k, item)| bad(k) || find_reserved(item, &mut String::new()));
+            match hit {
+                Some((k, item)) => {
+                    path.push('.');
+                    path.push_str(k);
+                    bad(k) || find_reserved(item, path)
+                }
+                None => false,
             }
-            found
-        }),
+        }
         _ => false,
     }
 }
