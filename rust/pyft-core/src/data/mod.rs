@@ -1,9 +1,13 @@
 //! Data preparation: conversation files to validated, templated, masked, packed token shards.
 
-pub mod read;
+pub mod encode;
 pub mod formats;
-pub mod pack;
 pub mod mask;
-pub mod shards;
+pub mod pack;
+pub mod prepare;
 pub mod progress;
+pub mod read;
+pub mod shards;
 pub mod split;
+pub mod template;
+pub mod tokenize;

@@ -1,0 +1,374 @@
+//! HF-style Jinja chat templates, rendered like transformers'
+//! `apply_chat_template(..., tokenize=False)`.
+//!
+//! A [`ChatTemplate`] is compiled once (into its own minijinja environment, set up as
+//! transformers sets up Jinja2) and then rendered from any number of threads. Rendering
+//! passes the variables transformers passes: `messages`, `tools`, `documents`,
+//! `add_generation_prompt`, the special tokens and any extra keyword variables.
+//! `{% generation %}` blocks are supported: [`Rendered::generation_spans`] holds the
+//! byte ranges they produced, which is what `return_assistant_tokens_mask` is built
+//! from.
+//!
+//! Differences from Jinja2 that remain are listed in the [`ChatTemplate`] docs.
+
+mod builtins;
+mod env;
+mod generation;
+mod pyjson;
+mod pyrepr;
+mod pystr;
+mod special;
+mod strftime;
+
+use std::ops::Range;
+use std::path::Path;
+
+use minijinja::Environment;
+use serde_json::{Map, Value};
+
+pub use special::SpecialTokens;
+
+use crate::error::{Error, Result};
+
+/// The name the template is stored under in its environment (appears nowhere else).
+const NAME: &str = "chat_template";
+
+/// Message keys transformers copies a message's reasoning between (the first set one
+/// wins): templates read `reasoning_content`, gpt-oss templates read `thinking`.
+const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning"];
+
+/// A compiled chat template. Cheap to render, `Send + Sync`.
+///
+/// Jinja2 features that behave differently here (all rare in chat templates):
+/// - `str ~ value` and `"{}".format(value)` spell lists, dicts and floats outside
+///   `-4 ≤ exponent < 16` the minijinja way (`["a"]`, `0.00001`); printing with
+///   `{{ value }}`, `|string` and `|join` uses Python's spelling (`['a']`, `1e-05`).
+/// - Python's `%` string formatting, `cycler`, `joiner`, `lipsum` and
+///   `dict.fromkeys` are not available.
+/// - `strftime_now` uses UTC, not the local time zone.
+/// - A `{% generation %}` block inside a macro or `{% set %}` block is tracked where
+///   its text finally lands (transformers records the position of the enclosing call);
+///   nested generation blocks are an error.
+/// - `x|attr(name)` also finds dict keys (Jinja2's only finds attributes, so on a
+///   message dict it gives undefined).
+/// - The rewrite of `{% generation %}` tags is textual, so the tag is also rewritten
+///   inside `{% raw %}` blocks.
+pub struct ChatTemplate {
+    source: String,
+    env: Environment<'static>,
+    generation: bool,
+}
+
+/// The output of [`ChatTemplate::render`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The rendered conversation.
+    pub text: String,
+    /// Byte ranges into `text` covered by `{% generation %}...{% endgeneration %}`
+    /// blocks, in order (empty if the template has no markers).
+    pub generation_spans: Vec<Range<usize>>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("source_bytes", &self.source.len())
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles a Jinja chat template.
+    ///
+    /// Errors ([`Error::Template`]) on syntax errors, naming the line, and on sources
+    /// holding U+FDD0 or U+FDD1 (reserved to track generation blocks).
+    pub fn new(source: &str) -> Result<ChatTemplate> {
+        if let Some(line) = source.lines().position(|l| l.contains([generation::OPEN, generation::CLOSE])) {
+            return Err(Error::Template(format!(
+                "the template holds a reserved character U+FDD0 or U+FDD1 (line {})",
+                line + 1
+            )));
+        }
+        // Jinja2 writes every newline of the template (`\r\n`, `\r`, `\n`) as `\n`.
+        let normalized = if source.contains('\r') {
+            std::borrow::Cow::Owned(source.replace("\r\n", "\n").replace('\r', "\n"))
+        } else {
+            std::borrow::Cow::Borrowed(source)
+        };
+        let generation = generation::has_markers(&normalized);
+        let rewritten = generation::rewrite(&normalized).into_owned();
+        let mut env = env::build();
+        env.add_template_owned(NAME, rewritten.clone())
+            .map_err(|e| template_error(&e, Some(&rewritten)))?;
+        Ok(ChatTemplate { source: source.to_owned(), env, generation })
+    }
+
+    /// The built-in template `name` (see [`ChatTemplate::builtin_names`]).
+    pub fn builtin(name: &str) -> Result<ChatTemplate> {
+        let source = ChatTemplate::builtin_source(name).ok_or_else(|| {
+            Error::Template(format!(
+                "unknown built-in template `{name}` (known: {})",
+                builtins::NAMES.join(", ")
+            ))
+        })?;
+        ChatTemplate::new(source)
+    }
+
+    /// Names of the built-in templates: chatml, llama3, alpaca, mistral, gemma, zephyr.
+    pub fn builtin_names() -> &'static [&'static str] {
+        &builtins::NAMES
+    }
+
+    /// The Jinja source of the built-in template `name`.
+    pub fn builtin_source(name: &str) -> Option<&'static str> {
+        builtins::source(name)
+    }
+
+    /// The chat template of an HF tokenizer directory, found as transformers finds it:
+    /// `chat_template.jinja` (plus named ones in `chat_templates/*.jinja`) if present,
+    /// else `chat_template` in `tokenizer_config.json` (a string, or a list of
+    /// `{name, template}`). With several named templates, the one named `default` is
+    /// used; there being none is an error. `Ok(None)` when the directory has no template.
+    pub fn from_tokenizer_dir(dir: &Path) -> Result<Option<ChatTemplate>> {
+        let mut named: Vec<(String, String)> = Vec::new();
+        let main = dir.join("chat_template.jinja");
+        if main.is_file() {
+            named.push(("default".into(), read(&main)?));
+        }
+        let extra_dir = dir.join("chat_templates");
+        if extra_dir.is_dir() {
+            let entries = std::fs::read_dir(&extra_dir).map_err(|e| Error::io(&extra_dir, e))?;
+            for entry in entries {
+                let path = entry.map_err(|e| Error::io(&extra_dir, e))?.path();
+                if let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".jinja")) {
+                    named.push((stem.to_owned(), read(&path)?));
+                }
+            }
+        }
+        if named.is_empty() {
+            let cfg_path = dir.join("tokenizer_config.json");
+            if !cfg_path.is_file() {
+                return Ok(None);
+            }
+            let cfg: Value = serde_json::from_str(&read(&cfg_path)?)
+                .map_err(|e| Error::File { path: cfg_path.clone(), message: format!("invalid json: {e}") })?;
+            match cfg.get("chat_template") {
+                None | Some(Value::Null) => return Ok(None),
+                Some(Value::String(s)) => return ChatTemplate::new(s).map(Some),
+                Some(Value::Array(items)) => {
+                    for item in items {
+                        match (item.get("name").and_then(Value::as_str), item.get("template").and_then(Value::as_str)) {
+                            (Some(n), Some(t)) => named.push((n.to_owned(), t.to_owned())),
+                            _ => {
+                                return Err(Error::File {
+                                    path: cfg_path,
+                                    message: "`chat_template` list entries must be {\"name\": ..., \"template\": ...}".into(),
+                                })
+                            }
+                        }
+                    }
+                }
+                Some(_) => {
+                    return Err(Error::File {
+                        path: cfg_path,
+                        message: "`chat_template` must be a string or a list of {name, template}".into(),
+                    })
+                }
+            }
+        }
+        match named.iter().rev().find(|(n, _)| n == "default") {
+            Some((_, src)) => ChatTemplate::new(src).map(Some),
+            None => {
+                let mut names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+                names.sort_unstable();
+                Err(Error::Template(format!(
+                    "{} has several chat templates and none named `default` (names: {})",
+                    dir.display(),
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// The Jinja source as given (before the generation-tag rewrite).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the template has `{% generation %}` blocks.
+    pub fn has_generation_markers(&self) -> bool {
+        self.generation
+    }
+
+    /// Renders a conversation.
+    ///
+    /// Args:
+    ///     messages: JSON array of message objects (`role`, `content` and any other
+    ///         keys such as `tool_calls`).
+    ///     add_generation_prompt: passed to the template as `add_generation_prompt`.
+    ///     special: the special tokens, passed as variables (`bos_token`, …).
+    ///     extra: more variables (`tools`, `documents`, custom kwargs), overriding the
+    ///         special tokens; `tools` and `documents` are `none` unless given here.
+    ///
+    /// Returns: the text and the byte spans of `{% generation %}` blocks.
+    ///
+    /// Raises: [`Error::Template`] when `messages` is not an array of objects, `extra`
+    /// sets `messages` or `add_generation_prompt`, the template fails (the message of
+    /// `raise_exception`, or minijinja's, with the template line), or, for templates
+    /// with generation blocks, an input string holds U+FDD0 or U+FDD1.
+    pub fn render(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+        special: &SpecialTokens,
+        extra: Option<&Map<String, Value>>,
+    ) -> Result<Rendered> {
+        let messages = prepare_messages(messages)?;
+        if self.generation {
+            check_reserved(&messages, special, extra)?;
+        }
+        let mut ctx: Vec<(&str, minijinja::Value)> = Vec::with_capacity(special.map.len() + 8);
+        for (k, v) in &special.map {
+            ctx.push((k, minijinja::Value::from_serialize(v)));
+        }
+        let (mut tools, mut documents) = (minijinja::Value::from(()), minijinja::Value::from(()));
+        for (k, v) in extra.into_iter().flatten() {
+            match k.as_str() {
+                "messages" | "add_generation_prompt" => {
+                    return Err(Error::Template(format!("extra variable `{k}` is set by render itself")))
+                }
+                "tools" => tools = minijinja::Value::from_serialize(v),
+                "documents" => documents = minijinja::Value::from_serialize(v),
+                _ => ctx.push((k, minijinja::Value::from_serialize(v))),
+            }
+        }
+        ctx.push(("messages", minijinja::Value::from_serialize(&*messages)));
+        ctx.push(("tools", tools));
+        ctx.push(("documents", documents));
+        ctx.push(("add_generation_prompt", minijinja::Value::from(add_generation_prompt)));
+        let ctx: minijinja::Value = ctx.into_iter().collect();
+
+        let template = self.env.get_template(NAME).map_err(|e| template_error(&e, None))?;
+        let raw = template.render(ctx).map_err(|e| template_error(&e, Some(template.source())))?;
+        if !self.generation {
+            return Ok(Rendered { text: raw, generation_spans: Vec::new() });
+        }
+        let (text, generation_spans) = generation::extract(raw).map_err(Error::Template)?;
+        Ok(Rendered { text, generation_spans })
+    }
+}
+
+/// Reads a whole text file.
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// Checks that `messages` is an array of objects and applies transformers' reasoning
+/// aliasing: a message with `reasoning_content`, `thinking` or `reasoning` set gets
+/// `thinking` (first, unless present) and `reasoning_content` (last, unless present)
+/// set to it. Borrows when no message needs that.
+fn prepare_messages(messages: &Value) -> Result<std::borrow::Cow<'_, Value>> {
+    let items = messages
+        .as_array()
+        .ok_or_else(|| Error::Template(format!("messages must be a json array, not {}", json_kind(messages))))?;
+    let mut needs_alias = false;
+    for (i, m) in items.iter().enumerate() {
+        let obj = m
+            .as_object()
+            .ok_or_else(|| Error::Template(format!("messages[{i}] must be a json object, not {}", json_kind(m))))?;
+        needs_alias |= reasoning_of(obj).is_some();
+    }
+    if !needs_alias {
+        return Ok(std::borrow::Cow::Borrowed(messages));
+    }
+    let aliased = items
+        .iter()
+        .map(|m| {
+            let obj = m.as_object().expect("checked above");
+            match reasoning_of(obj) {
+                None => m.clone(),
+                Some(r) => {
+                    let mut out = Map::with_capacity(obj.len() + 2);
+                    out.insert("thinking".into(), r.clone());
+                    for (k, v) in obj {
+                        out.insert(k.clone(), v.clone());
+                    }
+                    out.insert("reasoning_content".into(), r.clone());
+                    Value::Object(out)
+                }
+            }
+        })
+        .collect();
+    Ok(std::borrow::Cow::Owned(Value::Array(aliased)))
+}
+
+/// The first of the reasoning fields that is set (not null).
+fn reasoning_of(obj: &Map<String, Value>) -> Option<&Value> {
+    REASONING_FIELDS.iter().find_map(|k| obj.get(*k).filter(|v| !v.is_null()))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Rejects inputs holding the generation-marker characters, naming the first culprit
+/// by its JSON path (`messages[2].content`, `eos_token`, `tools[0].function.name`).
+fn check_reserved(messages: &Value, special: &SpecialTokens, extra: Option<&Map<String, Value>>) -> Result<()> {
+    let culprit = |path: String| {
+        Err(Error::Template(format!(
+            "`{path}` holds a reserved character U+FDD0 or U+FDD1 (used to track generation blocks)"
+        )))
+    };
+    let mut path = String::from("messages");
+    if generation::find_reserved(messages, &mut path) {
+        return culprit(path);
+    }
+    for (name, value) in special.map.iter().chain(extra.into_iter().flatten()) {
+        let mut path = name.clone();
+        if name.contains([generation::OPEN, generation::CLOSE]) || generation::find_reserved(value, &mut path) {
+            return culprit(path);
+        }
+    }
+    Ok(())
+}
+
+/// A minijinja error as [`Error::Template`]: the `raise_exception` message, or
+/// minijinja's description with the failing expression from `source`; then the
+/// template line when known.
+fn template_error(err: &minijinja::Error, source: Option<&str>) -> Error {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(raised) = e.downcast_ref::<env::Raised>() {
+            let line = err.line().map(|l| format!(" (line {l})")).unwrap_or_default();
+            return Error::Template(format!("{}{line}", raised.0));
+        }
+        cur = e.source();
+    }
+    let mut msg = match err.detail() {
+        Some(detail) => format!("{}: {detail}", err.kind()),
+        None => err.kind().to_string(),
+    };
+    let snippet = err
+        .range()
+        .zip(source)
+        .and_then(|(range, src)| src.get(range))
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty());
+    match (err.line(), snippet) {
+        (Some(line), Some(s)) if s.chars().count() <= 80 => msg.push_str(&format!(" (line {line}: `{s}`)")),
+        (Some(line), _) => msg.push_str(&format!(" (line {line})")),
+        _ => {}
+    }
+    Error::Template(msg)
+}
+
+#[cfg(test)]
+mod tests;

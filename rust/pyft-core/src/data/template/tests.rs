@@ -1,0 +1,108 @@
+//! Unit tests of the public API; transformers-reference cases are in
+//! `tests/template_cases.rs`.
+
+use super::*;
+
+fn render(src: &str, messages: Value) -> Result<Rendered> {
+    ChatTemplate::new(src)?.render(&messages, false, &SpecialTokens::new(), None)
+}
+
+#[test]
+fn template_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<ChatTemplate>();
+}
+
+#[test]
+fn prints_values_like_python() {
+    let out = render("{{ messages[0].x }}|{{ none }}|{{ 1e-5 }}|{{ tools }}|{{ undefined_name }}", serde_json::json!([{"x": [1, "a", {"b": true}]}])).unwrap();
+    assert_eq!(out.text, "[1, 'a', {'b': True}]|None|1e-05|None|");
+}
+
+#[test]
+fn generation_spans_are_byte_ranges() {
+    let src = "{% for m in messages %}{{ m.role }}:{% generation %}{{ m.content }}{% endgeneration %}\n{% endfor %}";
+    let out = render(src, serde_json::json!([{"role": "user", "content": "é"}, {"role": "assistant", "content": "ü!"}])).unwrap();
+    assert_eq!(out.text, "user:éassistant:ü!");
+    assert_eq!(out.generation_spans, vec![5..7, 17..20]);
+    assert!(ChatTemplate::new(src).unwrap().has_generation_markers());
+}
+
+#[test]
+fn raise_exception_carries_the_message_and_line() {
+    let err = render("line one\n{{ raise_exception('roles must alternate') }}", serde_json::json!([])).unwrap_err();
+    assert_eq!(err.to_string(), "chat template: roles must alternate (line 2)");
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let err = ChatTemplate::new("ok\n{% if %}").unwrap_err().to_string();
+    assert!(err.contains("syntax error") && err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn bad_inputs_are_rejected() {
+    let t = ChatTemplate::builtin("chatml").unwrap();
+    let special = SpecialTokens::new();
+    let err = t.render(&serde_json::json!({"role": "user"}), false, &special, None).unwrap_err();
+    assert!(err.to_string().contains("messages must be a json array"), "{err}");
+    let err = t.render(&serde_json::json!(["hi"]), false, &special, None).unwrap_err();
+    assert!(err.to_string().contains("messages[0] must be a json object"), "{err}");
+    let msgs = serde_json::json!([{"role": "user", "content": "a\u{FDD0}"}]);
+    let err = t.render(&msgs, false, &special, None).unwrap_err();
+    assert!(err.to_string().contains("messages[0].content"), "{err}");
+    let mut extra = Map::new();
+    extra.insert("messages".into(), Value::Null);
+    let err = t.render(&serde_json::json!([]), false, &special, Some(&extra)).unwrap_err();
+    assert!(err.to_string().contains("`messages`"), "{err}");
+}
+
+#[test]
+fn unknown_builtin_lists_the_names() {
+    let err = ChatTemplate::builtin("nope").unwrap_err().to_string();
+    assert!(err.contains("`nope`") && err.contains("chatml, llama3, alpaca, mistral, gemma, zephyr"), "{err}");
+    for name in ChatTemplate::builtin_names() {
+        assert!(ChatTemplate::builtin(name).unwrap().has_generation_markers());
+    }
+}
+
+#[test]
+fn strftime_now_prints_the_year() {
+    let year = render("{{ strftime_now('%Y') }}", serde_json::json!([])).unwrap().text;
+    let now = strftime::DateTime::now();
+    assert_eq!(year, now.year.to_string());
+}
+
+/// A fresh empty directory under the system temp dir.
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pyft-template-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn tokenizer_dir_lookup_follows_transformers() {
+    let dir = temp_dir("lookup");
+    assert!(ChatTemplate::from_tokenizer_dir(&dir).unwrap().is_none());
+
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "</s>"}"#).unwrap();
+    assert!(ChatTemplate::from_tokenizer_dir(&dir).unwrap().is_none());
+
+    let cfg = r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#;
+    std::fs::write(dir.join("tokenizer_config.json"), cfg).unwrap();
+    assert_eq!(ChatTemplate::from_tokenizer_dir(&dir).unwrap().unwrap().source(), "D");
+
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"chat_template": "C"}"#).unwrap();
+    assert_eq!(ChatTemplate::from_tokenizer_dir(&dir).unwrap().unwrap().source(), "C");
+
+    std::fs::write(dir.join("chat_template.jinja"), "J").unwrap();
+    assert_eq!(ChatTemplate::from_tokenizer_dir(&dir).unwrap().unwrap().source(), "J");
+
+    std::fs::remove_file(dir.join("chat_template.jinja")).unwrap();
+    std::fs::create_dir(dir.join("chat_templates")).unwrap();
+    std::fs::write(dir.join("chat_templates/tool_use.jinja"), "T").unwrap();
+    let err = ChatTemplate::from_tokenizer_dir(&dir).unwrap_err().to_string();
+    assert!(err.contains("none named `default`") && err.contains("tool_use"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
