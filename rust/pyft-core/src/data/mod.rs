@@ -1,1 +1,3 @@
 //! Data preparation: conversation files to validated, templated, masked, packed token shards.
+
+pub mod tokenize;
