@@ -13,8 +13,9 @@ Everything is generated here (no downloads): a deterministic multilingual traini
 - ``spm_bpe.json``: SentencePiece-style Metaspace BPE with ``byte_fallback`` (HF fallback path).
 - ``wordpiece.json``: BERT-style WordPiece (HF fallback path).
 
-Also writes ``edge_cases.json`` (a list of tricky strings) and ``chat_sample.txt`` (ChatML conversations, used by
-the parity test and the criterion bench).
+Also writes ``edge_cases.json`` (a list of tricky strings), ``expected_ids.json`` (the Python package's ids for
+every fixture and edge case, so the Rust tests also check the Python package, not only the Rust crate) and
+``chat_sample.txt`` (ChatML conversations, used by the parity test and the criterion bench).
 
 Run from the repo root:  /work/main/.venv/bin/python tools/compat/make_tokenizer_fixtures.py
 """
@@ -265,6 +266,14 @@ def main() -> None:
     write(wp, "wordpiece")
 
     (OUT / "edge_cases.json").write_text(json.dumps(EDGE_CASES, ensure_ascii=False, indent=0), encoding="utf-8")
+    expected = {}
+    for name in ["gpt2", "llama3", "qwen2", "o200k", "spm_bpe", "wordpiece"]:
+        tok = Tokenizer.from_file(str(OUT / f"{name}.json"))
+        expected[name] = {
+            "with_special_tokens": [e.ids for e in tok.encode_batch(EDGE_CASES, add_special_tokens=True)],
+            "without_special_tokens": [e.ids for e in tok.encode_batch(EDGE_CASES, add_special_tokens=False)],
+        }
+    (OUT / "expected_ids.json").write_text(json.dumps(expected, separators=(",", ":")), encoding="utf-8")
     (OUT / "chat_sample.txt").write_text(chat_sample(random.Random(7), 120), encoding="utf-8", newline="")
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"total {total // 1024} KiB in {OUT}")

@@ -1,7 +1,7 @@
 //! `pyft_core::data::tokenize::Tokenizer` gives the `tokenizers` crate's ids exactly.
 //!
 //! Fixtures come from `tools/compat/make_tokenizer_fixtures.py` (small tokenizers trained with the HF
-//! `tokenizers` package). For the fast path the offsets must also equal HF's, and be consistent on
+//! `tokenizers` package, plus the package's own ids for the edge cases). For the fast path the offsets must also equal HF's, and be consistent on
 //! their own (monotone, inside the text, covering it).
 
 use std::path::PathBuf;
@@ -121,8 +121,37 @@ fn edge_cases() -> Vec<String> {
     );
     // Every Unicode general category, a few code points each.
     let samples = [
-        'A', 'z', 'ǅ', 'ʰ', 'ª', '\u{300}', '\u{903}', '\u{20dd}', '5', 'Ⅻ', '¼', '_', '-', '(', ')', '«', '»', '!', '+',
-        '$', '^', '©', ' ', '\u{2028}', '\u{2029}', '\u{0}', '\u{ad}', '\u{e000}', '\u{378}', '\u{1d7d8}', '\u{10400}',
+        'A',
+        'z',
+        'ǅ',
+        'ʰ',
+        'ª',
+        '\u{300}',
+        '\u{903}',
+        '\u{20dd}',
+        '5',
+        'Ⅻ',
+        '¼',
+        '_',
+        '-',
+        '(',
+        ')',
+        '«',
+        '»',
+        '!',
+        '+',
+        '$',
+        '^',
+        '©',
+        ' ',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{0}',
+        '\u{ad}',
+        '\u{e000}',
+        '\u{378}',
+        '\u{1d7d8}',
+        '\u{10400}',
     ];
     for window in samples.windows(3) {
         cases.push(window.iter().collect());
@@ -146,6 +175,25 @@ fn parity_on_edge_cases() {
     for pair in PAIRS.iter() {
         for text in &cases {
             pair.check(text);
+        }
+    }
+}
+
+/// Ids recorded from the `tokenizers` Python package by the fixture script.
+#[test]
+fn parity_with_the_python_package() {
+    let text = std::fs::read_to_string(data_dir().join("expected_ids.json")).unwrap();
+    let expected: Value = serde_json::from_str(&text).unwrap();
+    let cases: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(data_dir().join("edge_cases.json")).unwrap()).unwrap();
+    for pair in PAIRS.iter() {
+        for (key, add_special) in [("with_special_tokens", true), ("without_special_tokens", false)] {
+            let lists = expected[&pair.name][key].as_array().unwrap();
+            assert_eq!(lists.len(), cases.len());
+            for (case, ids) in cases.iter().zip(lists) {
+                let ids: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();
+                assert_eq!(pair.ours.encode(case, add_special).unwrap().ids, ids, "{}: {case:?}", pair.name);
+            }
         }
     }
 }
@@ -238,37 +286,67 @@ fn fast_variants_keep_parity() {
     let gpt2_split = json!({"type": "Split", "behavior": "Isolated", "invert": false,
         "pattern": {"Regex": "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"}});
     let variants: Vec<(&str, Pair)> = vec![
-        ("gpt2 without prefix space or trimming", variant("gpt2", |v| {
-            v["pre_tokenizer"]["add_prefix_space"] = json!(false);
-            v["post_processor"]["trim_offsets"] = json!(false);
-        })),
-        ("gpt2 with roberta processing", variant("gpt2", |v| {
-            v["post_processor"] = json!({"type": "RobertaProcessing", "sep": ["<|endoftext|>", 0],
+        (
+            "gpt2 without prefix space or trimming",
+            variant("gpt2", |v| {
+                v["pre_tokenizer"]["add_prefix_space"] = json!(false);
+                v["post_processor"]["trim_offsets"] = json!(false);
+            }),
+        ),
+        (
+            "gpt2 with roberta processing",
+            variant("gpt2", |v| {
+                v["post_processor"] = json!({"type": "RobertaProcessing", "sep": ["<|endoftext|>", 0],
                 "cls": ["<|endoftext|>", 0], "trim_offsets": true, "add_prefix_space": true});
-        })),
-        ("gpt2 with bert processing and a normalized added token", variant("gpt2", |v| {
-            v["post_processor"] = json!({"type": "BertProcessing", "sep": ["<|endoftext|>", 0], "cls": ["<|endoftext|>", 0]});
-            v["added_tokens"].as_array_mut().unwrap().push(json!({"id": 2500, "content": "ing", "single_word": false,
+            }),
+        ),
+        (
+            "gpt2 with bert processing and a normalized added token",
+            variant("gpt2", |v| {
+                v["post_processor"] =
+                    json!({"type": "BertProcessing", "sep": ["<|endoftext|>", 0], "cls": ["<|endoftext|>", 0]});
+                v["added_tokens"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"id": 2500, "content": "ing", "single_word": false,
                 "lstrip": false, "rstrip": false, "normalized": true, "special": false}));
-        })),
+            }),
+        ),
         ("llama3 without ignore_merges", variant("llama3", |v| v["model"]["ignore_merges"] = json!(false))),
-        ("llama3 with a gpt2 split and a prefix space per piece", variant("llama3", |v| {
-            v["pre_tokenizer"]["pretokenizers"][0] = gpt2_split.clone();
-            v["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = json!(true);
-        })),
-        ("llama3 with two splits and the byte-level regex", variant("llama3", |v| {
-            let split = json!({"type": "Split", "behavior": "Isolated", "invert": false, "pattern": {"String": "e"}});
-            v["pre_tokenizer"]["pretokenizers"].as_array_mut().unwrap().insert(0, split);
-            v["pre_tokenizer"]["pretokenizers"][2]["use_regex"] = json!(true);
-        })),
-        ("qwen2 with legacy merges", variant("qwen2", |v| {
-            let merges: Vec<Value> = v["model"]["merges"].as_array().unwrap().iter()
-                .map(|m| json!(format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))).collect();
-            v["model"]["merges"] = json!(merges);
-        })),
-        ("qwen2 with a one-element normalizer sequence", variant("qwen2", |v| {
-            v["normalizer"] = json!({"type": "Sequence", "normalizers": [{"type": "NFC"}]});
-        })),
+        (
+            "llama3 with a gpt2 split and a prefix space per piece",
+            variant("llama3", |v| {
+                v["pre_tokenizer"]["pretokenizers"][0] = gpt2_split.clone();
+                v["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = json!(true);
+            }),
+        ),
+        (
+            "llama3 with two splits and the byte-level regex",
+            variant("llama3", |v| {
+                let split =
+                    json!({"type": "Split", "behavior": "Isolated", "invert": false, "pattern": {"String": "e"}});
+                v["pre_tokenizer"]["pretokenizers"].as_array_mut().unwrap().insert(0, split);
+                v["pre_tokenizer"]["pretokenizers"][2]["use_regex"] = json!(true);
+            }),
+        ),
+        (
+            "qwen2 with legacy merges",
+            variant("qwen2", |v| {
+                let merges: Vec<Value> = v["model"]["merges"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| json!(format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap())))
+                    .collect();
+                v["model"]["merges"] = json!(merges);
+            }),
+        ),
+        (
+            "qwen2 with a one-element normalizer sequence",
+            variant("qwen2", |v| {
+                v["normalizer"] = json!({"type": "Sequence", "normalizers": [{"type": "NFC"}]});
+            }),
+        ),
     ];
     let cases = edge_cases();
     for (what, pair) in &variants {
@@ -279,37 +357,61 @@ fn fast_variants_keep_parity() {
     }
 }
 
+/// An edit of a fixture's JSON.
+type Edit = Box<dyn FnOnce(&mut Value)>;
+
 /// Variants that must fall back to HF, with the reason naming the culprit; ids still match.
 #[test]
 fn unsupported_variants_fall_back() {
-    let cases: Vec<(&str, &str, Box<dyn FnOnce(&mut Value)>)> = vec![
+    let cases: Vec<(&str, &str, Edit)> = vec![
         ("llama3", "lstrip", Box::new(|v| v["added_tokens"][5]["lstrip"] = json!(true))),
         ("llama3", "single_word", Box::new(|v| v["added_tokens"][6]["single_word"] = json!(true))),
-        ("llama3", "truncation", Box::new(|v| {
-            v["truncation"] = json!({"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0});
-        })),
-        ("llama3", "padding", Box::new(|v| {
-            v["padding"] = json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
+        (
+            "llama3",
+            "truncation",
+            Box::new(|v| {
+                v["truncation"] =
+                    json!({"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0});
+            }),
+        ),
+        (
+            "llama3",
+            "padding",
+            Box::new(|v| {
+                v["padding"] = json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
                 "pad_id": 0, "pad_type_id": 0, "pad_token": "<|begin_of_text|>"});
-        })),
+            }),
+        ),
         ("qwen2", "NFKC", Box::new(|v| v["normalizer"] = json!({"type": "NFKC"}))),
         ("qwen2", "Removed", Box::new(|v| v["pre_tokenizer"]["pretokenizers"][0]["behavior"] = json!("Removed"))),
         ("qwen2", "invert", Box::new(|v| v["pre_tokenizer"]["pretokenizers"][0]["invert"] = json!(true))),
         ("gpt2", "continuing_subword_prefix", Box::new(|v| v["model"]["continuing_subword_prefix"] = json!(""))),
-        ("gpt2", "byte 0x21", Box::new(|v| {
-            // Drop "!" from the vocabulary (and the merges that use it).
-            v["model"]["vocab"].as_object_mut().unwrap().remove("!");
-            let merges: Vec<Value> = v["model"]["merges"].as_array().unwrap().iter()
-                .filter(|m| !m[0].as_str().unwrap().contains('!') && !m[1].as_str().unwrap().contains('!'))
-                .cloned().collect();
-            v["model"]["merges"] = json!(merges);
-        })),
+        (
+            "gpt2",
+            "byte 0x21",
+            Box::new(|v| {
+                // Drop "!" from the vocabulary (and the merges that use it).
+                v["model"]["vocab"].as_object_mut().unwrap().remove("!");
+                let merges: Vec<Value> = v["model"]["merges"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| !m[0].as_str().unwrap().contains('!') && !m[1].as_str().unwrap().contains('!'))
+                    .cloned()
+                    .collect();
+                v["model"]["merges"] = json!(merges);
+            }),
+        ),
         ("gpt2", "pre_tokenizer", Box::new(|v| v["pre_tokenizer"] = json!({"type": "Whitespace"}))),
-        ("gpt2", "post_processor", Box::new(|v| {
-            v["post_processor"] = json!({"type": "Sequence", "processors": [
+        (
+            "gpt2",
+            "post_processor",
+            Box::new(|v| {
+                v["post_processor"] = json!({"type": "Sequence", "processors": [
                 {"type": "BertProcessing", "sep": ["<|endoftext|>", 0], "cls": ["<|endoftext|>", 0]},
                 {"type": "BertProcessing", "sep": ["<|endoftext|>", 0], "cls": ["<|endoftext|>", 0]}]});
-        })),
+            }),
+        ),
     ];
     let texts = ["<|im_start|>user\nHi  there, it's 2024!<|im_end|>", "  x  ", "Ünïcödé 😀", ""];
     for (fixture, culprit, edit) in cases {

@@ -118,18 +118,22 @@ mod tests {
 
     #[test]
     fn leftmost_longest_then_normalized_pass() {
-        let added = AddedTokens::new(&[tok(1, "<a>", false), tok(2, "<a><b>", false), tok(3, "b", true), tok(4, "", false)])
-            .unwrap();
+        let added =
+            AddedTokens::new(&[tok(1, "<a>", false), tok(2, "<a><b>", false), tok(3, "b", true), tok(4, "", false)])
+                .unwrap();
         let text = "x<a><b>b<a>yb";
         let mut raw = vec![];
         added.split_raw(text, &mut raw);
-        assert_eq!(raw, [
-            Piece::Text { start: 0, end: 1 },
-            Piece::Added { id: 2, start: 1, end: 7 },
-            Piece::Text { start: 7, end: 8 },
-            Piece::Added { id: 1, start: 8, end: 11 },
-            Piece::Text { start: 11, end: 13 },
-        ]);
+        assert_eq!(
+            raw,
+            [
+                Piece::Text { start: 0, end: 1 },
+                Piece::Added { id: 2, start: 1, end: 7 },
+                Piece::Text { start: 7, end: 8 },
+                Piece::Added { id: 1, start: 8, end: 11 },
+                Piece::Text { start: 11, end: 13 },
+            ]
+        );
         let mut second = vec![];
         added.split_normalized(text, 11, 13, &mut second);
         assert_eq!(second, [Piece::Text { start: 11, end: 12 }, Piece::Added { id: 3, start: 12, end: 13 }]);

@@ -107,8 +107,8 @@ impl BpeModel {
             let (Some(a), Some(b)) = (id_of(left), id_of(right)) else {
                 return Err(format!("bpe merge {left:?} {right:?} out of vocabulary"));
             };
-            let new_id =
-                id_of(&format!("{left}{right}")).ok_or_else(|| format!("bpe merge result {left}{right:?} out of vocabulary"))?;
+            let new_id = id_of(&format!("{left}{right}"))
+                .ok_or_else(|| format!("bpe merge result {left}{right:?} out of vocabulary"))?;
             // A later duplicate overrides an earlier one, as in HF's map.
             merges.insert(pair_key(a, b), Merge { rank: this_rank, new_id });
         }
@@ -116,7 +116,9 @@ impl BpeModel {
         let whole_words = ignore_merges.then(|| {
             vocab
                 .iter()
-                .filter_map(|(token, id)| Some((raw_bytes(token, &char_to_byte)?.into_boxed_slice(), id.as_u64()? as u32)))
+                .filter_map(|(token, id)| {
+                    Some((raw_bytes(token, &char_to_byte)?.into_boxed_slice(), id.as_u64()? as u32))
+                })
                 .collect()
         });
         Ok(BpeModel { byte_ids, merges, whole_words })

@@ -16,9 +16,9 @@ use super::bpe::Scratch;
 /// Words longer than this (bytes) are not cached: rare, and they would crowd the arena.
 pub(crate) const MAX_WORD_LEN: usize = 128;
 /// Cached words per cache before it is cleared.
-const MAX_WORDS: usize = 1 << 17;
+const MAX_WORDS: usize = 1 << 16;
 /// Cached tokens (ids) per cache before it is cleared.
-const MAX_TOKENS: usize = 1 << 20;
+const MAX_TOKENS: usize = 1 << 18;
 /// Tokenizer instances with a cache on one thread; the least recently used one is dropped beyond this.
 const MAX_TOKENIZERS: usize = 4;
 

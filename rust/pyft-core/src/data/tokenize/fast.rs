@@ -21,6 +21,7 @@ use super::bpe::BpeModel;
 use super::cache::{self, Buffers, WordCache};
 use super::post::{trim_counts, PostPlan};
 use super::pretok::{scan, Scheme, Splitter};
+use super::Encoding;
 
 /// Where a word's bytes come from in the original text.
 #[derive(Clone, Copy)]
@@ -73,7 +74,8 @@ impl FastEncoder {
 
         let mut matched = Vec::with_capacity(added.len());
         for (id, token) in added {
-            for (flag, name) in [(token.single_word, "single_word"), (token.lstrip, "lstrip"), (token.rstrip, "rstrip")] {
+            for (flag, name) in [(token.single_word, "single_word"), (token.lstrip, "lstrip"), (token.rstrip, "rstrip")]
+            {
                 if flag {
                     return Err(format!("added token {:?} with {name}", token.content));
                 }
@@ -103,8 +105,8 @@ impl FastEncoder {
         })
     }
 
-    /// Token ids and byte offsets of `text`, or `None` if the text needs HF (NFC would change it).
-    pub(crate) fn encode(&self, text: &str, add_special_tokens: bool) -> Option<(Vec<u32>, Vec<(u32, u32)>)> {
+    /// The tokens of `text`, or `None` if the text needs HF (NFC would change it).
+    pub(crate) fn encode(&self, text: &str, add_special_tokens: bool) -> Option<Encoding> {
         cache::with_local(self.instance, |words, buffers| {
             let mut ids = Vec::with_capacity(text.len() / 3 + 4);
             let mut offsets = Vec::with_capacity(text.len() / 3 + 4);
@@ -142,7 +144,10 @@ impl FastEncoder {
             }
             buffers.pieces = pieces;
             buffers.sub_pieces = sub_pieces;
-            ok.then(|| self.post.apply(ids, offsets, add_special_tokens, &self.trim))
+            ok.then(|| {
+                let (ids, offsets) = self.post.apply(ids, offsets, add_special_tokens, &self.trim);
+                Encoding { ids, offsets }
+            })
         })
     }
 
@@ -331,12 +336,9 @@ fn normalizer_is_nfc(value: &Value) -> Result<bool, String> {
 /// The pre-tokenizer as (isolating splits, `add_prefix_space`, `use_regex` of the final `ByteLevel`).
 fn pre_tokenizer(value: &Value) -> Result<(Vec<Splitter>, bool, bool), String> {
     let steps: Vec<&Value> = match value.get("type").and_then(Value::as_str) {
-        Some("Sequence") => value
-            .get("pretokenizers")
-            .and_then(Value::as_array)
-            .ok_or("pre_tokenizer sequence")?
-            .iter()
-            .collect(),
+        Some("Sequence") => {
+            value.get("pretokenizers").and_then(Value::as_array).ok_or("pre_tokenizer sequence")?.iter().collect()
+        }
         Some(_) => vec![value],
         None => return Err("no pre_tokenizer (byte-level BPE needs ByteLevel)".into()),
     };
@@ -344,7 +346,10 @@ fn pre_tokenizer(value: &Value) -> Result<(Vec<Splitter>, bool, bool), String> {
         return Err("empty pre_tokenizer sequence".into());
     };
     if last.get("type").and_then(Value::as_str) != Some("ByteLevel") {
-        return Err(format!("pre_tokenizer {} (the last step must be ByteLevel)", last.get("type").unwrap_or(&Value::Null)));
+        return Err(format!(
+            "pre_tokenizer {} (the last step must be ByteLevel)",
+            last.get("type").unwrap_or(&Value::Null)
+        ));
     }
     let add_prefix_space = last.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true);
     let use_regex = last.get("use_regex").and_then(Value::as_bool).unwrap_or(true);
@@ -377,9 +382,7 @@ fn splitter(value: &Value) -> Result<Splitter, String> {
     } else {
         return Err(format!("split pattern {pattern}"));
     };
-    tokenizers::utils::SysRegex::new(&regex)
-        .map(Splitter::Regex)
-        .map_err(|e| format!("split regex {regex:?}: {e}"))
+    tokenizers::utils::SysRegex::new(&regex).map(Splitter::Regex).map_err(|e| format!("split regex {regex:?}: {e}"))
 }
 
 #[cfg(test)]

@@ -133,8 +133,8 @@ impl Tokenizer {
     ///
     /// Errors: [`Error::Tokenizer`] if the `tokenizers` crate fails (fallback path only).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Encoding> {
-        if let Some((ids, offsets)) = self.fast.as_ref().and_then(|f| f.encode(text, add_special_tokens)) {
-            return Ok(Encoding { ids, offsets });
+        if let Some(encoding) = self.fast.as_ref().and_then(|f| f.encode(text, add_special_tokens)) {
+            return Ok(encoding);
         }
         let enc = self
             .hf

@@ -93,10 +93,9 @@ impl PostPlan {
                     let mut out = Vec::with_capacity(slots.len());
                     for slot in slots {
                         match slot {
-                            Slot::Special(special) if add_special_tokens => out.push(Seg {
-                                ids: special.clone(),
-                                offsets: vec![(0, 0); special.len()],
-                            }),
+                            Slot::Special(special) if add_special_tokens => {
+                                out.push(Seg { ids: special.clone(), offsets: vec![(0, 0); special.len()] })
+                            }
                             Slot::Special(_) => {}
                             Slot::Sequence => {
                                 used += 1;

@@ -10,12 +10,12 @@ use tokenizers::utils::SysRegex;
 use super::unicode::{ascii_classes, class_of, Class};
 
 /// The regex of HF's `ByteLevel` pre-tokenizer (`use_regex = true`).
-pub(crate) const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+pub(crate) const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 /// Llama-3's `Split` regex.
 pub(crate) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's `Split` regex: Llama-3's with one digit per number.
-pub(crate) const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A regex family with a hand-written scanner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,9 +314,8 @@ mod tests {
 
     /// What Oniguruma's `find_iter` gives for the scheme's own regex (all three cover the text).
     fn onig_words<'a>(pattern: &str, s: &'a str) -> Vec<&'a str> {
-        static COMPILED: std::sync::LazyLock<Vec<(&str, SysRegex)>> = std::sync::LazyLock::new(|| {
-            SCHEMES.iter().map(|(_, p)| (*p, SysRegex::new(p).unwrap())).collect()
-        });
+        static COMPILED: std::sync::LazyLock<Vec<(&str, SysRegex)>> =
+            std::sync::LazyLock::new(|| SCHEMES.iter().map(|(_, p)| (*p, SysRegex::new(p).unwrap())).collect());
         let re = &COMPILED.iter().find(|(p, _)| *p == pattern).unwrap().1;
         let mut out = vec![];
         let mut prev = 0;
@@ -355,9 +354,10 @@ mod tests {
 
     #[test]
     fn gpt2_examples() {
-        assert_eq!(words(Scheme::Gpt2, "Hello my friend, how's it?"), [
-            "Hello", " my", " friend", ",", " how", "'s", " it", "?"
-        ]);
+        assert_eq!(
+            words(Scheme::Gpt2, "Hello my friend, how's it?"),
+            ["Hello", " my", " friend", ",", " how", "'s", " it", "?"]
+        );
         assert_eq!(words(Scheme::Gpt2, "a   b  \n"), ["a", "  ", " b", "  \n"]);
     }
 
@@ -371,9 +371,39 @@ mod tests {
     #[test]
     fn scanners_match_oniguruma_on_edge_cases() {
         let cases = [
-            "", " ", "  ", "\t", "\n", "\r\n", " \n \n ", "a  b", "a \t b", "hello   123", "x  !!", "'s'S'ſ 'Re 'rE 'LL'lL",
-            "''s", "'", "a'", "'ſt", "don't", "\u{a0}\u{a0}x", "\u{3000}日本", "1234567", "١٢٣٤", "x\u{85}y", "a\u{2028}b",
-            " \r\n\t x", "\r\r\n\n", "  \r  x", "e\u{301}", "\u{301}x", "😀😀 x", " 😀", "A.B", " ...\n", "x\n\n  ",
+            "",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\r\n",
+            " \n \n ",
+            "a  b",
+            "a \t b",
+            "hello   123",
+            "x  !!",
+            "'s'S'ſ 'Re 'rE 'LL'lL",
+            "''s",
+            "'",
+            "a'",
+            "'ſt",
+            "don't",
+            "\u{a0}\u{a0}x",
+            "\u{3000}日本",
+            "1234567",
+            "١٢٣٤",
+            "x\u{85}y",
+            "a\u{2028}b",
+            " \r\n\t x",
+            "\r\r\n\n",
+            "  \r  x",
+            "e\u{301}",
+            "\u{301}x",
+            "😀😀 x",
+            " 😀",
+            "A.B",
+            " ...\n",
+            "x\n\n  ",
         ];
         for s in cases {
             check(s);

@@ -124,7 +124,8 @@ mod tests {
     fn table_agrees_with_oniguruma_everywhere() {
         // Spot-check unprobed planes too: they must hold no letters, numbers or spaces.
         let re = SysRegex::new(r"[\p{L}\p{N}\s]").unwrap();
-        let s: String = (0x4_0000u32..0xE_0000).step_by(97).chain(0xF_0000..0x11_0000).filter_map(char::from_u32).collect();
+        let s: String =
+            (0x4_0000u32..0xE_0000).step_by(97).chain(0xF_0000..0x11_0000).filter_map(char::from_u32).collect();
         assert_eq!(re.find_iter(&s).count(), 0);
     }
 }
