@@ -312,6 +312,30 @@ fn fast_variants_keep_parity() {
                 "lstrip": false, "rstrip": false, "normalized": true, "special": false}));
             }),
         ),
+        (
+            "gpt2 starcoder-style with individual digits",
+            variant("gpt2", |v| {
+                let byte_level = v["pre_tokenizer"].clone();
+                v["pre_tokenizer"] = json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level]});
+            }),
+        ),
+        (
+            "gpt2 with contiguous digits",
+            variant("gpt2", |v| {
+                let byte_level = v["pre_tokenizer"].clone();
+                v["pre_tokenizer"] = json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": false}, byte_level]});
+            }),
+        ),
+        (
+            "qwen2 with the qwen3.5 regex",
+            variant("qwen2", |v| {
+                v["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = json!(
+                "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+            );
+            }),
+        ),
         ("llama3 without ignore_merges", variant("llama3", |v| v["model"]["ignore_merges"] = json!(false))),
         (
             "llama3 with a gpt2 split and a prefix space per piece",

@@ -357,9 +357,13 @@ fn pre_tokenizer(value: &Value) -> Result<(Vec<Splitter>, bool, bool), String> {
     Ok((splits, add_prefix_space, use_regex))
 }
 
-/// One `Split` pre-tokenizer with `behavior = Isolated`, `invert = false`.
+/// One `Split` pre-tokenizer with `behavior = Isolated`, `invert = false`, or a `Digits`.
 fn splitter(value: &Value) -> Result<Splitter, String> {
     let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+    if kind == "Digits" {
+        let individual = value.get("individual_digits").and_then(Value::as_bool).unwrap_or(false);
+        return Ok(Splitter::Digits { individual });
+    }
     if kind != "Split" {
         return Err(format!("pre_tokenizer {kind:?} before ByteLevel"));
     }

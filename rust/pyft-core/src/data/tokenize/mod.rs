@@ -8,8 +8,9 @@
 //!
 //! Fast path (`Backend::FastBpe`): model `BPE` without dropout, subword prefix or suffix, with all 256
 //! byte tokens (`ignore_merges` supported); normalizer none or NFC; pre-tokenizer `ByteLevel`
-//! (any `add_prefix_space` / `use_regex`) optionally preceded by isolating `Split`s (the GPT-2,
-//! Llama-3 and Qwen2 regexes are hand-scanned, other regexes run on Oniguruma as in HF); added tokens
+//! (any `add_prefix_space` / `use_regex`) optionally preceded by isolating `Split`s and `Digits` (the
+//! GPT-2, Llama-3 / cl100k, Qwen2 and Qwen3.5 regexes are hand-scanned, other regexes run on Oniguruma
+//! as in HF); added tokens
 //! without `single_word` / `lstrip` / `rstrip`; post-processor none, `TemplateProcessing`,
 //! `ByteLevel`, `BertProcessing`, `RobertaProcessing` or a `Sequence` of them; no truncation or padding.
 //! Everything else (`Backend::Hf`): SentencePiece-style BPE, Unigram, WordPiece, other normalizers, ...

@@ -11,32 +11,49 @@ use super::unicode::{ascii_classes, class_of, Class};
 
 /// The regex of HF's `ByteLevel` pre-tokenizer (`use_regex = true`).
 pub(crate) const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-/// Llama-3's `Split` regex.
-pub(crate) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Qwen2's `Split` regex: Llama-3's with one digit per number.
-pub(crate) const QWEN2_PATTERN: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The Llama-3 / cl100k family of `Split` regexes: Llama-3 (`max_digits = 3`), Qwen2 / Qwen3
+/// (`max_digits = 1`), Qwen3.5 (`max_digits = 1`, combining marks count as letters).
+fn llama3_pattern(max_digits: usize, marks: bool) -> String {
+    let digits = if max_digits == 1 { r"\p{N}".to_owned() } else { format!(r"\p{{N}}{{1,{max_digits}}}") };
+    let (letters, punct) =
+        if marks { (r"[\p{L}\p{M}]+", r"[^\s\p{L}\p{M}\p{N}]+") } else { (r"\p{L}+", r"[^\s\p{L}\p{N}]+") };
+    format!(
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{{L}}\p{{N}}]?{letters}|{digits}| ?{punct}[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+}
 
 /// A regex family with a hand-written scanner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scheme {
     /// [`GPT2_PATTERN`].
     Gpt2,
-    /// [`LLAMA3_PATTERN`] (`max_digits = 3`) or [`QWEN2_PATTERN`] (`max_digits = 1`).
+    /// The Llama-3 family (see `llama3_pattern`).
     Llama3 {
         /// Longest run of `\p{N}` in one word.
         max_digits: usize,
+        /// `\p{M}` joins `\p{L}` (`[\p{L}\p{M}]+`) instead of being punctuation.
+        marks: bool,
     },
 }
 
 impl Scheme {
     /// The scheme whose regex is exactly `pattern`, if any.
     pub(crate) fn recognize(pattern: &str) -> Option<Scheme> {
-        match pattern {
-            GPT2_PATTERN => Some(Scheme::Gpt2),
-            LLAMA3_PATTERN => Some(Scheme::Llama3 { max_digits: 3 }),
-            QWEN2_PATTERN => Some(Scheme::Llama3 { max_digits: 1 }),
-            _ => None,
+        if pattern == GPT2_PATTERN {
+            return Some(Scheme::Gpt2);
+        }
+        [1, 3]
+            .into_iter()
+            .flat_map(|max_digits| [false, true].map(|marks| Scheme::Llama3 { max_digits, marks }))
+            .find(|scheme| scheme.pattern() == pattern)
+    }
+
+    /// The regex this scheme scans.
+    pub(crate) fn pattern(&self) -> String {
+        match *self {
+            Scheme::Gpt2 => GPT2_PATTERN.to_owned(),
+            Scheme::Llama3 { max_digits, marks } => llama3_pattern(max_digits, marks),
         }
     }
 }
@@ -48,6 +65,11 @@ pub(crate) enum Splitter {
     Known(Scheme),
     /// Any other regex, run on Oniguruma.
     Regex(SysRegex),
+    /// HF's `Digits` pre-tokenizer (numeric chars by `char::is_numeric`, as HF tests them).
+    Digits {
+        /// Each numeric char alone (`true`), or runs of them (`false`).
+        individual: bool,
+    },
 }
 
 impl Splitter {
@@ -71,18 +93,40 @@ impl Splitter {
                     out.push((prev, s.len()));
                 }
             }
+            Splitter::Digits { individual } => {
+                let (mut start, mut in_digits) = (0, false);
+                for (i, c) in s.char_indices() {
+                    let digit = c.is_numeric();
+                    if *individual && digit {
+                        if start < i {
+                            out.push((start, i));
+                        }
+                        start = i + c.len_utf8();
+                        out.push((i, start));
+                    } else if !*individual && digit != in_digits && start < i {
+                        out.push((start, i));
+                        start = i;
+                    }
+                    in_digits = digit;
+                }
+                if start < s.len() {
+                    out.push((start, s.len()));
+                }
+            }
         }
     }
 }
 
 /// Call `emit(start, end)` for each word of `s` under `scheme`, in order. Words cover `s` exactly.
 pub(crate) fn scan(scheme: Scheme, s: &str, mut emit: impl FnMut(usize, usize)) {
-    let cur = Cursor { bytes: s.as_bytes(), ascii: ascii_classes() };
+    let marks = matches!(scheme, Scheme::Llama3 { marks: true, .. });
+    let mark_as = if marks { Class::Letter } else { Class::Other };
+    let cur = Cursor { bytes: s.as_bytes(), ascii: ascii_classes(), mark_as };
     let mut i = 0;
     while i < s.len() {
         let end = match scheme {
             Scheme::Gpt2 => cur.gpt2_word(i),
-            Scheme::Llama3 { max_digits } => cur.llama3_word(i, max_digits),
+            Scheme::Llama3 { max_digits, .. } => cur.llama3_word(i, max_digits),
         };
         debug_assert!(end > i);
         emit(i, end);
@@ -94,6 +138,8 @@ pub(crate) fn scan(scheme: Scheme, s: &str, mut emit: impl FnMut(usize, usize)) 
 struct Cursor<'a> {
     bytes: &'a [u8],
     ascii: &'static [Class; 128],
+    /// What `\p{M}` counts as in this scheme: a letter or punctuation.
+    mark_as: Class,
 }
 
 impl Cursor<'_> {
@@ -105,9 +151,12 @@ impl Cursor<'_> {
             return (self.ascii[b0 as usize], b0 as u32, 1);
         }
         let (cp, len) = decode(self.bytes, i);
-        // SAFETY-free: `cp` came from valid UTF-8, so it is a scalar value.
-        let c = char::from_u32(cp).unwrap_or('\u{fffd}');
-        (class_of(c), cp, len)
+        // `cp` came from valid UTF-8, so it is a scalar value.
+        let class = match class_of(char::from_u32(cp).unwrap_or('\u{fffd}')) {
+            Class::Mark => self.mark_as,
+            class => class,
+        };
+        (class, cp, len)
     }
 
     /// Class at `i`, or `None` past the end.
@@ -240,7 +289,9 @@ impl Cursor<'_> {
         }
     }
 
-    /// One word of [`LLAMA3_PATTERN`] (or Qwen2's, by `max_digits`) starting at `i`; returns its end.
+    /// One word of the Llama-3 family's regex starting at `i`; returns its end. (With `marks`, the
+    /// cursor already reports `\p{M}` as a letter, which is all that scheme changes: a mark as the
+    /// optional `[^\r\n\p{L}\p{N}]` lead-in is followed by `[\p{L}\p{M}]+` either way.)
     fn llama3_word(&self, i: usize, max_digits: usize) -> usize {
         let (c0, ch0, l0) = self.at(i);
         if ch0 == u32::from(b'\'') {
@@ -250,7 +301,7 @@ impl Cursor<'_> {
             }
         }
         let is_newline = ch0 == u32::from(b'\r') || ch0 == u32::from(b'\n');
-        // `[^\r\n\p{L}\p{N}]?\p{L}+`
+        // `[^\r\n\p{L}\p{N}]?\p{L}+` (or `[\p{L}\p{M}]+`)
         match c0 {
             Class::Letter => return self.run(i + l0, Class::Letter),
             Class::Other | Class::Space if !is_newline => {
@@ -312,11 +363,11 @@ mod tests {
         out
     }
 
-    /// What Oniguruma's `find_iter` gives for the scheme's own regex (all three cover the text).
-    fn onig_words<'a>(pattern: &str, s: &'a str) -> Vec<&'a str> {
-        static COMPILED: std::sync::LazyLock<Vec<(&str, SysRegex)>> =
-            std::sync::LazyLock::new(|| SCHEMES.iter().map(|(_, p)| (*p, SysRegex::new(p).unwrap())).collect());
-        let re = &COMPILED.iter().find(|(p, _)| *p == pattern).unwrap().1;
+    /// What Oniguruma's `find_iter` gives for the scheme's own regex (they all cover the text).
+    fn onig_words(scheme: Scheme, s: &str) -> Vec<&str> {
+        static COMPILED: std::sync::LazyLock<Vec<(Scheme, SysRegex)>> =
+            std::sync::LazyLock::new(|| SCHEMES.iter().map(|&(sc, p)| (sc, SysRegex::new(p).unwrap())).collect());
+        let re = &COMPILED.iter().find(|(sc, _)| *sc == scheme).unwrap().1;
         let mut out = vec![];
         let mut prev = 0;
         for (a, b) in re.find_iter(s) {
@@ -332,15 +383,29 @@ mod tests {
         out
     }
 
-    const SCHEMES: [(Scheme, &str); 3] = [
+    /// The real-world regexes, verbatim from their `tokenizer.json`s.
+    const SCHEMES: [(Scheme, &str); 4] = [
         (Scheme::Gpt2, GPT2_PATTERN),
-        (Scheme::Llama3 { max_digits: 3 }, LLAMA3_PATTERN),
-        (Scheme::Llama3 { max_digits: 1 }, QWEN2_PATTERN),
+        // Llama-3 (and cl100k).
+        (
+            Scheme::Llama3 { max_digits: 3, marks: false },
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        // Qwen2 / Qwen2.5 / Qwen3.
+        (
+            Scheme::Llama3 { max_digits: 1, marks: false },
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        // Qwen3.5.
+        (
+            Scheme::Llama3 { max_digits: 1, marks: true },
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
     ];
 
     fn check(s: &str) {
-        for (scheme, pattern) in SCHEMES {
-            assert_eq!(words(scheme, s), onig_words(pattern, s), "{scheme:?} on {s:?}");
+        for (scheme, _) in SCHEMES {
+            assert_eq!(words(scheme, s), onig_words(scheme, s), "{scheme:?} on {s:?}");
         }
     }
 
@@ -348,8 +413,23 @@ mod tests {
     fn recognizes_known_patterns_only() {
         for (scheme, pattern) in SCHEMES {
             assert_eq!(Scheme::recognize(pattern), Some(scheme));
+            assert_eq!(scheme.pattern(), pattern);
         }
         assert_eq!(Scheme::recognize(r"\s+"), None);
+        assert_eq!(Scheme::recognize(&SCHEMES[1].1.replace("{1,3}", "{1,4}")), None);
+    }
+
+    #[test]
+    fn digits_split_like_hf() {
+        let split = |individual: bool, s: &str| {
+            let mut out = vec![];
+            Splitter::Digits { individual }.split(s, &mut out);
+            out.into_iter().map(|(a, b)| s[a..b].to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(split(true, "Hey 123 friend!"), ["Hey ", "1", "2", "3", " friend!"]);
+        assert_eq!(split(false, "Hey 123 friend!"), ["Hey ", "123", " friend!"]);
+        assert_eq!(split(false, "12a٣4"), ["12", "a", "٣4"]);
+        assert_eq!(split(true, ""), Vec::<String>::new());
     }
 
     #[test]
@@ -363,7 +443,7 @@ mod tests {
 
     #[test]
     fn llama3_examples() {
-        let l3 = Scheme::Llama3 { max_digits: 3 };
+        let l3 = Scheme::Llama3 { max_digits: 3, marks: false };
         assert_eq!(words(l3, "I'M 12345 x\r\n\r\n  y"), ["I", "'M", " ", "123", "45", " x", "\r\n\r\n", " ", " y"]);
         assert_eq!(words(l3, "  ...\n\nok"), [" ", " ...\n\n", "ok"]);
     }
@@ -436,6 +516,7 @@ mod tests {
             2 => prop::sample::select(vec![
                 '\u{a0}', '\u{3000}', '\u{85}', '\u{2028}', '\u{b}', '\u{c}', 'é', 'ſ', '日', '本', '٣', '½', '²', '\u{301}',
                 '😀', '\u{200b}', '\u{feff}', 'Ⅻ', 'ß', 'Ω', 'ı', '\0', '\u{7f}', '\u{10ffff}', 'ـ', '\u{64b}',
+                '\u{903}', '\u{20dd}', '\u{fe0f}', 'क', 'ि',
             ]),
             1 => any::<char>(),
         ]

@@ -1,4 +1,4 @@
-//! Character classes for the pre-tokenizer scanners: `\p{L}`, `\p{N}`, `\s`, or none of them.
+//! Character classes for the pre-tokenizer scanners: `\p{L}`, `\p{N}`, `\p{M}`, `\s`, or none of them.
 //!
 //! HF `tokenizers` runs its split regexes on Oniguruma, whose Unicode tables need not match the
 //! `regex` crate's or Rust's `char` methods (different Unicode versions, a different `\s`). To give
@@ -9,11 +9,11 @@ use std::sync::LazyLock;
 
 use tokenizers::utils::SysRegex;
 
-/// The class a scanner needs for one character. `\p{L}`, `\p{N}` and `\s` are disjoint.
+/// The class a scanner needs for one character. `\p{L}`, `\p{N}`, `\p{M}` and `\s` are disjoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub(crate) enum Class {
-    /// None of the below: punctuation, symbols, marks, controls, unassigned, ...
+    /// None of the below: punctuation, symbols, controls, unassigned, ...
     Other = 0,
     /// `\p{L}`.
     Letter = 1,
@@ -21,6 +21,8 @@ pub(crate) enum Class {
     Number = 2,
     /// `\s` as Oniguruma defines it.
     Space = 3,
+    /// `\p{M}` (combining marks).
+    Mark = 4,
 }
 
 /// Code points per table block.
@@ -65,7 +67,9 @@ fn build_table() -> ClassTable {
     for &(lo, hi) in &PROBED {
         probe.extend((lo..hi).filter_map(char::from_u32));
     }
-    for (pattern, class) in [(r"\p{L}+", Class::Letter), (r"\p{N}+", Class::Number), (r"\s+", Class::Space)] {
+    let classes =
+        [(r"\p{L}+", Class::Letter), (r"\p{N}+", Class::Number), (r"\p{M}+", Class::Mark), (r"\s+", Class::Space)];
+    for (pattern, class) in classes {
         let re = SysRegex::new(pattern).expect("oniguruma compiles the class patterns");
         for (start, end) in re.find_iter(&probe) {
             for c in probe[start..end].chars() {
@@ -115,7 +119,8 @@ mod tests {
         assert_eq!(class_of('\u{a0}'), Class::Space);
         assert_eq!(class_of('\u{3000}'), Class::Space);
         assert_eq!(class_of('\u{2028}'), Class::Space);
-        assert_eq!(class_of('\u{301}'), Class::Other); // a combining mark is \p{M}
+        assert_eq!(class_of('\u{301}'), Class::Mark);
+        assert_eq!(class_of('\u{64b}'), Class::Mark);
         assert_eq!(class_of('😀'), Class::Other);
         assert_eq!(class_of('\u{10FFFF}'), Class::Other);
     }
@@ -123,7 +128,7 @@ mod tests {
     #[test]
     fn table_agrees_with_oniguruma_everywhere() {
         // Spot-check unprobed planes too: they must hold no letters, numbers or spaces.
-        let re = SysRegex::new(r"[\p{L}\p{N}\s]").unwrap();
+        let re = SysRegex::new(r"[\p{L}\p{N}\p{M}\s]").unwrap();
         let s: String =
             (0x4_0000u32..0xE_0000).step_by(97).chain(0xF_0000..0x11_0000).filter_map(char::from_u32).collect();
         assert_eq!(re.find_iter(&s).count(), 0);
