@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use pyft_core::data::tokenize::{Backend, Tokenizer};
@@ -35,11 +36,19 @@ fn bench(c: &mut Criterion) {
     let texts: Vec<&str> = sample.split("\n\n\n").collect();
     let bytes: usize = texts.iter().map(|t| t.len()).sum();
 
-    for name in ["llama3", "qwen2", "gpt2"] {
+    // o200k: a Split regex without a hand-written scanner (runs on Oniguruma, BPE still fast).
+    for name in ["llama3", "qwen2", "gpt2", "o200k"] {
         let json = std::fs::read_to_string(data_dir().join(format!("{name}.json"))).expect("fixture");
+        let start = Instant::now();
         let ours = Tokenizer::from_json(&json).expect("load");
+        let load = start.elapsed();
         assert_eq!(ours.backend(), Backend::FastBpe, "{name}");
+        let start = Instant::now();
         let hf = tokenizers::Tokenizer::from_str(&json).expect("load");
+        let hf_load = start.elapsed();
+        let start = Instant::now();
+        ours.encode("warm up: builds the class table once per process", false).expect("encode");
+        eprintln!("{name}: load {load:.1?} (of which hf {hf_load:.1?}), first encode {:.1?}", start.elapsed());
         let tokens = encode_all(&ours, &texts);
         assert_eq!(tokens, hf_encode_all(&hf, &texts));
         eprintln!(

@@ -13,13 +13,14 @@
 //! characters (HF aligns every byte of a character to the whole character), and a prefix space maps to
 //! the first character of its piece.
 
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 use unicode_normalization::{is_nfc, is_nfc_quick, IsNormalized};
 
 use super::added::{AddedToken, AddedTokens, Piece};
 use super::bpe::BpeModel;
 use super::cache::{self, Buffers, WordCache};
-use super::post::{trim_counts, PostPlan};
+use super::post::{trim_counts, PostPlan, TrimTable};
 use super::pretok::{scan, Scheme, Splitter};
 use super::Encoding;
 
@@ -47,20 +48,20 @@ pub(crate) struct FastEncoder {
     use_regex: bool,
     bpe: BpeModel,
     post: PostPlan,
-    /// Leading/trailing whitespace counts per token id, when the post-processor trims offsets.
-    trim: Vec<(u16, u16)>,
+    /// Leading/trailing whitespace counts of token strings, when the post-processor trims offsets.
+    trim: TrimTable,
     /// This instance's key into the per-thread word caches.
     instance: u64,
 }
 
 impl FastEncoder {
-    /// Build from a parsed `tokenizer.json`. `added` are HF's added tokens by id;
-    /// `tokens[id]` is each id's token string. `Err` names the first thing the fast path does not
+    /// Build from a parsed `tokenizer.json`. `added` are HF's added tokens by id; `tokens` maps each
+    /// id to its token string. `Err` names the first thing the fast path does not
     /// reproduce; the caller then uses HF for everything.
     pub(crate) fn from_json(
         root: &Value,
         added: &[(u32, tokenizers::AddedToken)],
-        tokens: &[Option<String>],
+        tokens: &FxHashMap<u32, String>,
     ) -> Result<FastEncoder, String> {
         for key in ["truncation", "padding"] {
             if root.get(key).is_some_and(|v| !v.is_null()) {
@@ -88,9 +89,9 @@ impl FastEncoder {
         let added = AddedTokens::new(&matched)?;
 
         let trim = if post.trims() {
-            tokens.iter().map(|t| t.as_deref().map(trim_counts).unwrap_or((0, 0))).collect()
+            tokens.iter().map(|(id, t)| (*id, trim_counts(t))).filter(|(_, counts)| *counts != (0, 0)).collect()
         } else {
-            vec![]
+            TrimTable::default()
         };
         Ok(FastEncoder {
             added,

@@ -27,6 +27,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -70,10 +71,10 @@ pub struct Tokenizer {
     fast: Option<FastEncoder>,
     /// Why `fast` is `None`.
     fallback_reason: Option<String>,
-    /// Token string of each id (`None` for holes in the id range).
-    tokens: Vec<Option<String>>,
-    /// Whether each id is an added token with `special = true`.
-    special: Vec<bool>,
+    /// Token string of each id (a map: ids can be sparse).
+    tokens: FxHashMap<u32, String>,
+    /// Ids of the added tokens with `special = true`.
+    special: FxHashSet<u32>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -110,18 +111,9 @@ impl Tokenizer {
 
         let mut added: Vec<(u32, tokenizers::AddedToken)> = hf.get_added_tokens_decoder().into_iter().collect();
         added.sort_by_key(|(id, _)| *id);
-        let n_ids = hf
-            .get_vocab(true)
-            .values()
-            .copied()
-            .chain(added.iter().map(|(id, _)| *id))
-            .max()
-            .map_or(0, |max| max as usize + 1);
-        let tokens: Vec<Option<String>> = (0..n_ids as u32).map(|id| hf.id_to_token(id)).collect();
-        let mut special = vec![false; n_ids];
-        for (id, token) in &added {
-            special[*id as usize] = token.special;
-        }
+        let ids: FxHashSet<u32> = hf.get_vocab(true).into_values().chain(added.iter().map(|(id, _)| *id)).collect();
+        let tokens: FxHashMap<u32, String> = ids.into_iter().filter_map(|id| Some((id, hf.id_to_token(id)?))).collect();
+        let special = added.iter().filter(|(_, token)| token.special).map(|(id, _)| *id).collect();
 
         let (fast, fallback_reason) = match FastEncoder::from_json(&root, &added, &tokens) {
             Ok(fast) => (Some(fast), None),
@@ -132,8 +124,16 @@ impl Tokenizer {
 
     /// Encode `text`. `add_special_tokens` runs the post-processor's templates (BOS/EOS, ...) as HF does.
     ///
-    /// Errors: [`Error::Tokenizer`] if the `tokenizers` crate fails (fallback path only).
+    /// Errors: [`Error::Tokenizer`] if the text is 4 GiB or more (offsets are `u32`) or the
+    /// `tokenizers` crate fails (fallback path only).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Encoding> {
+        if u32::try_from(text.len()).is_err() {
+            return Err(Error::Tokenizer(format!(
+                "{}: text of {} bytes is over the 4 GiB limit",
+                self.name,
+                text.len()
+            )));
+        }
         if let Some(encoding) = self.fast.as_ref().and_then(|f| f.encode(text, add_special_tokens)) {
             return Ok(encoding);
         }
@@ -154,7 +154,7 @@ impl Tokenizer {
 
     /// The token string of `id`, as HF's `id_to_token` gives it.
     pub fn id_to_token(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize)?.as_deref()
+        self.tokens.get(&id).map(String::as_str)
     }
 
     /// Vocabulary size including added tokens (HF `get_vocab_size(true)`).
@@ -164,7 +164,7 @@ impl Tokenizer {
 
     /// Whether `id` is an added token with `special = true`.
     pub fn is_special(&self, id: u32) -> bool {
-        self.special.get(id as usize).copied().unwrap_or(false)
+        self.special.contains(&id)
     }
 
     /// Which implementation encodes.

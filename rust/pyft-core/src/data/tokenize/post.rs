@@ -5,7 +5,11 @@
 //! runs processors over a list of encodings (one per template piece); [`PostPlan::apply`] keeps the
 //! same list so that offset trimming sees the same token indices.
 
+use rustc_hash::FxHashMap;
 use serde_json::Value;
+
+/// Token id -> (leading, trailing) whitespace char counts of its string, for ids where either is non-zero.
+pub(crate) type TrimTable = FxHashMap<u32, (u16, u16)>;
 
 /// One processor's effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,14 +70,13 @@ impl PostPlan {
         self.steps.iter().any(|s| matches!(s, Step::Trim { .. }))
     }
 
-    /// Run the steps on one encoded text. `trim[id]` holds the counts of leading and trailing
-    /// whitespace chars of token `id`'s string (needed only if [`PostPlan::trims`]).
+    /// Run the steps on one encoded text. `trim` is needed only if [`PostPlan::trims`].
     pub(crate) fn apply(
         &self,
         ids: Vec<u32>,
         offsets: Vec<(u32, u32)>,
         add_special_tokens: bool,
-        trim: &[(u16, u16)],
+        trim: &TrimTable,
     ) -> (Vec<u32>, Vec<(u32, u32)>) {
         if self.steps.is_empty() {
             return (ids, offsets);
@@ -200,9 +203,9 @@ fn template(value: &Value) -> Result<Vec<Slot>, String> {
 }
 
 /// HF's `process_offsets` (byte-level `trim_offsets`) on one encoding.
-fn trim_offsets(seg: &mut Seg, add_prefix_space: bool, trim: &[(u16, u16)]) {
+fn trim_offsets(seg: &mut Seg, add_prefix_space: bool, trim: &TrimTable) {
     for (i, (id, offsets)) in seg.ids.iter().zip(seg.offsets.iter_mut()).enumerate() {
-        let (lead, trail) = trim.get(*id as usize).copied().unwrap_or((0, 0));
+        let (lead, trail) = trim.get(id).copied().unwrap_or((0, 0));
         let (mut lead, trail) = (u32::from(lead), u32::from(trail));
         if lead > 0 {
             let is_first = i == 0 || offsets.0 == 0;
@@ -241,10 +244,10 @@ mod tests {
         ]}))
         .unwrap();
         assert!(!plan.trims());
-        let (ids, offsets) = plan.apply(vec![1, 2], vec![(0, 1), (1, 3)], true, &[]);
+        let (ids, offsets) = plan.apply(vec![1, 2], vec![(0, 1), (1, 3)], true, &TrimTable::default());
         assert_eq!(ids, [7, 1, 2]);
         assert_eq!(offsets, [(0, 0), (0, 1), (1, 3)]);
-        let (ids, _) = plan.apply(vec![1, 2], vec![(0, 1), (1, 3)], false, &[]);
+        let (ids, _) = plan.apply(vec![1, 2], vec![(0, 1), (1, 3)], false, &TrimTable::default());
         assert_eq!(ids, [1, 2]);
     }
 
@@ -254,7 +257,7 @@ mod tests {
             "trim_offsets": true, "add_prefix_space": true}))
         .unwrap();
         // token 5 = "Ġx" (one leading space), token 6 = "ĠĠ" (two).
-        let trim = [(0, 0), (0, 0), (0, 0), (0, 0), (0, 0), (1, 0), (2, 2)];
+        let trim: TrimTable = [(5, (1, 0)), (6, (2, 2))].into_iter().collect();
         let (ids, offsets) = plan.apply(vec![5, 6, 5], vec![(0, 2), (2, 4), (4, 6)], true, &trim);
         assert_eq!(ids, [0, 5, 6, 5, 2]);
         assert_eq!(offsets, [(0, 0), (0, 2), (4, 4), (5, 6), (0, 0)]);
