@@ -1,0 +1,217 @@
+//! Tokenization with HF `tokenizers`' exact ids, faster for byte-level BPE.
+//!
+//! A [`Tokenizer`] loads a `tokenizer.json` twice: into the `tokenizers` crate (always, for decoding
+//! and as the fallback) and, when the file is a byte-level BPE that the fast path reproduces exactly
+//! (GPT-2 / Llama-3 / Qwen2 style), into a hand-optimized encoder. Which one encodes is decided at load
+//! time ([`Tokenizer::backend`], [`Tokenizer::fallback_reason`]); the one per-text exception is input
+//! that an NFC normalizer would change, which HF encodes.
+//!
+//! Fast path (`Backend::FastBpe`): model `BPE` without dropout, subword prefix or suffix, with all 256
+//! byte tokens (`ignore_merges` supported); normalizer none or NFC; pre-tokenizer `ByteLevel`
+//! (any `add_prefix_space` / `use_regex`) optionally preceded by isolating `Split`s and `Digits` (the
+//! GPT-2, Llama-3 / cl100k, Qwen2 and Qwen3.5 regexes are hand-scanned, other regexes run on Oniguruma
+//! as in HF); added tokens
+//! without `single_word` / `lstrip` / `rstrip`; post-processor none, `TemplateProcessing`,
+//! `ByteLevel`, `BertProcessing`, `RobertaProcessing` or a `Sequence` of them; no truncation or padding.
+//! Everything else (`Backend::Hf`): SentencePiece-style BPE, Unigram, WordPiece, other normalizers, ...
+
+mod added;
+mod bpe;
+mod cache;
+mod fast;
+mod post;
+mod pretok;
+mod unicode;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use fast::FastEncoder;
+
+/// Which implementation encodes with a [`Tokenizer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// pyft's byte-level BPE encoder.
+    FastBpe,
+    /// The `tokenizers` crate.
+    Hf,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::FastBpe => "fast-bpe",
+            Backend::Hf => "hf",
+        })
+    }
+}
+
+/// The tokens of one text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Encoding {
+    /// Token ids, `len = n_tokens`.
+    pub ids: Vec<u32>,
+    /// Per token, the byte range `[start, end)` of the text it came from, `len = n_tokens`. A
+    /// byte-level token that covers part of a multi-byte character gets the whole character's range (as
+    /// in HF); tokens added by the post-processor get `(0, 0)`.
+    pub offsets: Vec<(u32, u32)>,
+}
+
+/// A `tokenizer.json` ready to encode. `Send + Sync`: share one (e.g. behind an `Arc` or a reference)
+/// across rayon threads; the fast path's word caches are per thread.
+pub struct Tokenizer {
+    /// Where the tokenizer came from, for messages: a path, or `tokenizer json`.
+    name: String,
+    hf: tokenizers::Tokenizer,
+    fast: Option<FastEncoder>,
+    /// Why `fast` is `None`.
+    fallback_reason: Option<String>,
+    /// Token string of each id (a map: ids can be sparse).
+    tokens: FxHashMap<u32, String>,
+    /// Ids of the added tokens with `special = true`.
+    special: FxHashSet<u32>,
+}
+
+impl fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("name", &self.name)
+            .field("backend", &self.backend())
+            .field("fallback_reason", &self.fallback_reason)
+            .field("vocab_size", &self.vocab_size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokenizer {
+    /// Load a `tokenizer.json` file.
+    ///
+    /// Errors: [`Error::Io`] if the file cannot be read, [`Error::Tokenizer`] (naming the file) if the
+    /// `tokenizers` crate rejects it.
+    pub fn from_file(path: &Path) -> Result<Tokenizer> {
+        let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::load(&json, path.display().to_string())
+    }
+
+    /// Load a tokenizer from the text of a `tokenizer.json`.
+    ///
+    /// Errors: [`Error::Tokenizer`] if the `tokenizers` crate rejects it.
+    pub fn from_json(json: &str) -> Result<Tokenizer> {
+        Self::load(json, "tokenizer json".to_owned())
+    }
+
+    fn load(json: &str, name: String) -> Result<Tokenizer> {
+        let hf = tokenizers::Tokenizer::from_str(json).map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
+        let root: Value = serde_json::from_str(json).map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
+
+        let mut added: Vec<(u32, tokenizers::AddedToken)> = hf.get_added_tokens_decoder().into_iter().collect();
+        added.sort_by_key(|(id, _)| *id);
+        let ids: FxHashSet<u32> = hf.get_vocab(true).into_values().chain(added.iter().map(|(id, _)| *id)).collect();
+        let tokens: FxHashMap<u32, String> = ids.into_iter().filter_map(|id| Some((id, hf.id_to_token(id)?))).collect();
+        let special = added.iter().filter(|(_, token)| token.special).map(|(id, _)| *id).collect();
+
+        let (fast, fallback_reason) = match FastEncoder::from_json(&root, &added, &tokens) {
+            Ok(fast) => (Some(fast), None),
+            Err(reason) => (None, Some(reason)),
+        };
+        Ok(Tokenizer { name, hf, fast, fallback_reason, tokens, special })
+    }
+
+    /// Encode `text`. `add_special_tokens` runs the post-processor's templates (BOS/EOS, ...) as HF does.
+    ///
+    /// Errors: [`Error::Tokenizer`] if the text is 4 GiB or more (offsets are `u32`) or the
+    /// `tokenizers` crate fails (fallback path only).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Encoding> {
+        if u32::try_from(text.len()).is_err() {
+            return Err(Error::Tokenizer(format!(
+                "{}: text of {} bytes is over the 4 GiB limit",
+                self.name,
+                text.len()
+            )));
+        }
+        if let Some(encoding) = self.fast.as_ref().and_then(|f| f.encode(text, add_special_tokens)) {
+            return Ok(encoding);
+        }
+        let enc = self
+            .hf
+            .encode(text, add_special_tokens)
+            .map_err(|e| Error::Tokenizer(format!("{}: encode: {e}", self.name)))?;
+        Ok(Encoding {
+            ids: enc.get_ids().to_vec(),
+            offsets: enc.get_offsets().iter().map(|&(a, b)| (a as u32, b as u32)).collect(),
+        })
+    }
+
+    /// The id of `token` (added tokens first, then the model's vocabulary).
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.hf.token_to_id(token)
+    }
+
+    /// The token string of `id`, as HF's `id_to_token` gives it.
+    pub fn id_to_token(&self, id: u32) -> Option<&str> {
+        self.tokens.get(&id).map(String::as_str)
+    }
+
+    /// Vocabulary size including added tokens (HF `get_vocab_size(true)`).
+    pub fn vocab_size(&self) -> usize {
+        self.hf.get_vocab_size(true)
+    }
+
+    /// Whether `id` is an added token with `special = true`.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.contains(&id)
+    }
+
+    /// Which implementation encodes.
+    pub fn backend(&self) -> Backend {
+        if self.fast.is_some() {
+            Backend::FastBpe
+        } else {
+            Backend::Hf
+        }
+    }
+
+    /// Why the fast path is off (`None` when [`Tokenizer::backend`] is [`Backend::FastBpe`]), e.g.
+    /// `model type "WordPiece"` or `added token "<mask>" with lstrip`.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// Decode `ids` to text with the `tokenizers` crate's decoder.
+    ///
+    /// Errors: [`Error::Tokenizer`] if the decoder fails.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.hf.decode(ids, skip_special_tokens).map_err(|e| Error::Tokenizer(format!("{}: decode: {e}", self.name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn tokenizer_is_send_and_sync() {
+        assert_send_sync::<Tokenizer>();
+    }
+
+    #[test]
+    fn backend_display() {
+        assert_eq!(Backend::FastBpe.to_string(), "fast-bpe");
+        assert_eq!(Backend::Hf.to_string(), "hf");
+    }
+
+    #[test]
+    fn errors_name_the_culprit() {
+        let err = Tokenizer::from_json("{").unwrap_err().to_string();
+        assert!(err.starts_with("tokenizer: tokenizer json:"), "{err}");
+        let err = Tokenizer::from_file(Path::new("/nonexistent/tokenizer.json")).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/tokenizer.json"), "{err}");
+    }
+}
