@@ -24,6 +24,7 @@ mod _core {
 
     use pyo3::prelude::*;
 
+    #[allow(non_upper_case_globals)]
     #[pymodule_export]
     const __version__: &str = env!("CARGO_PKG_VERSION");
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::data::encode::{Encoded, Encoder, MaskMethod, TrainOn, IGNORE_INDEX};
+use crate::data::encode::{Encoded, Encoder, TrainOn, IGNORE_INDEX};
 use crate::data::formats::{convert, Example, ExampleKind, Format};
 use crate::data::pack::pack_bfd;
 use crate::data::progress::Progress;
@@ -192,7 +192,6 @@ fn hex_sha256(bytes: &[u8]) -> String {
 struct Item {
     location: Location,
     example: Example,
-    from_mix: bool,
 }
 
 /// Counters for `meta.json`.
@@ -237,14 +236,18 @@ impl Doc {
 pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
     validate_options(opts)?;
     let bundle = load_tokenizer(&opts.tokenizer)?;
-    let (template, template_name) = match &opts.template {
-        TemplateChoice::Tokenizer => (bundle.template.clone(), "tokenizer".to_string()),
+    let (chosen_template, template_name) = match &opts.template {
+        TemplateChoice::Tokenizer => (None, "tokenizer".to_string()),
         TemplateChoice::Builtin(name) => (Some(ChatTemplate::builtin(name)?), name.clone()),
         TemplateChoice::File(path) => {
             let src = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
             let t = ChatTemplate::new(&src).map_err(|e| Error::Template(format!("{}: {e}", path.display())))?;
             (Some(t), path.display().to_string())
         }
+    };
+    let template: Option<&ChatTemplate> = match &opts.template {
+        TemplateChoice::Tokenizer => bundle.template.as_ref(),
+        _ => chosen_template.as_ref(),
     };
     let mut counts = Counts::default();
     let mut problems: Vec<Error> = Vec::new();
@@ -288,7 +291,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
         let mut file_items = Vec::new();
         for (rec, res) in read.records.iter().zip(converted) {
             match res {
-                Ok(example) => file_items.push(Item { location: rec.location.clone(), example, from_mix: mix_idx.is_some() }),
+                Ok(example) => file_items.push(Item { location: rec.location.clone(), example }),
                 Err(e) => {
                     counts.invalid += 1;
                     problems.push(e);
@@ -346,7 +349,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
     }
 
     // 5. Encode in parallel.
-    let encoder = Encoder { tokenizer: &bundle.tokenizer, template: template.as_ref(), special: &bundle.special, train_on: opts.train_on };
+    let encoder = Encoder { tokenizer: &bundle.tokenizer, template, special: &bundle.special, train_on: opts.train_on };
     let total = train.len() + val.len();
     let progress = Progress::new("tokenizing", total, opts.progress);
     let done = AtomicUsize::new(0);
@@ -416,7 +419,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
             "eos_token": special.get("eos_token"), "eos_token_id": id_of("eos_token"),
             "pad_token": special.get("pad_token"), "pad_token_id": id_of("pad_token"),
         },
-        "template": template.as_ref().map(|t| json!({
+        "template": template.map(|t| json!({
             "name": template_name,
             "sha256": hex_sha256(t.source().as_bytes()),
             "generation_markers": t.has_generation_markers(),
@@ -822,7 +825,8 @@ impl LengthHistogram {
         self.max_seen = self.max_seen.max(len);
         // bucket i holds edges[i] < len <= edges[i+1]; the last bucket anything above max_len.
         let i = self.edges.partition_point(|&e| e < len).saturating_sub(1);
-        self.counts[i.min(self.counts.len() - 1)] += 1;
+        let last = self.counts.len() - 1;
+        self.counts[i.min(last)] += 1;
     }
 
     fn to_json(&self) -> Value {
