@@ -53,6 +53,8 @@ const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning
 ///   minijinja-contrib's pycompat (e.g. `zfill`, `ljust`, `center`, `expandtabs`).
 /// - transformers' refusal of `_`-prefixed namespace attributes is not enforced
 ///   (it guards Python internals that do not exist here).
+/// - Iterating over `none` (`{% for part in message.content %}` with a null content)
+///   yields nothing; Jinja2 fails with "'NoneType' object is not iterable".
 /// - `x|attr(name)` also finds dict keys (Jinja2's only finds attributes, so on a
 ///   message dict it gives undefined).
 /// - `strftime_now` uses UTC, not the local time zone.

@@ -128,3 +128,27 @@ fn tokenizer_dir_lookup_follows_transformers() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Known departures from Jinja2, pinned so that a change in minijinja is noticed (see
+/// the `ChatTemplate` docs).
+#[test]
+fn known_differences_from_jinja2() {
+    let msgs = serde_json::json!([{"role": "user", "content": null}]);
+    // Jinja2: TypeError ('NoneType' object is not iterable).
+    assert_eq!(
+        render("[{% for p in messages[0].content %}x{% endfor %}]", msgs.clone())
+            .unwrap()
+            .text,
+        "[]"
+    );
+    // Jinja2: undefined (dicts have no attribute `role`).
+    assert_eq!(
+        render("{{ messages[0] | attr('role') }}", msgs.clone()).unwrap().text,
+        "user"
+    );
+    // Jinja2 gives `[1, 'a']1e-07`.
+    assert_eq!(
+        render("{{ [1, 'a'] ~ 1e-7 }}", msgs).unwrap().text,
+        "[1, \"a\"]0.0000001"
+    );
+}
