@@ -148,6 +148,7 @@ dictitems: {% for k, v in first | items %}{{ k }}:{{ v }} {% endfor %}sorted={% 
 printing: {{ none }} {{ true }} {{ false }} {{ 1.0 }} {{ 0.1 }} {{ 1e-7 }} {{ 1e20 }} {{ 12345678901234567890 }} {{ [1, 'a', none, 2.5] }} {{ {'k': 'v', 'n': [true]} }} {{ messages[0] }}
 math: {{ 3 / 2 }} {{ 4 / 2 }} {{ 7 // 2 }} {{ 2 ** 10 }} {{ 7 % 3 }} {{ -7 // 2 }} {{ 1 + 2.5 }} {{ (0.1 + 0.2) }}
 compare: {{ messages | length > 2 }} {{ 'user' in messages | map(attribute='role') }} {{ 'x' not in 'abc' }} {{ 1 == 1.0 }}
+undefined2: [{{ 'a' in nothing }}] [{{ nothing | default('d') }}] [{{ nothing == none }}] [{{ not nothing }}] [{{ nothing | list }}] [{{ nothing | join(',') }}] [{{ nothing ~ 'x' }}] [{{ first.missing | trim }}] [{{ nothing | upper }}] [{{ nothing | first is defined }}] [{{ first.missing is not defined }}]
 undefined: [{{ nothing }}] [{{ nothing | length }}] [{{ first.nothing }}] [{% for x in nothing %}{{ x }}{% endfor %}] [{{ nothing is defined }}] [{{ bos_token is defined }}] [{{ tools is none }}] [{{ documents is none }}]
 numbers: {{ '42' | int + 1 }} {{ '2.5' | float }} {{ 2.567 | round(1) }} {{ [3, 1, 2] | sort }} {{ [1, 2, 3] | sum }} {{ [3, 1, 2] | max }} {{ [1, 2, 2] | unique | list }} {{ [1, 2] | reverse | list }}
 strings: {{ 42 | string }} {{ [1, 'x'] | string }} {{ none | string }} {{ ['a', 1, none] | join(', ') }}
@@ -242,6 +243,21 @@ escaping: {{ '<b>&amp;</b>' }} {{ '<b>' | e }} {{ '<i>' | safe }}
 {%- else %}<|{{ m.role }}|>{{ m.content }}
 {% endif %}
 {%- endfor %}""",
+    # Generation tags placed every way trim_blocks/lstrip_blocks care about.
+    "generation_whitespace": "{% for m in messages %}\n"
+    "  {% if m.role == 'assistant' %}\n"
+    "    {% generation %}\n"
+    "    {{ m.content }}\n"
+    "    {% endgeneration %}\n"
+    "  {% else %}\n"
+    "  text {% generation %} inline {{ m.role }} {% endgeneration %} after\n"
+    "\t{%+ generation %}\n"
+    "{{ m.content }}\n"
+    "\t{%+ endgeneration +%}\n"
+    "  {% endif %}\n"
+    "{%- generation -%}  \n  {%- endgeneration -%}\n"
+    "{% endfor %}\n"
+    "{%generation%}end{%endgeneration%}\n",
     # A reasoning-model template: the last user query is found by a reverse scan with a
     # namespace, <think> blocks are split off the content, tool arguments may be strings.
     "reasoning_model": r"""{%- set ns = namespace(multi_step_tool=true, last_query_index=messages | length - 1) %}
@@ -406,7 +422,10 @@ CONVERSATIONS: dict[str, list[dict]] = {
     ],
     "list_content": [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this."}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "A cat."}, {"type": "text", "text": " Sleeping."}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "A cat."}, {"type": "text", "text": " Sleeping."}],
+        },
     ],
     "tool_calls": [
         SYSTEM,
@@ -417,7 +436,10 @@ CONVERSATIONS: dict[str, list[dict]] = {
             "tool_calls": [
                 {
                     "type": "function",
-                    "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius", "days": 2}},
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": {"city": "Paris", "unit": "celsius", "days": 2},
+                    },
                 }
             ],
         },
@@ -451,7 +473,10 @@ CONVERSATIONS: dict[str, list[dict]] = {
     ],
     "empty": [],
     "null_content": [
-        {"role": "system", "content": [{"type": "text", "text": "Sys "}, {"type": "text", "text": "prompt."}]},
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": "Sys "}, {"type": "text", "text": "prompt."}],
+        },
         {"role": "user", "content": "Call nothing."},
         {"role": "assistant", "content": None},
     ],
@@ -464,23 +489,34 @@ CONVERSATIONS: dict[str, list[dict]] = {
     "tool_calls_single": [
         {"role": "system", "content": " Tools are available. "},
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "tool_calls": [
-            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 1}},
+                }
+            ],
+        },
         {"role": "ipython", "content": {"temp": 21.5}},
         {"role": "tool", "content": "sunny"},
         {"role": "assistant", "content": "Sunny, 21.5 °C."},
     ],
     "tool_calls_double": [
         {"role": "user", "content": "Both?"},
-        {"role": "assistant", "tool_calls": [
-            {"type": "function", "function": {"name": "a", "arguments": {}}},
-            {"type": "function", "function": {"name": "b", "arguments": {}}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "a", "arguments": {}}},
+                {"type": "function", "function": {"name": "b", "arguments": {}}},
+            ],
+        },
     ],
 }
 
 # Feature-template inputs.
 TOJSON_DATA = {
-    "name": "tool\"quote\\back",
+    "name": 'tool"quote\\back',
     "floats": [1.0, 0.1, -2.5, 1e-07, 1e20, 123456.789, 3.0e-5, 100.0],
     "ints": [0, -1, 9007199254740993],
     "unicode": "héllo 世界 👋🏽 \u2028 tab\there",
@@ -523,7 +559,10 @@ TOOLS = [
             },
         },
     },
-    {"type": "function", "function": {"name": "noop", "description": "", "parameters": {"type": "object", "properties": {}}}},
+    {
+        "type": "function",
+        "function": {"name": "noop", "description": "", "parameters": {"type": "object", "properties": {}}},
+    },
 ]
 
 
@@ -532,7 +571,9 @@ def byte_spans(text: str, spans: list[tuple[int, int]]) -> list[list[int]]:
     return [[len(text[:s].encode("utf-8")), len(text[:e].encode("utf-8"))] for s, e in spans]
 
 
-def render(source: str, messages: list[dict], add_generation_prompt: bool, special: dict, extra: dict | None) -> dict:
+def render(
+    source: str, messages: list[dict], add_generation_prompt: bool, special: dict, extra: dict | None
+) -> dict:
     """One case's expectation: {"text", "generation_spans"} or {"error", "raised"}."""
     extra = dict(extra or {})
     tools = extra.pop("tools", None)
@@ -577,8 +618,18 @@ def cases() -> tuple[dict[str, str], list[dict]]:
         out.append(case)
 
     builtin_convs = [
-        "single_user", "basic", "multi_turn", "system_multi_turn_open", "unicode", "list_content",
-        "not_alternating", "assistant_first", "unsupported_role", "late_system", "empty", "null_content",
+        "single_user",
+        "basic",
+        "multi_turn",
+        "system_multi_turn_open",
+        "unicode",
+        "list_content",
+        "not_alternating",
+        "assistant_first",
+        "unsupported_role",
+        "late_system",
+        "empty",
+        "null_content",
     ]
     for template in BUILTINS:
         special = SPECIAL_BY_TEMPLATE.get(template, SPECIAL)
@@ -593,7 +644,14 @@ def cases() -> tuple[dict[str, str], list[dict]]:
     add("tools/no_tools", "tools", "tool_calls", False, SPECIAL)
 
     add("tojson", "tojson", "", False, SPECIAL, messages=FEATURE_CONVERSATIONS["tojson"])
-    add("string_methods", "string_methods", "", False, SPECIAL, messages=FEATURE_CONVERSATIONS["string_methods"])
+    add(
+        "string_methods",
+        "string_methods",
+        "",
+        False,
+        SPECIAL,
+        messages=FEATURE_CONVERSATIONS["string_methods"],
+    )
     for conv in ["basic", "multi_turn", "unicode"]:
         add(f"namespace_loops/{conv}", "namespace_loops", conv, False, SPECIAL)
         add(f"values_and_filters/{conv}", "values_and_filters", conv, False, SPECIAL)
@@ -601,6 +659,7 @@ def cases() -> tuple[dict[str, str], list[dict]]:
     add("syntax", "syntax", "basic", False, SPECIAL)
     add("crlf", "crlf", "basic", False, SPECIAL)
     add("generation_nested", "generation_nested", "multi_turn", False, SPECIAL)
+    add("generation_whitespace", "generation_whitespace", "basic", False, SPECIAL)
     add("generation_nested/unicode", "generation_nested", "unicode", False, SPECIAL)
     for conv in ["multi_turn", "unicode", "basic"]:
         for agp in (False, True):
@@ -609,15 +668,40 @@ def cases() -> tuple[dict[str, str], list[dict]]:
     for conv in ["basic", "multi_turn", "tool_calls", "reasoning", "unicode", "think_tags"]:
         for agp in (False, True):
             add(f"reasoning_model/{conv}/agp={agp}", "reasoning_model", conv, agp, SPECIAL)
-    add("reasoning_model/no_thinking", "reasoning_model", "multi_turn", True, SPECIAL, {"enable_thinking": False})
+    add(
+        "reasoning_model/no_thinking",
+        "reasoning_model",
+        "multi_turn",
+        True,
+        SPECIAL,
+        {"enable_thinking": False},
+    )
     for conv in ["basic", "tool_calls_single", "single_user"]:
         for agp in (False, True):
-            add(f"tools_in_user/{conv}/agp={agp}", "tools_in_user", conv, agp, SPECIAL_BY_TEMPLATE["llama3"],
-                {"tools": TOOLS, "date_string": "26 Jul 2024"})
-    add("tools_in_user/no_tools", "tools_in_user", "basic", False, SPECIAL_BY_TEMPLATE["llama3"],
-        {"date_string": "1 Jan 2025"})
-    add("tools_in_user/two_calls", "tools_in_user", "tool_calls_double", False, SPECIAL_BY_TEMPLATE["llama3"],
-        {"tools": TOOLS, "date_string": "1 Jan 2025"})
+            add(
+                f"tools_in_user/{conv}/agp={agp}",
+                "tools_in_user",
+                conv,
+                agp,
+                SPECIAL_BY_TEMPLATE["llama3"],
+                {"tools": TOOLS, "date_string": "26 Jul 2024"},
+            )
+    add(
+        "tools_in_user/no_tools",
+        "tools_in_user",
+        "basic",
+        False,
+        SPECIAL_BY_TEMPLATE["llama3"],
+        {"date_string": "1 Jan 2025"},
+    )
+    add(
+        "tools_in_user/two_calls",
+        "tools_in_user",
+        "tool_calls_double",
+        False,
+        SPECIAL_BY_TEMPLATE["llama3"],
+        {"tools": TOOLS, "date_string": "1 Jan 2025"},
+    )
     for conv in ["multi_turn", "unicode", "system_multi_turn_open"]:
         add(f"generation_macro/{conv}", "generation_macro", conv, False, SPECIAL)
     add("error_empty_index", "error_empty_index", "empty", False, SPECIAL)
@@ -627,8 +711,19 @@ def cases() -> tuple[dict[str, str], list[dict]]:
         add(name, name, "basic", False, SPECIAL)
     documents = [{"title": "Doc «1»", "text": "Some text."}, {"title": "Two", "text": "More."}]
     add("kwargs/plain", "kwargs", "basic", False, SPECIAL)
-    add("kwargs/all", "kwargs", "unicode", True, {**SPECIAL, "image_token": "<image>"},
-        {"enable_thinking": False, "documents": documents, "custom": {"nested": {"value": 2.5}}, "eos_token": "<EOS>"})
+    add(
+        "kwargs/all",
+        "kwargs",
+        "unicode",
+        True,
+        {**SPECIAL, "image_token": "<image>"},
+        {
+            "enable_thinking": False,
+            "documents": documents,
+            "custom": {"nested": {"value": 2.5}},
+            "eos_token": "<EOS>",
+        },
+    )
     return templates, out
 
 
@@ -636,10 +731,22 @@ def cases() -> tuple[dict[str, str], list[dict]]:
 TOKENIZER_CONFIGS: dict[str, dict] = {
     "strings": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None},
     "added_tokens": {
-        "bos_token": {"__type": "AddedToken", "content": "<s>", "lstrip": False, "normalized": False,
-                      "rstrip": False, "single_word": False},
-        "eos_token": {"__type": "AddedToken", "content": "</s>", "lstrip": False, "normalized": False,
-                      "rstrip": False, "single_word": False},
+        "bos_token": {
+            "__type": "AddedToken",
+            "content": "<s>",
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+        },
+        "eos_token": {
+            "__type": "AddedToken",
+            "content": "</s>",
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+        },
         "add_bos_token": True,
         "additional_special_tokens": ["<extra_0>", "<extra_1>"],
     },
@@ -650,8 +757,13 @@ TOKENIZER_CONFIGS: dict[str, dict] = {
         "extra_special_tokens": {"audio_token": "<|audio|>"},
     },
     "all_named": {
-        "bos_token": "[BOS]", "eos_token": "[EOS]", "unk_token": "[UNK]", "sep_token": "[SEP]",
-        "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+        "bos_token": "[BOS]",
+        "eos_token": "[EOS]",
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
     },
 }
 
@@ -661,8 +773,25 @@ def special_token_cases() -> list[dict]:
 
     out = []
     for name, config in TOKENIZER_CONFIGS.items():
-        tokens = ["<unk>", "<s>", "</s>", "<|im_end|>", "<|endoftext|>", "<|image|>", "<|audio|>", "<extra_0>",
-                  "<extra_1>", "[BOS]", "[EOS]", "[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]", "hello"]
+        tokens = [
+            "<unk>",
+            "<s>",
+            "</s>",
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|image|>",
+            "<|audio|>",
+            "<extra_0>",
+            "<extra_1>",
+            "[BOS]",
+            "[EOS]",
+            "[UNK]",
+            "[SEP]",
+            "[PAD]",
+            "[CLS]",
+            "[MASK]",
+            "hello",
+        ]
         tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         with tempfile.TemporaryDirectory() as d:
@@ -687,8 +816,10 @@ def main() -> int:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     errors = sum("error" in c for c in case_list)
-    print(f"wrote {OUT.relative_to(ROOT)}: {len(case_list)} cases ({errors} expected errors), "
-          f"{len(doc['special_tokens'])} special-token cases")
+    print(
+        f"wrote {OUT.relative_to(ROOT)}: {len(case_list)} cases ({errors} expected errors), "
+        f"{len(doc['special_tokens'])} special-token cases"
+    )
     return 0
 
 

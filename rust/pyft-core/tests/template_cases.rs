@@ -17,7 +17,9 @@ fn fixture() -> Value {
 /// The outcome of one case as a comparable string, or a description of the mismatch.
 fn check_case(case: &Value, templates: &HashMap<String, ChatTemplate>) -> Result<(), String> {
     let template = &templates[case["template"].as_str().unwrap()];
-    let special = SpecialTokens { map: case["special"].as_object().unwrap().clone() };
+    let special = SpecialTokens {
+        map: case["special"].as_object().unwrap().clone(),
+    };
     let extra = case["extra"].as_object();
     let agp = case["add_generation_prompt"].as_bool().unwrap();
     let got = template.render(&case["messages"], agp, &special, extra);
@@ -31,10 +33,16 @@ fn check_case(case: &Value, templates: &HashMap<String, ChatTemplate>) -> Result
                 .map(|s| s[0].as_u64().unwrap() as usize..s[1].as_u64().unwrap() as usize)
                 .collect();
             if rendered.text != want_text {
-                return Err(format!("text differs\n--- want\n{want_text:?}\n--- got\n{:?}", rendered.text));
+                return Err(format!(
+                    "text differs\n--- want\n{want_text:?}\n--- got\n{:?}",
+                    rendered.text
+                ));
             }
             if rendered.generation_spans != want_spans {
-                return Err(format!("spans differ: want {want_spans:?}, got {:?}", rendered.generation_spans));
+                return Err(format!(
+                    "spans differ: want {want_spans:?}, got {:?}",
+                    rendered.generation_spans
+                ));
             }
             Ok(())
         }
@@ -58,7 +66,10 @@ fn renders_like_transformers() {
     for (name, source) in fixture["templates"].as_object().unwrap() {
         let source = source.as_str().unwrap();
         if let Some(builtin) = ChatTemplate::builtin_source(name) {
-            assert_eq!(builtin, source, "built-in `{name}` changed: rerun tools/compat/make_template_cases.py");
+            assert_eq!(
+                builtin, source,
+                "built-in `{name}` changed: rerun tools/compat/make_template_cases.py"
+            );
         }
         let compiled = ChatTemplate::new(source).unwrap_or_else(|e| panic!("template `{name}`: {e}"));
         templates.insert(name.clone(), compiled);
@@ -67,7 +78,9 @@ fn renders_like_transformers() {
     let failures: Vec<String> = cases
         .iter()
         .filter_map(|case| {
-            check_case(case, &templates).err().map(|why| format!("case `{}`: {why}", case["name"].as_str().unwrap()))
+            check_case(case, &templates)
+                .err()
+                .map(|why| format!("case `{}`: {why}", case["name"].as_str().unwrap()))
         })
         .collect();
     assert!(
@@ -83,7 +96,10 @@ fn renders_like_transformers() {
 fn builtins_are_all_covered() {
     let fixture = fixture();
     for name in ChatTemplate::builtin_names() {
-        assert!(fixture["templates"].get(*name).is_some(), "no reference cases for built-in `{name}`");
+        assert!(
+            fixture["templates"].get(*name).is_some(),
+            "no reference cases for built-in `{name}`"
+        );
     }
 }
 
@@ -101,7 +117,12 @@ fn renders_from_many_threads() {
     let template = ChatTemplate::builtin("chatml").unwrap();
     let special = SpecialTokens::from_pairs([("eos_token", "<|im_end|>")]);
     let want = template
-        .render(&serde_json::json!([{"role": "user", "content": "hi"}]), true, &special, None)
+        .render(
+            &serde_json::json!([{"role": "user", "content": "hi"}]),
+            true,
+            &special,
+            None,
+        )
         .unwrap();
     std::thread::scope(|s| {
         for _ in 0..4 {

@@ -4,7 +4,8 @@
 //! semantics, and Python's `str()` when printing values.
 //!
 //! Jinja2 filters and tests whose minijinja versions behave differently on the values
-//! chat templates use are replaced here: `length`/`count` (0 for undefined), `string`
+//! chat templates use are replaced here: `length`/`count` (0 for undefined),
+//! `first`/`last` (undefined for undefined), `string`
 //! and `join` (Python `str()` of items), `trim` (Python whitespace), `title` (Jinja2's
 //! word split), and the tests
 //! `sequence`/`iterable` (true for strings and dicts, as in Python).
@@ -56,14 +57,30 @@ pub(crate) fn build() -> Environment<'static> {
     env.add_filter("trim", trim);
     env.add_filter("title", title);
     env.add_filter("join", join);
+    env.add_filter("first", |v: &Value| {
+        if v.is_undefined() {
+            Ok(Value::UNDEFINED)
+        } else {
+            minijinja::filters::first(v)
+        }
+    });
+    env.add_filter("last", |v: Value| {
+        if v.is_undefined() {
+            Ok(Value::UNDEFINED)
+        } else {
+            minijinja::filters::last(v)
+        }
+    });
     env.add_filter(generation::FILTER, |body: &str| generation::wrap(body));
 
     env.add_test("sequence", |v: &Value| {
         matches!(v.kind(), ValueKind::Seq | ValueKind::Map | ValueKind::String)
     });
     env.add_test("iterable", |v: &Value| {
-        matches!(v.kind(), ValueKind::Seq | ValueKind::Map | ValueKind::String | ValueKind::Iterable)
-            || v.is_undefined()
+        matches!(
+            v.kind(),
+            ValueKind::Seq | ValueKind::Map | ValueKind::String | ValueKind::Iterable
+        ) || v.is_undefined()
     });
     env
 }
@@ -80,7 +97,10 @@ fn length(v: &Value) -> Result<usize, Error> {
         return Ok(0);
     }
     v.len().ok_or_else(|| {
-        Error::new(ErrorKind::InvalidOperation, format!("object of type {} has no len()", v.kind()))
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("object of type {} has no len()", v.kind()),
+        )
     })
 }
 

@@ -24,14 +24,14 @@ pub(crate) const FILTER: &str = "__pyft_generation";
 
 fn tag_regex() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"\{%([-+]?)\s*(end)?generation\s*([-+]?)%\}").expect("generation tag regex is valid")
-    })
+    RE.get_or_init(|| Regex::new(r"\{%([-+]?)\s*(end)?generation\s*([-+]?)%\}").expect("generation tag regex is valid"))
 }
 
 /// Whether `source` has a `{% generation %}` tag (with or without `-`/`+` marks).
 pub(crate) fn has_markers(source: &str) -> bool {
-    tag_regex().find_iter(source).any(|m| !m.as_str().contains("endgeneration"))
+    tag_regex()
+        .find_iter(source)
+        .any(|m| !m.as_str().contains("endgeneration"))
 }
 
 /// `source` with the generation tags rewritten into filter blocks (see the module docs).
@@ -93,15 +93,19 @@ pub(crate) fn find_reserved(v: &serde_json::Value, path: &mut String) -> bool {
     let bad = |s: &str| s.contains([OPEN, CLOSE]);
     match v {
         serde_json::Value::String(s) => bad(s),
-        serde_json::Value::Array(items) => match items.iter().position(|item| find_reserved(item, &mut String::new())) {
-            Some(i) => {
-                path.push_str(&format!("[{i}]"));
-                find_reserved(&items[i], path)
+        serde_json::Value::Array(items) => {
+            match items.iter().position(|item| find_reserved(item, &mut String::new())) {
+                Some(i) => {
+                    path.push_str(&format!("[{i}]"));
+                    find_reserved(&items[i], path)
+                }
+                None => false,
             }
-            None => false,
-        },
+        }
         serde_json::Value::Object(map) => {
-            let hit = map.iter().find(|(k, item)| bad(k) || find_reserved(item, &mut String::new()));
+            let hit = map
+                .iter()
+                .find(|(k, item)| bad(k) || find_reserved(item, &mut String::new()));
             match hit {
                 Some((k, item)) => {
                     path.push('.');

@@ -39,20 +39,33 @@ const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning
 
 /// A compiled chat template. Cheap to render, `Send + Sync`.
 ///
-/// Jinja2 features that behave differently here (all rare in chat templates):
+/// Jinja2 features that behave differently here (all rare in chat templates; the
+/// reference cases in `tests/data/template_cases.json` pass exactly):
 /// - `str ~ value` and `"{}".format(value)` spell lists, dicts and floats outside
 ///   `-4 ≤ exponent < 16` the minijinja way (`["a"]`, `0.00001`); printing with
 ///   `{{ value }}`, `|string` and `|join` uses Python's spelling (`['a']`, `1e-05`).
-/// - Python's `%` string formatting, `cycler`, `joiner`, `lipsum` and
-///   `dict.fromkeys` are not available.
-/// - `strftime_now` uses UTC, not the local time zone.
-/// - A `{% generation %}` block inside a macro or `{% set %}` block is tracked where
-///   its text finally lands (transformers records the position of the enclosing call);
-///   nested generation blocks are an error.
+///   Tuples (`(1, 2)`, `d.items()`) are lists here and print as such; namespaces
+///   print as dicts.
+/// - Not available: Python's `%` string formatting, the `cycler`, `joiner` and
+///   `lipsum` globals, `dict.fromkeys`, the filters `truncate`, `wordcount`,
+///   `wordwrap`, `center`, `filesizeformat`, `striptags`, `xmlattr`, `urlize`,
+///   `forceescape`, `random`, and string methods other than those in `pystr.rs` and
+///   minijinja-contrib's pycompat (e.g. `zfill`, `ljust`, `center`, `expandtabs`).
+/// - transformers' refusal of `_`-prefixed namespace attributes is not enforced
+///   (it guards Python internals that do not exist here).
+/// - Iterating over `none` (`{% for part in message.content %}` with a null content)
+///   yields nothing; Jinja2 fails with "'NoneType' object is not iterable".
 /// - `x|attr(name)` also finds dict keys (Jinja2's only finds attributes, so on a
 ///   message dict it gives undefined).
+/// - `strftime_now` uses UTC, not the local time zone.
+/// - JSON integers beyond 64 bits arrive as floats.
+/// - A `{% generation %}` block whose output is captured before it is written (`{% set
+///   %}` blocks, a macro whose result is filtered or concatenated) is tracked where its
+///   text finally lands; transformers records the output length at the time the block
+///   ran, which is off in those cases. Nested generation blocks are an error.
 /// - The rewrite of `{% generation %}` tags is textual, so the tag is also rewritten
 ///   inside `{% raw %}` blocks.
+/// - `continue_final_message` is not a render option (trim the rendered text instead).
 pub struct ChatTemplate {
     source: String,
     env: Environment<'static>,
@@ -84,7 +97,10 @@ impl ChatTemplate {
     /// Errors ([`Error::Template`]) on syntax errors, naming the line, and on sources
     /// holding U+FDD0 or U+FDD1 (reserved to track generation blocks).
     pub fn new(source: &str) -> Result<ChatTemplate> {
-        if let Some(line) = source.lines().position(|l| l.contains([generation::OPEN, generation::CLOSE])) {
+        if let Some(line) = source
+            .lines()
+            .position(|l| l.contains([generation::OPEN, generation::CLOSE]))
+        {
             return Err(Error::Template(format!(
                 "the template holds a reserved character U+FDD0 or U+FDD1 (line {})",
                 line + 1
@@ -101,7 +117,11 @@ impl ChatTemplate {
         let mut env = env::build();
         env.add_template_owned(NAME, rewritten.clone())
             .map_err(|e| template_error(&e, Some(&rewritten)))?;
-        Ok(ChatTemplate { source: source.to_owned(), env, generation })
+        Ok(ChatTemplate {
+            source: source.to_owned(),
+            env,
+            generation,
+        })
     }
 
     /// The built-in template `name` (see [`ChatTemplate::builtin_names`]).
@@ -141,7 +161,11 @@ impl ChatTemplate {
             let entries = std::fs::read_dir(&extra_dir).map_err(|e| Error::io(&extra_dir, e))?;
             for entry in entries {
                 let path = entry.map_err(|e| Error::io(&extra_dir, e))?.path();
-                if let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".jinja")) {
+                if let Some(stem) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".jinja"))
+                {
                     named.push((stem.to_owned(), read(&path)?));
                 }
             }
@@ -151,19 +175,25 @@ impl ChatTemplate {
             if !cfg_path.is_file() {
                 return Ok(None);
             }
-            let cfg: Value = serde_json::from_str(&read(&cfg_path)?)
-                .map_err(|e| Error::File { path: cfg_path.clone(), message: format!("invalid json: {e}") })?;
+            let cfg: Value = serde_json::from_str(&read(&cfg_path)?).map_err(|e| Error::File {
+                path: cfg_path.clone(),
+                message: format!("invalid json: {e}"),
+            })?;
             match cfg.get("chat_template") {
                 None | Some(Value::Null) => return Ok(None),
                 Some(Value::String(s)) => return ChatTemplate::new(s).map(Some),
                 Some(Value::Array(items)) => {
                     for item in items {
-                        match (item.get("name").and_then(Value::as_str), item.get("template").and_then(Value::as_str)) {
+                        match (
+                            item.get("name").and_then(Value::as_str),
+                            item.get("template").and_then(Value::as_str),
+                        ) {
                             (Some(n), Some(t)) => named.push((n.to_owned(), t.to_owned())),
                             _ => {
                                 return Err(Error::File {
                                     path: cfg_path,
-                                    message: "`chat_template` list entries must be {\"name\": ..., \"template\": ...}".into(),
+                                    message: "`chat_template` list entries must be {\"name\": ..., \"template\": ...}"
+                                        .into(),
                                 })
                             }
                         }
@@ -250,9 +280,14 @@ impl ChatTemplate {
         let ctx: minijinja::Value = ctx.into_iter().collect();
 
         let template = self.env.get_template(NAME).map_err(|e| template_error(&e, None))?;
-        let raw = template.render(ctx).map_err(|e| template_error(&e, Some(template.source())))?;
+        let raw = template
+            .render(ctx)
+            .map_err(|e| template_error(&e, Some(template.source())))?;
         if !self.generation {
-            return Ok(Rendered { text: raw, generation_spans: Vec::new() });
+            return Ok(Rendered {
+                text: raw,
+                generation_spans: Vec::new(),
+            });
         }
         let (text, generation_spans) = generation::extract(raw).map_err(Error::Template)?;
         Ok(Rendered { text, generation_spans })
@@ -305,7 +340,9 @@ fn prepare_messages(messages: &Value) -> Result<std::borrow::Cow<'_, Value>> {
 
 /// The first of the reasoning fields that is set (not null).
 fn reasoning_of(obj: &Map<String, Value>) -> Option<&Value> {
-    REASONING_FIELDS.iter().find_map(|k| obj.get(*k).filter(|v| !v.is_null()))
+    REASONING_FIELDS
+        .iter()
+        .find_map(|k| obj.get(*k).filter(|v| !v.is_null()))
 }
 
 fn json_kind(v: &Value) -> &'static str {

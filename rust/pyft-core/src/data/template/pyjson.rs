@@ -65,7 +65,10 @@ pub(crate) fn tojson_filter(value: &Value, args: &[Value]) -> Result<Value, Erro
         Some(v) if v.as_str().is_some() => style.indent = Some(v.as_str().unwrap_or_default().into()),
         Some(v) => {
             let n = v.as_i64().ok_or_else(|| {
-                Error::new(ErrorKind::InvalidOperation, format!("tojson: indent must be an integer or a string, not {}", v.kind()))
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: indent must be an integer or a string, not {}", v.kind()),
+                )
             })?;
             style.indent = Some(" ".repeat(n.max(0) as usize));
         }
@@ -150,7 +153,11 @@ pub(crate) fn dump(out: &mut String, value: &Value, style: &JsonStyle, depth: us
             out.push('}');
         }
         kind => {
-            let name = if kind == ValueKind::Undefined { "Undefined".to_string() } else { kind.to_string() };
+            let name = if kind == ValueKind::Undefined {
+                "Undefined".to_string()
+            } else {
+                kind.to_string()
+            };
             return Err(Error::new(
                 ErrorKind::InvalidOperation,
                 format!("tojson: object of type {name} is not json serializable"),
@@ -250,6 +257,9 @@ mod tests {
             ..JsonStyle::default()
         };
         let v = serde_json::json!({"z": ["😀", 1e-7], "a": {}});
-        assert_eq!(dumps(v, &style), "{\n  \"a\": {},\n  \"z\": [\n    \"\\ud83d\\ude00\",\n    1e-07\n  ]\n}");
+        assert_eq!(
+            dumps(v, &style),
+            "{\n  \"a\": {},\n  \"z\": [\n    \"\\ud83d\\ude00\",\n    1e-07\n  ]\n}"
+        );
     }
 }

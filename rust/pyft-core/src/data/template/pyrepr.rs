@@ -142,7 +142,11 @@ pub(crate) fn write_repr<W: Write>(w: &mut W, v: &Value) -> fmt::Result {
 /// Writes Python's `repr(str)`: single quotes unless the text holds `'` but no `"`;
 /// backslash escapes for the quote, `\\`, `\t`, `\n`, `\r` and non-printable characters.
 fn write_string_repr<W: Write>(w: &mut W, s: &str) -> fmt::Result {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     w.write_char(quote)?;
     for c in s.chars() {
         match c {

@@ -58,12 +58,17 @@ fn params(method: &str, args: &[Value], names: &[&str]) -> Result<Vec<Option<Val
         for key in kwargs.try_iter()? {
             let name = key.as_str().unwrap_or_default();
             let Some(idx) = names.iter().position(|n| *n == name) else {
-                return Err(bad_args(format!("{method}() got an unexpected keyword argument '{name}'")));
+                return Err(bad_args(format!(
+                    "{method}() got an unexpected keyword argument '{name}'"
+                )));
             };
             out[idx] = Some(kwargs.get_item(&key)?);
         }
     }
-    Ok(out.into_iter().map(|v| v.filter(|v| !v.is_none() && !v.is_undefined())).collect())
+    Ok(out
+        .into_iter()
+        .map(|v| v.filter(|v| !v.is_none() && !v.is_undefined()))
+        .collect())
 }
 
 /// A string argument, or an error naming the method.
@@ -131,7 +136,11 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Option<Value>,
         "count" => {
             let p = params(method, args, &["sub"])?;
             let sub = str_arg(method, &p[0])?.ok_or_else(|| bad_args("count() missing argument 'sub'"))?;
-            Value::from(if sub.is_empty() { s.chars().count() + 1 } else { s.matches(sub).count() })
+            Value::from(if sub.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(sub).count()
+            })
         }
         "removeprefix" | "removesuffix" => {
             let p = params(method, args, &["affix"])?;
@@ -148,7 +157,11 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Option<Value>,
             if sep.is_empty() {
                 return Err(bad_args("empty separator"));
             }
-            let found = if method == "partition" { s.find(sep) } else { s.rfind(sep) };
+            let found = if method == "partition" {
+                s.find(sep)
+            } else {
+                s.rfind(sep)
+            };
             match found {
                 Some(i) => list([&s[..i], sep, &s[i + sep.len()..]]),
                 None if method == "partition" => list([s, "", ""]),
@@ -256,7 +269,10 @@ fn splitlines(s: &str, keepends: bool) -> Vec<&str> {
     let mut start = 0;
     let mut iter = s.char_indices().peekable();
     while let Some((i, c)) = iter.next() {
-        let is_break = matches!(c, '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{1c}'..='\u{1e}' | '\u{85}' | '\u{2028}' | '\u{2029}');
+        let is_break = matches!(
+            c,
+            '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{1c}'..='\u{1e}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+        );
         if !is_break {
             continue;
         }

@@ -5,7 +5,15 @@
 use serde_json::{Map, Value};
 
 /// The named special tokens transformers always knows, in its order.
-const NAMED: [&str; 7] = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+const NAMED: [&str; 7] = [
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+];
 
 /// Special-token strings passed to the template as variables, exactly as transformers
 /// passes `tokenizer.special_tokens_map`: name (`"eos_token"`) to string (`"</s>"`).

@@ -9,9 +9,27 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
     "December",
 ];
 
@@ -119,7 +137,11 @@ pub(crate) fn strftime(t: &DateTime, format: &str) -> String {
             'B' => out.push_str(MONTHS[t.month as usize - 1]),
             'c' => out.push_str(&strftime(t, "%a %b %e %H:%M:%S %Y")),
             'd' => num(&mut out, t.day.into(), 2),
-            'e' => out.push_str(&if no_pad { t.day.to_string() } else { format!("{:2}", t.day) }),
+            'e' => out.push_str(&if no_pad {
+                t.day.to_string()
+            } else {
+                format!("{:2}", t.day)
+            }),
             'f' => out.push_str(&format!("{:06}", t.micros)),
             'H' => num(&mut out, t.hour.into(), 2),
             'I' => num(&mut out, hour12.into(), 2),
@@ -167,7 +189,13 @@ mod tests {
         // 2024-02-29T13:05:09.000123Z, a Thursday.
         let t = DateTime::from_unix(1_709_211_909, 123);
         assert_eq!(strftime(&t, "%d %b %Y"), "29 Feb 2024");
-        assert_eq!(strftime(&t, "%A %B %-d, %y %I:%M:%S %p %j %f %%"), "Thursday February 29, 24 01:05:09 PM 060 000123 %");
-        assert_eq!(strftime(&t, "%c|%x|%X|%u|%w|%Q"), "Thu Feb 29 13:05:09 2024|02/29/24|13:05:09|4|4|%Q");
+        assert_eq!(
+            strftime(&t, "%A %B %-d, %y %I:%M:%S %p %j %f %%"),
+            "Thursday February 29, 24 01:05:09 PM 060 000123 %"
+        );
+        assert_eq!(
+            strftime(&t, "%c|%x|%X|%u|%w|%Q"),
+            "Thu Feb 29 13:05:09 2024|02/29/24|13:05:09|4|4|%Q"
+        );
     }
 }

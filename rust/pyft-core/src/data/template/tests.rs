@@ -15,14 +15,22 @@ fn template_is_send_and_sync() {
 
 #[test]
 fn prints_values_like_python() {
-    let out = render("{{ messages[0].x }}|{{ none }}|{{ 1e-5 }}|{{ tools }}|{{ undefined_name }}", serde_json::json!([{"x": [1, "a", {"b": true}]}])).unwrap();
+    let out = render(
+        "{{ messages[0].x }}|{{ none }}|{{ 1e-5 }}|{{ tools }}|{{ undefined_name }}",
+        serde_json::json!([{"x": [1, "a", {"b": true}]}]),
+    )
+    .unwrap();
     assert_eq!(out.text, "[1, 'a', {'b': True}]|None|1e-05|None|");
 }
 
 #[test]
 fn generation_spans_are_byte_ranges() {
     let src = "{% for m in messages %}{{ m.role }}:{% generation %}{{ m.content }}{% endgeneration %}\n{% endfor %}";
-    let out = render(src, serde_json::json!([{"role": "user", "content": "é"}, {"role": "assistant", "content": "ü!"}])).unwrap();
+    let out = render(
+        src,
+        serde_json::json!([{"role": "user", "content": "é"}, {"role": "assistant", "content": "ü!"}]),
+    )
+    .unwrap();
     assert_eq!(out.text, "user:éassistant:ü!");
     assert_eq!(out.generation_spans, vec![5..7, 17..20]);
     assert!(ChatTemplate::new(src).unwrap().has_generation_markers());
@@ -30,7 +38,11 @@ fn generation_spans_are_byte_ranges() {
 
 #[test]
 fn raise_exception_carries_the_message_and_line() {
-    let err = render("line one\n{{ raise_exception('roles must alternate') }}", serde_json::json!([])).unwrap_err();
+    let err = render(
+        "line one\n{{ raise_exception('roles must alternate') }}",
+        serde_json::json!([]),
+    )
+    .unwrap_err();
     assert_eq!(err.to_string(), "chat template: roles must alternate (line 2)");
 }
 
@@ -44,7 +56,9 @@ fn syntax_errors_name_the_line() {
 fn bad_inputs_are_rejected() {
     let t = ChatTemplate::builtin("chatml").unwrap();
     let special = SpecialTokens::new();
-    let err = t.render(&serde_json::json!({"role": "user"}), false, &special, None).unwrap_err();
+    let err = t
+        .render(&serde_json::json!({"role": "user"}), false, &special, None)
+        .unwrap_err();
     assert!(err.to_string().contains("messages must be a json array"), "{err}");
     let err = t.render(&serde_json::json!(["hi"]), false, &special, None).unwrap_err();
     assert!(err.to_string().contains("messages[0] must be a json object"), "{err}");
@@ -53,14 +67,19 @@ fn bad_inputs_are_rejected() {
     assert!(err.to_string().contains("messages[0].content"), "{err}");
     let mut extra = Map::new();
     extra.insert("messages".into(), Value::Null);
-    let err = t.render(&serde_json::json!([]), false, &special, Some(&extra)).unwrap_err();
+    let err = t
+        .render(&serde_json::json!([]), false, &special, Some(&extra))
+        .unwrap_err();
     assert!(err.to_string().contains("`messages`"), "{err}");
 }
 
 #[test]
 fn unknown_builtin_lists_the_names() {
     let err = ChatTemplate::builtin("nope").unwrap_err().to_string();
-    assert!(err.contains("`nope`") && err.contains("chatml, llama3, alpaca, mistral, gemma, zephyr"), "{err}");
+    assert!(
+        err.contains("`nope`") && err.contains("chatml, llama3, alpaca, mistral, gemma, zephyr"),
+        "{err}"
+    );
     for name in ChatTemplate::builtin_names() {
         assert!(ChatTemplate::builtin(name).unwrap().has_generation_markers());
     }
@@ -103,6 +122,33 @@ fn tokenizer_dir_lookup_follows_transformers() {
     std::fs::create_dir(dir.join("chat_templates")).unwrap();
     std::fs::write(dir.join("chat_templates/tool_use.jinja"), "T").unwrap();
     let err = ChatTemplate::from_tokenizer_dir(&dir).unwrap_err().to_string();
-    assert!(err.contains("none named `default`") && err.contains("tool_use"), "{err}");
+    assert!(
+        err.contains("none named `default`") && err.contains("tool_use"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Known departures from Jinja2, pinned so that a change in minijinja is noticed (see
+/// the `ChatTemplate` docs).
+#[test]
+fn known_differences_from_jinja2() {
+    let msgs = serde_json::json!([{"role": "user", "content": null}]);
+    // Jinja2: TypeError ('NoneType' object is not iterable).
+    assert_eq!(
+        render("[{% for p in messages[0].content %}x{% endfor %}]", msgs.clone())
+            .unwrap()
+            .text,
+        "[]"
+    );
+    // Jinja2: undefined (dicts have no attribute `role`).
+    assert_eq!(
+        render("{{ messages[0] | attr('role') }}", msgs.clone()).unwrap().text,
+        "user"
+    );
+    // Jinja2 gives `[1, 'a']1e-07`.
+    assert_eq!(
+        render("{{ [1, 'a'] ~ 1e-7 }}", msgs).unwrap().text,
+        "[1, \"a\"]0.0000001"
+    );
 }
