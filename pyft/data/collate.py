@@ -8,7 +8,8 @@
   path reads, while the sdpa/eager paths build a block-diagonal mask from the position resets
   (no ``attention_mask`` is emitted: with one, transformers ignores the resets). The first label
   of every document is -100 (set at preparation time), so no token is predicted across a
-  boundary.
+  boundary. Call the model with ``use_cache=False``: with a KV cache, transformers ignores the
+  position resets and attends across documents.
 
 Both return ``torch.int64`` tensors (``cu_seq_lens`` int32).
 """

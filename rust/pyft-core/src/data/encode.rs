@@ -281,6 +281,14 @@ impl Encoder<'_> {
             let trail = &content[content.trim_end().len()..];
             items[i]["content"] = Value::String(format!("{lead}{OPEN}{core}{CLOSE}{trail}"));
         }
+        // Leading/trailing whitespace of each target's content, to re-attach when the template kept it.
+        let margins: Vec<(&str, &str)> = targets
+            .iter()
+            .map(|&i| {
+                let c = messages[i]["content"].as_str().unwrap_or("");
+                (&c[..c.len() - c.trim_start().len()], &c[c.trim_end().len()..])
+            })
+            .collect();
         let probe_text = self.render(&probe, false, extra)?.text;
         let mut clean = String::with_capacity(text.len());
         let mut spans = Vec::with_capacity(targets.len());
@@ -295,6 +303,14 @@ impl Encoder<'_> {
         }
         if open_at.is_some() || clean != text || spans.len() != targets.len() {
             return Ok(None);
+        }
+        for (span, (lead, trail)) in spans.iter_mut().zip(margins) {
+            if !lead.is_empty() && text[..span.start].ends_with(lead) {
+                span.start -= lead.len();
+            }
+            if !trail.is_empty() && text[span.end..].starts_with(trail) {
+                span.end += trail.len();
+            }
         }
         Ok(Some(spans))
     }
