@@ -17,5 +17,5 @@ python -m pip install -q "maturin>=1.9.4,<2"
 # A stale extension from an older build would shadow the fresh one.
 rm -f pyft/_core*.so pyft/_core*.pyd
 echo "[setup] building the Rust extension (release)"
-maturin develop --release --extras "$EXTRAS" -q 2>&1 | grep -vE '^\s*(Compiling|Finished|Building|Running|Blocking)' || true
+maturin develop --release --extras "$EXTRAS" -q 2>&1 | grep -vE '^\s*(Compiling|Finished|Building|Running|Blocking)|Requirement already satisfied' || true
 python -c "import pyft._core" || { echo "[setup] the extension failed to build or import" >&2; exit 1; }
