@@ -53,10 +53,18 @@ def make_tiny_model(
     else:
         config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=max_position_embeddings, **ids, **shape)
         cls = Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
     torch.manual_seed(seed)
     model = cls(config)
     model.generation_config = GenerationConfig(**ids)
     out = Path(out_dir)
-    model.save_pretrained(out, safe_serialization=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a 1-shard fixture needs no progress bar
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tok.save_pretrained(out)
     return out
