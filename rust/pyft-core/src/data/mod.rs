@@ -2,7 +2,9 @@
 
 pub mod encode;
 pub mod formats;
+pub mod length;
 pub mod mask;
+pub mod output;
 pub mod pack;
 pub mod prepare;
 pub mod progress;

@@ -13,12 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::data::encode::{Encoded, Encoder, TrainOn, IGNORE_INDEX};
+use crate::data::encode::{Encoded, Encoder, TrainOn};
 use crate::data::formats::{convert, Example, ExampleKind, Format};
-use crate::data::pack::pack_bfd;
+pub use crate::data::length::Overlong;
+use crate::data::length::{apply_length_policy, Doc, LengthCounts};
+use crate::data::output::{write_split, LengthHistogram};
 use crate::data::progress::Progress;
 use crate::data::read::{read_file, RawRecord};
-use crate::data::shards::{to_i32, ShardColumns, ShardInfo, StagingDir};
+use crate::data::shards::StagingDir;
 use crate::data::split::{sample_without_replacement, split_indices};
 use crate::data::template::{ChatTemplate, SpecialTokens};
 use crate::data::tokenize::Tokenizer;
@@ -47,37 +49,6 @@ impl TemplateChoice {
             TemplateChoice::Builtin(s.to_string())
         } else {
             TemplateChoice::File(PathBuf::from(s))
-        }
-    }
-}
-
-/// What to do with sequences longer than `max_len`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overlong {
-    /// Drop the example.
-    Drop,
-    /// Keep the first `max_len` tokens (preference/KTO: keep the end of the prompt).
-    Truncate,
-    /// Cut into `max_len` pieces, each its own document (chat/text only).
-    Split,
-}
-
-impl Overlong {
-    /// Parse `drop`, `truncate` or `split`.
-    pub fn from_name(name: &str) -> Result<Overlong> {
-        match name {
-            "drop" => Ok(Overlong::Drop),
-            "truncate" => Ok(Overlong::Truncate),
-            "split" => Ok(Overlong::Split),
-            _ => Err(Error::Option(format!("unknown overlong policy `{name}` (expected drop, truncate or split)"))),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Overlong::Drop => "drop",
-            Overlong::Truncate => "truncate",
-            Overlong::Split => "split",
         }
     }
 }
@@ -200,36 +171,8 @@ struct Counts {
     read: usize,
     invalid: usize,
     duplicate: usize,
-    overlong_dropped: usize,
-    truncated: usize,
-    split: usize,
-    no_trainable: usize,
+    length: LengthCounts,
     mix_requested: BTreeMap<String, (usize, usize)>,
-}
-
-/// One encoded document ready for writing.
-enum Doc {
-    Seq { ids: Vec<u32>, labels: Vec<i32> },
-    Pair { prompt: Vec<u32>, chosen: Vec<u32>, rejected: Vec<u32> },
-    Kto { prompt: Vec<u32>, completion: Vec<u32>, label: bool },
-}
-
-impl Doc {
-    fn tokens(&self) -> usize {
-        match self {
-            Doc::Seq { ids, .. } => ids.len(),
-            Doc::Pair { prompt, chosen, rejected } => prompt.len() + chosen.len() + rejected.len(),
-            Doc::Kto { prompt, completion, .. } => prompt.len() + completion.len(),
-        }
-    }
-
-    fn trainable(&self) -> usize {
-        match self {
-            Doc::Seq { labels, .. } => labels.iter().filter(|&&l| l != IGNORE_INDEX).count(),
-            Doc::Pair { chosen, rejected, .. } => chosen.len() + rejected.len(),
-            Doc::Kto { completion, .. } => completion.len(),
-        }
-    }
 }
 
 /// Run the whole pipeline. Returns the `meta.json` content.
@@ -368,7 +311,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
                     if let Encoded::Sequence { method, .. } = &enc {
                         *method_counts.entry(method.name()).or_default() += 1;
                     }
-                    apply_length_policy(enc, opts, counts, &mut docs, &it.location, problems)
+                    apply_length_policy(enc, opts.max_len, opts.overlong, &mut counts.length, &mut docs, &it.location, problems)
                 }
                 Err(e) => {
                     counts.invalid += 1;
@@ -397,7 +340,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
         if docs.is_empty() && name == "validation" {
             continue;
         }
-        let split_meta = write_split(staging.path(), name, docs, opts)?;
+        let split_meta = write_split(staging.path(), name, docs, opts.max_len, opts.pack, opts.shard_tokens)?;
         splits.insert(name.to_string(), split_meta);
     }
     let tokens: usize = train_docs.iter().chain(&val_docs).map(Doc::tokens).sum();
@@ -444,13 +387,13 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
             "read": counts.read,
             "kept": kept,
             "dropped": {
-                "invalid": counts.invalid,
+                "invalid": counts.invalid + counts.length.empty_completion,
                 "duplicate": counts.duplicate,
-                "overlong": counts.overlong_dropped,
-                "no_trainable_tokens": counts.no_trainable,
+                "overlong": counts.length.overlong,
+                "no_trainable_tokens": counts.length.no_trainable,
             },
-            "truncated": counts.truncated,
-            "split": counts.split,
+            "truncated": counts.length.truncated,
+            "split": counts.length.split,
             "mix": counts.mix_requested.iter().map(|(k, (w, g))| (k.clone(), json!({"requested": w, "taken": g}))).collect::<serde_json::Map<_, _>>(),
             "mask_methods": method_counts,
         },
@@ -578,282 +521,9 @@ fn add_system_prompt(example: &mut Example, system: &str) {
     }
 }
 
-fn apply_length_policy(
-    enc: Encoded,
-    opts: &PrepareOptions,
-    counts: &mut Counts,
-    docs: &mut Vec<Doc>,
-    location: &Location,
-    problems: &mut Vec<Error>,
-) {
-    let max = opts.max_len;
-    match enc {
-        Encoded::Sequence { input_ids, labels, .. } => {
-            let mut pieces: Vec<(Vec<u32>, Vec<i32>)> = Vec::new();
-            if input_ids.len() <= max {
-                pieces.push((input_ids, labels));
-            } else {
-                match opts.overlong {
-                    Overlong::Drop => {
-                        counts.overlong_dropped += 1;
-                        return;
-                    }
-                    Overlong::Truncate => {
-                        counts.truncated += 1;
-                        pieces.push((input_ids[..max].to_vec(), labels[..max].to_vec()));
-                    }
-                    Overlong::Split => {
-                        counts.split += 1;
-                        for (ids, lab) in input_ids.chunks(max).zip(labels.chunks(max)) {
-                            let mut lab = lab.to_vec();
-                            lab[0] = IGNORE_INDEX;
-                            pieces.push((ids.to_vec(), lab));
-                        }
-                    }
-                }
-            }
-            for (ids, labels) in pieces {
-                if labels.iter().all(|&l| l == IGNORE_INDEX) {
-                    counts.no_trainable += 1;
-                    continue;
-                }
-                docs.push(Doc::Seq { ids, labels });
-            }
-        }
-        Encoded::Pair { mut prompt, mut chosen, mut rejected } => {
-            if chosen.is_empty() || rejected.is_empty() {
-                counts.invalid += 1;
-                problems.push(Error::Record {
-                    location: location.clone(),
-                    field: Some(if chosen.is_empty() { "chosen" } else { "rejected" }.into()),
-                    message: "empty completion after tokenization".into(),
-                });
-                return;
-            }
-            let longest = chosen.len().max(rejected.len());
-            if prompt.len() + longest > max {
-                if opts.overlong == Overlong::Drop {
-                    counts.overlong_dropped += 1;
-                    return;
-                }
-                counts.truncated += 1;
-                let keep_completion = longest.min(max - prompt.len().min(max / 2));
-                chosen.truncate(keep_completion);
-                rejected.truncate(keep_completion);
-                let keep_prompt = max - chosen.len().max(rejected.len());
-                prompt = prompt[prompt.len() - keep_prompt.min(prompt.len())..].to_vec();
-            }
-            docs.push(Doc::Pair { prompt, chosen, rejected });
-        }
-        Encoded::Kto { mut prompt, mut completion, label } => {
-            if completion.is_empty() {
-                counts.invalid += 1;
-                problems.push(Error::Record {
-                    location: location.clone(),
-                    field: Some("completion".into()),
-                    message: "empty completion after tokenization".into(),
-                });
-                return;
-            }
-            if prompt.len() + completion.len() > max {
-                if opts.overlong == Overlong::Drop {
-                    counts.overlong_dropped += 1;
-                    return;
-                }
-                counts.truncated += 1;
-                completion.truncate(completion.len().min(max - prompt.len().min(max / 2)));
-                let keep_prompt = max - completion.len();
-                prompt = prompt[prompt.len() - keep_prompt.min(prompt.len())..].to_vec();
-            }
-            docs.push(Doc::Kto { prompt, completion, label });
-        }
-    }
-}
-
-/// Write one split's shards; returns its `meta.json` entry.
-fn write_split(root: &Path, name: &str, docs: &[Doc], opts: &PrepareOptions) -> Result<Value> {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let is_seq = matches!(docs.first(), Some(Doc::Seq { .. }) | None);
-    // Rows: lists of document indices.
-    let (rows, efficiency): (Vec<Vec<u32>>, Option<f64>) = if is_seq && opts.pack {
-        let lengths: Vec<u32> = docs.iter().map(|d| d.tokens() as u32).collect();
-        let packing = pack_bfd(&lengths, opts.max_len as u32)?;
-        let eff = packing.efficiency();
-        (packing.rows, Some(eff))
-    } else {
-        ((0..docs.len() as u32).map(|i| vec![i]).collect(), None)
-    };
-    let mut shards: Vec<ShardInfo> = Vec::new();
-    let mut start = 0;
-    while start < rows.len() {
-        let mut end = start;
-        let mut tokens = 0usize;
-        while end < rows.len() {
-            let row_tokens: usize = rows[end].iter().map(|&d| docs[d as usize].tokens()).sum();
-            if end > start && tokens + row_tokens > opts.shard_tokens {
-                break;
-            }
-            tokens += row_tokens;
-            end += 1;
-        }
-        let file = format!("{name}/shard-{:05}.safetensors", shards.len());
-        let cols = shard_columns(docs, &rows[start..end])?;
-        cols.write(&root.join(&file), None)?;
-        shards.push(ShardInfo { file, rows: end - start, tokens: tokens as u64 });
-        start = end;
-    }
-    let tokens: usize = docs.iter().map(Doc::tokens).sum();
-    let trainable: usize = docs.iter().map(Doc::trainable).sum();
-    let max_row = rows.iter().map(|r| r.iter().map(|&d| docs[d as usize].tokens()).sum::<usize>()).max().unwrap_or(0);
-    let mut meta = json!({
-        "examples": docs.len(),
-        "rows": rows.len(),
-        "tokens": tokens,
-        "trainable_tokens": trainable,
-        "max_row_tokens": max_row,
-        "shards": shards,
-    });
-    if let Some(eff) = efficiency {
-        meta["packing_efficiency"] = json!(eff);
-    } else if is_seq && !rows.is_empty() {
-        // Share of a padded batch that is real tokens if every row were padded to the longest.
-        meta["padding_efficiency"] = json!(tokens as f64 / (rows.len() as f64 * max_row.max(1) as f64));
-    }
-    if let Some(Doc::Kto { .. }) = docs.first() {
-        let desirable = docs.iter().filter(|d| matches!(d, Doc::Kto { label: true, .. })).count();
-        meta["desirable"] = json!(desirable);
-        meta["undesirable"] = json!(docs.len() - desirable);
-    }
-    Ok(meta)
-}
-
-fn offsets_of<'a>(lens: impl Iterator<Item = usize> + 'a) -> Result<Vec<i32>> {
-    let mut out = vec![0i32];
-    let mut acc = 0usize;
-    for l in lens {
-        acc += l;
-        out.push(to_i32(acc, "offset")?);
-    }
-    Ok(out)
-}
-
-fn ids_i32(ids: &[u32]) -> impl Iterator<Item = i32> + '_ {
-    ids.iter().map(|&x| x as i32)
-}
-
-fn shard_columns(docs: &[Doc], rows: &[Vec<u32>]) -> Result<ShardColumns> {
-    let ordered: Vec<&Doc> = rows.iter().flat_map(|r| r.iter().map(|&d| &docs[d as usize])).collect();
-    let mut cols = ShardColumns::default();
-    match ordered.first() {
-        None | Some(Doc::Seq { .. }) => {
-            let mut ids = Vec::new();
-            let mut labels = Vec::new();
-            for d in &ordered {
-                if let Doc::Seq { ids: i, labels: l } = d {
-                    ids.extend(ids_i32(i));
-                    labels.extend_from_slice(l);
-                }
-            }
-            cols.push("input_ids", ids);
-            cols.push("labels", labels);
-            cols.push("doc_offsets", offsets_of(ordered.iter().map(|d| d.tokens()))?);
-            cols.push("row_offsets", offsets_of(rows.iter().map(Vec::len))?);
-        }
-        Some(Doc::Pair { .. }) => {
-            let (mut p, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut pl, mut cl, mut rl) = (Vec::new(), Vec::new(), Vec::new());
-            for d in &ordered {
-                if let Doc::Pair { prompt, chosen, rejected } = d {
-                    p.extend(ids_i32(prompt));
-                    c.extend(ids_i32(chosen));
-                    r.extend(ids_i32(rejected));
-                    pl.push(prompt.len());
-                    cl.push(chosen.len());
-                    rl.push(rejected.len());
-                }
-            }
-            cols.push("prompt_ids", p);
-            cols.push("prompt_offsets", offsets_of(pl.into_iter())?);
-            cols.push("chosen_ids", c);
-            cols.push("chosen_offsets", offsets_of(cl.into_iter())?);
-            cols.push("rejected_ids", r);
-            cols.push("rejected_offsets", offsets_of(rl.into_iter())?);
-        }
-        Some(Doc::Kto { .. }) => {
-            let (mut p, mut c, mut pl, mut cl, mut lab) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for d in &ordered {
-                if let Doc::Kto { prompt, completion, label } = d {
-                    p.extend(ids_i32(prompt));
-                    c.extend(ids_i32(completion));
-                    pl.push(prompt.len());
-                    cl.push(completion.len());
-                    lab.push(i32::from(*label));
-                }
-            }
-            cols.push("prompt_ids", p);
-            cols.push("prompt_offsets", offsets_of(pl.into_iter())?);
-            cols.push("completion_ids", c);
-            cols.push("completion_offsets", offsets_of(cl.into_iter())?);
-            cols.push("label", lab);
-        }
-    }
-    Ok(cols)
-}
-
-/// Document lengths in power-of-two buckets up to `max_len`.
-struct LengthHistogram {
-    edges: Vec<usize>,
-    counts: Vec<usize>,
-    max_seen: usize,
-}
-
-impl LengthHistogram {
-    fn new(max_len: usize) -> LengthHistogram {
-        let mut edges = vec![0];
-        let mut e = 16;
-        while e < max_len {
-            edges.push(e);
-            e *= 2;
-        }
-        edges.push(max_len);
-        let n = edges.len();
-        LengthHistogram { edges, counts: vec![0; n], max_seen: 0 }
-    }
-
-    fn add(&mut self, len: usize) {
-        self.max_seen = self.max_seen.max(len);
-        // bucket i holds edges[i] < len <= edges[i+1]; the last bucket anything above max_len.
-        let i = self.edges.partition_point(|&e| e < len).saturating_sub(1);
-        let last = self.counts.len() - 1;
-        self.counts[i.min(last)] += 1;
-    }
-
-    fn to_json(&self) -> Value {
-        let labels: Vec<String> = self
-            .edges
-            .windows(2)
-            .map(|w| format!("{}-{}", w[0] + 1, w[1]))
-            .chain([format!(">{}", self.edges.last().copied().unwrap_or(0))])
-            .collect();
-        json!({"buckets": labels, "counts": self.counts, "max": self.max_seen})
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_buckets() {
-        let mut h = LengthHistogram::new(64);
-        for l in [1, 16, 17, 32, 33, 64, 65] {
-            h.add(l);
-        }
-        let j = h.to_json();
-        assert_eq!(j["buckets"], json!(["1-16", "17-32", "33-64", ">64"]));
-        assert_eq!(j["counts"], json!([2, 2, 2, 1]));
-    }
 
     #[test]
     fn template_choice_parses() {
