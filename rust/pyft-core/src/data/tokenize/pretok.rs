@@ -1,9 +1,11 @@
 //! Pre-tokenization: splitting text into words before BPE, exactly as HF's regexes do.
 //!
-//! The GPT-2 regex (used by the `ByteLevel` pre-tokenizer) and the Llama-3 / Qwen2 `Split` regexes get
-//! hand-written scanners; they reproduce Oniguruma's leftmost-first alternation, greedy quantifiers and
-//! the `\s+(?!\S)` lookahead. Any other `Split` pattern runs on Oniguruma itself ([`SysRegex`]), the
-//! engine HF uses, so the splits are the same by construction.
+//! The GPT-2 regex (used by the `ByteLevel` pre-tokenizer) and the Llama-3 family of `Split` regexes
+//! (Llama-3 / cl100k, Qwen2 / Qwen3, Qwen3.5) get hand-written scanners; they reproduce Oniguruma's
+//! leftmost-first alternation, greedy quantifiers and the `\s+(?!\S)` lookahead (the tests compare
+//! them with Oniguruma on random text). Any other `Split` pattern runs on Oniguruma itself
+//! ([`SysRegex`]), the engine HF uses, so the splits are the same by construction. HF's `Digits`
+//! pre-tokenizer is a plain character split.
 
 use tokenizers::utils::SysRegex;
 
