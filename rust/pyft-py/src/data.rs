@@ -124,6 +124,9 @@ pub fn render_template(
     py.detach(run).map_err(|e| to_pyerr(py, e))
 }
 
+/// Token ids and their `[start, end)` byte offsets.
+type IdsAndOffsets = (Vec<u32>, Vec<(u32, u32)>);
+
 /// A tokenizer loaded from a `tokenizer.json`, with ids identical to HF `tokenizers`.
 #[pyclass(module = "pyft._core", name = "Tokenizer", frozen)]
 pub struct PyTokenizer {
@@ -140,7 +143,7 @@ impl PyTokenizer {
 
     /// Encode `text`; returns `(ids, byte_offsets)`.
     #[pyo3(signature = (text, add_special_tokens=false))]
-    fn encode(&self, py: Python<'_>, text: &str, add_special_tokens: bool) -> PyResult<(Vec<u32>, Vec<(u32, u32)>)> {
+    fn encode(&self, py: Python<'_>, text: &str, add_special_tokens: bool) -> PyResult<IdsAndOffsets> {
         py.detach(|| self.inner.encode(text, add_special_tokens))
             .map(|e| (e.ids, e.offsets))
             .map_err(|e| to_pyerr(py, e))

@@ -70,6 +70,7 @@ pub fn first_token_from(offsets: &[(u32, u32)], pos: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 
