@@ -47,10 +47,20 @@ SYSTEMS = ["You are a helpful assistant.", "You are a concise assistant. Answer 
 
 
 def make_corpus(path: Path, n: int, seed: int = 0) -> None:
-    """Write ``n`` multi-turn conversations in the messages format."""
+    """Write ``n`` multi-turn conversations in the messages format.
+
+    Half of the sentences are drawn from a small English word list, half are lines of the bundled
+    tokenizer corpus (varied prose, code, numbers, many scripts and emoji), so the word cache of a
+    tokenizer does not see only a few hundred distinct words.
+    """
+    from pyft.testing import CORPUS_PATH
+
     rng = random.Random(seed)
+    lines = [ln.strip() for ln in CORPUS_PATH.read_text(encoding="utf-8").splitlines() if len(ln.strip()) > 20]
 
     def sentence(lo: int, hi: int) -> str:
+        if rng.random() < 0.5:
+            return rng.choice(lines)
         words = [rng.choice(WORDS) for _ in range(rng.randint(lo, hi))]
         if rng.random() < 0.3:
             words.insert(rng.randrange(len(words)), str(rng.randint(0, 99999)))

@@ -117,6 +117,26 @@ pub enum Encoded {
     },
 }
 
+impl Encoded {
+    /// Tokens in the example (all parts).
+    pub fn tokens(&self) -> usize {
+        match self {
+            Encoded::Sequence { input_ids, .. } => input_ids.len(),
+            Encoded::Pair { prompt, chosen, rejected } => prompt.len() + chosen.len() + rejected.len(),
+            Encoded::Kto { prompt, completion, .. } => prompt.len() + completion.len(),
+        }
+    }
+
+    /// Tokens that carry loss (completion tokens for preference/KTO).
+    pub fn trainable(&self) -> usize {
+        match self {
+            Encoded::Sequence { labels, .. } => labels.iter().filter(|&&l| l != IGNORE_INDEX).count(),
+            Encoded::Pair { chosen, rejected, .. } => chosen.len() + rejected.len(),
+            Encoded::Kto { completion, .. } => completion.len(),
+        }
+    }
+}
+
 /// Everything needed to encode examples; shared read-only across threads.
 pub struct Encoder<'a> {
     /// The tokenizer.

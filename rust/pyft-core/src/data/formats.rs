@@ -208,7 +208,7 @@ impl Ctx<'_> {
         match v {
             Value::String(s) if s.trim().is_empty() => Err(self.err(path, "empty")),
             Value::String(s) => Ok(s),
-            other => Err(self.err(path, format!("expected a string, got {}", type_name(other)))),
+            other => Err(self.err(path, format!("expected a string, got {}", json_kind(other)))),
         }
     }
 
@@ -216,12 +216,13 @@ impl Ctx<'_> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(self.err(key, format!("expected a string, got {}", type_name(other)))),
+            Some(other) => Err(self.err(key, format!("expected a string, got {}", json_kind(other)))),
         }
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// A JSON value's kind as used in messages ("a string", "an array", ...).
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -243,7 +244,7 @@ pub fn convert(record: &Value, format: Format, location: &Location) -> Result<Ex
     let ctx = Ctx { location };
     let obj = record
         .as_object()
-        .ok_or_else(|| ctx.err_record(format!("expected a JSON object, got {}", type_name(record))))?;
+        .ok_or_else(|| ctx.err_record(format!("expected a JSON object, got {}", json_kind(record))))?;
     match format {
         Format::Messages => convert_messages(&ctx, obj),
         Format::Sharegpt => convert_sharegpt(&ctx, obj),
@@ -256,7 +257,7 @@ pub fn convert(record: &Value, format: Format, location: &Location) -> Result<Ex
 
 /// Validate a list of `{role, content}` messages at `path`; returns the normalized array.
 fn validate_messages(ctx: &Ctx, v: &Value, path: &str, need_assistant: bool) -> Result<Value> {
-    let items = v.as_array().ok_or_else(|| ctx.err(path, format!("expected a list of messages, got {}", type_name(v))))?;
+    let items = v.as_array().ok_or_else(|| ctx.err(path, format!("expected a list of messages, got {}", json_kind(v))))?;
     if items.is_empty() {
         return Err(ctx.err(path, "empty"));
     }
@@ -265,11 +266,11 @@ fn validate_messages(ctx: &Ctx, v: &Value, path: &str, need_assistant: bool) -> 
         let here = format!("{path}[{i}]");
         let obj = m
             .as_object()
-            .ok_or_else(|| ctx.err(&here, format!("expected a message object, got {}", type_name(m))))?;
+            .ok_or_else(|| ctx.err(&here, format!("expected a message object, got {}", json_kind(m))))?;
         let role = match obj.get("role") {
             None | Some(Value::Null) => return Err(ctx.err(format!("{here}.role"), "missing")),
             Some(Value::String(r)) => r.as_str(),
-            Some(other) => return Err(ctx.err(format!("{here}.role"), format!("expected a string, got {}", type_name(other)))),
+            Some(other) => return Err(ctx.err(format!("{here}.role"), format!("expected a string, got {}", json_kind(other)))),
         };
         if !CHAT_ROLES.contains(&role) {
             return Err(ctx.err(
@@ -285,7 +286,7 @@ fn validate_messages(ctx: &Ctx, v: &Value, path: &str, need_assistant: bool) -> 
             None | Some(Value::Null) => return Err(ctx.err(format!("{here}.content"), "missing")),
             Some(Value::String(_)) => return Err(ctx.err(format!("{here}.content"), "empty")),
             Some(other) => {
-                return Err(ctx.err(format!("{here}.content"), format!("expected a string, got {}", type_name(other))))
+                return Err(ctx.err(format!("{here}.content"), format!("expected a string, got {}", json_kind(other))))
             }
         }
         out.push(m.clone());
@@ -305,7 +306,7 @@ fn convert_messages(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
             let parsed: Value = serde_json::from_str(s).map_err(|e| ctx.err("tools", format!("not valid JSON: {e}")))?;
             Some(Map::from_iter([("tools".to_string(), parsed)]))
         }
-        Some(other) => return Err(ctx.err("tools", format!("expected a list, got {}", type_name(other)))),
+        Some(other) => return Err(ctx.err("tools", format!("expected a list, got {}", json_kind(other)))),
     };
     Ok(Example::Chat { messages, extra })
 }
@@ -324,7 +325,7 @@ fn convert_sharegpt(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
     let turns_v = ctx.required(obj, "conversations")?;
     let turns = turns_v
         .as_array()
-        .ok_or_else(|| ctx.err("conversations", format!("expected a list, got {}", type_name(turns_v))))?;
+        .ok_or_else(|| ctx.err("conversations", format!("expected a list, got {}", json_kind(turns_v))))?;
     if turns.is_empty() {
         return Err(ctx.err("conversations", "empty"));
     }
@@ -336,11 +337,11 @@ fn convert_sharegpt(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
     }
     for (i, t) in turns.iter().enumerate() {
         let here = format!("conversations[{i}]");
-        let t = t.as_object().ok_or_else(|| ctx.err(&here, format!("expected an object, got {}", type_name(t))))?;
+        let t = t.as_object().ok_or_else(|| ctx.err(&here, format!("expected an object, got {}", json_kind(t))))?;
         let from_v = t.get("from").ok_or_else(|| ctx.err(format!("{here}.from"), "missing"))?;
         let from = from_v
             .as_str()
-            .ok_or_else(|| ctx.err(format!("{here}.from"), format!("expected a string, got {}", type_name(from_v))))?;
+            .ok_or_else(|| ctx.err(format!("{here}.from"), format!("expected a string, got {}", json_kind(from_v))))?;
         let role = sharegpt_role(from).ok_or_else(|| {
             ctx.err(
                 format!("{here}.from"),
@@ -389,7 +390,7 @@ fn part(ctx: &Ctx, obj: &Map<String, Value>, key: &str, need_assistant: bool) ->
     match v {
         Value::String(_) => Ok(Part::Text(ctx.text(v, key)?.to_string())),
         Value::Array(_) => Ok(Part::Messages(validate_messages(ctx, v, key, need_assistant)?)),
-        other => Err(ctx.err(key, format!("expected a string or a list of messages, got {}", type_name(other)))),
+        other => Err(ctx.err(key, format!("expected a string or a list of messages, got {}", json_kind(other)))),
     }
 }
 

@@ -52,55 +52,6 @@ pub struct LengthCounts {
     pub empty_completion: usize,
 }
 
-/// One encoded document ready for writing.
-pub enum Doc {
-    /// A chat/text sequence: ids and labels.
-    Seq {
-        /// Token ids.
-        ids: Vec<u32>,
-        /// Labels (-100 = no loss).
-        labels: Vec<i32>,
-    },
-    /// A preference pair.
-    Pair {
-        /// Prompt ids.
-        prompt: Vec<u32>,
-        /// Chosen completion ids.
-        chosen: Vec<u32>,
-        /// Rejected completion ids.
-        rejected: Vec<u32>,
-    },
-    /// A KTO example.
-    Kto {
-        /// Prompt ids.
-        prompt: Vec<u32>,
-        /// Completion ids.
-        completion: Vec<u32>,
-        /// Desirable or not.
-        label: bool,
-    },
-}
-
-impl Doc {
-    /// Tokens in the document (all parts).
-    pub fn tokens(&self) -> usize {
-        match self {
-            Doc::Seq { ids, .. } => ids.len(),
-            Doc::Pair { prompt, chosen, rejected } => prompt.len() + chosen.len() + rejected.len(),
-            Doc::Kto { prompt, completion, .. } => prompt.len() + completion.len(),
-        }
-    }
-
-    /// Tokens that carry loss (completion tokens for preference/KTO).
-    pub fn trainable(&self) -> usize {
-        match self {
-            Doc::Seq { labels, .. } => labels.iter().filter(|&&l| l != IGNORE_INDEX).count(),
-            Doc::Pair { chosen, rejected, .. } => chosen.len() + rejected.len(),
-            Doc::Kto { completion, .. } => completion.len(),
-        }
-    }
-}
-
 /// Apply the length policy to one encoded example, pushing the resulting documents (zero, one,
 /// or several for `split`) onto `docs`. Problems (an empty completion) are pushed onto `problems`.
 pub fn apply_length_policy(
@@ -108,13 +59,13 @@ pub fn apply_length_policy(
     max_len: usize,
     overlong: Overlong,
     counts: &mut LengthCounts,
-    docs: &mut Vec<Doc>,
+    docs: &mut Vec<Encoded>,
     location: &Location,
     problems: &mut Vec<Error>,
 ) {
     let max = max_len;
     match enc {
-        Encoded::Sequence { input_ids, labels, .. } => {
+        Encoded::Sequence { input_ids, labels, method } => {
             let mut pieces: Vec<(Vec<u32>, Vec<i32>)> = Vec::new();
             if input_ids.len() <= max {
                 pieces.push((input_ids, labels));
@@ -143,7 +94,7 @@ pub fn apply_length_policy(
                     counts.no_trainable += 1;
                     continue;
                 }
-                docs.push(Doc::Seq { ids, labels });
+                docs.push(Encoded::Sequence { input_ids: ids, labels, method });
             }
         }
         Encoded::Pair { mut prompt, mut chosen, mut rejected } => {
@@ -169,7 +120,7 @@ pub fn apply_length_policy(
                 let keep_prompt = max - chosen.len().max(rejected.len());
                 prompt = prompt[prompt.len() - keep_prompt.min(prompt.len())..].to_vec();
             }
-            docs.push(Doc::Pair { prompt, chosen, rejected });
+            docs.push(Encoded::Pair { prompt, chosen, rejected });
         }
         Encoded::Kto { mut prompt, mut completion, label } => {
             if completion.is_empty() {
@@ -191,7 +142,7 @@ pub fn apply_length_policy(
                 let keep_prompt = max - completion.len();
                 prompt = prompt[prompt.len() - keep_prompt.min(prompt.len())..].to_vec();
             }
-            docs.push(Doc::Kto { prompt, completion, label });
+            docs.push(Encoded::Kto { prompt, completion, label });
         }
     }
 }
@@ -207,7 +158,7 @@ mod tests {
         Encoded::Sequence { input_ids: ids, labels, method: MaskMethod::None }
     }
 
-    fn run(enc: Encoded, policy: Overlong) -> (Vec<Doc>, LengthCounts) {
+    fn run(enc: Encoded, policy: Overlong) -> (Vec<Encoded>, LengthCounts) {
         let (mut docs, mut counts, mut problems) = (Vec::new(), LengthCounts::default(), Vec::new());
         let loc = Location { file: "f".into(), line: 1 };
         apply_length_policy(enc, 4, policy, &mut counts, &mut docs, &loc, &mut problems);
@@ -225,7 +176,7 @@ mod tests {
         let (docs, c) = run(seq(10, 1), Overlong::Split);
         assert_eq!((docs.len(), c.split), (3, 1));
         for d in &docs {
-            let Doc::Seq { labels, .. } = d else { panic!() };
+            let Encoded::Sequence { labels, .. } = d else { panic!() };
             assert_eq!(labels[0], IGNORE_INDEX);
         }
         // truncation that leaves nothing to train on drops the example

@@ -5,16 +5,16 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::data::length::Doc;
+use crate::data::encode::Encoded;
 use crate::data::pack::pack_bfd;
 use crate::data::shards::{to_i32, ShardColumns, ShardInfo};
 use crate::error::{Error, Result};
 
 /// Write one split's shards; returns its `meta.json` entry.
-pub fn write_split(root: &Path, name: &str, docs: &[Doc], max_len: usize, pack: bool, shard_tokens: usize) -> Result<Value> {
+pub fn write_split(root: &Path, name: &str, docs: &[Encoded], max_len: usize, pack: bool, shard_tokens: usize) -> Result<Value> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let is_seq = matches!(docs.first(), Some(Doc::Seq { .. }) | None);
+    let is_seq = matches!(docs.first(), Some(Encoded::Sequence { .. }) | None);
     // Rows: lists of document indices.
     let (rows, efficiency): (Vec<Vec<u32>>, Option<f64>) = if is_seq && pack {
         let lengths: Vec<u32> = docs.iter().map(|d| d.tokens() as u32).collect();
@@ -43,8 +43,8 @@ pub fn write_split(root: &Path, name: &str, docs: &[Doc], max_len: usize, pack: 
         shards.push(ShardInfo { file, rows: end - start, tokens: tokens as u64 });
         start = end;
     }
-    let tokens: usize = docs.iter().map(Doc::tokens).sum();
-    let trainable: usize = docs.iter().map(Doc::trainable).sum();
+    let tokens: usize = docs.iter().map(Encoded::tokens).sum();
+    let trainable: usize = docs.iter().map(Encoded::trainable).sum();
     let max_row = rows.iter().map(|r| r.iter().map(|&d| docs[d as usize].tokens()).sum::<usize>()).max().unwrap_or(0);
     let mut meta = json!({
         "examples": docs.len(),
@@ -60,8 +60,8 @@ pub fn write_split(root: &Path, name: &str, docs: &[Doc], max_len: usize, pack: 
         // Share of a padded batch that is real tokens if every row were padded to the longest.
         meta["padding_efficiency"] = json!(tokens as f64 / (rows.len() as f64 * max_row.max(1) as f64));
     }
-    if let Some(Doc::Kto { .. }) = docs.first() {
-        let desirable = docs.iter().filter(|d| matches!(d, Doc::Kto { label: true, .. })).count();
+    if let Some(Encoded::Kto { .. }) = docs.first() {
+        let desirable = docs.iter().filter(|d| matches!(d, Encoded::Kto { label: true, .. })).count();
         meta["desirable"] = json!(desirable);
         meta["undesirable"] = json!(docs.len() - desirable);
     }
@@ -82,15 +82,15 @@ fn ids_i32(ids: &[u32]) -> impl Iterator<Item = i32> + '_ {
     ids.iter().map(|&x| x as i32)
 }
 
-fn shard_columns(docs: &[Doc], rows: &[Vec<u32>]) -> Result<ShardColumns> {
-    let ordered: Vec<&Doc> = rows.iter().flat_map(|r| r.iter().map(|&d| &docs[d as usize])).collect();
+fn shard_columns(docs: &[Encoded], rows: &[Vec<u32>]) -> Result<ShardColumns> {
+    let ordered: Vec<&Encoded> = rows.iter().flat_map(|r| r.iter().map(|&d| &docs[d as usize])).collect();
     let mut cols = ShardColumns::default();
     match ordered.first() {
-        None | Some(Doc::Seq { .. }) => {
+        None | Some(Encoded::Sequence { .. }) => {
             let mut ids = Vec::new();
             let mut labels = Vec::new();
             for d in &ordered {
-                if let Doc::Seq { ids: i, labels: l } = d {
+                if let Encoded::Sequence { input_ids: i, labels: l, .. } = d {
                     ids.extend(ids_i32(i));
                     labels.extend_from_slice(l);
                 }
@@ -100,11 +100,11 @@ fn shard_columns(docs: &[Doc], rows: &[Vec<u32>]) -> Result<ShardColumns> {
             cols.push("doc_offsets", offsets_of(ordered.iter().map(|d| d.tokens()))?);
             cols.push("row_offsets", offsets_of(rows.iter().map(Vec::len))?);
         }
-        Some(Doc::Pair { .. }) => {
+        Some(Encoded::Pair { .. }) => {
             let (mut p, mut c, mut r) = (Vec::new(), Vec::new(), Vec::new());
             let (mut pl, mut cl, mut rl) = (Vec::new(), Vec::new(), Vec::new());
             for d in &ordered {
-                if let Doc::Pair { prompt, chosen, rejected } = d {
+                if let Encoded::Pair { prompt, chosen, rejected } = d {
                     p.extend(ids_i32(prompt));
                     c.extend(ids_i32(chosen));
                     r.extend(ids_i32(rejected));
@@ -120,10 +120,10 @@ fn shard_columns(docs: &[Doc], rows: &[Vec<u32>]) -> Result<ShardColumns> {
             cols.push("rejected_ids", r);
             cols.push("rejected_offsets", offsets_of(rl.into_iter())?);
         }
-        Some(Doc::Kto { .. }) => {
+        Some(Encoded::Kto { .. }) => {
             let (mut p, mut c, mut pl, mut cl, mut lab) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for d in &ordered {
-                if let Doc::Kto { prompt, completion, label } = d {
+                if let Encoded::Kto { prompt, completion, label } = d {
                     p.extend(ids_i32(prompt));
                     c.extend(ids_i32(completion));
                     pl.push(prompt.len());

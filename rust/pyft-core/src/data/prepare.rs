@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::data::encode::{Encoded, Encoder, TrainOn};
 use crate::data::formats::{convert, Example, ExampleKind, Format};
 pub use crate::data::length::Overlong;
-use crate::data::length::{apply_length_policy, Doc, LengthCounts};
+use crate::data::length::{apply_length_policy, LengthCounts};
 use crate::data::output::{write_split, LengthHistogram};
 use crate::data::progress::Progress;
 use crate::data::read::{read_file, RawRecord};
@@ -297,7 +297,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
     let progress = Progress::new("tokenizing", total, opts.progress);
     let done = AtomicUsize::new(0);
     let mut method_counts: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut encode_split = |split: Vec<Item>, problems: &mut Vec<Error>, counts: &mut Counts| -> Vec<Doc> {
+    let mut encode_split = |split: Vec<Item>, problems: &mut Vec<Error>, counts: &mut Counts| -> Vec<Encoded> {
         let encoded = crate::parallel::map(&split, |it| {
             let r = encoder.encode(&it.example).map_err(|e| locate(e, &it.location));
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
@@ -343,8 +343,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
         let split_meta = write_split(staging.path(), name, docs, opts.max_len, opts.pack, opts.shard_tokens)?;
         splits.insert(name.to_string(), split_meta);
     }
-    let tokens: usize = train_docs.iter().chain(&val_docs).map(Doc::tokens).sum();
-    let trainable: usize = train_docs.iter().chain(&val_docs).map(Doc::trainable).sum();
+    let tokens: usize = train_docs.iter().chain(&val_docs).map(Encoded::tokens).sum();
+    let trainable: usize = train_docs.iter().chain(&val_docs).map(Encoded::trainable).sum();
     let kept = train_docs.len() + val_docs.len();
     let special = &bundle.special;
     let tok = &bundle.tokenizer;

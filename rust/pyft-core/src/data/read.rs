@@ -98,7 +98,7 @@ pub fn read_jsonl(path: &Path, bytes: &[u8]) -> FileRecords {
         .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
         .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
         .collect();
-    let parsed: Vec<std::result::Result<RawRecord, Error>> = crate::parallel::map(&lines, |&(line, raw)| {
+    let parsed: Vec<Result<RawRecord>> = crate::parallel::map(&lines, |&(line, raw)| {
         let text = std::str::from_utf8(raw).map_err(|e| {
             record_error(path, line, format!("invalid UTF-8 at byte {} of the line", e.valid_up_to() + 1))
         })?;
@@ -106,14 +106,7 @@ pub fn read_jsonl(path: &Path, bytes: &[u8]) -> FileRecords {
             .map_err(|e| record_error(path, line, format!("malformed JSON: {e}")))?;
         Ok(RawRecord { location: location(path, line), value })
     });
-    let mut out = FileRecords::default();
-    for r in parsed {
-        match r {
-            Ok(rec) => out.records.push(rec),
-            Err(e) => out.problems.push(e),
-        }
-    }
-    out
+    collect(parsed)
 }
 
 /// Parse a JSON array file. Each element's location is the line on which it starts.
@@ -141,6 +134,11 @@ pub fn read_json_array(path: &Path, bytes: &[u8]) -> Result<FileRecords> {
             .map_err(|e| record_error(path, line, format!("malformed JSON: {e}")))?;
         Ok(RawRecord { location: location(path, line), value })
     });
+    Ok(collect(parsed))
+}
+
+/// Split parse results into records and problems, keeping file order.
+fn collect(parsed: Vec<Result<RawRecord>>) -> FileRecords {
     let mut out = FileRecords::default();
     for r in parsed {
         match r {
@@ -148,7 +146,7 @@ pub fn read_json_array(path: &Path, bytes: &[u8]) -> Result<FileRecords> {
             Err(e) => out.problems.push(e),
         }
     }
-    Ok(out)
+    out
 }
 
 fn bytecount_newlines(bytes: &[u8]) -> usize {

@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 
 pub use special::SpecialTokens;
 
+use crate::data::formats::json_kind;
 use crate::error::{Error, Result};
 
 /// The name the template is stored under in its environment (appears nowhere else).
@@ -343,17 +344,6 @@ fn reasoning_of(obj: &Map<String, Value>) -> Option<&Value> {
     REASONING_FIELDS
         .iter()
         .find_map(|k| obj.get(*k).filter(|v| !v.is_null()))
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Rejects inputs holding the generation-marker characters, naming the first culprit
