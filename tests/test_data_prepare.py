@@ -182,3 +182,41 @@ def test_meta_records_hashes_and_counts(tokenizer_dirs, tmp_path):
     assert meta["trainable_tokens"] == trainable
     assert (tmp_path / "out" / "tokenizer" / "tokenizer.json").is_file()
     assert info.summary().startswith("output:")
+
+
+LEN_SUFFIX = (
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.role == 'assistant' %}{% generation %}{{ m.content }} [{{ m.content | length }} chars]<|im_end|>"
+    "{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}\n{% endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_prefix_diff_fallback_when_template_rewrites_content(tokenizer_dirs, hf_tokenizers, tmp_path):
+    """Content whose rendering depends on it (here its length) defeats the content probe; pyft
+    then takes what each assistant turn adds to the rendering and matches the marked template."""
+    plain = LEN_SUFFIX.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    (tmp_path / "t.jinja").write_text(plain)
+    src = write_jsonl(tmp_path / "c.jsonl", [{"messages": m} for m in CONVERSATIONS])
+    info = pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp_path / "out", template=str(tmp_path / "t.jinja"))
+    assert info.counts["mask_methods"] == {"prefix-diff": len(CONVERSATIONS)}
+    for messages, row in zip(CONVERSATIONS, _rows(tmp_path / "out")):
+        ids, mask = _reference(hf_tokenizers["chatml"], messages, template=LEN_SUFFIX)
+        assert row["input_ids"].tolist() == ids
+        assert row["labels"].tolist() == _labels_from(ids, mask)
+
+
+def test_unlocatable_assistant_turns_fail_clearly(tokenizer_dirs, tmp_path):
+    # Earlier assistant turns render as their length once a later turn follows.
+    template = (
+        "{%- for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{% if m.role == 'assistant' and not loop.last %}{{ m.content | length }}{% else %}{{ m.content }}{% endif %}"
+        "<|im_end|>\n{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    (tmp_path / "t.jinja").write_text(template)
+    src = write_jsonl(tmp_path / "c.jsonl", [{"messages": CONVERSATIONS[1]}])
+    with pytest.raises(pyft.DataError, match=r"c\.jsonl:1: .*cannot locate assistant message 2.*generation"):
+        pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp_path / "out", template=str(tmp_path / "t.jinja"))
+    info = pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp_path / "all", template=str(tmp_path / "t.jinja"),
+                             train_on="all")
+    assert info.counts["kept"] == 1
