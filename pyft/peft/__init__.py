@@ -1,0 +1,38 @@
+"""Parameter-efficient fine-tuning methods, implemented by pyft on top of transformers models.
+
+- :class:`LoraConfig`, :func:`apply_lora` — LoRA, rsLoRA and DoRA layers injected by module
+  replacement (PEFT's matching rules and parameter names), plus ``modules_to_save``;
+- :func:`save_adapter`, :func:`load_adapter` — PEFT's on-disk adapter format, both ways;
+- :func:`adapters_disabled` — run the base model (reference model without a second copy);
+- :func:`merge_lora` — fold adapters into the base weights.
+
+HF ``peft`` is not imported: it is only a test oracle.
+"""
+
+from pyft.peft.adapter_io import load_adapter, read_adapter_config, save_adapter
+from pyft.peft.lora import (
+    LoraConfig,
+    LoraLinear,
+    ModulesToSave,
+    adapters_disabled,
+    apply_lora,
+    lora_modules,
+    merge_lora,
+    trainable_parameters,
+    trainable_parameters_report,
+)
+
+__all__ = [
+    "LoraConfig",
+    "LoraLinear",
+    "ModulesToSave",
+    "apply_lora",
+    "adapters_disabled",
+    "lora_modules",
+    "merge_lora",
+    "save_adapter",
+    "load_adapter",
+    "read_adapter_config",
+    "trainable_parameters",
+    "trainable_parameters_report",
+]

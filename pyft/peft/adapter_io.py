@@ -1,0 +1,228 @@
+"""Adapters on disk, exactly in HF PEFT 0.21's LoRA format (``adapter_config.json`` +
+``adapter_model.safetensors``), so PEFT, vLLM and llama.cpp's converter read pyft adapters and
+pyft reads PEFT's.
+
+Tensor names: ``base_model.model.<module path>.lora_A.weight`` (``[r, in]``), ``.lora_B.weight``
+(``[out, r]``), ``.lora_magnitude_vector`` (DoRA, ``[out]``), and for ``modules_to_save`` the
+module's own parameter names under the same prefix. No adapter name; safetensors metadata
+``{"format": "pt"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyft._atomic import atomic_directory
+from pyft.peft.lora import LoraConfig, ModulesToSave, apply_lora, lora_modules
+
+PREFIX = "base_model.model."
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+#: The PEFT release whose on-disk format pyft writes.
+PEFT_FORMAT_VERSION = "0.21.2"
+
+
+def _number(x: float) -> int | float:
+    """Integral values as JSON integers (Ollama reads lora_alpha as an integer)."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def adapter_config_dict(config: LoraConfig, base_model_name_or_path: str | None) -> dict[str, Any]:
+    """The full ``adapter_config.json`` content PEFT 0.21.2 writes, for ``config``."""
+    targets = config.targets if isinstance(config.targets, str) else sorted(config.targets)
+    return {
+        "alora_invocation_tokens": None,
+        "alpha_pattern": {k: _number(v) for k, v in config.alpha_pattern.items()},
+        "arrow_config": None,
+        "auto_mapping": None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "bias": "none",
+        "corda_config": None,
+        "ensure_weight_tying": False,
+        "eva_config": None,
+        "exclude_modules": config.exclude,
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "kasa_config": None,
+        "layer_replication": None,
+        "layers_pattern": config.layers_pattern,
+        "layers_to_transform": config.layers_to_transform,
+        "loftq_config": {},
+        "lora_alpha": _number(config.alpha),
+        "lora_bias": False,
+        "lora_dropout": float(config.dropout),
+        "lora_ga_config": None,
+        "megatron_config": None,
+        "megatron_core": "megatron.core",
+        "modules_to_save": config.modules_to_save,
+        "monteclora_config": None,
+        "peft_type": "LORA",
+        "peft_version": PEFT_FORMAT_VERSION,
+        "qalora_group_size": 16,
+        "r": config.r,
+        "rank_pattern": dict(config.rank_pattern),
+        "revision": None,
+        "target_modules": targets,
+        "target_parameters": None,
+        "task_type": "CAUSAL_LM",
+        "trainable_token_indices": None,
+        "use_bdlora": None,
+        "use_dora": config.dora,
+        "use_qalora": False,
+        "use_rslora": config.rslora,
+        "velora_config": None,
+    }
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors of ``model`` under PEFT's on-disk names (detached, contiguous, CPU)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, layer in lora_modules(model):
+        out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
+        out[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight
+        if layer.lora_magnitude_vector is not None:
+            out[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector
+    for name, module in model.named_modules():
+        if isinstance(module, ModulesToSave):
+            for pname, p in module.trained_module.state_dict().items():
+                out[f"{PREFIX}{name}.{pname}"] = p
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in out.items()}
+
+
+def save_adapter(model: nn.Module, out_dir: str | os.PathLike[str], *, base_model_name_or_path: str | None = None,
+                 overwrite: bool = True) -> Path:
+    """Save the adapter of ``model`` as a PEFT adapter directory (written atomically).
+
+    Args:
+        model: a model prepared with :func:`~pyft.peft.apply_lora` (or :func:`load_adapter`).
+        out_dir: directory to write.
+        base_model_name_or_path: recorded in the config (default: the model's ``name_or_path``).
+        overwrite: replace an existing ``out_dir``.
+    """
+    from safetensors.torch import save_file
+
+    config = getattr(model, "pyft_lora_config", None)
+    if config is None:
+        raise ValueError("the model has no LoRA adapter to save (apply_lora or load_adapter first)")
+    if base_model_name_or_path is None:
+        base_model_name_or_path = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None),
+                                                                                  "_name_or_path", None)
+    tensors = adapter_state_dict(model)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        text = json.dumps(adapter_config_dict(config, base_model_name_or_path), indent=2, sort_keys=True)
+        (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
+    return Path(out_dir)
+
+
+# PEFT features whose adapters pyft cannot apply faithfully: (key, value that is fine).
+_UNSUPPORTED = [
+    ("bias", "none"), ("lora_bias", False), ("fan_in_fan_out", False), ("target_parameters", None),
+    ("trainable_token_indices", None), ("layer_replication", None), ("use_qalora", False),
+    ("alora_invocation_tokens", None), ("use_bdlora", None),
+]
+_BASE_MUTATING_INITS = ("pissa", "olora", "corda", "loftq")
+
+
+def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> LoraConfig:
+    """Read ``adapter_config.json`` into a :class:`LoraConfig`, refusing what pyft cannot apply."""
+    path = Path(adapter_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: not an adapter directory (no {CONFIG_NAME})")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed JSON: {e}") from None
+    if raw.get("peft_type") != "LORA":
+        raise ValueError(f"{path}: field `peft_type` is {raw.get('peft_type')!r}; pyft loads LORA adapters")
+    for key, ok in _UNSUPPORTED:
+        if raw.get(key) not in (ok, None, False):
+            raise ValueError(f"{path}: field `{key}` = {raw[key]!r} is not supported by pyft")
+    init = raw.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower().startswith(_BASE_MUTATING_INITS):
+        raise ValueError(f"{path}: field `init_lora_weights` = {init!r} changes the base weights; "
+                         "load it with PEFT and merge instead")
+    targets = raw.get("target_modules")
+    if targets is None:
+        raise ValueError(f"{path}: field `target_modules` is missing")
+    try:
+        return LoraConfig(
+            r=raw.get("r", 8), alpha=raw.get("lora_alpha", 8), dropout=raw.get("lora_dropout", 0.0) or 0.0,
+            targets=targets if isinstance(targets, str) else list(targets),
+            rslora=bool(raw.get("use_rslora", False)), dora=bool(raw.get("use_dora", False)),
+            exclude=raw.get("exclude_modules"), modules_to_save=raw.get("modules_to_save"),
+            layers_to_transform=raw.get("layers_to_transform"), layers_pattern=raw.get("layers_pattern"),
+            rank_pattern=raw.get("rank_pattern") or {}, alpha_pattern=raw.get("alpha_pattern") or {},
+        )
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, trainable: bool = False) -> list[str]:
+    """Apply the adapter saved in ``adapter_dir`` (by pyft or PEFT) to ``model``, in place.
+
+    Args:
+        model: the base model (no adapter yet).
+        adapter_dir: a PEFT LoRA adapter directory.
+        trainable: keep the adapter parameters trainable (to continue training).
+
+    Returns:
+        The names of the adapted modules.
+
+    Raises:
+        FileNotFoundError: no adapter files.
+        ValueError: an unsupported adapter, or tensors that do not fit the base model (names
+            missing or extra, shapes different), naming the tensor.
+    """
+    from safetensors.torch import load_file
+
+    config = read_adapter_config(adapter_dir)
+    weights = Path(adapter_dir) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_NAME}")
+    saved = {k.replace(".default.", ".").removesuffix(".default"): v for k, v in load_file(str(weights)).items()}
+    adapted = apply_lora(model, config)
+    expected = adapter_state_dict(model)  # names and shapes the model needs
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{weights}: does not fit this base model"
+            + (f"; missing {len(missing)} tensor(s), e.g. `{missing[0]}`" if missing else "")
+            + (f"; unexpected {len(extra)} tensor(s), e.g. `{extra[0]}`" if extra else "")
+        )
+    for key, tensor in saved.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ValueError(f"{weights}: tensor `{key}` has shape {tuple(tensor.shape)} but the base model needs "
+                             f"{tuple(expected[key].shape)}: the adapter was trained on a different base model")
+    params = _adapter_parameters(model)
+    with torch.no_grad():
+        for key, tensor in saved.items():
+            p = params[key]
+            p.copy_(tensor.to(device=p.device, dtype=p.dtype))
+            p.requires_grad_(trainable)
+    return adapted
+
+
+def _adapter_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Live adapter tensors under their on-disk names (the inverse of :func:`adapter_state_dict`)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, layer in lora_modules(model):
+        out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
+        out[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight
+        if layer.lora_magnitude_vector is not None:
+            out[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector
+    for name, module in model.named_modules():
+        if isinstance(module, ModulesToSave):
+            for pname, p in module.trained_module.named_parameters():
+                out[f"{PREFIX}{name}.{pname}"] = p
+            for bname, b in module.trained_module.named_buffers():
+                out[f"{PREFIX}{name}.{bname}"] = b
+    return out
