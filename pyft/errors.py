@@ -6,10 +6,17 @@
 - :class:`TemplateError` — a chat template failed to compile or render.
 - :class:`TokenizerError` — a tokenizer could not be loaded or used.
 - :class:`ConfigError` — an invalid option value.
+- :class:`TrainingError` — training cannot go on (e.g. a non-finite loss or gradient).
 
 File-system failures are raised as :class:`OSError`.
 """
 
 from pyft._core import ConfigError, DataError, PyftError, TemplateError, TokenizerError
 
-__all__ = ["PyftError", "DataError", "TemplateError", "TokenizerError", "ConfigError"]
+
+
+class TrainingError(PyftError):
+    """Training stopped: the message says why and where the last good checkpoint is."""
+
+
+__all__ = ["PyftError", "DataError", "TemplateError", "TokenizerError", "ConfigError", "TrainingError"]

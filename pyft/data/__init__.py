@@ -7,7 +7,7 @@
 - :func:`inspect` — statistics and one example with its trainable tokens highlighted.
 """
 
-from pyft.data.collate import PackedCollator, PaddedCollator
+from pyft.data.collate import PackedCollator, PackedRowsCollator, PaddedCollator
 from pyft.data.dataset import PreparedDataset, load
 from pyft.data.inspect import inspect, render_example
 from pyft.data.prepare import PreparedInfo, prepare
@@ -19,6 +19,7 @@ __all__ = [
     "PreparedDataset",
     "PaddedCollator",
     "PackedCollator",
+    "PackedRowsCollator",
     "inspect",
     "render_example",
 ]

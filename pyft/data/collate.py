@@ -89,3 +89,41 @@ class PackedCollator:
             "max_length_q": max_len,
             "max_length_k": max_len,
         }
+
+
+@dataclass
+class PackedRowsCollator:
+    """Rows of (possibly packed) documents as a ``[B, L]`` batch without ``attention_mask``.
+
+    Each row is padded to the longest; ``position_ids`` restart at every document and the padding
+    tail forms its own pseudo-document (labels -100), so transformers' sdpa/eager attention
+    builds a block-diagonal causal mask per row and no token attends across documents. (For
+    FlashAttention use :class:`PackedCollator`: its varlen path is only inferred for one row.)
+    Call the model with ``use_cache=False``.
+
+    Args:
+        pad_token_id: id for the padding tail.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+        torch = _torch()
+        longest = max(len(it["input_ids"]) for it in items)
+        b = len(items)
+        input_ids = np.full((b, longest), self.pad_token_id, dtype=np.int64)
+        labels = np.full((b, longest), IGNORE_INDEX, dtype=np.int64)
+        position_ids = np.zeros((b, longest), dtype=np.int64)
+        for r, it in enumerate(items):
+            n = len(it["input_ids"])
+            input_ids[r, :n] = it["input_ids"]
+            labels[r, :n] = it["labels"]
+            position_ids[r, :n] = it["position_ids"]
+            position_ids[r, n:] = np.arange(longest - n)
+            starts = np.concatenate([[0], np.cumsum(it["seq_lengths"])[:-1]]).astype(np.int64)
+            labels[r, starts] = IGNORE_INDEX
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(position_ids),
+        }

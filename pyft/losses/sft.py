@@ -1,0 +1,58 @@
+"""Next-token cross-entropy for supervised fine-tuning, computed without full logits.
+
+Labels follow the transformers convention: ``labels[b, t]`` is the token at position ``t``
+(not shifted); position ``t`` is predicted from positions ``< t``; ``-100`` marks positions
+without loss. Only positions that carry loss go through the output layer, in chunks whose logits are
+recomputed during backward, so the ``[batch, seq, vocab]`` float32 logits never exist at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+IGNORE_INDEX = -100
+
+
+def count_targets(labels: torch.Tensor) -> int:
+    """Number of predicted tokens in ``labels`` (``[B, T]`` int64): non-ignored labels after the shift."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def token_nll_sum(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    chunk_tokens: int = 4096,
+) -> torch.Tensor:
+    """Sum over predicted tokens of ``-log p(label)``.
+
+    Args:
+        hidden: final hidden states ``[B, T, H]`` (any float dtype).
+        labels: ``[B, T]`` int64, ``-100`` where there is no loss.
+        head: the output layer, ``[N, H] -> [N, V]`` logits.
+        chunk_tokens: rows of logits computed at once (memory ``chunk_tokens × V × 4`` bytes).
+
+    Returns:
+        A float32 scalar: the summed negative log-likelihood (divide by the token count of the
+        whole accumulated batch to get the mean).
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    h = hidden[:, :-1][keep]  # [N, H]
+    t = targets[keep]  # [N]
+    def chunk_loss(h_chunk: torch.Tensor, t_chunk: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h_chunk).float(), t_chunk, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[0], chunk_tokens):
+        args = (h[start : start + chunk_tokens], t[start : start + chunk_tokens])
+        if torch.is_grad_enabled() and h.requires_grad:
+            # Recompute the chunk's logits in backward instead of keeping them.
+            total = total + torch.utils.checkpoint.checkpoint(chunk_loss, *args, use_reentrant=False)
+        else:
+            total = total + chunk_loss(*args)
+    return total

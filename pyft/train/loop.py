@@ -1,0 +1,278 @@
+"""The training loop: one readable loop for LoRA-family and full fine-tuning.
+
+Per optimizer step: take ``batch_size × grad_accum`` rows in a seeded per-epoch order, count the
+predicted tokens of all of them, run each micro-batch and back-propagate its summed token loss
+divided by that count (so accumulation equals one big batch, whatever the sequence lengths),
+clip, step, schedule. Evaluation, checkpoints (exact resume: parameters, optimizer, scheduler,
+RNG, data position) and metrics follow their own intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pyft.data import PackedCollator, PackedRowsCollator, PreparedDataset
+from pyft.errors import ConfigError, TrainingError
+from pyft.losses import count_targets, token_nll_sum
+from pyft.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from pyft.train.config import TrainConfig
+from pyft.train.optim import build_optimizer, build_scheduler, warmup_steps
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    output: Path
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 on a CUDA device that supports it, else fp32."""
+    if precision != "auto":
+        if precision == "fp16" and device.type != "cuda":
+            raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+class RowStream:
+    """Rows in a seeded random order per epoch, resumable from ``(epoch, offset)``."""
+
+    def __init__(self, n_rows: int, seed: int, epoch: int = 0, offset: int = 0) -> None:
+        self.n_rows, self.seed, self.epoch, self.offset = n_rows, seed, epoch, offset
+        self._order = self._permutation(epoch)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.n_rows, generator=g).tolist()
+
+    def take(self, k: int) -> list[int]:
+        """The next ``k`` row indices, continuing into the next epoch when this one ends."""
+        out: list[int] = []
+        while len(out) < k:
+            if self.offset >= self.n_rows:
+                self.epoch += 1
+                self.offset = 0
+                self._order = self._permutation(self.epoch)
+            n = min(k - len(out), self.n_rows - self.offset)
+            out.extend(self._order[self.offset : self.offset + n])
+            self.offset += n
+        return out
+
+    def position(self) -> dict[str, int]:
+        """Where the stream is (for checkpoints)."""
+        return {"epoch": self.epoch, "offset": self.offset}
+
+
+def batch_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int) -> torch.Tensor:
+    """Summed next-token loss of one micro-batch (float32 scalar).
+
+    Runs the decoder and only the predicted positions through the output layer (see
+    :func:`pyft.losses.token_nll_sum`); models whose logits need post-processing (soft-capping,
+    scaling) go through the full forward instead.
+    """
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    cfg = getattr(model, "config", None)
+    plain_head = not getattr(cfg, "final_logit_softcapping", None) and getattr(cfg, "logit_scale", None) in (None, 1.0)
+    if plain_head and hasattr(model, "get_decoder"):
+        hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
+        return token_nll_sum(hidden, batch["labels"], model.get_output_embeddings(), chunk_tokens)
+    logits = model(**inputs, use_cache=False).logits
+    return token_nll_sum(logits, batch["labels"], lambda h: h, chunk_tokens)
+
+
+class Trainer:
+    """Holds the model, data, optimizer and state of one run. Use :func:`train`."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, train_ds: PreparedDataset,
+                 eval_ds: PreparedDataset | None, pad_token_id: int) -> None:
+        self.cfg = config
+        self.t = config.train
+        self.model = model
+        self.train_ds, self.eval_ds = train_ds, eval_ds
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(self.t.precision, self.device)
+        attn = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") or "sdpa"
+        self.collate = PackedCollator() if "flash" in attn else PackedRowsCollator(pad_token_id)
+        rows_per_step = self.t.batch_size * self.t.grad_accum
+        steps_per_epoch = max(1, math.ceil(len(train_ds) / rows_per_step))
+        self.total_steps = self.t.max_steps or max(1, math.ceil(self.t.epochs * steps_per_epoch))
+        self.optimizer = build_optimizer(model, self.t.lr, self.t.weight_decay, tuple(self.t.betas), self.t.eps)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup_steps(self.t.warmup, self.total_steps),
+                                         self.t.schedule)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.stream = RowStream(len(train_ds), self.t.seed)
+        self.step = 0
+        self.best_eval: float | None = None
+        self.bad_evals = 0
+        self.output = Path(config.output)
+        self.ckpt_root = self.output / "checkpoints"
+        self.history: list[dict[str, Any]] = []
+        # L2-SP: pull full fine-tuning toward the pretrained weights, lambda * ||theta - theta_0||^2.
+        self.l2sp = config.freeze.l2sp if config.method == "full" else 0.0
+        self.anchor = ({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                       if self.l2sp > 0 else {})
+
+    # -- pieces -----------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(self.device.type, dtype=dtype)
+        return nullcontext()
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _micro_batches(self) -> list[dict[str, Any]]:
+        rows = self.stream.take(self.t.batch_size * self.t.grad_accum)
+        out = []
+        for i in range(0, len(rows), self.t.batch_size):
+            out.append(self._to_device(self.collate([self.train_ds[j] for j in rows[i : i + self.t.batch_size]])))
+        return out
+
+    def accumulate_gradients(self) -> tuple[float, int]:
+        """Back-propagate one optimizer step's worth of micro-batches.
+
+        Returns:
+            ``(loss, tokens)``: the mean token loss of the step's rows and how many tokens it covers.
+        """
+        self.model.train()
+        batches = self._micro_batches()
+        n_tokens = sum(count_targets(b["labels"]) for b in batches)
+        loss_sum = 0.0
+        for b in batches:
+            with self._autocast():
+                loss = batch_loss_sum(self.model, b, self.t.chunk_tokens) / max(n_tokens, 1)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.item()
+        return loss_sum, n_tokens
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer update; returns its metrics."""
+        loss_sum, n_tokens = self.accumulate_gradients()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        max_norm = self.t.max_grad_norm if self.t.max_grad_norm else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(loss_sum) or not math.isfinite(grad_norm):
+            last = list_checkpoints(self.ckpt_root)
+            where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+            raise TrainingError(
+                f"non-finite {'loss' if not math.isfinite(loss_sum) else 'gradient norm'} at step {self.step + 1}; "
+                f"training stopped before applying it ({where}). Lower train.lr or use fp32/bf16."
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens}
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean token loss over the validation split (None without one)."""
+        if self.eval_ds is None or len(self.eval_ds) == 0:
+            return None
+        self.model.eval()
+        total, count = 0.0, 0
+        for i in range(0, len(self.eval_ds), self.t.batch_size):
+            batch = self._to_device(self.collate([self.eval_ds[j] for j in range(i, min(i + self.t.batch_size,
+                                                                                      len(self.eval_ds)))]))
+            with self._autocast():
+                total += float(batch_loss_sum(self.model, batch, self.t.chunk_tokens))
+            count += count_targets(batch["labels"])
+        return total / max(count, 1)
+
+    def state(self) -> dict[str, Any]:
+        """Loop state saved with checkpoints."""
+        return {"step": self.step, "total_steps": self.total_steps, "data": self.stream.position(),
+                "best_eval": self.best_eval, "bad_evals": self.bad_evals, "method": self.cfg.method}
+
+    def resume(self, path: Path) -> None:
+        """Continue from checkpoint ``path``."""
+        state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        self.step = state["step"]
+        self.stream = RowStream(len(self.train_ds), self.t.seed, state["data"]["epoch"], state["data"]["offset"])
+        self.best_eval, self.bad_evals = state["best_eval"], state["bad_evals"]
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self.output.mkdir(parents=True, exist_ok=True)
+        metrics = open(self.output / "metrics.jsonl", "a", encoding="utf-8")
+        t0, tokens_since = time.perf_counter(), 0
+        last: dict[str, float] = {}
+        stopped_early = False
+        eval_loss = None
+        try:
+            while self.step < self.total_steps:
+                last = self.train_step()
+                tokens_since += last["tokens"]
+                record = {"step": self.step, "epoch": self.stream.epoch, **last}
+                if self.step % self.t.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - t0
+                    record["tokens_per_s"] = tokens_since / max(elapsed, 1e-9)
+                    t0, tokens_since = time.perf_counter(), 0
+                    self._print(record)
+                metrics.write(json.dumps(record) + "\n")
+                self.history.append(record)
+                if self.t.eval_every and self.step % self.t.eval_every == 0:
+                    eval_loss = self.evaluate()
+                    stopped_early = self._after_eval(eval_loss, metrics)
+                if self.t.save_every and self.step % self.t.save_every == 0:
+                    save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.scheduler,
+                                    self.state(), self.t.keep_last)
+                if stopped_early:
+                    break
+            if not (self.t.eval_every and self.step % self.t.eval_every == 0) and self.eval_ds is not None:
+                eval_loss = self.evaluate()
+                self._after_eval(eval_loss, metrics)
+        finally:
+            metrics.close()
+        return TrainResult(self.output, self.step, last.get("loss"), eval_loss, stopped_early, self.history)
+
+    def _after_eval(self, eval_loss: float | None, metrics) -> bool:
+        if eval_loss is None:
+            return False
+        record = {"step": self.step, "eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0))}
+        metrics.write(json.dumps(record) + "\n")
+        self.history.append(record)
+        print(f"[eval] step {self.step}: loss {eval_loss:.4f}  ppl {record['eval_ppl']:.2f}", file=sys.stderr)
+        if self.best_eval is None or eval_loss < self.best_eval:
+            self.best_eval, self.bad_evals = eval_loss, 0
+            return False
+        self.bad_evals += 1
+        patience = self.t.early_stopping_patience
+        return patience is not None and self.bad_evals >= patience
+
+    def _print(self, r: dict[str, Any]) -> None:
+        print(f"step {r['step']}/{self.total_steps}  loss {r['loss']:.4f}  lr {r['lr']:.3g}  "
+              f"grad {r['grad_norm']:.3f}  {r.get('tokens_per_s', 0):,.0f} tok/s", file=sys.stderr)

@@ -1,0 +1,127 @@
+"""``pyft.train.train``: set up model, method and data from a :class:`TrainConfig`, run, save.
+
+Everything that can be checked is checked before the first step: the model directory, the
+prepared data (kind, tokenizer identity, vocabulary), the method options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pyft._atomic import atomic_directory
+from pyft.data import PreparedDataset
+from pyft.errors import ConfigError
+from pyft.models import check_model_dir, load_model
+from pyft.peft import LoraConfig, apply_lora, save_adapter
+from pyft.train.config import TrainConfig
+from pyft.train.loop import Trainer, TrainResult, resolve_precision, seed_everything
+from pyft.train.checkpoint import list_checkpoints
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_data_matches_model(ds: PreparedDataset, model_dir: Path, vocab_size: int) -> None:
+    """The prepared data must be chat/text data tokenized by the model's own tokenizer."""
+    meta = ds.info.meta
+    if ds.kind not in ("chat", "text"):
+        raise ConfigError(f"data: {ds.info.out_dir} holds {ds.kind} data; SFT needs chat or text data")
+    tok_json = model_dir / "tokenizer.json"
+    if tok_json.is_file() and _sha256(tok_json) != meta["tokenizer"]["sha256"]:
+        raise ConfigError(
+            f"data: {ds.info.out_dir} was prepared with another tokenizer ({meta['tokenizer']['path']}) than the "
+            f"model's {tok_json}; prepare the data again with --tokenizer {model_dir}"
+        )
+    if meta["tokenizer"]["vocab_size"] > vocab_size:
+        raise ConfigError(f"data: tokenizer vocabulary ({meta['tokenizer']['vocab_size']}) is larger than the model's "
+                          f"embedding table ({vocab_size})")
+
+
+def apply_freezing(model: nn.Module, config: TrainConfig) -> None:
+    """Full fine-tuning: train everything except what ``freeze`` excludes."""
+    f = config.freeze
+    for p in model.parameters():
+        p.requires_grad_(True)
+    layers = getattr(model.get_decoder(), "layers", None)
+    if f.embeddings:
+        for p in model.get_input_embeddings().parameters():
+            p.requires_grad_(False)
+    if f.first_layers or f.train_top_layers is not None:
+        if layers is None:
+            raise ConfigError("freeze: this model has no `layers` list to freeze by index")
+        n = len(layers)
+        frozen = set(range(min(f.first_layers, n)))
+        if f.train_top_layers is not None:
+            frozen |= set(range(max(0, n - f.train_top_layers)))
+        for i in frozen:
+            for p in layers[i].parameters():
+                p.requires_grad_(False)
+
+
+def build_trainer(config: TrainConfig) -> Trainer:
+    """Load and check model and data, apply the method, and return a ready :class:`Trainer`
+    (resumed from a checkpoint when ``train.resume`` says so)."""
+    config.validate()
+    t = config.train
+    model_dir = check_model_dir(config.model)
+    train_ds = PreparedDataset(config.data, "train")
+    eval_ds = PreparedDataset(config.data, "validation") if "validation" in train_ds.info.splits else None
+    device = torch.device(t.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = resolve_precision(t.precision, device)
+    seed_everything(t.seed)
+    dtype = torch.bfloat16 if (config.method == "lora" and precision == "bf16") else torch.float32
+    model = load_model(model_dir, dtype=dtype, device=device)
+    check_data_matches_model(train_ds, model_dir, model.config.vocab_size)
+    if config.method == "lora":
+        lo = config.lora
+        apply_lora(model, LoraConfig(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, targets=lo.targets, rslora=lo.rslora,
+                                     dora=lo.dora, exclude=lo.exclude, modules_to_save=lo.modules_to_save,
+                                     layers_to_transform=lo.layers_to_transform, layers_pattern=lo.layers_pattern,
+                                     rank_pattern=lo.rank_pattern, alpha_pattern=lo.alpha_pattern))
+    else:
+        apply_freezing(model, config)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    meta_tok = train_ds.info.meta["tokenizer"]
+    pad = meta_tok.get("pad_token_id") if meta_tok.get("pad_token_id") is not None else meta_tok.get("eos_token_id")
+    trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad or 0)
+    if t.resume:
+        path = Path(t.resume)
+        if t.resume == "auto":
+            found = list_checkpoints(trainer.ckpt_root)
+            path = found[-1] if found else None
+        if path is not None:
+            if not (path / "state.json").is_file():
+                raise ConfigError(f"train.resume: {path} is not a checkpoint directory")
+            trainer.resume(path)
+    return trainer
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run a whole training job; returns its :class:`TrainResult`.
+
+    Writes into ``config.output``: ``adapter/`` (LoRA family, PEFT format) or ``model/`` (full
+    fine-tuning, a transformers directory with the tokenizer), ``metrics.jsonl`` and
+    ``checkpoints/``.
+    """
+    trainer = build_trainer(config)
+    result = trainer.run()
+    _save_final(config, trainer.model, Path(config.model), trainer.train_ds)
+    return result
+
+
+def _save_final(config: TrainConfig, model: nn.Module, model_dir: Path, ds: PreparedDataset) -> None:
+    out = Path(config.output)
+    if config.method == "lora":
+        save_adapter(model, out / "adapter", base_model_name_or_path=str(model_dir))
+        return
+    with atomic_directory(out / "model", overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in (ds.info.out_dir / "tokenizer").iterdir():
+            shutil.copy(f, tmp / f.name)

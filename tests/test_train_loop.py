@@ -1,0 +1,118 @@
+"""The training loop: accumulation equals one big batch, exact resume, loss goes down, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import pyft.data
+from pyft.errors import ConfigError
+from pyft.testing import make_tiny_model
+from pyft.train import build_trainer, load_config, train
+
+from helpers import CONVERSATIONS, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizer_dirs, tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    model = make_tiny_model(base / "model", tokenizer_dirs["chatml"], arch="qwen2")
+    convs = [c for c in CONVERSATIONS for _ in range(4)]
+    src = write_jsonl(base / "c.jsonl", [{"messages": m} for m in convs])
+    pyft.data.prepare(src, model, base / "data", val_ratio=0.2, seed=0)
+    return {"model": model, "data": base / "data", "base": base}
+
+
+def _cfg(setup, out, **train):
+    t = {"lr": 1e-2, "max_steps": 2, "batch_size": 8, "seed": 3, "log_every": 100, "schedule": "constant", **train}
+    return load_config(model=str(setup["model"]), data=str(setup["data"]), output=str(out),
+                       lora={"r": 4, "alpha": 8, "dropout": 0.0}, train=t)
+
+
+def _adapter(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+
+
+def test_grad_accumulation_equals_big_batch(setup, tmp_path):
+    """Gradients of batch 8 equal those of 4 x accumulation 2 (uneven lengths, token-normalised)."""
+    grads = []
+    for bs, acc in [(8, 1), (4, 2)]:
+        trainer = build_trainer(_cfg(setup, tmp_path / f"o{bs}", batch_size=bs, grad_accum=acc))
+        loss, tokens = trainer.accumulate_gradients()
+        grads.append(({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}, loss, tokens))
+    (g1, l1, n1), (g2, l2, n2) = grads
+    assert n1 == n2 and l1 == pytest.approx(l2, rel=1e-6)
+    lengths = {len(r["input_ids"]) for r in pyft.data.load(setup["data"])}
+    assert len(lengths) > 3  # uneven sequence lengths
+    for k in g1:
+        scale = g1[k].abs().max().clamp_min(1e-12)
+        assert ((g1[k] - g2[k]).abs().max() / scale) <= 1e-6, k
+
+
+def test_resume_is_exact(setup, tmp_path):
+    common = dict(max_steps=20, batch_size=2, save_every=10, keep_last=1)
+    train(_cfg(setup, tmp_path / "straight", **common))
+    cfg = _cfg(setup, tmp_path / "stopped", **{**common, "max_steps": 10})
+    train(cfg)
+    ckpts = sorted((tmp_path / "stopped" / "checkpoints").iterdir())
+    assert [c.name for c in ckpts] == ["step-000010"]
+    resumed = _cfg(setup, tmp_path / "stopped", **{**common, "resume": "auto"})
+    result = train(resumed)
+    assert result.steps == 20
+    a, b = _adapter(tmp_path / "straight"), _adapter(tmp_path / "stopped")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_loss_goes_down_and_metrics_are_written(setup, tmp_path):
+    out = tmp_path / "run"
+    result = train(_cfg(setup, out, max_steps=30, batch_size=4, eval_every=10, lr=5e-3, schedule="cosine", warmup=0.1))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [x["eval_loss"] for x in lines if "eval_loss" in x]
+    losses = [x["loss"] for x in lines if "loss" in x]
+    assert len(evals) == 3 and evals[-1] < evals[0]
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert result.eval_loss == evals[-1]
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["base_model_name_or_path"] == str(setup["model"])
+
+
+def test_full_finetune_with_freezing(setup, tmp_path):
+    cfg = load_config(model=str(setup["model"]), data=str(setup["data"]), output=str(tmp_path / "full"),
+                      method="full", freeze={"embeddings": True, "first_layers": 1, "l2sp": 0.01},
+                      train={"max_steps": 2, "batch_size": 4, "lr": 1e-3})
+    train(cfg)
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(setup["model"])
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "model")
+    p0, p1 = dict(before.named_parameters()), dict(after.named_parameters())
+    assert torch.equal(p0["model.embed_tokens.weight"], p1["model.embed_tokens.weight"])
+    assert torch.equal(p0["model.layers.0.mlp.up_proj.weight"], p1["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(p0["model.layers.1.mlp.up_proj.weight"], p1["model.layers.1.mlp.up_proj.weight"])
+    assert (tmp_path / "full" / "model" / "tokenizer.json").is_file()
+
+
+def test_config_errors_name_the_key(setup, tmp_path, tokenizer_dirs):
+    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key"):
+        load_config(model="m", data="d", train={"lrr": 1})
+    with pytest.raises(ConfigError, match=r"train\.lr: expected a number, got 'fast'"):
+        load_config(model="m", data="d", overrides=["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"method: unknown method 'qlora2'"):
+        load_config(model="m", data="d", method="qlora2")
+    # data prepared with another tokenizer fails before training
+    src = write_jsonl(tmp_path / "c.jsonl", [{"messages": CONVERSATIONS[0]}])
+    pyft.data.prepare(src, tokenizer_dirs["llama3"], tmp_path / "other")
+    cfg = _cfg(setup, tmp_path / "x")
+    cfg.data = str(tmp_path / "other")
+    with pytest.raises(ConfigError, match="prepared with another tokenizer"):
+        train(cfg)
+    assert not (tmp_path / "x").exists()
+    cfg = _cfg(setup, tmp_path / "y")
+    cfg.model = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        train(cfg)
