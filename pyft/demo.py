@@ -1,9 +1,15 @@
 """``pyft demo``: the end-to-end demo on the embedded tiny model and the bundled data.
 
-So far: builds the tiny base model (a locally trained ChatML byte-level BPE tokenizer and a
-random-init Llama-shape model), prepares the bundled demo conversations into packed token shards
-with a validation split, and prints the statistics and one example with its trainable tokens
-highlighted.
+1. Builds the tiny base model: a ChatML byte-level BPE tokenizer trained locally on the bundled
+   corpus and a random-init Llama-shape model (``DIR/base/``).
+2. Prepares the bundled conversations into packed token shards with a validation split
+   (``DIR/data/``) and shows one example with its trainable tokens highlighted.
+3. Trains a LoRA adapter on CPU for a couple of minutes (``DIR/adapter/``, ``DIR/metrics.jsonl``,
+   ``DIR/loss.png``).
+4. Prints greedy answers to held-out prompts before and after training.
+
+The base model is random, so it cannot know facts it never saw; what the adapter visibly learns
+is the task formats of the bundled data.
 """
 
 from __future__ import annotations
@@ -14,35 +20,93 @@ import tempfile
 import time
 from pathlib import Path
 
+#: Prompts whose facts never occur in the bundled data (see pyft/data/demo/README.md).
+HELD_OUT_PROMPTS = [
+    "What is the capital of Norway?",
+    "What is 4 plus 9?",
+    "Spell the word river.",
+    "What is the opposite of tall?",
+    "What day comes after Thursday?",
+]
 
-def run_demo(out: str | os.PathLike[str] = "pyft-demo") -> Path:
-    """Run the demo into ``out`` (replacing what an earlier demo left there).
+#: The demo's tiny base model: large enough to learn the formats in a couple of CPU minutes.
+DEMO_SHAPE = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=4)
 
-    Writes ``out/base/`` (tiny model + tokenizer, an HF directory) and ``out/data/`` (prepared
-    shards). Returns ``out``.
-    """
+
+def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+    """Greedy completions of single-turn chats (the assistant text only)."""
+    import torch
+
+    answers = []
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return answers
+
+
+def run_demo(out: str | os.PathLike[str] = "pyft-demo", max_steps: int = 250) -> Path:
+    """Run the demo into ``out`` (replacing what an earlier demo left there). Returns ``out``."""
+    from transformers import AutoTokenizer
+
+    import pyft
     from pyft.data import inspect, prepare
     from pyft.data.demo import demo_path
     from pyft.testing import make_tiny_model, make_tokenizer
+    from pyft.train import load_config, train
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[demo] building the tiny base model in {out_dir / 'base'}")
+    print(f"[demo] 1/4 building the tiny base model in {out_dir / 'base'}")
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tok_dir = make_tokenizer(Path(tmp) / "tokenizer", style="chatml")
-        staged = make_tiny_model(Path(tmp) / "base", tok_dir, arch="llama")
+        staged = make_tiny_model(Path(tmp) / "base", tok_dir, arch="llama", **DEMO_SHAPE)
         if (out_dir / "base").exists():
             shutil.rmtree(out_dir / "base")
         os.replace(staged, out_dir / "base")
-    print(f"[demo] preparing the bundled data ({demo_path().name}) into {out_dir / 'data'}")
+    print(f"[demo] 2/4 preparing the bundled data ({demo_path().name}) into {out_dir / 'data'}")
     info = prepare(
         demo_path(), out_dir / "base", out_dir / "data",
-        max_len=512, pack="bfd", val_ratio=0.1, seed=0, dedup=True, overwrite=True, progress=False,
+        max_len=256, pack="bfd", val_ratio=0.1, seed=0, dedup=True, overwrite=True, progress=False,
     )
     print()
-    print(inspect(info.out_dir, index=0, color=None))
-    print(f"\n[demo] done in {time.perf_counter() - t0:.1f}s. Outputs:")
-    print(f"  {out_dir / 'base'}   tiny base model + tokenizer (transformers directory)")
-    print(f"  {out_dir / 'data'}   prepared token shards (load with pyft.data.load)")
+    print(inspect(info.out_dir, index=len(pyft.data.load(info.out_dir)) - 1, color=None))
+
+    tokenizer = AutoTokenizer.from_pretrained(out_dir / "base")
+    base = pyft.load_model(out_dir / "base", dtype="float32")
+    before = greedy_answers(base, tokenizer, HELD_OUT_PROMPTS)
+    del base
+
+    print(f"\n[demo] 3/4 training a LoRA adapter (CPU, {max_steps} steps)")
+    for stale in ("adapter", "checkpoints", "tensorboard", "metrics.jsonl", "loss.png"):
+        path = out_dir / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    config = load_config(
+        model=str(out_dir / "base"), data=str(out_dir / "data"), output=str(out_dir), method="lora",
+        lora={"r": 32, "alpha": 64, "dropout": 0.0, "targets": "all-linear", "modules_to_save": ["lm_head"]},
+        train={"max_steps": max_steps, "batch_size": 4, "lr": 3e-3, "schedule": "cosine", "warmup": 0.05,
+               "eval_every": max(1, max_steps // 5), "log_every": 25, "precision": "fp32", "seed": 0},
+    )
+    result = train(config)
+
+    print("\n[demo] 4/4 greedy answers to held-out prompts, before and after training")
+    tuned = pyft.load_model(out_dir / "base", dtype="float32", adapter=out_dir / "adapter")
+    after = greedy_answers(tuned, tokenizer, HELD_OUT_PROMPTS)
+    for prompt, b, a in zip(HELD_OUT_PROMPTS, before, after):
+        print(f"\n  Q: {prompt}\n     before: {b[:80]!r}\n     after:  {a[:80]!r}")
+    losses = [r["eval_loss"] for r in result.history if "eval_loss" in r]
+    print(f"\n[demo] done in {time.perf_counter() - t0:.0f}s. Eval loss {losses[0]:.3f} -> {losses[-1]:.3f}. Outputs:")
+    print(f"  {out_dir / 'base'}            tiny base model + tokenizer (transformers directory)")
+    print(f"  {out_dir / 'data'}            prepared token shards (pyft.data.load)")
+    print(f"  {out_dir / 'adapter'}         LoRA adapter in PEFT format (pyft.load_model(base, adapter=...))")
+    print(f"  {out_dir / 'metrics.jsonl'}   training metrics")
+    print(f"  {out_dir / 'loss.png'}        loss curves")
     return out_dir

@@ -45,3 +45,21 @@ def test_errors_exit_nonzero_with_location(tokenizer_dirs, tmp_path):
     assert r.returncode == 1
     assert f"pyft: error: {src}:1: field `messages`: no assistant turn" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_end_to_end_short(tmp_path, capsys):
+    from pyft.demo import run_demo
+
+    out = run_demo(tmp_path / "demo", max_steps=6)
+    printed = capsys.readouterr().out
+    assert "before:" in printed and "after:" in printed
+    for name in ("base/config.json", "data/meta.json", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors", "metrics.jsonl", "loss.png"):
+        assert (out / name).is_file(), name
+
+
+def test_train_cli_print_config_and_errors(tmp_path):
+    r = _run("train", "--print-config", "model=m", "data=d", "train.lr=1e-4", "lora.r=4")
+    assert r.returncode == 0 and "lr: 0.0001" in r.stdout and "r: 4" in r.stdout
+    r = _run("train", "model=m", "data=d", "train.batchsize=4")
+    assert r.returncode == 1 and "pyft: error: train.batchsize: unknown key" in r.stderr

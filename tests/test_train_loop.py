@@ -74,7 +74,7 @@ def test_loss_goes_down_and_metrics_are_written(setup, tmp_path):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [x["eval_loss"] for x in lines if "eval_loss" in x]
     losses = [x["loss"] for x in lines if "loss" in x]
-    assert len(evals) == 3 and evals[-1] < evals[0]
+    assert len(evals) == 4 and evals[-1] < evals[0]  # steps 0, 10, 20, 30
     assert sum(losses[-5:]) < sum(losses[:5])
     assert result.eval_loss == evals[-1]
     cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())

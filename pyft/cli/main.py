@@ -1,11 +1,12 @@
 """``pyft``: the command-line interface.
 
-Subcommands so far: ``data prepare``, ``data inspect``, ``demo``.
+Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``demo``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -86,6 +87,25 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pyft.train import load_config, train
+
+    path, overrides = args.config, list(args.overrides)
+    if path is not None and "=" in path and not os.path.isfile(path):  # no config file, only overrides
+        path, overrides = None, [path, *overrides]
+    config = load_config(path, overrides)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    result = train(config)
+    print(f"trained {result.steps} steps: final train loss {result.train_loss:.4f}"
+          + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
+          + f"\noutputs in {result.output}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pyft.demo import run_demo
 
@@ -110,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--index", type=int, default=0, help="row to show (0)")
     ins.add_argument("--split", default="train", help="train (default) or validation")
     ins.add_argument("--no-color", action="store_true", help="mark trainable tokens with [[ ]] instead of color")
+    tr = sub.add_parser("train", help="fine-tune a model from a YAML config (LoRA, rsLoRA, DoRA, full)",
+                        description="Fine-tune a causal LM. Example configs: pyft/configs/*.yaml.",
+                        epilog="example: pyft train lora_sft.yaml model=./my-model data=./prepared train.lr=1e-4")
+    tr.add_argument("config", nargs="?", help="YAML config file")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4 lora.r=32")
+    tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded tiny model and bundled data",
                           description="Build the tiny demo model, prepare the bundled data and show the results.")
     demo.add_argument("--out", default="pyft-demo", metavar="DIR", help="output directory (./pyft-demo)")
@@ -119,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo}
+    handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo,
+                ("train", None): _cmd_train}
     handler = handlers.get((args.command, getattr(args, "data_command", None)))
     if handler is None:
         # `pyft` or `pyft data` without a subcommand: show the matching help.

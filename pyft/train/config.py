@@ -160,6 +160,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -198,6 +203,11 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def _parse_scalar(text: str) -> Any:
     import yaml
 
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
     return yaml.safe_load(text) if text.strip() else ""
 
 

@@ -132,6 +132,7 @@ class Trainer:
         self.output = Path(config.output)
         self.ckpt_root = self.output / "checkpoints"
         self.history: list[dict[str, Any]] = []
+        self.tb = None
         # L2-SP: pull full fine-tuning toward the pretrained weights, lambda * ||theta - theta_0||^2.
         self.l2sp = config.freeze.l2sp if config.method == "full" else 0.0
         self.anchor = ({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -227,12 +228,20 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         self.output.mkdir(parents=True, exist_ok=True)
+        try:  # TensorBoard when it is installed
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.output / "tensorboard"))
+        except ImportError:
+            self.tb = None
         metrics = open(self.output / "metrics.jsonl", "a", encoding="utf-8")
         t0, tokens_since = time.perf_counter(), 0
         last: dict[str, float] = {}
         stopped_early = False
         eval_loss = None
         try:
+            if self.t.eval_every and self.step == 0:  # the starting point of the eval curve
+                self._after_eval(self.evaluate(), metrics)
             while self.step < self.total_steps:
                 last = self.train_step()
                 tokens_since += last["tokens"]
@@ -244,6 +253,7 @@ class Trainer:
                     self._print(record)
                 metrics.write(json.dumps(record) + "\n")
                 self.history.append(record)
+                self._tensorboard(record)
                 if self.t.eval_every and self.step % self.t.eval_every == 0:
                     eval_loss = self.evaluate()
                     stopped_early = self._after_eval(eval_loss, metrics)
@@ -257,6 +267,9 @@ class Trainer:
                 self._after_eval(eval_loss, metrics)
         finally:
             metrics.close()
+            if self.tb is not None:
+                self.tb.close()
+        self._plot()
         return TrainResult(self.output, self.step, last.get("loss"), eval_loss, stopped_early, self.history)
 
     def _after_eval(self, eval_loss: float | None, metrics) -> bool:
@@ -265,6 +278,8 @@ class Trainer:
         record = {"step": self.step, "eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0))}
         metrics.write(json.dumps(record) + "\n")
         self.history.append(record)
+        self._tensorboard(record)
+        self._overfitting_alarm()
         print(f"[eval] step {self.step}: loss {eval_loss:.4f}  ppl {record['eval_ppl']:.2f}", file=sys.stderr)
         if self.best_eval is None or eval_loss < self.best_eval:
             self.best_eval, self.bad_evals = eval_loss, 0
@@ -272,6 +287,36 @@ class Trainer:
         self.bad_evals += 1
         patience = self.t.early_stopping_patience
         return patience is not None and self.bad_evals >= patience
+
+    def _overfitting_alarm(self) -> None:
+        """Warn when eval loss rose over the last two evaluations while train loss fell."""
+        evals = [(r["step"], r["eval_loss"]) for r in self.history if "eval_loss" in r]
+        if len(evals) < 3 or not (evals[-1][1] > evals[-2][1] > evals[-3][1]):
+            return
+        def mean_train(lo: int, hi: int) -> float | None:
+            xs = [r["loss"] for r in self.history if "loss" in r and lo < r["step"] <= hi]
+            return sum(xs) / len(xs) if xs else None
+        before, now = mean_train(evals[-3][0], evals[-2][0]), mean_train(evals[-2][0], evals[-1][0])
+        if before is not None and now is not None and now < before:
+            print(f"[warning] possible overfitting: eval loss rose for two evaluations ({evals[-3][1]:.4f} -> "
+                  f"{evals[-1][1]:.4f}) while train loss fell; consider fewer epochs or early stopping",
+                  file=sys.stderr)
+
+    def _tensorboard(self, record: dict[str, Any]) -> None:
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{'eval' if k.startswith('eval') else 'train'}/{k}", v, record["step"])
+
+    def _plot(self) -> None:
+        try:
+            from pyft.train.plots import plot_losses
+        except ImportError:
+            return
+        try:
+            plot_losses(self.output / "metrics.jsonl", self.output / "loss.png")
+        except ImportError:
+            print("[note] matplotlib is not installed: no loss.png (pip install matplotlib)", file=sys.stderr)
 
     def _print(self, r: dict[str, Any]) -> None:
         print(f"step {r['step']}/{self.total_steps}  loss {r['loss']:.4f}  lr {r['lr']:.3g}  "
