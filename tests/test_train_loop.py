@@ -116,3 +116,32 @@ def test_config_errors_name_the_key(setup, tmp_path, tokenizer_dirs):
     cfg.model = str(tmp_path)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         train(cfg)
+
+
+def test_ddp_two_cpu_processes_equal_one_process(setup, tmp_path):
+    """torchrun with 2 gloo processes x batch 4 gives the weights of 1 process x batch 8."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["model=" + str(setup["model"]), "data=" + str(setup["data"]), "lora.r=4", "lora.alpha=8",
+              "lora.dropout=0.0", "train.lr=1e-3", "train.max_steps=3", "train.seed=3", "train.schedule=constant",
+              "train.eval_every=3"]
+    train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyft.cli.main",
+         "train", *common, f"output={tmp_path / 'ddp'}", "train.batch_size=4"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _adapter(tmp_path / "single"), _adapter(tmp_path / "ddp")
+    for k in a:
+        scale = a[k].abs().max().clamp_min(1e-12)
+        assert ((a[k] - b[k]).abs().max() / scale) <= 1e-5, k
+    single = [json.loads(x) for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    ddp = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(single) == len(ddp)  # rank 0 alone wrote metrics
+    for x, y in zip(single, ddp):
+        key = "loss" if "loss" in x else "eval_loss"
+        assert x[key] == pytest.approx(y[key], rel=1e-5)

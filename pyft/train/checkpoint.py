@@ -46,8 +46,11 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: dict[str, Any], keep_last: int) -> Path:
-    """Write checkpoint ``root/step-<step>`` atomically and prune older ones beyond ``keep_last``."""
+                    state: dict[str, Any], keep_last: int, rng_states: list[dict[str, Any]] | None = None) -> Path:
+    """Write checkpoint ``root/step-<step>`` atomically and prune older ones beyond ``keep_last``.
+
+    ``rng_states`` holds every rank's generator states (default: this process's only).
+    """
     from safetensors.torch import save_file
 
     target = root / f"{STEP_PREFIX}{step:06d}"
@@ -55,7 +58,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        torch.save(rng_states or [rng_state()], tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
@@ -70,8 +73,9 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore parameters, optimizer, scheduler and RNG from ``path``; return its ``state.json``."""
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    rank: int = 0) -> dict[str, Any]:
+    """Restore parameters, optimizer, scheduler and this rank's RNG from ``path``; return its ``state.json``."""
     from safetensors.torch import load_file
 
     saved = load_file(str(path / "trainable.safetensors"))
@@ -84,5 +88,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    rngs = torch.load(path / "rng.pt", weights_only=False)
+    if len(rngs) <= rank:
+        raise ValueError(f"{path}: saved by {len(rngs)} process(es), cannot resume rank {rank}")
+    set_rng_state(rngs[rank])
     return json.loads((path / "state.json").read_text(encoding="utf-8"))

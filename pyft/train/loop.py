@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -28,6 +29,8 @@ from pyft.errors import ConfigError, TrainingError
 from pyft.losses import count_targets, token_nll_sum
 from pyft.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from pyft.train.config import TrainConfig
+from pyft.train.distributed import DistInfo, all_reduce_grads, all_reduce_sum, barrier, gather_objects
+from pyft.train.checkpoint import rng_state
 from pyft.train.optim import build_optimizer, build_scheduler, warmup_steps
 
 
@@ -109,8 +112,9 @@ class Trainer:
     """Holds the model, data, optimizer and state of one run. Use :func:`train`."""
 
     def __init__(self, config: TrainConfig, model: nn.Module, train_ds: PreparedDataset,
-                 eval_ds: PreparedDataset | None, pad_token_id: int) -> None:
+                 eval_ds: PreparedDataset | None, pad_token_id: int, dist_info: DistInfo | None = None) -> None:
         self.cfg = config
+        self.dist = dist_info or DistInfo()
         self.t = config.train
         self.model = model
         self.train_ds, self.eval_ds = train_ds, eval_ds
@@ -118,7 +122,7 @@ class Trainer:
         self.precision = resolve_precision(self.t.precision, self.device)
         attn = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") or "sdpa"
         self.collate = PackedCollator() if "flash" in attn else PackedRowsCollator(pad_token_id)
-        rows_per_step = self.t.batch_size * self.t.grad_accum
+        rows_per_step = self.t.batch_size * self.t.grad_accum * self.dist.world
         steps_per_epoch = max(1, math.ceil(len(train_ds) / rows_per_step))
         self.total_steps = self.t.max_steps or max(1, math.ceil(self.t.epochs * steps_per_epoch))
         self.optimizer = build_optimizer(model, self.t.lr, self.t.weight_decay, tuple(self.t.betas), self.t.eps)
@@ -149,7 +153,8 @@ class Trainer:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _micro_batches(self) -> list[dict[str, Any]]:
-        rows = self.stream.take(self.t.batch_size * self.t.grad_accum)
+        per_rank = self.t.batch_size * self.t.grad_accum
+        rows = self.stream.take(per_rank * self.dist.world)[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
         out = []
         for i in range(0, len(rows), self.t.batch_size):
             out.append(self._to_device(self.collate([self.train_ds[j] for j in rows[i : i + self.t.batch_size]])))
@@ -163,14 +168,16 @@ class Trainer:
         """
         self.model.train()
         batches = self._micro_batches()
-        n_tokens = sum(count_targets(b["labels"]) for b in batches)
+        # Normalise by the tokens of the whole step: all micro-batches on all ranks.
+        n_tokens = int(all_reduce_sum(sum(count_targets(b["labels"]) for b in batches), self.dist, self.device))
         loss_sum = 0.0
         for b in batches:
             with self._autocast():
                 loss = batch_loss_sum(self.model, b, self.t.chunk_tokens) / max(n_tokens, 1)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.item()
-        return loss_sum, n_tokens
+        all_reduce_grads([p for g in self.optimizer.param_groups for p in g["params"]], self.dist)
+        return all_reduce_sum(loss_sum, self.dist, self.device), n_tokens
 
     def train_step(self) -> dict[str, float]:
         """One optimizer update; returns its metrics."""
@@ -205,36 +212,47 @@ class Trainer:
             return None
         self.model.eval()
         total, count = 0.0, 0
-        for i in range(0, len(self.eval_ds), self.t.batch_size):
-            batch = self._to_device(self.collate([self.eval_ds[j] for j in range(i, min(i + self.t.batch_size,
-                                                                                      len(self.eval_ds)))]))
+        mine = list(range(self.dist.rank, len(self.eval_ds), self.dist.world))
+        for i in range(0, len(mine), self.t.batch_size):
+            batch = self._to_device(self.collate([self.eval_ds[j] for j in mine[i : i + self.t.batch_size]]))
             with self._autocast():
                 total += float(batch_loss_sum(self.model, batch, self.t.chunk_tokens))
             count += count_targets(batch["labels"])
-        return total / max(count, 1)
+        total = all_reduce_sum(total, self.dist, self.device)
+        return total / max(all_reduce_sum(count, self.dist, self.device), 1)
 
     def state(self) -> dict[str, Any]:
         """Loop state saved with checkpoints."""
         return {"step": self.step, "total_steps": self.total_steps, "data": self.stream.position(),
                 "best_eval": self.best_eval, "bad_evals": self.bad_evals, "method": self.cfg.method}
 
+    def save_checkpoint(self) -> None:
+        """Write a checkpoint (rank 0), with every rank's RNG state."""
+        rngs = gather_objects(rng_state(), self.dist)
+        if self.dist.is_main:
+            save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.scheduler, self.state(),
+                            self.t.keep_last, rngs)
+        barrier(self.dist)
+
     def resume(self, path: Path) -> None:
         """Continue from checkpoint ``path``."""
-        state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, rank=self.dist.rank)
         self.step = state["step"]
         self.stream = RowStream(len(self.train_ds), self.t.seed, state["data"]["epoch"], state["data"]["offset"])
         self.best_eval, self.bad_evals = state["best_eval"], state["bad_evals"]
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        self.output.mkdir(parents=True, exist_ok=True)
-        try:  # TensorBoard when it is installed
-            from torch.utils.tensorboard import SummaryWriter
+        main = self.dist.is_main
+        if main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            try:  # TensorBoard when it is installed
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.output / "tensorboard"))
-        except ImportError:
-            self.tb = None
-        metrics = open(self.output / "metrics.jsonl", "a", encoding="utf-8")
+                self.tb = SummaryWriter(str(self.output / "tensorboard"))
+            except ImportError:
+                self.tb = None
+        metrics = open(self.output / "metrics.jsonl", "a", encoding="utf-8") if main else open(os.devnull, "w")
         t0, tokens_since = time.perf_counter(), 0
         last: dict[str, float] = {}
         stopped_early = False
@@ -250,7 +268,8 @@ class Trainer:
                     elapsed = time.perf_counter() - t0
                     record["tokens_per_s"] = tokens_since / max(elapsed, 1e-9)
                     t0, tokens_since = time.perf_counter(), 0
-                    self._print(record)
+                    if main:
+                        self._print(record)
                 metrics.write(json.dumps(record) + "\n")
                 self.history.append(record)
                 self._tensorboard(record)
@@ -258,8 +277,7 @@ class Trainer:
                     eval_loss = self.evaluate()
                     stopped_early = self._after_eval(eval_loss, metrics)
                 if self.t.save_every and self.step % self.t.save_every == 0:
-                    save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.scheduler,
-                                    self.state(), self.t.keep_last)
+                    self.save_checkpoint()
                 if stopped_early:
                     break
             if not (self.t.eval_every and self.step % self.t.eval_every == 0) and self.eval_ds is not None:
@@ -269,7 +287,8 @@ class Trainer:
             metrics.close()
             if self.tb is not None:
                 self.tb.close()
-        self._plot()
+        if main:
+            self._plot()
         return TrainResult(self.output, self.step, last.get("loss"), eval_loss, stopped_early, self.history)
 
     def _after_eval(self, eval_loss: float | None, metrics) -> bool:
@@ -280,7 +299,8 @@ class Trainer:
         self.history.append(record)
         self._tensorboard(record)
         self._overfitting_alarm()
-        print(f"[eval] step {self.step}: loss {eval_loss:.4f}  ppl {record['eval_ppl']:.2f}", file=sys.stderr)
+        if self.dist.is_main:
+            print(f"[eval] step {self.step}: loss {eval_loss:.4f}  ppl {record['eval_ppl']:.2f}", file=sys.stderr)
         if self.best_eval is None or eval_loss < self.best_eval:
             self.best_eval, self.bad_evals = eval_loss, 0
             return False
@@ -291,7 +311,7 @@ class Trainer:
     def _overfitting_alarm(self) -> None:
         """Warn when eval loss rose over the last two evaluations while train loss fell."""
         evals = [(r["step"], r["eval_loss"]) for r in self.history if "eval_loss" in r]
-        if len(evals) < 3 or not (evals[-1][1] > evals[-2][1] > evals[-3][1]):
+        if not self.dist.is_main or len(evals) < 3 or not (evals[-1][1] > evals[-2][1] > evals[-3][1]):
             return
         def mean_train(lo: int, hi: int) -> float | None:
             xs = [r["loss"] for r in self.history if "loss" in r and lo < r["step"] <= hi]

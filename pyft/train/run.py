@@ -21,6 +21,7 @@ from pyft.peft import LoraConfig, apply_lora, save_adapter
 from pyft.train.config import TrainConfig
 from pyft.train.loop import Trainer, TrainResult, resolve_precision, seed_everything
 from pyft.train.checkpoint import list_checkpoints
+from pyft.train.distributed import barrier, init_distributed
 
 
 def _sha256(path: Path) -> str:
@@ -73,6 +74,10 @@ def build_trainer(config: TrainConfig) -> Trainer:
     train_ds = PreparedDataset(config.data, "train")
     eval_ds = PreparedDataset(config.data, "validation") if "validation" in train_ds.info.splits else None
     device = torch.device(t.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dist_info = init_distributed(device.type)
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
     precision = resolve_precision(t.precision, device)
     seed_everything(t.seed)
     dtype = torch.bfloat16 if (config.method == "lora" and precision == "bf16") else torch.float32
@@ -90,7 +95,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     meta_tok = train_ds.info.meta["tokenizer"]
     pad = meta_tok.get("pad_token_id") if meta_tok.get("pad_token_id") is not None else meta_tok.get("eos_token_id")
-    trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad or 0)
+    trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad or 0, dist_info=dist_info)
     if t.resume:
         path = Path(t.resume)
         if t.resume == "auto":
@@ -107,12 +112,14 @@ def train(config: TrainConfig) -> TrainResult:
     """Run a whole training job; returns its :class:`TrainResult`.
 
     Writes into ``config.output``: ``adapter/`` (LoRA family, PEFT format) or ``model/`` (full
-    fine-tuning, a transformers directory with the tokenizer), ``metrics.jsonl`` and
-    ``checkpoints/``.
+    fine-tuning, a transformers directory with the tokenizer), ``metrics.jsonl``, ``loss.png`` and
+    ``checkpoints/``. Under ``torchrun`` every process runs this; rank 0 writes the files.
     """
     trainer = build_trainer(config)
     result = trainer.run()
-    _save_final(config, trainer.model, Path(config.model), trainer.train_ds)
+    if trainer.dist.is_main:
+        _save_final(config, trainer.model, Path(config.model), trainer.train_ds)
+    barrier(trainer.dist)
     return result
 
 

@@ -1,0 +1,79 @@
+"""Data parallelism under ``torchrun``: process group setup and the few collectives the loop needs.
+
+pyft does not wrap the model in ``DistributedDataParallel``: the loop computes each rank's
+token-loss sum divided by the *global* token count and then sums gradients across ranks with one
+all-reduce per parameter, which is exactly the gradient of the global batch. Backend: gloo on
+CPU, NCCL on CUDA. Rank 0 alone logs and writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job (``world == 1`` when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs and saves."""
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group described by torchrun's environment (``WORLD_SIZE`` > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def all_reduce_sum(value: float | int, info: DistInfo, device: torch.device) -> float:
+    """Sum a number over ranks."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """Sum every parameter's gradient over ranks (missing gradients count as zero)."""
+    if not info.enabled:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order (on every rank)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for all ranks."""
+    if info.enabled:
+        dist.barrier()
