@@ -145,3 +145,24 @@ def test_ddp_two_cpu_processes_equal_one_process(setup, tmp_path):
     for x, y in zip(single, ddp):
         key = "loss" if "loss" in x else "eval_loss"
         assert x[key] == pytest.approx(y[key], rel=1e-5)
+
+
+def test_non_finite_loss_stops_with_last_checkpoint(setup, tmp_path, monkeypatch):
+    import pyft.train.loop as loop
+    from pyft.errors import TrainingError
+
+    trainer = build_trainer(_cfg(setup, tmp_path / "nan", max_steps=5, batch_size=2, save_every=2))
+    real = loop.batch_loss_sum
+
+    def poisoned(model, batch, chunk):
+        value = real(model, batch, chunk)
+        return value * float("nan") if trainer.step >= 3 else value
+
+    monkeypatch.setattr(loop, "batch_loss_sum", poisoned)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 4; training stopped before applying it "
+                                            r"\(the last good checkpoint is .*step-000002\)"):
+        trainer.run()
+    after = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(before[n], after[n]) for n in before)

@@ -102,7 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(config)
     print(f"trained {result.steps} steps: final train loss {result.train_loss:.4f}"
           + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
-          + f"\noutputs in {result.output}")
+          + f"\npeak memory {result.peak_memory_bytes / 2**30:.2f} GiB; outputs in {result.output}")
     return 0
 
 

@@ -43,6 +43,7 @@ class TrainResult:
     train_loss: float | None
     eval_loss: float | None
     stopped_early: bool
+    peak_memory_bytes: int = 0
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
@@ -60,6 +61,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
         return precision
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: allocated CUDA memory on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 class RowStream:
@@ -137,6 +147,8 @@ class Trainer:
         self.ckpt_root = self.output / "checkpoints"
         self.history: list[dict[str, Any]] = []
         self.tb = None
+        self._grad_avg: float | None = None
+        self._last_grad_warning = -(10**9)
         # L2-SP: pull full fine-tuning toward the pretrained weights, lambda * ||theta - theta_0||^2.
         self.l2sp = config.freeze.l2sp if config.method == "full" else 0.0
         self.anchor = ({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -194,6 +206,7 @@ class Trainer:
                 f"non-finite {'loss' if not math.isfinite(loss_sum) else 'gradient norm'} at step {self.step + 1}; "
                 f"training stopped before applying it ({where}). Lower train.lr or use fp32/bf16."
             )
+        self._gradient_health(grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -289,7 +302,8 @@ class Trainer:
                 self.tb.close()
         if main:
             self._plot()
-        return TrainResult(self.output, self.step, last.get("loss"), eval_loss, stopped_early, self.history)
+        return TrainResult(self.output, self.step, last.get("loss"), eval_loss, stopped_early, peak_memory(self.device),
+                           self.history)
 
     def _after_eval(self, eval_loss: float | None, metrics) -> bool:
         if eval_loss is None:
@@ -307,6 +321,21 @@ class Trainer:
         self.bad_evals += 1
         patience = self.t.early_stopping_patience
         return patience is not None and self.bad_evals >= patience
+
+    def _gradient_health(self, grad_norm: float) -> None:
+        """Warn about exploding (10x the running average) or vanishing (< 1e-8) gradient norms."""
+        avg = self._grad_avg
+        self._grad_avg = grad_norm if avg is None else 0.9 * avg + 0.1 * grad_norm
+        if not self.dist.is_main or self.step < 10 or self.step - self._last_grad_warning < 50:
+            return
+        message = None
+        if avg and grad_norm > 10 * avg:
+            message = f"exploding gradients: norm {grad_norm:.3g} is {grad_norm / avg:.0f}x the recent average"
+        elif grad_norm < 1e-8:
+            message = f"vanishing gradients: norm {grad_norm:.3g}; check the learning rate and the loss mask"
+        if message:
+            self._last_grad_warning = self.step
+            print(f"[warning] step {self.step + 1}: {message}", file=sys.stderr)
 
     def _overfitting_alarm(self) -> None:
         """Warn when eval loss rose over the last two evaluations while train loss fell."""
