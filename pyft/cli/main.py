@@ -1,6 +1,6 @@
 """``pyft``: the command-line interface.
 
-Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``demo``.
+Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``demo``.
 """
 
 from __future__ import annotations
@@ -106,6 +106,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from pyft.train.estimate import format_report
+
+    methods = [args.method] if args.method else ["full", "lora", "qlora"]
+    print(format_report(args.model, args.seq_len, args.batch, methods, args.r, args.gradient_checkpointing,
+                        args.gpu_memory, args.examples))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pyft.demo import run_demo
 
@@ -136,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config", nargs="?", help="YAML config file")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4 lora.r=32")
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    est = sub.add_parser("estimate", help="training memory per method, and which method to use",
+                         description="Estimate training memory (weights, gradients, optimizer, activations) and "
+                                     "recommend full fine-tuning, LoRA or QLoRA.")
+    est.add_argument("--model", required=True, metavar="DIR", help="transformers model directory (config.json)")
+    est.add_argument("--method", choices=["full", "lora", "qlora"], help="one method (default: all three)")
+    est.add_argument("--seq-len", type=int, default=2048, metavar="N")
+    est.add_argument("--batch", type=int, default=8, metavar="B", help="rows per micro-batch")
+    est.add_argument("--r", type=int, default=16, help="LoRA rank")
+    est.add_argument("--gradient-checkpointing", action="store_true")
+    est.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of your GPU, for the recommendation")
+    est.add_argument("--examples", type=int, metavar="N", help="training examples, for the recommendation")
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded tiny model and bundled data",
                           description="Build the tiny demo model, prepare the bundled data and show the results.")
     demo.add_argument("--out", default="pyft-demo", metavar="DIR", help="output directory (./pyft-demo)")
@@ -146,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo,
-                ("train", None): _cmd_train}
+                ("train", None): _cmd_train, ("estimate", None): _cmd_estimate}
     handler = handlers.get((args.command, getattr(args, "data_command", None)))
     if handler is None:
         # `pyft` or `pyft data` without a subcommand: show the matching help.
