@@ -200,3 +200,52 @@ def test_tiny_model_learns_a_small_instruction_set(tokenizer_dirs, tmp_path):
     answers = greedy_answers(tuned, tok, [q for q, _ in pairs])
     reproduced = sum(a.strip() == expected.strip() for a, (_, expected) in zip(answers, pairs))
     assert reproduced >= 0.9 * len(pairs), f"{reproduced}/{len(pairs)}"
+
+
+def test_progressive_unfreezing(tokenizer_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    model = make_tiny_model(tmp_path / "m", tokenizer_dirs["chatml"], arch="llama")
+    src = write_jsonl(tmp_path / "c.jsonl", [{"messages": m} for m in CONVERSATIONS * 2])
+    pyft.data.prepare(src, model, tmp_path / "data")
+    base = load_file(str(model / "model.safetensors"))
+
+    def changed_after(steps):
+        out = tmp_path / f"run{steps}"
+        train(load_config(model=str(model), data=str(tmp_path / "data"), output=str(out), method="full",
+                          freeze={"unfreeze_every": 2, "train_top_layers": 1},
+                          train={"max_steps": steps, "batch_size": 2, "lr": 1e-3, "schedule": "constant"}))
+        tuned = load_file(str(out / "model" / "model.safetensors"))
+
+        def group(key):  # model.layers.0.mlp.up_proj.weight -> layers.0; model.norm.weight -> norm
+            parts = key.removeprefix("model.").split(".")
+            return ".".join(parts[:2]) if parts[0] == "layers" else parts[0]
+
+        return {group(k) for k in base if not torch.equal(base[k], tuned[k])}
+
+    two = changed_after(2)
+    assert {"layers.1", "norm", "lm_head"} <= two
+    assert "layers.1" in two and "layers.0" not in two and "embed_tokens" not in two
+    four = changed_after(4)
+    assert "layers.0" in four and "embed_tokens" not in four
+    assert "embed_tokens" in changed_after(5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(setup, tmp_path):
+    grads = []
+    for gc in (False, True):
+        trainer = build_trainer(_cfg(setup, tmp_path / f"gc{gc}", gradient_checkpointing=gc))
+        trainer.accumulate_gradients()
+        grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+    for k in grads[0]:
+        scale = grads[0][k].abs().max().clamp_min(1e-12)
+        assert ((grads[0][k] - grads[1][k]).abs().max() / scale) <= 1e-6, k
+
+
+def test_bf16_autocast_on_cpu_and_fp16_needs_cuda(setup, tmp_path):
+    import math
+
+    result = train(_cfg(setup, tmp_path / "bf16", precision="bf16", max_steps=3))
+    assert result.steps == 3 and math.isfinite(result.train_loss)
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        build_trainer(_cfg(setup, tmp_path / "fp16", precision="fp16", device="cpu"))

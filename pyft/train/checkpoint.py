@@ -40,9 +40,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters of ``model`` by name (CPU copies)."""
-    return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The parameters the optimizer updates, by name (CPU copies)."""
+    mine = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if id(p) in mine}
 
 
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -55,7 +56,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
 
     target = root / f"{STEP_PREFIX}{step:06d}"
     with atomic_directory(target, overwrite=True) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(trainable_state(model, optimizer), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_states or [rng_state()], tmp / "rng.pt")
@@ -80,7 +81,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
     saved = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in saved]
+    mine = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    missing = [n for n, p in params.items() if id(p) in mine and n not in saved]
     if missing or set(saved) - set(params):
         raise ValueError(f"{path}: checkpoint does not match this model/method (e.g. missing `{(missing or ['?'])[0]}`)")
     with torch.no_grad():

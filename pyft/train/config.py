@@ -38,11 +38,18 @@ class LoraSection:
 
 @dataclass
 class FreezeSection:
-    """Which base parameters full fine-tuning trains."""
+    """Which base parameters full fine-tuning trains.
+
+    ``embeddings``, ``first_layers`` and ``train_top_layers`` freeze for the whole run. With
+    ``unfreeze_every: N`` (progressive unfreezing, as ULMFiT's gradual unfreezing) training starts
+    with the output layer, final norm and the top ``train_top_layers`` (default 1) decoder layers,
+    and every N steps the next lower layer joins; the input embeddings join after the last layer.
+    """
 
     embeddings: bool = False
     first_layers: int = 0
     train_top_layers: int | None = None
+    unfreeze_every: int | None = None
     l2sp: float = 0.0
 
 
@@ -106,6 +113,8 @@ class TrainConfig:
             (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", "expected auto, fp32, bf16 or fp16"),
             (t.keep_last >= 1, "train.keep_last", "must be >= 1"),
             (len(t.betas) == 2, "train.betas", "expected two numbers"),
+            (self.freeze.unfreeze_every is None or self.freeze.unfreeze_every >= 1, "freeze.unfreeze_every",
+             "must be >= 1"),
         ]
         for ok, key, why in checks:
             if not ok:

@@ -122,7 +122,8 @@ class Trainer:
     """Holds the model, data, optimizer and state of one run. Use :func:`train`."""
 
     def __init__(self, config: TrainConfig, model: nn.Module, train_ds: PreparedDataset,
-                 eval_ds: PreparedDataset | None, pad_token_id: int, dist_info: DistInfo | None = None) -> None:
+                 eval_ds: PreparedDataset | None, pad_token_id: int, dist_info: DistInfo | None = None,
+                 progressive: Any = None) -> None:
         self.cfg = config
         self.dist = dist_info or DistInfo()
         self.t = config.train
@@ -135,6 +136,8 @@ class Trainer:
         rows_per_step = self.t.batch_size * self.t.grad_accum * self.dist.world
         steps_per_epoch = max(1, math.ceil(len(train_ds) / rows_per_step))
         self.total_steps = self.t.max_steps or max(1, math.ceil(self.t.epochs * steps_per_epoch))
+        self._optimized = [p for p in model.parameters() if p.requires_grad]
+        self.progressive = progressive
         self.optimizer = build_optimizer(model, self.t.lr, self.t.weight_decay, tuple(self.t.betas), self.t.eps)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup_steps(self.t.warmup, self.total_steps),
                                          self.t.schedule)
@@ -191,8 +194,16 @@ class Trainer:
         all_reduce_grads([p for g in self.optimizer.param_groups for p in g["params"]], self.dist)
         return all_reduce_sum(loss_sum, self.dist, self.device), n_tokens
 
+    def _apply_progressive_unfreezing(self) -> None:
+        if self.progressive is None:
+            return
+        frozen = {id(p) for p in self.progressive(self.model, self.cfg, self.step)}
+        for p in self._optimized:
+            p.requires_grad_(id(p) not in frozen)
+
     def train_step(self) -> dict[str, float]:
         """One optimizer update; returns its metrics."""
+        self._apply_progressive_unfreezing()
         loss_sum, n_tokens = self.accumulate_gradients()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)

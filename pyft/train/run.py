@@ -53,12 +53,12 @@ def apply_freezing(model: nn.Module, config: TrainConfig) -> None:
     if f.embeddings:
         for p in model.get_input_embeddings().parameters():
             p.requires_grad_(False)
-    if f.first_layers or f.train_top_layers is not None:
+    if f.first_layers or (f.train_top_layers is not None and f.unfreeze_every is None):
         if layers is None:
             raise ConfigError("freeze: this model has no `layers` list to freeze by index")
         n = len(layers)
         frozen = set(range(min(f.first_layers, n)))
-        if f.train_top_layers is not None:
+        if f.train_top_layers is not None and f.unfreeze_every is None:
             frozen |= set(range(max(0, n - f.train_top_layers)))
         for i in frozen:
             for p in layers[i].parameters():
@@ -92,10 +92,15 @@ def build_trainer(config: TrainConfig) -> Trainer:
     else:
         apply_freezing(model, config)
     if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     meta_tok = train_ds.info.meta["tokenizer"]
     pad = meta_tok.get("pad_token_id") if meta_tok.get("pad_token_id") is not None else meta_tok.get("eos_token_id")
-    trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad or 0, dist_info=dist_info)
+    trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad or 0, dist_info=dist_info,
+                      progressive=progressive_frozen if config.freeze.unfreeze_every else None)
     if t.resume:
         path = Path(t.resume)
         if t.resume == "auto":
@@ -106,6 +111,26 @@ def build_trainer(config: TrainConfig) -> Trainer:
                 raise ConfigError(f"train.resume: {path} is not a checkpoint directory")
             trainer.resume(path)
     return trainer
+
+
+def progressive_frozen(model: nn.Module, config: TrainConfig, step: int) -> list[nn.Parameter]:
+    """Parameters progressive unfreezing still holds frozen after ``step`` updates.
+
+    See :class:`pyft.train.config.FreezeSection`. With tied embeddings the output layer shares the
+    embedding matrix and so joins with the embeddings.
+    """
+    f = config.freeze
+    if config.method != "full" or f.unfreeze_every is None:
+        return []
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise ConfigError("freeze.unfreeze_every: this model has no `layers` list to unfreeze by index")
+    n = len(layers)
+    open_layers = (f.train_top_layers or 1) + step // f.unfreeze_every
+    frozen = [p for i in range(max(0, n - open_layers)) for p in layers[i].parameters()]
+    if open_layers <= n:  # embeddings join after the last decoder layer
+        frozen += list(model.get_input_embeddings().parameters())
+    return frozen
 
 
 def train(config: TrainConfig) -> TrainResult:
