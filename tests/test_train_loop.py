@@ -249,3 +249,27 @@ def test_bf16_autocast_on_cpu_and_fp16_needs_cuda(setup, tmp_path):
     assert result.steps == 3 and math.isfinite(result.train_loss)
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         build_trainer(_cfg(setup, tmp_path / "fp16", precision="fp16", device="cpu"))
+
+
+def test_early_stopping_after_patience(setup, tmp_path, monkeypatch):
+    import pyft.train.loop as loop
+
+    losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    monkeypatch.setattr(loop.Trainer, "evaluate", lambda self: next(losses))
+    result = train(_cfg(setup, tmp_path / "es", max_steps=10, eval_every=1, early_stopping_patience=2))
+    assert result.stopped_early and result.steps == 3  # evals at steps 0..3: 3.0, 2.0, 2.5 (1 bad), 2.6 (2 bad)
+
+
+def test_l2sp_pulls_toward_pretrained_weights(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    base = load_file(str(setup["model"] / "model.safetensors"))
+
+    def distance(l2sp):
+        out = tmp_path / f"l2sp{l2sp}"
+        train(load_config(model=str(setup["model"]), data=str(setup["data"]), output=str(out), method="full",
+                          freeze={"l2sp": l2sp}, train={"max_steps": 4, "batch_size": 4, "lr": 1e-2, "seed": 1}))
+        tuned = load_file(str(out / "model" / "model.safetensors"))
+        return sum(float(((tuned[k] - base[k]) ** 2).sum()) for k in base)
+
+    assert distance(50.0) < 0.5 * distance(0.0)

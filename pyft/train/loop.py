@@ -205,6 +205,11 @@ class Trainer:
         """One optimizer update; returns its metrics."""
         self._apply_progressive_unfreezing()
         loss_sum, n_tokens = self.accumulate_gradients()
+        terms = [((p - self.anchor[n]) ** 2).sum() for n, p in self.model.named_parameters()
+                 if n in self.anchor and p.requires_grad]
+        if terms:  # L2-SP, once per step (identical on every rank, so after the all-reduce)
+            penalty = self.l2sp * torch.stack(terms).sum()
+            (self.scaler.scale(penalty) if self.scaler else penalty).backward()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -325,6 +330,8 @@ class Trainer:
         self._tensorboard(record)
         self._overfitting_alarm()
         if self.dist.is_main:
+            if sys.stderr.isatty():
+                print(file=sys.stderr)
             print(f"[eval] step {self.step}: loss {eval_loss:.4f}  ppl {record['eval_ppl']:.2f}", file=sys.stderr)
         if self.best_eval is None or eval_loss < self.best_eval:
             self.best_eval, self.bad_evals = eval_loss, 0
@@ -379,5 +386,13 @@ class Trainer:
             print("[note] matplotlib is not installed: no loss.png (pip install matplotlib)", file=sys.stderr)
 
     def _print(self, r: dict[str, Any]) -> None:
-        print(f"step {r['step']}/{self.total_steps}  loss {r['loss']:.4f}  lr {r['lr']:.3g}  "
-              f"grad {r['grad_norm']:.3f}  {r.get('tokens_per_s', 0):,.0f} tok/s", file=sys.stderr)
+        """The progress line: a bar redrawn in place on a terminal, one line per log step otherwise."""
+        done = r["step"] / self.total_steps
+        bar = "#" * int(24 * done) + "." * (24 - int(24 * done))
+        line = (f"[{bar}] step {r['step']}/{self.total_steps}  loss {r['loss']:.4f}  lr {r['lr']:.3g}  "
+                f"grad {r['grad_norm']:.3f}  {r.get('tokens_per_s', 0):,.0f} tok/s")
+        if sys.stderr.isatty():
+            end = "\n" if r["step"] == self.total_steps else ""
+            print("\r" + line, end=end, file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr)

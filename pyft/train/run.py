@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from pyft._atomic import atomic_directory
 from pyft.data import PreparedDataset
 from pyft.errors import ConfigError
 from pyft.models import check_model_dir, load_model
-from pyft.peft import LoraConfig, apply_lora, save_adapter
+from pyft.peft import LoraConfig, apply_lora, save_adapter, trainable_parameters_report
 from pyft.train.config import TrainConfig
 from pyft.train.loop import Trainer, TrainResult, resolve_precision, seed_everything
 from pyft.train.checkpoint import list_checkpoints
@@ -97,6 +98,8 @@ def build_trainer(config: TrainConfig) -> Trainer:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if dist_info.is_main:
+        print(f"[train] {config.method}: {trainable_parameters_report(model)}", file=sys.stderr)
     meta_tok = train_ds.info.meta["tokenizer"]
     pad = meta_tok.get("pad_token_id") if meta_tok.get("pad_token_id") is not None else meta_tok.get("eos_token_id")
     trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad or 0, dist_info=dist_info,
