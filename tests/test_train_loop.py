@@ -102,6 +102,8 @@ def test_config_errors_name_the_key(setup, tmp_path, tokenizer_dirs):
         load_config(model="m", data="d", train={"lrr": 1})
     with pytest.raises(ConfigError, match=r"train\.lr: expected a number, got 'fast'"):
         load_config(model="m", data="d", overrides=["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"lora: `r` must be a positive integer, got 0"):
+        load_config(model="m", data="d", overrides=["lora.r=0"])
     with pytest.raises(ConfigError, match=r"method: unknown method 'qlora2'"):
         load_config(model="m", data="d", method="qlora2")
     # data prepared with another tokenizer fails before training

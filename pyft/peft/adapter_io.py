@@ -81,8 +81,8 @@ def adapter_config_dict(config: LoraConfig, base_model_name_or_path: str | None)
     }
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors of ``model`` under PEFT's on-disk names (detached, contiguous, CPU)."""
+def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The live adapter tensors of ``model`` under PEFT's on-disk names."""
     out: dict[str, torch.Tensor] = {}
     for name, layer in lora_modules(model):
         out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
@@ -91,9 +91,16 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             out[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector
     for name, module in model.named_modules():
         if isinstance(module, ModulesToSave):
-            for pname, p in module.trained_module.state_dict().items():
+            for pname, p in module.trained_module.named_parameters():
                 out[f"{PREFIX}{name}.{pname}"] = p
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in out.items()}
+            for bname, b in module.trained_module.named_buffers():
+                out[f"{PREFIX}{name}.{bname}"] = b
+    return out
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors of ``model`` under PEFT's on-disk names (detached, contiguous, CPU copies)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in _adapter_tensors(model).items()}
 
 
 def save_adapter(model: nn.Module, out_dir: str | os.PathLike[str], *, base_model_name_or_path: str | None = None,
@@ -189,7 +196,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
         raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_NAME}")
     saved = {k.replace(".default.", ".").removesuffix(".default"): v for k, v in load_file(str(weights)).items()}
     adapted = apply_lora(model, config)
-    expected = adapter_state_dict(model)  # names and shapes the model needs
+    expected = _adapter_tensors(model)  # names and shapes the model needs
     missing = sorted(set(expected) - set(saved))
     extra = sorted(set(saved) - set(expected))
     if missing or extra:
@@ -202,27 +209,10 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise ValueError(f"{weights}: tensor `{key}` has shape {tuple(tensor.shape)} but the base model needs "
                              f"{tuple(expected[key].shape)}: the adapter was trained on a different base model")
-    params = _adapter_parameters(model)
+    params = _adapter_tensors(model)
     with torch.no_grad():
         for key, tensor in saved.items():
             p = params[key]
             p.copy_(tensor.to(device=p.device, dtype=p.dtype))
             p.requires_grad_(trainable)
     return adapted
-
-
-def _adapter_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Live adapter tensors under their on-disk names (the inverse of :func:`adapter_state_dict`)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, layer in lora_modules(model):
-        out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
-        out[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight
-        if layer.lora_magnitude_vector is not None:
-            out[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector
-    for name, module in model.named_modules():
-        if isinstance(module, ModulesToSave):
-            for pname, p in module.trained_module.named_parameters():
-                out[f"{PREFIX}{name}.{pname}"] = p
-            for bname, b in module.trained_module.named_buffers():
-                out[f"{PREFIX}{name}.{bname}"] = b
-    return out

@@ -1,8 +1,8 @@
 """Training configuration: plain dataclasses, read from YAML with ``a.b=value`` overrides.
 
 Unknown keys and wrongly typed values are errors that name the key (``train.lr: expected a
-number, got 'fast'``). Sections: ``model``, ``data``, ``method``, ``lora``, ``freeze``, ``train``,
-``output``.
+number, got 'fast'``). Sections: ``model``, ``data``, ``method``, ``lora`` (a
+:class:`pyft.peft.LoraConfig`, PEFT's defaults), ``freeze``, ``train``, ``output``.
 """
 
 from __future__ import annotations
@@ -16,24 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pyft.errors import ConfigError
-
-
-@dataclass
-class LoraSection:
-    """LoRA options (see :class:`pyft.peft.LoraConfig`)."""
-
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    targets: str | list[str] = "all-linear"
-    rslora: bool = False
-    dora: bool = False
-    exclude: str | list[str] | None = None
-    modules_to_save: list[str] | None = None
-    layers_to_transform: int | list[int] | None = None
-    layers_pattern: str | None = None
-    rank_pattern: dict[str, int] = field(default_factory=dict)
-    alpha_pattern: dict[str, float] = field(default_factory=dict)
+from pyft.peft.lora import LoraConfig
 
 
 @dataclass
@@ -89,7 +72,7 @@ class TrainConfig:
     data: str = ""
     output: str = "pyft-output"
     method: str = "lora"
-    lora: LoraSection = field(default_factory=LoraSection)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     freeze: FreezeSection = field(default_factory=FreezeSection)
     train: TrainSection = field(default_factory=TrainSection)
 
@@ -206,7 +189,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             kwargs[name] = _build(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _check_type(value, tp, f"{prefix}{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a section's own checks (e.g. LoraConfig.__post_init__)
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
 
 
 def _parse_scalar(text: str) -> Any:

@@ -18,7 +18,7 @@ from pyft._atomic import atomic_directory
 from pyft.data import PreparedDataset
 from pyft.errors import ConfigError
 from pyft.models import check_model_dir, load_model
-from pyft.peft import LoraConfig, apply_lora, save_adapter, trainable_parameters_report
+from pyft.peft import apply_lora, save_adapter, trainable_parameters_report
 from pyft.train.config import TrainConfig
 from pyft.train.loop import Trainer, TrainResult, resolve_precision, seed_everything
 from pyft.train.checkpoint import list_checkpoints
@@ -85,11 +85,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     model = load_model(model_dir, dtype=dtype, device=device)
     check_data_matches_model(train_ds, model_dir, model.config.vocab_size)
     if config.method == "lora":
-        lo = config.lora
-        apply_lora(model, LoraConfig(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, targets=lo.targets, rslora=lo.rslora,
-                                     dora=lo.dora, exclude=lo.exclude, modules_to_save=lo.modules_to_save,
-                                     layers_to_transform=lo.layers_to_transform, layers_pattern=lo.layers_pattern,
-                                     rank_pattern=lo.rank_pattern, alpha_pattern=lo.alpha_pattern))
+        apply_lora(model, config.lora)
     else:
         apply_freezing(model, config)
     if t.gradient_checkpointing:
