@@ -275,3 +275,19 @@ def test_l2sp_pulls_toward_pretrained_weights(setup, tmp_path):
         return sum(float(((tuned[k] - base[k]) ** 2).sum()) for k in base)
 
     assert distance(50.0) < 0.5 * distance(0.0)
+
+
+def test_gradient_and_overfitting_warnings(setup, tmp_path, capsys):
+    trainer = build_trainer(_cfg(setup, tmp_path / "w"))
+    for step in range(12):
+        trainer.step = step
+        trainer._gradient_health(1.0)
+    trainer._gradient_health(50.0)
+    assert "exploding gradients: norm 50 is 50x the recent average" in capsys.readouterr().err
+    trainer.step, trainer._last_grad_warning = 80, -(10**9)
+    trainer._gradient_health(1e-12)
+    assert "vanishing gradients" in capsys.readouterr().err
+    trainer.history = [{"step": 1, "loss": 3.0}, {"step": 1, "eval_loss": 2.0}, {"step": 2, "loss": 2.0},
+                       {"step": 2, "eval_loss": 2.1}, {"step": 3, "loss": 1.0}, {"step": 3, "eval_loss": 2.2}]
+    trainer._overfitting_alarm()
+    assert "possible overfitting: eval loss rose for two evaluations (2.0000 -> 2.2000)" in capsys.readouterr().err
