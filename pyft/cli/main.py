@@ -1,6 +1,6 @@
 """``pyft``: the command-line interface.
 
-Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``demo``.
+Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``merge``, ``demo``.
 """
 
 from __future__ import annotations
@@ -115,6 +115,12 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from pyft.cli.merge import run
+
+    return run(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pyft.demo import run_demo
 
@@ -145,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config", nargs="?", help="YAML config file")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4 lora.r=32")
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    from pyft.cli.merge import add_arguments as add_merge_arguments
+
+    mg = sub.add_parser("merge", help="fold a LoRA adapter into its base model (streamed, in Rust)",
+                        description="Merge a PEFT LoRA/rsLoRA/DoRA adapter into its base model directory.")
+    add_merge_arguments(mg)
     est = sub.add_parser("estimate", help="training memory per method, and which method to use",
                          description="Estimate training memory (weights, gradients, optimizer, activations) and "
                                      "recommend full fine-tuning, LoRA or QLoRA.")
@@ -166,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo,
-                ("train", None): _cmd_train, ("estimate", None): _cmd_estimate}
+                ("train", None): _cmd_train, ("estimate", None): _cmd_estimate,
+                ("merge", None): _cmd_merge}
     handler = handlers.get((args.command, getattr(args, "data_command", None)))
     if handler is None:
         # `pyft` or `pyft data` without a subcommand: show the matching help.

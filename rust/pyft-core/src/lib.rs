@@ -4,10 +4,16 @@
 //! for Python. Modules:
 //! - [`data`]: reading conversation files, validation, chat templating, tokenization,
 //!   loss masks, packing and the token-shard writer.
+//! - [`io`]: safetensors reading (validated, memory-mapped) and streaming writing.
+//! - [`merge`]: folding LoRA-family adapters into base weights, tensor by tensor.
+//! - [`tensor`]: element types and f32 conversion.
 #![deny(missing_docs)]
 
 pub mod data;
-pub mod parallel;
 pub mod error;
+pub mod io;
+pub mod merge;
+pub mod parallel;
+pub mod tensor;
 
 pub use error::{Error, Result};

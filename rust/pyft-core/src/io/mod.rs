@@ -1,0 +1,3 @@
+//! Model files: reading safetensors (memory-mapped, validated) and writing them as a stream.
+
+pub mod safetensors;

@@ -1,0 +1,240 @@
+//! Safetensors files: validated memory-mapped reading of single files and sharded model
+//! directories, and a writer that streams tensor data after a precomputed header.
+//!
+//! Reading validates what a hostile file could get wrong (header length beyond the file, bad
+//! JSON, offsets past the end, overlapping or non-contiguous tensors, sizes that disagree with
+//! shapes) through the `safetensors` crate, and names the file in every error.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// One tensor of a file: name, type, shape and where its bytes are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Byte range inside the file's data section.
+    pub range: (usize, usize),
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A validated, memory-mapped safetensors file.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    /// Tensors in data order.
+    pub tensors: Vec<TensorInfo>,
+    /// The `__metadata__` map.
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn bad(path: &Path, message: impl Into<String>) -> Error {
+    Error::File { path: path.to_path_buf(), message: message.into() }
+}
+
+impl SafetensorsFile {
+    /// Map and validate `path`.
+    pub fn open(path: &Path) -> Result<SafetensorsFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; pyft never writes to its inputs while reading them.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (header_len, meta) = ::safetensors::SafeTensors::read_metadata(&mmap)
+            .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
+        let data_start = 8 + header_len;
+        let mut tensors = Vec::new();
+        for (name, info) in meta.tensors() {
+            let dtype = DType::from_safetensors(&format!("{:?}", info.dtype), &name)
+                .map_err(|e| bad(path, e.to_string()))?;
+            tensors.push(TensorInfo { name, dtype, shape: info.shape.clone(), range: info.data_offsets });
+        }
+        tensors.sort_by_key(|t| t.range.0);
+        let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, data_start, tensors, metadata })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The raw little-endian bytes of a tensor.
+    pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
+        &self.mmap[self.data_start + t.range.0..self.data_start + t.range.1]
+    }
+
+    /// Look a tensor up by name.
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+/// The safetensors files of a model directory (`model.safetensors`, or the shards listed by
+/// `model.safetensors.index.json`), in a stable order.
+pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| bad(&index, format!("malformed JSON: {e}")))?;
+        let map = v["weight_map"].as_object().ok_or_else(|| bad(&index, "no `weight_map`"))?;
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        files.sort();
+        files.dedup();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+            return Err(bad(&index, format!("lists {} which does not exist", missing.display())));
+        }
+        return Ok(paths);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(bad(dir, "no model.safetensors or model.safetensors.index.json"))
+}
+
+/// A planned output tensor: name, type and shape (its bytes come later, in plan order).
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+impl PlannedTensor {
+    /// Size of the tensor's data in bytes.
+    pub fn nbytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size()
+    }
+}
+
+/// Writes one safetensors file whose header is fixed up front, then receives each tensor's bytes
+/// in order, so a whole model is written while holding one tensor in memory.
+pub struct StreamWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    plan: Vec<PlannedTensor>,
+    next: usize,
+}
+
+impl StreamWriter {
+    /// Create `path` with the header for `plan` (metadata `{"format": "pt"}`).
+    pub fn create(path: &Path, plan: Vec<PlannedTensor>) -> Result<StreamWriter> {
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), json!({"format": "pt"}));
+        let mut offset = 0usize;
+        for t in &plan {
+            let end = offset + t.nbytes();
+            header.insert(t.name.clone(), json!({"dtype": t.dtype.safetensors_name(), "shape": t.shape,
+                                                 "data_offsets": [offset, end]}));
+            offset = end;
+        }
+        let mut text = serde_json::to_string(&Value::Object(header)).map_err(|e| bad(path, e.to_string()))?;
+        while text.len() % 8 != 0 {
+            text.push(' ');
+        }
+        let file = File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&(text.len() as u64).to_le_bytes()).map_err(|e| Error::io(path, e))?;
+        out.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
+        Ok(StreamWriter { path: path.to_path_buf(), out, plan, next: 0 })
+    }
+
+    /// Append the next planned tensor's bytes (must match its planned size).
+    pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let t = self.plan.get(self.next).ok_or_else(|| bad(&self.path, format!("unplanned tensor `{name}`")))?;
+        if t.name != name || t.nbytes() != bytes.len() {
+            return Err(bad(&self.path, format!("tensor `{name}` ({} bytes) does not match the plan (`{}`, {} bytes)",
+                                               bytes.len(), t.name, t.nbytes())));
+        }
+        self.out.write_all(bytes).map_err(|e| Error::io(&self.path, e))?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Flush and close; every planned tensor must have been written.
+    pub fn finish(mut self) -> Result<()> {
+        if self.next != self.plan.len() {
+            return Err(bad(&self.path, format!("only {} of {} tensors written", self.next, self.plan.len())));
+        }
+        self.out.flush().map_err(|e| Error::io(&self.path, e))?;
+        self.out.get_ref().sync_all().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pyft-st-{}-{name}", std::process::id()));
+        let _ = std::fs::create_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn stream_write_then_read_back() {
+        let d = tmp("rw");
+        let p = d.join("a.safetensors");
+        let plan = vec![
+            PlannedTensor { name: "b".into(), dtype: DType::F32, shape: vec![2] },
+            PlannedTensor { name: "a".into(), dtype: DType::BF16, shape: vec![1, 3] },
+        ];
+        let mut w = StreamWriter::create(&p, plan).unwrap();
+        assert!(w.write("a", &[0; 6]).is_err());
+        w.write("b", &crate::tensor::from_f32(&[1.0, 2.0], DType::F32)).unwrap();
+        w.write("a", &[0; 6]).unwrap();
+        w.finish().unwrap();
+        let f = SafetensorsFile::open(&p).unwrap();
+        assert_eq!(f.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), vec!["b", "a"]);
+        assert_eq!(crate::tensor::to_f32(f.bytes(&f.tensors[0]), DType::F32), vec![1.0, 2.0]);
+        assert_eq!(f.metadata.get("format").map(String::as_str), Some("pt"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn hostile_headers_are_rejected() {
+        let d = tmp("bad");
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("huge-header", [u64::MAX.to_le_bytes().to_vec(), b"{}".to_vec()].concat()),
+            ("past-end", {
+                let h = br#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+                [(h.len() as u64).to_le_bytes().to_vec(), h.to_vec(), vec![0; 8]].concat()
+            }),
+            ("overlap", {
+                let h = br#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"y":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
+                [(h.len() as u64).to_le_bytes().to_vec(), h.to_vec(), vec![0; 12]].concat()
+            }),
+            ("truncated", vec![1, 2, 3]),
+        ];
+        for (name, bytes) in cases {
+            let p = d.join(format!("{name}.safetensors"));
+            std::fs::write(&p, bytes).unwrap();
+            let err = SafetensorsFile::open(&p).unwrap_err().to_string();
+            assert!(err.contains(&format!("{name}.safetensors")) && err.contains("not a valid safetensors file"), "{err}");
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

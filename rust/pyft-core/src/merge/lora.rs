@@ -1,0 +1,200 @@
+//! LoRA-family adapters in PEFT's on-disk format, and the per-tensor merge math.
+//!
+//! Merge of a linear weight `W [out, in]` (f32):
+//! - LoRA / rsLoRA: `W' = W + s · (B @ A)`, `s = alpha / r` (or `alpha / sqrt(r)`), with `r`
+//!   and `alpha` per module after `rank_pattern` / `alpha_pattern`;
+//! - DoRA: `W' = (m / ‖W + s·BA‖_row) ⊙ (W + s·BA)`, `m [out]` the learned magnitude.
+//!
+//! Everything is computed in f32; the caller rounds once to the output dtype.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::{SafetensorsFile, TensorInfo};
+use crate::tensor::to_f32;
+
+const PREFIX: &str = "base_model.model.";
+
+/// The adapter tensors of one adapted linear module.
+#[derive(Debug, Clone)]
+pub struct ModuleAdapter {
+    /// `lora_A.weight`, `[r, in]`.
+    pub a: TensorInfo,
+    /// `lora_B.weight`, `[out, r]`.
+    pub b: TensorInfo,
+    /// DoRA magnitude, `[out]`.
+    pub magnitude: Option<TensorInfo>,
+    /// The scale applied to `B @ A`.
+    pub scaling: f32,
+}
+
+/// A PEFT LoRA adapter directory, opened for merging.
+#[derive(Debug)]
+pub struct LoraAdapter {
+    /// `adapter_model.safetensors`, memory-mapped.
+    pub file: SafetensorsFile,
+    /// Adapted modules by module path (`model.layers.0.self_attn.q_proj`).
+    pub modules: BTreeMap<String, ModuleAdapter>,
+    /// Whole tensors of `modules_to_save`, by base tensor name (`lm_head.weight`).
+    pub saved: BTreeMap<String, TensorInfo>,
+    /// Whether the adapter is DoRA.
+    pub dora: bool,
+    /// The adapter directory.
+    pub dir: PathBuf,
+}
+
+fn bad(path: &Path, message: impl Into<String>) -> Error {
+    Error::File { path: path.to_path_buf(), message: message.into() }
+}
+
+/// The first `pattern` key matching `module` as PEFT's `rank_pattern` does: `(.*\.)?(key)$`.
+fn pattern_value(patterns: Option<&serde_json::Map<String, Value>>, module: &str) -> Result<Option<f64>> {
+    let Some(patterns) = patterns else { return Ok(None) };
+    for (key, value) in patterns {
+        let re = regex::Regex::new(&format!(r"^(.*\.)?({key})$"))
+            .map_err(|e| Error::Option(format!("pattern `{key}` is not a valid regex: {e}")))?;
+        if re.is_match(module) {
+            return Ok(value.as_f64());
+        }
+    }
+    Ok(None)
+}
+
+impl LoraAdapter {
+    /// Open `dir` (`adapter_config.json` + `adapter_model.safetensors`) and index its tensors.
+    pub fn open(dir: &Path) -> Result<LoraAdapter> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let cfg: Value = serde_json::from_str(&text).map_err(|e| bad(&cfg_path, format!("malformed JSON: {e}")))?;
+        if cfg["peft_type"] != "LORA" {
+            return Err(bad(&cfg_path, format!("field `peft_type` is {}; only LORA adapters merge", cfg["peft_type"])));
+        }
+        for (key, ok) in [("fan_in_fan_out", Value::Bool(false)), ("lora_bias", Value::Bool(false)),
+                          ("bias", Value::String("none".into()))] {
+            if let Some(v) = cfg.get(key) {
+                if !v.is_null() && *v != ok {
+                    return Err(bad(&cfg_path, format!("field `{key}` = {v} is not supported")));
+                }
+            }
+        }
+        let r = cfg["r"].as_f64().ok_or_else(|| bad(&cfg_path, "field `r` is missing or not a number"))?;
+        let alpha = cfg["lora_alpha"].as_f64().ok_or_else(|| bad(&cfg_path, "field `lora_alpha` is missing"))?;
+        let rslora = cfg["use_rslora"].as_bool().unwrap_or(false);
+        let dora = cfg["use_dora"].as_bool().unwrap_or(false);
+        let weights = dir.join("adapter_model.safetensors");
+        let file = SafetensorsFile::open(&weights)?;
+        let mut parts: BTreeMap<String, [Option<TensorInfo>; 3]> = BTreeMap::new();
+        let mut saved = BTreeMap::new();
+        for t in &file.tensors {
+            let name = t.name.replace(".default.", ".");
+            let Some(rest) = name.strip_prefix(PREFIX) else {
+                return Err(bad(&weights, format!("tensor `{}` lacks the `{PREFIX}` prefix", t.name)));
+            };
+            let slot = [".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector", ".lora_magnitude_vector.weight"]
+                .iter()
+                .enumerate()
+                .find_map(|(i, suffix)| rest.strip_suffix(suffix).map(|m| (m, i.min(2))));
+            match slot {
+                Some((module, i)) => parts.entry(module.to_string()).or_default()[i] = Some(t.clone()),
+                None if rest.contains("lora_") => {
+                    return Err(bad(&weights, format!("tensor `{}` is not supported for merging (embedding LoRA?)", t.name)))
+                }
+                None => {
+                    saved.insert(rest.to_string(), t.clone());
+                }
+            }
+        }
+        let mut modules = BTreeMap::new();
+        for (module, [a, b, m]) in parts {
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(bad(&weights, format!("module `{module}` lacks lora_A or lora_B")));
+            };
+            let rank = pattern_value(cfg["rank_pattern"].as_object(), &module)?.unwrap_or(r);
+            let alpha_m = pattern_value(cfg["alpha_pattern"].as_object(), &module)?.unwrap_or(alpha);
+            if a.shape.len() != 2 || b.shape.len() != 2 || a.shape[0] != b.shape[1] || a.shape[0] as f64 != rank {
+                return Err(bad(&weights, format!(
+                    "module `{module}`: lora_A {:?} and lora_B {:?} do not form a rank-{rank} pair", a.shape, b.shape
+                )));
+            }
+            if dora != m.is_some() {
+                return Err(bad(&weights, format!("module `{module}`: DoRA magnitude {} but use_dora is {dora}",
+                                                 if m.is_some() { "present" } else { "missing" })));
+            }
+            let scaling = if rslora { alpha_m / rank.sqrt() } else { alpha_m / rank } as f32;
+            modules.insert(module, ModuleAdapter { a, b, magnitude: m, scaling });
+        }
+        Ok(LoraAdapter { file, modules, saved, dora, dir: dir.to_path_buf() })
+    }
+}
+
+/// Merge one module's adapter into `weight` (`[out, in]`, f32, row-major), in place.
+pub fn merge_into(weight: &mut [f32], out: usize, inp: usize, adapter: &ModuleAdapter, file: &SafetensorsFile) {
+    let a = to_f32(file.bytes(&adapter.a), adapter.a.dtype); // [r, in]
+    let b = to_f32(file.bytes(&adapter.b), adapter.b.dtype); // [out, r]
+    let m = adapter.magnitude.as_ref().map(|t| to_f32(file.bytes(t), t.dtype));
+    let r = adapter.a.shape[0];
+    let s = adapter.scaling;
+    let merge_row = |(o, row): (usize, &mut [f32])| {
+        let mut delta = vec![0f32; inp];
+        for k in 0..r {
+            let bk = b[o * r + k];
+            let a_row = &a[k * inp..(k + 1) * inp];
+            for (d, &x) in delta.iter_mut().zip(a_row) {
+                *d = bk.mul_add(x, *d); // fused, as BLAS kernels accumulate
+            }
+        }
+        for (w, d) in row.iter_mut().zip(&delta) {
+            *w += d * s;
+        }
+        if let Some(m) = &m {
+            let norm = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32;
+            let factor = m[o] / norm;
+            for w in row.iter_mut() {
+                *w *= factor;
+            }
+        }
+    };
+    if crate::parallel::enabled() && out * inp > 1 << 16 {
+        crate::parallel::install(|| weight.par_chunks_mut(inp).enumerate().for_each(merge_row));
+    } else {
+        weight.chunks_mut(inp).enumerate().for_each(merge_row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::safetensors::{PlannedTensor, StreamWriter};
+    use crate::tensor::{from_f32, DType};
+
+    #[test]
+    fn lora_and_dora_rows() {
+        let dir = std::env::temp_dir().join(format!("pyft-lora-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("adapter_config.json"),
+                       r#"{"peft_type":"LORA","r":1,"lora_alpha":2,"use_dora":true}"#).unwrap();
+        let plan = vec![
+            PlannedTensor { name: "base_model.model.l.lora_A.weight".into(), dtype: DType::F32, shape: vec![1, 2] },
+            PlannedTensor { name: "base_model.model.l.lora_B.weight".into(), dtype: DType::F32, shape: vec![2, 1] },
+            PlannedTensor { name: "base_model.model.l.lora_magnitude_vector".into(), dtype: DType::F32, shape: vec![2] },
+        ];
+        let mut w = StreamWriter::create(&dir.join("adapter_model.safetensors"), plan).unwrap();
+        w.write("base_model.model.l.lora_A.weight", &from_f32(&[1.0, 0.0], DType::F32)).unwrap();
+        w.write("base_model.model.l.lora_B.weight", &from_f32(&[0.5, 0.0], DType::F32)).unwrap();
+        w.write("base_model.model.l.lora_magnitude_vector", &from_f32(&[4.0, 3.0], DType::F32)).unwrap();
+        w.finish().unwrap();
+        let ad = LoraAdapter::open(&dir).unwrap();
+        let m = &ad.modules["l"];
+        assert_eq!(m.scaling, 2.0);
+        // W = [[1, 0], [0, 2]]; delta = 2 * [[0.5, 0], [0, 0]] -> W + delta = [[2, 0], [0, 2]];
+        // DoRA rows rescaled to norms 4 and 3.
+        let mut weight = vec![1.0, 0.0, 0.0, 2.0];
+        merge_into(&mut weight, 2, 2, m, &ad.file);
+        assert_eq!(weight, vec![4.0, 0.0, 0.0, 3.0]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,96 @@
+//! Tensor element types and conversions between their little-endian bytes and f32.
+
+use crate::error::{Error, Result};
+
+/// The element types pyft reads and writes in model files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16 (the top 16 bits of an f32).
+    BF16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// The safetensors name (`F32`, `F16`, `BF16`).
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+        }
+    }
+
+    /// Parse a safetensors dtype name; `what` names the tensor for the error.
+    pub fn from_safetensors(name: &str, what: &str) -> Result<DType> {
+        match name {
+            "F32" => Ok(DType::F32),
+            "F16" => Ok(DType::F16),
+            "BF16" => Ok(DType::BF16),
+            other => Err(Error::Option(format!("tensor `{what}` has dtype {other}; expected F32, F16 or BF16"))),
+        }
+    }
+
+    /// Parse `fp32`/`float32`, `fp16`/`float16`, `bf16`/`bfloat16`.
+    pub fn from_name(name: &str) -> Result<DType> {
+        match name {
+            "fp32" | "float32" | "f32" => Ok(DType::F32),
+            "fp16" | "float16" | "f16" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            other => Err(Error::Option(format!("unknown dtype `{other}` (expected fp32, fp16 or bf16)"))),
+        }
+    }
+
+    /// The name transformers writes as `torch_dtype`.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+        }
+    }
+}
+
+/// Decode little-endian elements of `dtype` into f32 (exact for every input type).
+pub fn to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+    }
+}
+
+/// Encode f32 values as `dtype`, rounding to nearest even once (as torch's `.to(dtype)`).
+pub fn from_f32(values: &[f32], dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        DType::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        // 1 + 2^-8 lies exactly between bf16 neighbours 1 and 1 + 2^-7: ties go to even (1.0).
+        let x = 1.0f32 + 2f32.powi(-8);
+        assert_eq!(to_f32(&from_f32(&[x], DType::BF16), DType::BF16), vec![1.0]);
+        let y = 1.0f32 + 3.0 * 2f32.powi(-8);
+        assert_eq!(to_f32(&from_f32(&[y], DType::BF16), DType::BF16), vec![1.0 + 2f32.powi(-6)]);
+        assert_eq!(to_f32(&from_f32(&[0.1], DType::F32), DType::F32), vec![0.1]);
+        assert!(DType::from_name("int8").is_err());
+    }
+}
