@@ -61,21 +61,66 @@ impl DType {
     }
 }
 
+/// Elements converted per parallel task.
+const CHUNK: usize = 1 << 16;
+
 /// Decode little-endian elements of `dtype` into f32 (exact for every input type).
 pub fn to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
-    match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DType::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-    }
+    let n = bytes.len() / dtype.size();
+    let mut out = vec![0f32; n];
+    let convert = |(dst, src): (&mut [f32], &[u8])| match dtype {
+        DType::F32 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        DType::F16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        DType::BF16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+            }
+        }
+    };
+    let pairs: Vec<(&mut [f32], &[u8])> = out.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK * dtype.size())).collect();
+    run_chunks(pairs, convert);
+    out
 }
 
 /// Encode f32 values as `dtype`, rounding to nearest even once (as torch's `.to(dtype)`).
 pub fn from_f32(values: &[f32], dtype: DType) -> Vec<u8> {
-    match dtype {
-        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-        DType::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+    let mut out = vec![0u8; values.len() * dtype.size()];
+    let convert = |(dst, src): (&mut [u8], &[f32])| match dtype {
+        DType::F32 => {
+            for (d, v) in dst.chunks_exact_mut(4).zip(src) {
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (d, v) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (d, v) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+            }
+        }
+    };
+    let pairs: Vec<(&mut [u8], &[f32])> = out.chunks_mut(CHUNK * dtype.size()).zip(values.chunks(CHUNK)).collect();
+    run_chunks(pairs, convert);
+    out
+}
+
+fn run_chunks<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    use rayon::prelude::*;
+    if items.len() > 1 && crate::parallel::enabled() {
+        crate::parallel::install(|| items.into_par_iter().for_each(&f));
+    } else {
+        items.into_iter().for_each(f);
     }
 }
 

@@ -58,6 +58,8 @@ impl SafetensorsFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; pyft never writes to its inputs while reading them.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        #[cfg(unix)]
+        let _ = mmap.advise(memmap2::Advice::Sequential); // read-ahead: tensors are consumed in order
         let (header_len, meta) = ::safetensors::SafeTensors::read_metadata(&mmap)
             .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
         let data_start = 8 + header_len;
@@ -80,6 +82,24 @@ impl SafetensorsFile {
     /// The raw little-endian bytes of a tensor.
     pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
         &self.mmap[self.data_start + t.range.0..self.data_start + t.range.1]
+    }
+
+    /// Let the kernel drop the cached pages of a tensor already consumed, so reading a whole model
+    /// keeps the resident set at about one tensor (the pages are re-read from disk if touched again).
+    pub fn release(&self, t: &TensorInfo) {
+        #[cfg(unix)]
+        {
+            let page = 4096;
+            let start = (self.data_start + t.range.0).div_ceil(page) * page;
+            let end = (self.data_start + t.range.1) / page * page;
+            if end > start {
+                // SAFETY: a read-only, file-backed private mapping: MADV_DONTNEED only drops clean
+                // cached pages, which are faulted back in unchanged from the file on next access.
+                let _ = unsafe {
+                    self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
+            }
+        }
     }
 
     /// Look a tensor up by name.
@@ -137,6 +157,7 @@ pub struct StreamWriter {
     out: BufWriter<File>,
     plan: Vec<PlannedTensor>,
     next: usize,
+    pending: Option<usize>,
 }
 
 impl StreamWriter {
@@ -159,17 +180,42 @@ impl StreamWriter {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&(text.len() as u64).to_le_bytes()).map_err(|e| Error::io(path, e))?;
         out.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
-        Ok(StreamWriter { path: path.to_path_buf(), out, plan, next: 0 })
+        Ok(StreamWriter { path: path.to_path_buf(), out, plan, next: 0, pending: None })
     }
 
     /// Append the next planned tensor's bytes (must match its planned size).
     pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.begin(name, bytes.len())?;
+        self.append(bytes)?;
+        self.end()
+    }
+
+    /// Start the next planned tensor, announcing its total size; then [`append`](Self::append)
+    /// its bytes in pieces and [`end`](Self::end) it.
+    pub fn begin(&mut self, name: &str, nbytes: usize) -> Result<()> {
         let t = self.plan.get(self.next).ok_or_else(|| bad(&self.path, format!("unplanned tensor `{name}`")))?;
-        if t.name != name || t.nbytes() != bytes.len() {
-            return Err(bad(&self.path, format!("tensor `{name}` ({} bytes) does not match the plan (`{}`, {} bytes)",
-                                               bytes.len(), t.name, t.nbytes())));
+        if t.name != name || t.nbytes() != nbytes || self.pending.is_some() {
+            return Err(bad(&self.path, format!("tensor `{name}` ({nbytes} bytes) does not match the plan (`{}`, {} bytes)",
+                                               t.name, t.nbytes())));
         }
-        self.out.write_all(bytes).map_err(|e| Error::io(&self.path, e))?;
+        self.pending = Some(nbytes);
+        Ok(())
+    }
+
+    /// Append bytes of the tensor begun with [`begin`](Self::begin).
+    pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        match self.pending.as_mut() {
+            Some(left) if *left >= bytes.len() => *left -= bytes.len(),
+            _ => return Err(bad(&self.path, "more bytes than the tensor holds")),
+        }
+        self.out.write_all(bytes).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Finish the current tensor (all its bytes must have been appended).
+    pub fn end(&mut self) -> Result<()> {
+        if self.pending.take() != Some(0) {
+            return Err(bad(&self.path, "tensor ended before all its bytes were written"));
+        }
         self.next += 1;
         Ok(())
     }
@@ -180,7 +226,7 @@ impl StreamWriter {
             return Err(bad(&self.path, format!("only {} of {} tensors written", self.next, self.plan.len())));
         }
         self.out.flush().map_err(|e| Error::io(&self.path, e))?;
-        self.out.get_ref().sync_all().map_err(|e| Error::io(&self.path, e))
+        Ok(())
     }
 }
 

@@ -140,21 +140,24 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
         let mut writer = StreamWriter::create(&staging.path().join(&name), members.iter().map(|&i| plan[i].0.clone()).collect())?;
         for &i in &members {
             let (p, src) = &plan[i];
-            let values = match src {
-                Source::Saved(t) => {
-                    report.replaced += 1;
-                    to_f32(adapter.file.bytes(t), t.dtype)
-                }
-                Source::Base(fi, t) => {
+            let module = p.name.strip_suffix(".weight").and_then(|m| adapter.modules.get(m));
+            match (src, module) {
+                (Source::Base(fi, t), Some(module)) => {
                     let mut v = to_f32(files[*fi].bytes(t), t.dtype);
-                    if let Some(module) = p.name.strip_suffix(".weight").and_then(|m| adapter.modules.get(m)) {
-                        merge_into(&mut v, p.shape[0], p.shape[1], module, &adapter.file);
-                        report.merged_modules += 1;
-                    }
-                    v
+                    merge_into(&mut v, p.shape[0], p.shape[1], module, &adapter.file);
+                    report.merged_modules += 1;
+                    writer.write(&p.name, &from_f32(&v, p.dtype))?;
+                    files[*fi].release(t);
                 }
-            };
-            writer.write(&p.name, &from_f32(&values, p.dtype))?;
+                (Source::Base(fi, t), None) => {
+                    copy_converted(&mut writer, &p.name, files[*fi].bytes(t), t.dtype, p.dtype)?;
+                    files[*fi].release(t);
+                }
+                (Source::Saved(t), _) => {
+                    report.replaced += 1;
+                    copy_converted(&mut writer, &p.name, adapter.file.bytes(t), t.dtype, p.dtype)?;
+                }
+            }
             weight_map.insert(p.name.clone(), json!(name));
             report.total_bytes += p.nbytes();
             total_params += p.shape.iter().product::<usize>();
@@ -185,6 +188,21 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
     }
     staging.commit()?;
     Ok(report)
+}
+
+/// Write `bytes` (of `from`) as `to`, a few MiB at a time, so large untouched tensors (embeddings)
+/// never exist in f32 as a whole.
+fn copy_converted(writer: &mut StreamWriter, name: &str, bytes: &[u8], from: DType, to: DType) -> Result<()> {
+    const CHUNK_ELEMS: usize = 1 << 20;
+    writer.begin(name, bytes.len() / from.size() * to.size())?;
+    for chunk in bytes.chunks(CHUNK_ELEMS * from.size()) {
+        if from == to {
+            writer.append(chunk)?;
+        } else {
+            writer.append(&from_f32(&to_f32(chunk, from), to))?;
+        }
+    }
+    writer.end()
 }
 
 fn mismatch(adapter: &LoraAdapter, name: &str, adapter_shape: &[usize], base_shape: &[usize]) -> Error {
