@@ -144,7 +144,7 @@ def main() -> int:
                                                                str(work / "adapter"), str(work / "peft")])),
         ]
     finally:
-        pass
+        shutil.rmtree(work, ignore_errors=True)
     print(f"random bf16 Llama, {args.layers} layers, {size / 1e9:.2f} GB, r=16 all-linear adapter, {os.cpu_count()} cores")
     print(f"{'path':<42}{'seconds':>9}{'peak RSS (GB)':>15}")
     for name, s, rss in rows:
@@ -155,7 +155,6 @@ def main() -> int:
     print(json.dumps({"bench": "merge", "bytes": size, "pyft_s": rows[1][1], "pyft_rss": rows[1][2],
                       "peft_s": rows[2][1], "peft_rss": rows[2][2], "cp_s": rows[0][1], "speedup": speed,
                       "rss_ratio": mem}))
-    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
