@@ -4,6 +4,7 @@
 //! for Python. Modules:
 //! - [`data`]: reading conversation files, validation, chat templating, tokenization,
 //!   loss masks, packing and the token-shard writer.
+//! - [`gguf`]: GGUF files for llama.cpp/Ollama: writer, reader, quantizers, export.
 //! - [`io`]: safetensors reading (validated, memory-mapped) and streaming writing.
 //! - [`merge`]: folding LoRA-family adapters into base weights, tensor by tensor.
 //! - [`tensor`]: element types and f32 conversion.
@@ -11,6 +12,7 @@
 
 pub mod data;
 pub mod error;
+pub mod gguf;
 pub mod io;
 pub mod merge;
 pub mod parallel;
