@@ -7,6 +7,7 @@ prepared data (kind, tokenizer identity, vocabulary), the method options.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -151,8 +152,27 @@ def _save_final(config: TrainConfig, model: nn.Module, model_dir: Path, ds: Prep
     out = Path(config.output)
     if config.method == "lora":
         save_adapter(model, out / "adapter", base_model_name_or_path=str(model_dir))
+        _save_serving_info(out / "adapter", ds)
         return
     with atomic_directory(out / "model", overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        for f in (ds.info.out_dir / "tokenizer").iterdir():
-            shutil.copy(f, tmp / f.name)
+        _save_serving_info(tmp, ds)
+
+
+def _save_serving_info(dest: Path, ds: PreparedDataset) -> None:
+    """What serving needs to reproduce the training prompts, next to the weights: the tokenizer
+    files the data was prepared with, the chat template used (``chat_template.jinja``, also inline
+    in ``tokenizer_config.json``) and ``pyft_run.json`` (template name, default system prompt).
+    ``pyft merge``/``pyft export`` read these before the base model's own files."""
+    for f in (ds.info.out_dir / "tokenizer").iterdir():
+        shutil.copy(f, dest / f.name)
+    template = ds.info.meta.get("template") or {}
+    source = template.get("source")
+    if source:
+        (dest / "chat_template.jinja").write_text(source, encoding="utf-8")
+        tc_path = dest / "tokenizer_config.json"
+        tc = json.loads(tc_path.read_text(encoding="utf-8")) if tc_path.is_file() else {}
+        tc["chat_template"] = source
+        tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    run_info = {"template": template.get("name"), "system_prompt": ds.info.meta.get("system_prompt")}
+    (dest / "pyft_run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")

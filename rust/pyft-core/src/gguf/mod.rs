@@ -3,8 +3,11 @@
 //!
 //! Format reference: `shared/specs/gguf.md` (GGUF v3, little-endian, alignment 32).
 
+pub mod arch;
 pub mod ggml_type;
+pub mod mix;
 pub mod value;
+pub mod writer;
 
 pub use ggml_type::GgmlType;
 pub use value::{GgufArray, GgufValue};

@@ -1,0 +1,398 @@
+//! HF → GGUF model mapping for the architectures pyft exports: hyper-parameter keys, tensor
+//! names and the Llama Q/K row permutation (`shared/specs/gguf.md` §2).
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::gguf::value::GgufValue;
+
+/// An exported architecture (`general.architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `LlamaForCausalLM`, `MistralForCausalLM`: llama.cpp's `llama` (Q/K rows permuted).
+    Llama,
+    /// `Qwen2ForCausalLM`: `qwen2` (q/k/v biases, NeoX RoPE, no permutation).
+    Qwen2,
+    /// `Qwen3ForCausalLM`: `qwen3` (q/k RMS norms, NeoX RoPE, no permutation).
+    Qwen3,
+}
+
+/// HF `architectures` values and the GGUF architecture they export as.
+pub const SUPPORTED: &[(&str, Arch)] = &[
+    ("LlamaForCausalLM", Arch::Llama),
+    ("MistralForCausalLM", Arch::Llama),
+    ("Qwen2ForCausalLM", Arch::Qwen2),
+    ("Qwen3ForCausalLM", Arch::Qwen3),
+];
+
+impl Arch {
+    /// The architecture of an HF `config.json`.
+    pub fn from_config(config: &Value) -> Result<Arch> {
+        let names: Vec<&str> = config["architectures"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for n in &names {
+            if let Some((_, arch)) = SUPPORTED.iter().find(|(s, _)| s == n) {
+                return Ok(*arch);
+            }
+        }
+        let supported: Vec<&str> = SUPPORTED.iter().map(|(s, _)| *s).collect();
+        Err(Error::Option(format!(
+            "unsupported architecture {names:?} (config.json `architectures`); GGUF export supports {}",
+            supported.join(", "))))
+    }
+
+    /// `general.architecture` and the prefix of the hyper-parameter keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+
+    /// Whether llama.cpp runs this architecture with adjacent-pair RoPE, so HF's Q/K rows must be
+    /// permuted (§2.4).
+    pub fn permutes_qk(self) -> bool {
+        self == Arch::Llama
+    }
+}
+
+/// The hyper-parameters the export needs, read from `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HParams {
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Hidden size.
+    pub n_embd: usize,
+    /// Attention heads.
+    pub n_head: usize,
+    /// Key/value heads (GQA); `n_head` when absent.
+    pub n_head_kv: usize,
+    /// `config.vocab_size`.
+    pub vocab_size: usize,
+    /// Whether the output layer shares the embedding.
+    pub tied: bool,
+}
+
+fn first_u64(config: &Value, keys: &[&str]) -> Option<u64> {
+    keys.iter().find_map(|k| config.get(*k).and_then(Value::as_u64))
+}
+
+fn first_f64(config: &Value, keys: &[&str]) -> Option<f64> {
+    keys.iter().find_map(|k| config.get(*k).and_then(Value::as_f64))
+}
+
+fn u32_of(v: u64, key: &str) -> Result<GgufValue> {
+    u32::try_from(v).map(GgufValue::U32).map_err(|_| Error::Option(format!("config.json `{key}` = {v} does not fit in u32")))
+}
+
+impl HParams {
+    /// Read from `config.json`.
+    pub fn from_config(config: &Value) -> Result<HParams> {
+        let need = |keys: &[&str]| {
+            first_u64(config, keys).map(|v| v as usize).ok_or_else(|| {
+                Error::Option(format!("config.json has no integer `{}`", keys[0]))
+            })
+        };
+        let n_head = need(&["num_attention_heads", "n_head", "n_heads"])?;
+        Ok(HParams {
+            n_layer: need(&["num_hidden_layers", "n_layers", "n_layer", "num_layers"])?,
+            n_embd: need(&["hidden_size", "n_embd", "dim"])?,
+            n_head,
+            n_head_kv: first_u64(config, &["num_key_value_heads", "n_kv_heads"]).map_or(n_head, |v| v as usize),
+            vocab_size: need(&["vocab_size"])?,
+            tied: config["tie_word_embeddings"].as_bool().unwrap_or(false),
+        })
+    }
+}
+
+/// The RoPE parameters as llama.cpp's converter normalises them (`rope_parameters` in
+/// transformers 5 configs, else `rope_scaling` plus a top-level `rope_theta`).
+pub fn rope_parameters(config: &Value) -> serde_json::Map<String, Value> {
+    let mut p = config.get("rope_parameters").or_else(|| config.get("rope_scaling"))
+        .and_then(Value::as_object).cloned().unwrap_or_default();
+    if !p.contains_key("full_attention") && !p.contains_key("sliding_attention") {
+        if !p.contains_key("rope_theta") {
+            if let Some(t) = ["global_rope_theta", "rope_global_theta", "rope_theta_global", "rope_theta", "rotary_emb_base"]
+                .iter().find_map(|k| config.get(*k).filter(|v| v.is_number())) {
+                p.insert("rope_theta".into(), t.clone());
+            }
+        }
+        if !p.contains_key("rope_type") {
+            if let Some(t) = p.get("type").cloned() {
+                p.insert("rope_type".into(), t);
+            }
+        }
+        if !p.contains_key("original_max_position_embeddings") {
+            if let Some(v) = config.get("original_max_position_embeddings") {
+                p.insert("original_max_position_embeddings".into(), v.clone());
+            }
+        }
+    }
+    if let Some(Value::Object(full)) = p.get("full_attention") {
+        return full.clone();
+    }
+    p
+}
+
+/// The model hyper-parameter KVs, in the order llama.cpp's converter writes them
+/// (`set_gguf_parameters`), with its exact types (§2.2). `file_type` is `general.file_type`.
+pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(String, GgufValue)>> {
+    let a = arch.name();
+    let hp = HParams::from_config(config)?;
+    let key = |k: &str| format!("{a}.{k}");
+    let mut kv: Vec<(String, GgufValue)> = Vec::new();
+    kv.push((key("block_count"), u32_of(hp.n_layer as u64, "num_hidden_layers")?));
+    if let Some(n) = first_u64(config, &["max_position_embeddings", "n_ctx", "n_positions", "max_length",
+                                          "max_sequence_length", "model_max_length"]) {
+        kv.push((key("context_length"), u32_of(n, "max_position_embeddings")?));
+    }
+    kv.push((key("embedding_length"), u32_of(hp.n_embd as u64, "hidden_size")?));
+    if let Some(n) = first_u64(config, &["prefix_dense_intermediate_size", "dense_intermediate_size", "intermediate_size",
+                                          "n_inner", "hidden_dim"]) {
+        kv.push((key("feed_forward_length"), u32_of(n, "intermediate_size")?));
+    }
+    kv.push((key("attention.head_count"), u32_of(hp.n_head as u64, "num_attention_heads")?));
+    // Always written: Ollama defaults a missing head_count_kv to 1.
+    kv.push((key("attention.head_count_kv"), u32_of(hp.n_head_kv as u64, "num_key_value_heads")?));
+    if config.get("is_causal").and_then(Value::as_bool) == Some(false) {
+        return Err(Error::Option("config.json says is_causal = false: not a causal LM".into()));
+    }
+    let rope = rope_parameters(config);
+    if let Some(rope_type) = rope.get("rope_type").and_then(Value::as_str) {
+        let factor = rope.get("factor").and_then(Value::as_f64);
+        match (rope_type, factor) {
+            ("linear", Some(f)) => {
+                kv.push((key("rope.scaling.type"), GgufValue::String("linear".into())));
+                kv.push((key("rope.scaling.factor"), GgufValue::F32(f as f32)));
+            }
+            ("yarn", Some(f)) => {
+                kv.push((key("rope.scaling.type"), GgufValue::String("yarn".into())));
+                kv.push((key("rope.scaling.factor"), GgufValue::F32(f as f32)));
+                let orig = rope.get("original_max_position_embeddings").and_then(Value::as_u64).ok_or_else(|| {
+                    Error::Option("yarn rope scaling needs `original_max_position_embeddings`".into())
+                })?;
+                kv.push((key("rope.scaling.original_context_length"), u32_of(orig, "original_max_position_embeddings")?));
+                for (hf, gguf) in [("extrapolation_factor", "rope.scaling.yarn_ext_factor"),
+                                   ("attention_factor", "rope.scaling.yarn_attn_factor"),
+                                   ("beta_fast", "rope.scaling.yarn_beta_fast"),
+                                   ("beta_slow", "rope.scaling.yarn_beta_slow")] {
+                    let v = rope.get(hf).or_else(|| (hf == "attention_factor").then(|| rope.get("attn_factor")).flatten());
+                    if let Some(v) = v.and_then(Value::as_f64) {
+                        kv.push((key(gguf), GgufValue::F32(v as f32)));
+                    }
+                }
+            }
+            ("default" | "llama3", _) => {}
+            (other, _) => {
+                return Err(Error::Option(format!("RoPE type `{other}` is not supported by the GGUF export")));
+            }
+        }
+    }
+    if let Some(theta) = rope.get("rope_theta").and_then(Value::as_f64) {
+        kv.push((key("rope.freq_base"), GgufValue::F32(theta as f32)));
+    }
+    let eps = first_f64(config, &["rms_norm_eps", "norm_eps"])
+        .ok_or_else(|| Error::Option("config.json has no `rms_norm_eps`".into()))?;
+    kv.push((key("attention.layer_norm_rms_epsilon"), GgufValue::F32(eps as f32)));
+    if let Some(head_dim) = config.get("head_dim").and_then(Value::as_u64) {
+        kv.push((key("attention.key_length"), u32_of(head_dim, "head_dim")?));
+        kv.push((key("attention.value_length"), u32_of(head_dim, "head_dim")?));
+    }
+    kv.push(("general.file_type".into(), GgufValue::U32(file_type)));
+    if arch == Arch::Llama {
+        kv.push((key("vocab_size"), u32_of(hp.vocab_size as u64, "vocab_size")?));
+        let rope_dim = match config.get("head_dim").and_then(Value::as_u64) {
+            Some(d) => d,
+            None => (hp.n_embd / hp.n_head) as u64,
+        };
+        kv.push((key("rope.dimension_count"), u32_of(rope_dim, "head_dim")?));
+    }
+    Ok(kv)
+}
+
+/// Per-frequency RoPE factors of Llama 3.x (`rope_freqs.weight`, `[head_dim / 2]`), or `None`
+/// when the config does not use `rope_type: llama3`.
+pub fn llama3_rope_factors(config: &Value) -> Option<Vec<f32>> {
+    let rope = rope_parameters(config);
+    if !rope.get("rope_type").and_then(Value::as_str).is_some_and(|t| t.eq_ignore_ascii_case("llama3")) {
+        return None;
+    }
+    let get = |k: &str, d: f64| rope.get(k).and_then(Value::as_f64).unwrap_or(d);
+    let base = get("rope_theta", 10000.0) as f32;
+    let dim = config.get("head_dim").and_then(Value::as_u64).unwrap_or_else(|| {
+        config["hidden_size"].as_u64().unwrap_or(0) / config["num_attention_heads"].as_u64().unwrap_or(1)
+    }) as usize;
+    let factor = get("factor", 8.0) as f32;
+    let low = get("low_freq_factor", 1.0) as f32;
+    let high = get("high_freq_factor", 4.0) as f32;
+    let old_ctx = get("original_max_position_embeddings", 8192.0) as f32;
+    let low_wavelen = old_ctx / low;
+    let high_wavelen = old_ctx / high;
+    // Same f32 arithmetic as the converter (torch float32 tensors).
+    Some((0..dim).step_by(2).map(|i| {
+        let freq = 1.0f32 / base.powf(i as f32 / dim as f32);
+        let wavelen = (2.0 * std::f64::consts::PI) as f32 / freq;
+        if wavelen < high_wavelen {
+            1.0
+        } else if wavelen > low_wavelen {
+            factor
+        } else {
+            let smooth = (old_ctx / wavelen - low) / (high - low);
+            1.0 / ((1.0 - smooth) / factor + smooth)
+        }
+    }).collect())
+}
+
+/// What a GGUF tensor is, for dtype and quantization-mix decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `token_embd.weight`.
+    TokenEmbd,
+    /// `output.weight`.
+    Output,
+    /// `attn_q`, with its layer.
+    AttnQ(usize),
+    /// `attn_k`.
+    AttnK(usize),
+    /// `attn_v`.
+    AttnV(usize),
+    /// `attn_output`.
+    AttnOutput(usize),
+    /// `ffn_gate`.
+    FfnGate(usize),
+    /// `ffn_up`.
+    FfnUp(usize),
+    /// `ffn_down`.
+    FfnDown(usize),
+    /// Norm weights, biases, `rope_freqs`: always F32.
+    Vector,
+}
+
+/// The GGUF name and role of an HF tensor. `Ok(None)`: the tensor is dropped (rotary caches).
+/// Unknown tensors are an error: llama.cpp refuses files with tensors it does not use.
+pub fn map_tensor(arch: Arch, hf_name: &str) -> Result<Option<(String, Role)>> {
+    if hf_name.ends_with(".rotary_emb.inv_freq") || hf_name.ends_with(".attention.masked_bias")
+        || hf_name.ends_with(".attention.bias") {
+        return Ok(None);
+    }
+    let unknown = || Error::Option(format!(
+        "tensor `{hf_name}` has no GGUF counterpart for architecture `{}` (llama.cpp rejects unused tensors)", arch.name()));
+    let simple = match hf_name {
+        "model.embed_tokens.weight" => Some(("token_embd.weight".to_string(), Role::TokenEmbd)),
+        "lm_head.weight" => Some(("output.weight".to_string(), Role::Output)),
+        "model.norm.weight" => Some(("output_norm.weight".to_string(), Role::Vector)),
+        _ => None,
+    };
+    if simple.is_some() {
+        return Ok(simple);
+    }
+    let rest = hf_name.strip_prefix("model.layers.").ok_or_else(unknown)?;
+    let (layer, rest) = rest.split_once('.').ok_or_else(unknown)?;
+    let bid: usize = layer.parse().map_err(|_| unknown())?;
+    let (module, suffix) = rest.rsplit_once('.').ok_or_else(unknown)?;
+    if suffix != "weight" && suffix != "bias" {
+        return Err(unknown());
+    }
+    let (gguf, role) = match module {
+        "input_layernorm" => ("attn_norm", Role::Vector),
+        "post_attention_layernorm" => ("ffn_norm", Role::Vector),
+        "self_attn.q_proj" => ("attn_q", Role::AttnQ(bid)),
+        "self_attn.k_proj" => ("attn_k", Role::AttnK(bid)),
+        "self_attn.v_proj" => ("attn_v", Role::AttnV(bid)),
+        "self_attn.o_proj" => ("attn_output", Role::AttnOutput(bid)),
+        "mlp.gate_proj" => ("ffn_gate", Role::FfnGate(bid)),
+        "mlp.up_proj" => ("ffn_up", Role::FfnUp(bid)),
+        "mlp.down_proj" => ("ffn_down", Role::FfnDown(bid)),
+        "self_attn.q_norm" if arch == Arch::Qwen3 => ("attn_q_norm", Role::Vector),
+        "self_attn.k_norm" if arch == Arch::Qwen3 => ("attn_k_norm", Role::Vector),
+        _ => return Err(unknown()),
+    };
+    let role = if suffix == "bias" { Role::Vector } else { role };
+    Ok(Some((format!("blk.{bid}.{gguf}.{suffix}"), role)))
+}
+
+/// The HF module path of a GGUF-mapped linear (`model.layers.3.self_attn.q_proj`), for matching
+/// adapter modules; the inverse direction of [`map_tensor`] for `.weight` tensors.
+pub fn gguf_name_of_module(arch: Arch, module: &str) -> Result<Option<(String, Role)>> {
+    map_tensor(arch, &format!("{module}.weight"))
+}
+
+/// Reorder the output rows of a Q or K projection (weight `[rows, cols]` or bias `[rows]`, row
+/// major) from HF's rotate-half layout to llama.cpp's adjacent pairs, in `groups` heads:
+/// `new[h·d + 2i + j] = old[h·d + j·(d/2) + i]` with `d = rows / groups` (§2.4).
+pub fn permute_qk_rows<T: Copy>(data: &[T], rows: usize, groups: usize) -> Result<Vec<T>> {
+    if groups == 0 || !rows.is_multiple_of(groups) || !(rows / groups).is_multiple_of(2) || !data.len().is_multiple_of(rows.max(1)) {
+        return Err(Error::Option(format!(
+            "cannot permute {rows} rows into {groups} heads of even size (check num_attention_heads / num_key_value_heads)")));
+    }
+    let cols = data.len() / rows;
+    let d = rows / groups;
+    let mut out = Vec::with_capacity(data.len());
+    for h in 0..groups {
+        for m in 0..d {
+            let old = h * d + (m % 2) * (d / 2) + m / 2;
+            out.extend_from_slice(&data[old * cols..(old + 1) * cols]);
+        }
+    }
+    Ok(out)
+}
+
+/// The number of head groups a Q or K tensor is permuted in: `n_head` for Q, `n_head_kv` for K
+/// (llama.cpp's converter uses `n_head_kv` whenever it differs).
+pub fn permute_groups(role: Role, hp: &HParams) -> Option<usize> {
+    match role {
+        Role::AttnQ(_) => Some(hp.n_head),
+        Role::AttnK(_) => Some(hp.n_head_kv),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn permutation_matches_the_spec_example() {
+        // d = 8: old rows come in the order 0, 4, 1, 5, 2, 6, 3, 7.
+        let rows: Vec<u32> = (0..8).collect();
+        assert_eq!(permute_qk_rows(&rows, 8, 1).unwrap(), vec![0, 4, 1, 5, 2, 6, 3, 7]);
+        // Two heads of 4, two columns each.
+        let data: Vec<u32> = (0..16).collect();
+        let p = permute_qk_rows(&data, 8, 2).unwrap();
+        assert_eq!(p, vec![0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]);
+        assert!(permute_qk_rows(&data, 8, 3).is_err());
+    }
+
+    #[test]
+    fn names_map_like_llama_cpp() {
+        let m = |n| map_tensor(Arch::Llama, n).unwrap().map(|(g, _)| g);
+        assert_eq!(m("model.layers.12.self_attn.k_proj.weight").as_deref(), Some("blk.12.attn_k.weight"));
+        assert_eq!(m("model.layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
+        assert_eq!(m("model.norm.weight").as_deref(), Some("output_norm.weight"));
+        assert_eq!(m("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
+        assert_eq!(map_tensor(Arch::Qwen2, "model.layers.1.self_attn.q_proj.bias").unwrap().unwrap(),
+                   ("blk.1.attn_q.bias".to_string(), Role::Vector));
+        assert!(map_tensor(Arch::Llama, "model.layers.0.self_attn.q_norm.weight").is_err());
+        assert!(map_tensor(Arch::Qwen3, "model.layers.0.self_attn.q_norm.weight").is_ok());
+        assert!(map_tensor(Arch::Llama, "score.weight").is_err());
+    }
+
+    #[test]
+    fn hparams_have_exact_types() {
+        let cfg = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 176,
+                         "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "vocab_size": 512,
+                         "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}});
+        let kv = hparam_kvs(Arch::from_config(&cfg).unwrap(), &cfg, 1).unwrap();
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("llama.context_length"), Some(GgufValue::U32(2048)));
+        assert_eq!(get("llama.attention.head_count_kv"), Some(GgufValue::U32(2)));
+        assert_eq!(get("llama.attention.layer_norm_rms_epsilon"), Some(GgufValue::F32(1e-5)));
+        assert_eq!(get("llama.rope.freq_base"), Some(GgufValue::F32(10000.0)));
+        assert_eq!(get("llama.rope.dimension_count"), Some(GgufValue::U32(16)));
+        assert_eq!(get("general.file_type"), Some(GgufValue::U32(1)));
+        assert!(Arch::from_config(&json!({"architectures": ["GPT2LMHeadModel"]})).is_err());
+    }
+}
