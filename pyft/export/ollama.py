@@ -237,7 +237,7 @@ def _go_template(lay: _Layout) -> str:
     )
 
 
-def _family(lay: _Layout) -> str | None:
+def _family(lay: _Layout, eos_token: str | None) -> str | None:
     """The family named by the rendered turn markers."""
     heads = lay.user + lay.assistant + lay.generation
     if "<|im_start|>" in heads:
@@ -247,7 +247,8 @@ def _family(lay: _Layout) -> str | None:
     if "<start_of_turn>" in heads:
         return "gemma"
     if "<|user|>" in heads and "<|assistant|>" in heads:
-        return "zephyr"
+        # Zephyr ends turns with eos; Phi-3 (same headers, <|end|>) is another family
+        return "zephyr" if (eos_token or "</s>") in lay.assistant_end else None
     if "### Instruction" in heads and "### Response" in heads:
         return "alpaca"
     if "[INST]" in heads:
@@ -306,7 +307,7 @@ def translate_template(
             continue
     else:
         raise _unsupported(template, "its turns do not follow a fixed per-role layout")
-    family = _family(lay)
+    family = _family(lay, eos_token)
     if family is None:
         raise _unsupported(template, f"unrecognized turn markers {lay.user.strip()!r}/{lay.assistant.strip()!r}")
     stops: list[str] = list(end_of_turn or [])
