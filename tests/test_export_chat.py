@@ -74,7 +74,8 @@ def test_load_chat_template_list_form(tmp_path: Path) -> None:
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
     assert load_chat_template(tmp_path) == "D"
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "T"}]}))
+    only_tools = {"chat_template": [{"name": "tool_use", "template": "T"}]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(only_tools))
     with pytest.raises(ConfigError, match="without a `default`"):
         load_chat_template(tmp_path)
 

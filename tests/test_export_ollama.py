@@ -97,7 +97,8 @@ def conversations(with_system: bool) -> list[list[dict[str, str]]]:
 
 def jinja_prompt(source: str, conv: list[dict[str, str]]) -> str:
     """The prompt as the model saw it in training, minus the BOS that llama.cpp adds when tokenizing."""
-    return render(source, conv, add_generation_prompt=True, tokens={"bos_token": BOS, "eos_token": EOS}).removeprefix(BOS)
+    text = render(source, conv, add_generation_prompt=True, tokens={"bos_token": BOS, "eos_token": EOS})
+    return text.removeprefix(BOS)
 
 
 @pytest.fixture(scope="session")

@@ -103,7 +103,8 @@ def test_biases(peft_adapter) -> None:
 def test_bias_all_config(peft_adapter, tmp_path: Path) -> None:
     # The tiny Llama has no biases, so PEFT saves no bias tensors: only the config is refused.
     d = edit_config(peft_adapter("plain"), tmp_path / "a", bias="lora_only")
-    assert check_vllm_adapter(d) == ["`bias: 'lora_only'`: vLLM needs `none` (trained base biases are not LoRA weights)"]
+    assert check_vllm_adapter(d) == [
+        "`bias: 'lora_only'`: vLLM needs `none` (trained base biases are not LoRA weights)"]
 
 
 def test_base_mutating_init(peft_adapter) -> None:

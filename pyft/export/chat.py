@@ -60,7 +60,8 @@ def _template_from_value(value: Any, path: Path) -> str | None:
                 return entry["template"]
         names = [e.get("name") for e in value if isinstance(e, dict)]
         raise ConfigError(f"{path}: `chat_template` is a list of named templates without a `default` one ({names})")
-    raise ConfigError(f"{path}: `chat_template` must be a string or a list of named templates, got {type(value).__name__}")
+    raise ConfigError(f"{path}: `chat_template` must be a string or a list of named templates, "
+                      f"got {type(value).__name__}")
 
 
 def load_chat_template(*dirs: PathLike) -> str | None:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyft import _core
 from pyft.errors import ConfigError, TemplateError
 from pyft.export.chat import (
     PROBE_ASSISTANT,
