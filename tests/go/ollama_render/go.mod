@@ -1,0 +1,3 @@
+module pyft.test/ollama_render
+
+go 1.19
