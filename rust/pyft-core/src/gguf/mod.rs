@@ -4,7 +4,9 @@
 //! Format reference: `shared/specs/gguf.md` (GGUF v3, little-endian, alignment 32).
 
 pub mod ggml_type;
+pub mod quant;
 pub mod value;
 
 pub use ggml_type::GgmlType;
+pub use quant::{dequantize_row, quantize_row, quantize_rows};
 pub use value::{GgufArray, GgufValue};
