@@ -6,8 +6,10 @@
 pub mod arch;
 pub mod ggml_type;
 pub mod mix;
+pub mod quant;
 pub mod value;
 pub mod writer;
 
 pub use ggml_type::GgmlType;
+pub use quant::{dequantize_row, quantize_row, quantize_rows};
 pub use value::{GgufArray, GgufValue};

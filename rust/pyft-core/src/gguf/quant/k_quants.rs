@@ -1,0 +1,453 @@
+//! ggml's K-quants on super-blocks of 256 values: Q4_K, Q5_K, Q6_K (`quantize_row_q{4,5,6}_K_ref`
+//! and `dequantize_row_q{4,5,6}_K` in ggml's `ggml-quants.c`; `shared/specs/gguf.md` §4.4-§4.5).
+//!
+//! Block layouts (little-endian, `f16` = IEEE binary16):
+//! - Q4_K (144 bytes): `f16 d; f16 dmin; u8 scales[12]; u8 qs[128]`; 8 sub-blocks of 32 with a
+//!   6-bit scale `sc` and min `m` each; value = `(d·sc)·q − dmin·m`, q in 0..=15.
+//! - Q5_K (176 bytes): `f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]`; as Q4_K with q in
+//!   0..=31 (bit 4 in `qh`).
+//! - Q6_K (210 bytes): `u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d` (d last); 16 sub-blocks of
+//!   16; value = `(d·scale)·(q − 32)`, q in 0..=63.
+//!
+//! Bit-exactness: every sum is a sequential f32 accumulation in ggml's order, products are
+//! evaluated as ggml writes them, and nothing is fused (no `mul_add`). The quantization after the
+//! scale search uses the stored (f16-rounded) `d`/`dmin`.
+
+use super::float::{f16_to_f32, f32_to_f16};
+
+/// Values per super-block.
+const QK_K: usize = 256;
+/// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below this counts as all zero.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml's `nearest_int`: round half to even by adding 1.5·2^23 and reading the low mantissa bits.
+/// Exactly `round_ties_even` for |v| ≤ 4194303; kept as the bit trick so that out-of-range values
+/// (NaN, ±inf, huge) give ggml's bytes too, without a panic.
+#[inline]
+fn nearest(v: f32) -> i32 {
+    ((v + 12_582_912.0).to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+#[inline]
+fn read_f16(b: &[u8]) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[0], b[1]]))
+}
+
+// ---------------------------------------------------------------- Q4_K / Q5_K
+
+/// Parameters of the scale/min search (`make_qkx2_quants`).
+struct Qkx2 {
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+}
+
+const Q4K_SEARCH: Qkx2 = Qkx2 { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20 };
+const Q5K_SEARCH: Qkx2 = Qkx2 { nmax: 31, rmin: -0.5, rdelta: 0.1, nstep: 15 };
+
+/// Weighted least-squares search for `x ≈ scale·L − min_out` with `L` in `0..=nmax` over 32
+/// values (ggml's `make_qkx2_quants`, squared error). Writes `L`, returns `(scale, min_out)`,
+/// `min_out ≥ 0`.
+fn qkx2(x: &[f32; 32], w: &[f32; 32], p: &Qkx2, l: &mut [u8; 32]) -> (f32, f32) {
+    let nmax = p.nmax as f32;
+    // Start from element 0 as ggml does (this also fixes the sign of a zero sum).
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = w[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..32 {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        *l = [0; 32];
+        return (0.0, -min);
+    }
+    let iscale = nmax / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best = 0f32;
+    for i in 0..32 {
+        let q = nearest(iscale * (x[i] - min)).clamp(0, p.nmax);
+        l[i] = q as u8;
+        let diff = scale * q as f32 + min - x[i];
+        best += w[i] * (diff * diff);
+    }
+    let mut trial = [0u8; 32];
+    for step in 0..=p.nstep {
+        // `min` may have been replaced by an earlier step: ggml uses the current value.
+        let iscale = (p.rmin + p.rdelta * step as f32 + nmax) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..32 {
+            let q = nearest(iscale * (x[i] - min)).clamp(0, p.nmax);
+            trial[i] = q as u8;
+            let wl = w[i] * q as f32;
+            sum_l += wl;
+            sum_l2 += wl * q as f32;
+            sum_xl += wl * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut err = 0f32;
+            for i in 0..32 {
+                let diff = this_scale * f32::from(trial[i]) + this_min - x[i];
+                err += w[i] * (diff * diff);
+            }
+            if err < best {
+                *l = trial;
+                best = err;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// The 6-bit scale and min of sub-block `j` from the packed `scales[12]` (`get_scale_min_k4`).
+#[inline]
+fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        ((s[j + 4] & 0x0f) | (s[j - 4] >> 6) << 4, (s[j + 4] >> 4) | (s[j] >> 6) << 4)
+    }
+}
+
+/// The shared part of Q4_K and Q5_K: scale search per sub-block, 6-bit scale/min packing, final
+/// quants with the stored scales. Writes `d`, `dmin` and `scales[12]` into `head` (16 bytes) and
+/// the quants (0..=nmax) into `l`.
+fn quantize_scale_min_block(x: &[f32; QK_K], p: &Qkx2, head: &mut [u8], l: &mut [u8; QK_K]) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..8 {
+        let xs: &[f32; 32] = x[32 * j..32 * j + 32].try_into().expect("32 values");
+        let mut sum_x2 = 0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av = (sum_x2 / 32.0).sqrt();
+        let w: [f32; 32] = std::array::from_fn(|i| av + xs[i].abs());
+        let ls: &mut [u8; 32] = (&mut l[32 * j..32 * j + 32]).try_into().expect("32 quants");
+        (scales[j], mins[j]) = qkx2(xs, &w, p, ls);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut packed = [0u8; 12];
+    for j in 0..8 {
+        // ggml stores the rounded value in a u8 (wrapping) before clamping to 63.
+        let ls = (nearest(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0x0f) | (lm & 0x0f) << 4;
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    let d = f32_to_f16(max_scale / 63.0);
+    let dmin = f32_to_f16(max_min / 63.0);
+    head[0..2].copy_from_slice(&d.to_le_bytes());
+    head[2..4].copy_from_slice(&dmin.to_le_bytes());
+    head[4..16].copy_from_slice(&packed);
+    let (d, dmin) = (f16_to_f32(d), f16_to_f32(dmin));
+    for j in 0..8 {
+        let (sc, m) = scale_min(j, &packed);
+        let dd = d * f32::from(sc);
+        if dd == 0.0 {
+            continue; // keep the scale search's quants
+        }
+        let dm = dmin * f32::from(m);
+        for i in 32 * j..32 * j + 32 {
+            l[i] = nearest((x[i] + dm) / dd).clamp(0, p.nmax) as u8;
+        }
+    }
+}
+
+pub(super) fn quantize_q4_k(src: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    for (x, y) in src.as_chunks::<QK_K>().0.iter().zip(dst.as_chunks_mut::<144>().0) {
+        let (head, qs) = y.split_at_mut(16);
+        quantize_scale_min_block(x, &Q4K_SEARCH, head, &mut l);
+        for g in 0..4 {
+            for i in 0..32 {
+                qs[32 * g + i] = l[64 * g + i] | l[64 * g + 32 + i] << 4;
+            }
+        }
+    }
+}
+
+pub(super) fn quantize_q5_k(src: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    for (x, y) in src.as_chunks::<QK_K>().0.iter().zip(dst.as_chunks_mut::<176>().0) {
+        let (head, rest) = y.split_at_mut(16);
+        quantize_scale_min_block(x, &Q5K_SEARCH, head, &mut l);
+        let (qh, qs) = rest.split_at_mut(32);
+        qh.fill(0);
+        for g in 0..4 {
+            for i in 0..32 {
+                let (lo, hi) = (l[64 * g + i], l[64 * g + 32 + i]);
+                qs[32 * g + i] = (lo & 0x0f) | (hi & 0x0f) << 4;
+                qh[i] |= (lo >> 4) << (2 * g) | (hi >> 4) << (2 * g + 1);
+            }
+        }
+    }
+}
+
+/// Shared Q4_K/Q5_K dequantization; `q(g, i, high)` gives quant `i` of the lower (`high = false`)
+/// or upper half of 64-value group `g`.
+#[inline]
+fn dequantize_scale_min_block(b: &[u8], y: &mut [f32; QK_K], q: impl Fn(usize, usize, bool) -> u8) {
+    let (d, dmin) = (read_f16(b), read_f16(&b[2..]));
+    let scales = &b[4..16];
+    for g in 0..4 {
+        for (half, high) in [(0, false), (1, true)] {
+            let (sc, m) = scale_min(2 * g + half, scales);
+            let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
+            for i in 0..32 {
+                y[64 * g + 32 * half + i] = d1 * f32::from(q(g, i, high)) - m1;
+            }
+        }
+    }
+}
+
+pub(super) fn dequantize_q4_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.as_chunks::<144>().0.iter().zip(dst.as_chunks_mut::<QK_K>().0) {
+        let qs = &b[16..];
+        dequantize_scale_min_block(b, y, |g, i, high| {
+            let byte = qs[32 * g + i];
+            if high {
+                byte >> 4
+            } else {
+                byte & 0x0f
+            }
+        });
+    }
+}
+
+pub(super) fn dequantize_q5_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.as_chunks::<176>().0.iter().zip(dst.as_chunks_mut::<QK_K>().0) {
+        let (qh, qs) = (&b[16..48], &b[48..]);
+        dequantize_scale_min_block(b, y, |g, i, high| {
+            let byte = qs[32 * g + i];
+            let bit = 2 * g + usize::from(high);
+            let low = if high { byte >> 4 } else { byte & 0x0f };
+            low | ((qh[i] >> bit) & 1) << 4
+        });
+    }
+}
+
+// ---------------------------------------------------------------- Q6_K
+
+/// Weighted (w = x²) search for `x ≈ scale·(L − 32)` with `L` in `0..=63` over 16 values
+/// (ggml's `make_qx_quants(16, 32, x, L, rmse_type = 1, NULL)`). Writes `L`, returns `scale`.
+fn qx16(x: &[f32; 16], l: &mut [u8]) -> f32 {
+    const NMAX: i32 = 32;
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    // One trial: quants (stored as l + 32) and the sums Σ (w·x)·l and Σ (w·l)·l.
+    let run = |iscale: f32, out: &mut [u8; 16]| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for i in 0..16 {
+            let q = nearest(iscale * x[i]).clamp(-NMAX, NMAX - 1);
+            out[i] = (q + NMAX) as u8;
+            let w = x[i] * x[i];
+            sumlx += w * x[i] * q as f32;
+            suml2 += w * q as f32 * q as f32;
+        }
+        (sumlx, suml2)
+    };
+    let mut best_l = [0u8; 16];
+    let (sumlx, suml2) = run(-(NMAX as f32) / max, &mut best_l);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    let mut trial = [0u8; 16];
+    for step in -9..=9 {
+        if step == 0 {
+            continue;
+        }
+        let iscale = -(NMAX as f32 + 0.1 * step as f32) / max;
+        let (sumlx, suml2) = run(iscale, &mut trial);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            best_l = trial;
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    l.copy_from_slice(&best_l);
+    scale
+}
+
+pub(super) fn quantize_q6_k(src: &[f32], dst: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    for (x, y) in src.as_chunks::<QK_K>().0.iter().zip(dst.as_chunks_mut::<210>().0) {
+        let mut scales = [0f32; 16];
+        let (mut max_scale, mut max_abs) = (0f32, 0f32);
+        for j in 0..16 {
+            let xs: &[f32; 16] = x[16 * j..16 * j + 16].try_into().expect("16 values");
+            scales[j] = qx16(xs, &mut l[16 * j..16 * j + 16]);
+            if scales[j].abs() > max_abs {
+                max_abs = scales[j].abs();
+                max_scale = scales[j];
+            }
+        }
+        if max_abs < GROUP_MAX_EPS {
+            y.fill(0); // f16(0) is 0 too
+            continue;
+        }
+        let iscale = -128.0 / max_scale;
+        let d_bits = f32_to_f16(1.0 / iscale);
+        let sc: [i8; 16] = std::array::from_fn(|j| nearest(iscale * scales[j]).min(127) as i8);
+        let d = f16_to_f32(d_bits);
+        for j in 0..16 {
+            let dd = d * f32::from(sc[j]);
+            if dd == 0.0 {
+                continue; // keep the scale search's quants
+            }
+            for i in 16 * j..16 * j + 16 {
+                l[i] = (nearest(x[i] / dd).clamp(-32, 31) + 32) as u8;
+            }
+        }
+        let (ql, rest) = y.split_at_mut(128);
+        let (qh, tail) = rest.split_at_mut(64);
+        for h in 0..2 {
+            let (b, lo, hi) = (128 * h, &mut ql[64 * h..64 * h + 64], &mut qh[32 * h..32 * h + 32]);
+            for i in 0..32 {
+                let (q1, q2, q3, q4) = (l[b + i], l[b + 32 + i], l[b + 64 + i], l[b + 96 + i]);
+                lo[i] = (q1 & 0x0f) | (q3 & 0x0f) << 4;
+                lo[32 + i] = (q2 & 0x0f) | (q4 & 0x0f) << 4;
+                hi[i] = (q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6;
+            }
+        }
+        for (t, s) in tail[..16].iter_mut().zip(sc) {
+            *t = s as u8;
+        }
+        tail[16..].copy_from_slice(&d_bits.to_le_bytes());
+    }
+}
+
+pub(super) fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.as_chunks::<210>().0.iter().zip(dst.as_chunks_mut::<QK_K>().0) {
+        let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+        let d = read_f16(&b[208..]);
+        for h in 0..2 {
+            let (lo, hi) = (&ql[64 * h..], &qh[32 * h..]);
+            for i in 0..32 {
+                let q = [
+                    (lo[i] & 0x0f) | (hi[i] & 3) << 4,
+                    (lo[32 + i] & 0x0f) | ((hi[i] >> 2) & 3) << 4,
+                    (lo[i] >> 4) | ((hi[i] >> 4) & 3) << 4,
+                    (lo[32 + i] >> 4) | ((hi[i] >> 6) & 3) << 4,
+                ];
+                for (k, &q) in q.iter().enumerate() {
+                    let e = 128 * h + 32 * k + i;
+                    let scale = f32::from(sc[e / 16] as i8);
+                    y[e] = d * scale * (i32::from(q) - 32) as f32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_is_round_half_even() {
+        for v in [0.5f32, 1.5, 2.5, -0.5, -1.5, 3.49, -3.51, 0.0, -0.0, 4_194_303.0] {
+            assert_eq!(nearest(v), v.round_ties_even() as i32, "{v}");
+        }
+        // Out of ggml's range: no panic, some value.
+        let _ = nearest(f32::NAN) + nearest(f32::INFINITY) + nearest(1e30);
+    }
+
+    #[test]
+    fn scale_min_packing_round_trips() {
+        // Pack 6-bit pairs the way the quantizer does and read them back.
+        let ls: [u8; 8] = [0, 63, 17, 42, 63, 1, 33, 48];
+        let lm: [u8; 8] = [5, 0, 63, 31, 16, 62, 0, 63];
+        let mut s = [0u8; 12];
+        for j in 0..8 {
+            if j < 4 {
+                s[j] = ls[j];
+                s[j + 4] = lm[j];
+            } else {
+                s[j + 4] = (ls[j] & 0x0f) | (lm[j] & 0x0f) << 4;
+                s[j - 4] |= (ls[j] >> 4) << 6;
+                s[j] |= (lm[j] >> 4) << 6;
+            }
+        }
+        for j in 0..8 {
+            assert_eq!(scale_min(j, &s), (ls[j], lm[j]), "sub-block {j}");
+        }
+    }
+
+    #[test]
+    fn all_zero_super_blocks() {
+        let x = [0f32; QK_K];
+        // Q6_K: the whole block is zero.
+        let mut b6 = [0xffu8; 210];
+        quantize_q6_k(&x, &mut b6);
+        assert_eq!(b6, [0u8; 210]);
+        // Q4_K/Q5_K: d = dmin = 0, scales 0, quants 0.
+        let mut b4 = [0xffu8; 144];
+        quantize_q4_k(&x, &mut b4);
+        assert_eq!(b4, [0u8; 144]);
+        let mut b5 = [0xffu8; 176];
+        quantize_q5_k(&x, &mut b5);
+        assert_eq!(b5, [0u8; 176]);
+        let mut y = [1f32; QK_K];
+        dequantize_q4_k(&b4, &mut y);
+        assert!(y.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn constant_positive_block_round_trips_closely() {
+        let x: [f32; QK_K] = std::array::from_fn(|i| 0.25 + (i % 7) as f32 * 0.01);
+        for (q, dq, size) in [
+            (quantize_q4_k as fn(&[f32], &mut [u8]), dequantize_q4_k as fn(&[u8], &mut [f32]), 144),
+            (quantize_q5_k, dequantize_q5_k, 176),
+            (quantize_q6_k, dequantize_q6_k, 210),
+        ] {
+            let mut b = vec![0u8; size];
+            q(&x, &mut b);
+            let mut y = [0f32; QK_K];
+            dq(&b, &mut y);
+            let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 0.01, "max error {err} for block size {size}");
+        }
+    }
+}
