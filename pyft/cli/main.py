@@ -1,6 +1,6 @@
 """``pyft``: the command-line interface.
 
-Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``merge``, ``demo``.
+Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``merge``, ``export``, ``demo``.
 """
 
 from __future__ import annotations
@@ -121,6 +121,12 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pyft.cli.export import run
+
+    return run(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pyft.demo import run_demo
 
@@ -156,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("merge", help="fold a LoRA adapter into its base model (streamed, in Rust)",
                         description="Merge a PEFT LoRA/rsLoRA/DoRA adapter into its base model directory.")
     add_merge_arguments(mg)
+    from pyft.cli.export import _EPILOG as export_epilog
+    from pyft.cli.export import add_arguments as add_export_arguments
+
+    ex = sub.add_parser("export", help="write GGUF / Ollama / vLLM outputs for a model or adapter",
+                        description="Export a model or adapter for llama.cpp, Ollama or vLLM.",
+                        epilog=export_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_export_arguments(ex)
     est = sub.add_parser("estimate", help="training memory per method, and which method to use",
                          description="Estimate training memory (weights, gradients, optimizer, activations) and "
                                      "recommend full fine-tuning, LoRA or QLoRA.")
@@ -178,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo,
                 ("train", None): _cmd_train, ("estimate", None): _cmd_estimate,
-                ("merge", None): _cmd_merge}
+                ("merge", None): _cmd_merge, ("export", None): _cmd_export}
     handler = handlers.get((args.command, getattr(args, "data_command", None)))
     if handler is None:
         # `pyft` or `pyft data` without a subcommand: show the matching help.

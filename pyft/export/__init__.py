@@ -4,6 +4,8 @@
   ``tokenizer_config.json`` / ``chat_template.jinja`` for a merged model directory.
 - :mod:`pyft.export.ollama` — Jinja chat template to Ollama Go ``TEMPLATE`` + stops; Modelfile writer.
 - :mod:`pyft.export.vllm` — what vLLM would refuse in an adapter; the ``vllm serve`` command.
+- :mod:`pyft.export.gguf` — GGUF model files and GGUF LoRA adapters (Rust core).
+- :mod:`pyft.export.targets` — ``pyft-export``'s targets: gguf, gguf-lora, ollama, vllm.
 """
 
 from pyft.export.chat import (
@@ -13,6 +15,7 @@ from pyft.export.chat import (
     serving_files,
     special_tokens,
 )
+from pyft.export.gguf import LORA_DTYPES, QTYPES, GgufReport, export_gguf, export_gguf_lora
 from pyft.export.ollama import (
     SUPPORTED_FAMILIES,
     OllamaTemplate,
@@ -30,6 +33,11 @@ from pyft.export.vllm import (
 )
 
 __all__ = [
+    "QTYPES",
+    "LORA_DTYPES",
+    "GgufReport",
+    "export_gguf",
+    "export_gguf_lora",
     "load_chat_template",
     "end_of_turn_tokens",
     "default_system_prompt",

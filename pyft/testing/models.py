@@ -8,11 +8,14 @@ from typing import Any
 
 #: Shapes of the tiny fixture models: hidden 64, 2 layers, 4 heads.
 #: ``llama``: MHA, untied embeddings. ``qwen2``: GQA (2 KV heads), tied embeddings, q/k/v bias.
+#: ``qwen3``: GQA, tied embeddings, explicit ``head_dim``, q/k RMS norms.
 TINY_SHAPES: dict[str, dict[str, Any]] = {
     "llama": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, tie_word_embeddings=False, rms_norm_eps=1e-5),
     "qwen2": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6),
+    "qwen3": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, rms_norm_eps=1e-6),
 }
 
 
@@ -22,6 +25,7 @@ def make_tiny_model(
     arch: str = "llama",
     seed: int = 0,
     max_position_embeddings: int = 2048,
+    dtype: str = "float32",
     **overrides: Any,
 ) -> Path:
     """Build a tiny random-init causal LM and save it with its tokenizer as an HF directory.
@@ -31,32 +35,32 @@ def make_tiny_model(
             ``generation_config.json``).
         tokenizer_dir: an HF tokenizer directory (e.g. from :func:`make_tokenizer`); the
             vocabulary size and special ids come from it.
-        arch: ``llama`` or ``qwen2`` (see :data:`TINY_SHAPES`).
+        arch: ``llama``, ``qwen2`` or ``qwen3`` (see :data:`TINY_SHAPES`).
         seed: torch seed for the random weights.
         max_position_embeddings: context length in tokens.
+        dtype: ``float32``, ``bfloat16`` or ``float16``: the dtype the weights are saved in.
         **overrides: config fields to change (e.g. ``num_hidden_layers=4``).
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`. Same arguments give the same weights.
     """
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import transformers
+    from transformers import AutoTokenizer, GenerationConfig
 
     if arch not in TINY_SHAPES:
         raise ValueError(f"unknown arch {arch!r} (expected one of {sorted(TINY_SHAPES)})")
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     shape = {**TINY_SHAPES[arch], **overrides}
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    if arch == "llama":
-        config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=max_position_embeddings, **ids, **shape)
-        cls = LlamaForCausalLM
-    else:
-        config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=max_position_embeddings, **ids, **shape)
-        cls = Qwen2ForCausalLM
+    prefix = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
+    config_cls = getattr(transformers, f"{prefix}Config")
+    cls = getattr(transformers, f"{prefix}ForCausalLM")
+    config = config_cls(vocab_size=len(tok), max_position_embeddings=max_position_embeddings, **ids, **shape)
     from transformers.utils import logging as hf_logging
 
     torch.manual_seed(seed)
-    model = cls(config)
+    model = cls(config).to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(**ids)
     out = Path(out_dir)
     bars = hf_logging.is_progress_bar_enabled()

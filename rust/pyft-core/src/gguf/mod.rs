@@ -4,7 +4,9 @@
 //! Format reference: `shared/specs/gguf.md` (GGUF v3, little-endian, alignment 32).
 
 pub mod arch;
+pub mod export;
 pub mod ggml_type;
+pub mod lora;
 pub mod mix;
 pub mod quant;
 pub mod value;

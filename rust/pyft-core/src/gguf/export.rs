@@ -1,0 +1,261 @@
+//! HF model (optionally with adapters merged on the fly) → one GGUF file for llama.cpp/Ollama.
+//!
+//! Tensors stream from a [`TensorSource`] one at a time: read (merged) in f32 → Llama Q/K row
+//! permutation → quantize to the type [`crate::gguf::mix::tensor_type`] picks → write. A producer
+//! thread encodes the next tensor (itself parallel over rows) while the caller's thread writes the
+//! previous one, so memory stays at about two tensors and disk and CPU overlap.
+//!
+//! Tensor order follows llama.cpp's loader (`weight_name_comparer`): non-block tensors by name,
+//! then blocks by layer number and name. It is also the order in which `llama-quantize` counts
+//! layers for its mixes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::gguf::arch::{hparam_kvs, llama3_rope_factors, map_tensor, permute_groups, permute_qk_rows, Arch, HParams,
+                        Role};
+use crate::gguf::ggml_type::GgmlType;
+use crate::gguf::mix::{tensor_type, QType};
+use crate::gguf::quant::quantize_rows;
+use crate::gguf::value::GgufValue;
+use crate::gguf::writer::{GgufWriter, TensorPlan};
+
+/// A model's tensors in HF naming and PyTorch shapes, as the exporter reads them.
+pub trait TensorSource: Sync {
+    /// The model's `config.json`.
+    fn config(&self) -> &Value;
+    /// Number of tensors.
+    fn len(&self) -> usize;
+    /// Whether there are no tensors.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// HF name of tensor `i` (`model.layers.0.self_attn.q_proj.weight`).
+    fn name(&self, i: usize) -> &str;
+    /// PyTorch shape of tensor `i`.
+    fn shape(&self, i: usize) -> &[usize];
+    /// The values of tensor `i` in f32, row-major (with any adapter merged in).
+    fn read_f32(&self, i: usize) -> Result<Vec<f32>>;
+    /// Tensor `i` is done: its pages may be dropped.
+    fn release(&self, i: usize);
+}
+
+/// Options of [`export_gguf`].
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Output `.gguf` path (written as `<path>.partial`, then renamed).
+    pub out: PathBuf,
+    /// Requested type or mix.
+    pub qtype: QType,
+    /// `general.name`.
+    pub name: String,
+    /// Replace an existing output file.
+    pub overwrite: bool,
+}
+
+/// What an export wrote (returned to Python as JSON).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportReport {
+    /// The file written.
+    pub path: String,
+    /// `general.architecture`.
+    pub arch: String,
+    /// The requested type (`q4_k_m`).
+    pub qtype: String,
+    /// `general.file_type`.
+    pub file_type: u32,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Tensor count per ggml type name.
+    pub types: BTreeMap<String, usize>,
+    /// File size in bytes.
+    pub bytes: u64,
+}
+
+/// One planned output tensor and where its data comes from.
+struct Item {
+    plan: TensorPlan,
+    /// Source tensor, or `None` for generated tensors (`rope_freqs`).
+    source: Option<usize>,
+    generated: Option<Vec<f32>>,
+    /// `(rows, groups)` when Q/K rows are permuted.
+    permute: Option<(usize, usize)>,
+}
+
+/// llama.cpp's tensor order: non-block tensors first (by name), then by layer number, then name.
+pub fn loader_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let layer = |n: &str| -> i64 {
+        n.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok()).unwrap_or(-1)
+    };
+    layer(a).cmp(&layer(b)).then_with(|| a.cmp(b))
+}
+
+fn is_llama_70b(arch: Arch, hp: &HParams) -> bool {
+    // llama.cpp's model type detection for its attn_v bump (LLM_TYPE_70B).
+    match arch {
+        Arch::Llama => hp.n_layer == 80 && hp.n_head != hp.n_head_kv,
+        Arch::Qwen2 => hp.n_layer == 80,
+        Arch::Qwen3 => false,
+    }
+}
+
+/// Plan the tensors: map names, check shapes against `config.json`, pick types.
+fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QType) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    let mut has_output = false;
+    let mut mapped = Vec::new();
+    for i in 0..source.len() {
+        let hf = source.name(i);
+        if let Some((name, role)) = map_tensor(arch, hf)? {
+            has_output |= role == Role::Output;
+            mapped.push((i, name, role));
+        }
+    }
+    let head_dim = source.config().get("head_dim").and_then(Value::as_u64).map_or(hp.n_embd / hp.n_head.max(1), |d| d as usize);
+    for (i, name, role) in mapped {
+        let shape = source.shape(i);
+        let bad = |what: &str| Error::Option(format!(
+            "tensor `{}` has shape {shape:?}, which does not match config.json ({what})", source.name(i)));
+        match role {
+            Role::TokenEmbd | Role::Output if shape != [hp.vocab_size, hp.n_embd] => {
+                return Err(bad(&format!("vocab_size {} x hidden_size {}", hp.vocab_size, hp.n_embd)));
+            }
+            Role::AttnQ(_) if name.ends_with(".weight") && shape != [hp.n_head * head_dim, hp.n_embd] => {
+                return Err(bad("num_attention_heads x head_dim, hidden_size"));
+            }
+            Role::AttnK(_) | Role::AttnV(_) if shape != [hp.n_head_kv * head_dim, hp.n_embd] => {
+                return Err(bad("num_key_value_heads x head_dim, hidden_size"));
+            }
+            _ => {}
+        }
+        if shape.is_empty() || shape.len() > 2 {
+            return Err(bad("expected a vector or a matrix"));
+        }
+        let ncols = *shape.last().unwrap_or(&1);
+        let ggml_type = tensor_type(qtype, role, ncols, hp, has_output, is_llama_70b(arch, hp));
+        let permute = match (arch.permutes_qk(), permute_groups(role, hp)) {
+            (true, Some(groups)) => Some((shape[0], groups)),
+            // Biases of Q/K are `Role::Vector`: detect them by name.
+            _ if arch.permutes_qk() && (name.contains(".attn_q.bias") || name.contains(".attn_k.bias")) => {
+                Some((shape[0], if name.contains(".attn_q.") { hp.n_head } else { hp.n_head_kv }))
+            }
+            _ => None,
+        };
+        items.push(Item { plan: TensorPlan::from_torch_shape(name, shape, ggml_type), source: Some(i), generated: None,
+                          permute });
+    }
+    if let Some(factors) = llama3_rope_factors(source.config()) {
+        let plan = TensorPlan::from_torch_shape("rope_freqs.weight", &[factors.len()], GgmlType::F32);
+        items.push(Item { plan, source: None, generated: Some(factors), permute: None });
+    }
+    // Every tensor llama.cpp requires must be there.
+    let names: std::collections::HashSet<&str> = items.iter().map(|it| it.plan.name.as_str()).collect();
+    let mut required = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
+    for b in 0..hp.n_layer {
+        for t in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
+            required.push(format!("blk.{b}.{t}.weight"));
+        }
+    }
+    if let Some(missing) = required.iter().find(|r| !names.contains(r.as_str())) {
+        return Err(Error::Option(format!("the model has no tensor for GGUF `{missing}` (config.json says {} layers)",
+                                         hp.n_layer)));
+    }
+    items.sort_by(|a, b| loader_order(&a.plan.name, &b.plan.name));
+    Ok(items)
+}
+
+/// Encode one tensor's data in its planned ggml type.
+fn encode(source: &dyn TensorSource, item: &Item) -> Result<Vec<u8>> {
+    let mut values = match (&item.generated, item.source) {
+        (Some(v), _) => v.clone(),
+        (None, Some(i)) => {
+            let v = source.read_f32(i)?;
+            source.release(i);
+            v
+        }
+        (None, None) => unreachable!("planned tensors have a source"),
+    };
+    if let Some((rows, groups)) = item.permute {
+        values = permute_qk_rows(&values, rows, groups)?;
+    }
+    let ncols = item.plan.ne[0] as usize;
+    let mut bytes = vec![0u8; item.plan.nbytes()?];
+    quantize_rows(item.plan.ggml_type, &values, ncols, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Write `source` as a GGUF model file. `tokenizer_kvs` are the `tokenizer.*` keys (see
+/// [`crate::gguf::vocab`]), appended after the model keys as llama.cpp's converter does.
+pub fn export_gguf(source: &dyn TensorSource, tokenizer_kvs: Vec<(String, GgufValue)>, opts: &ExportOptions)
+                   -> Result<ExportReport> {
+    if opts.out.exists() && !opts.overwrite {
+        return Err(Error::Option(format!("{} exists (pass overwrite to replace it)", opts.out.display())));
+    }
+    let config = source.config();
+    let arch = Arch::from_config(config)?;
+    let hp = HParams::from_config(config)?;
+    let items = plan_tensors(source, arch, &hp, opts.qtype)?;
+
+    let mut kvs: Vec<(String, GgufValue)> = vec![
+        ("general.architecture".into(), GgufValue::String(arch.name().into())),
+        ("general.type".into(), GgufValue::String("model".into())),
+        ("general.name".into(), GgufValue::String(opts.name.clone())),
+    ];
+    kvs.extend(hparam_kvs(arch, config, opts.qtype.file_type())?);
+    kvs.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    kvs.extend(tokenizer_kvs);
+
+    let plan: Vec<TensorPlan> = items.iter().map(|it| it.plan.clone()).collect();
+    let mut types = BTreeMap::new();
+    for p in &plan {
+        *types.entry(p.ggml_type.name().to_string()).or_insert(0) += 1;
+    }
+    let mut writer = GgufWriter::create(&opts.out, &kvs, plan)?;
+    // Encode tensor n+1 while tensor n is written.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = sync_channel::<Result<Vec<u8>>>(1);
+        let items = &items;
+        scope.spawn(move || {
+            for item in items {
+                let encoded = encode(source, item);
+                let failed = encoded.is_err();
+                if tx.send(encoded).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for item in items {
+            let bytes = rx.recv().map_err(|_| Error::Option("tensor encoder stopped".into()))??;
+            writer.write_tensor(&item.plan.name, &bytes)?;
+        }
+        Ok(())
+    })?;
+    let path = writer.finish()?;
+    let bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+    Ok(ExportReport { path: path.display().to_string(), arch: arch.name().into(), qtype: opts.qtype.name().into(),
+                      file_type: opts.qtype.file_type(), tensors: items.len(), types, bytes })
+}
+
+/// `general.name` for a model directory: its folder name.
+pub fn default_name(model_dir: &Path) -> String {
+    model_dir.canonicalize().ok().as_deref().unwrap_or(model_dir).file_name()
+        .map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loader_order_sorts_layers_numerically() {
+        let mut names = vec!["blk.10.attn_q.weight", "output.weight", "blk.2.attn_k.weight", "blk.2.attn_v.weight",
+                             "token_embd.weight", "blk.1.ffn_up.weight", "output_norm.weight"];
+        names.sort_by(|a, b| loader_order(a, b));
+        assert_eq!(names, vec!["output.weight", "output_norm.weight", "token_embd.weight", "blk.1.ffn_up.weight",
+                               "blk.2.attn_k.weight", "blk.2.attn_v.weight", "blk.10.attn_q.weight"]);
+    }
+}

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""GGUF export benchmark: ``pyft-export --to gguf`` against llama.cpp's ``convert_hf_to_gguf.py``.
+
+Uses the model of ``tools/bench_merge.py`` (random bf16 Llama, hidden 2048, 16 layers,
+intermediate 5632, 8 KV heads, about 0.76B parameters) plus a small byte-level BPE tokenizer,
+and runs each export in its own process, reporting wall time and that process's peak RSS:
+llama.cpp's converter (the pinned copy from the llama-cpp-python 0.3.36 sdist, see
+``tools/fetch_llama_cpp_src.py``) and pyft for F16 and Q8_0, pyft for Q4_K_M, and for reference
+llama.cpp's ``llama-quantize`` F16 → Q4_K_M (the usual two-step route). A plain ``cp`` of the
+model is the floor. Ends with one JSON line. Usage: ``python tools/bench_export.py [--layers N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from bench_merge import SHAPE, timed, write_model  # noqa: E402
+
+CONVERTER = """
+import sys
+sys.path.insert(0, {tests!r})
+from llamacpp import convert_hf_to_gguf
+convert_hf_to_gguf(sys.argv[1], sys.argv[2], sys.argv[3], pre="llama-bpe")
+"""
+QUANTIZE = """
+import sys
+sys.path.insert(0, {tests!r})
+from llamacpp import llama_quantize
+llama_quantize(sys.argv[1], sys.argv[2], sys.argv[3], nthread=os.cpu_count())
+"""
+PYFT = "import sys; from pyft.export import export_gguf; export_gguf(sys.argv[1], sys.argv[2], qtype=sys.argv[3])"
+
+
+def generate(d: Path, layers: int) -> None:
+    """Model + tokenizer, in a child process (keeps the parent's peak RSS small)."""
+    from pyft.testing import make_tokenizer
+
+    write_model(d, layers)
+    make_tokenizer(d, style="llama3", vocab_size=SHAPE["vocab_size"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"])
+    ap.add_argument("--generate", metavar="DIR", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.generate:
+        generate(Path(args.generate), args.layers)
+        return 0
+    from pyft import _core
+
+    if _core.build_profile() != "release":
+        print("refusing to benchmark a debug build", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="pyft-bench-export-"))
+    tests = str(ROOT / "tests")
+    py = sys.executable
+    try:
+        model = work / "model"
+        subprocess.run([py, __file__, "--generate", str(model), "--layers", str(args.layers)], check=True)
+        size = (model / "model.safetensors").stat().st_size
+
+        def out(name: str) -> str:
+            return str(work / name)
+
+        conv = CONVERTER.format(tests=tests)
+        rows = [
+            ("cp (floor)", *timed(["cp", str(model / "model.safetensors"), out("copy")])),
+            ("llama.cpp convert_hf_to_gguf f16", *timed([py, "-c", conv, str(model), out("ref-f16.gguf"), "f16"])),
+            ("pyft-export f16", *timed([py, "-c", PYFT, str(model), out("pyft-f16.gguf"), "f16"])),
+            ("llama.cpp convert_hf_to_gguf q8_0", *timed([py, "-c", conv, str(model), out("ref-q8.gguf"), "q8_0"])),
+            ("pyft-export q8_0", *timed([py, "-c", PYFT, str(model), out("pyft-q8.gguf"), "q8_0"])),
+            ("pyft-export q4_k_m", *timed([py, "-c", PYFT, str(model), out("pyft-q4km.gguf"), "q4_k_m"])),
+            ("llama.cpp llama-quantize f16 -> q4_k_m",
+             *timed([py, "-c", "import os\n" + QUANTIZE.format(tests=tests), out("ref-f16.gguf"), out("ref-q4km.gguf"),
+                     "q4_k_m"])),
+        ]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"random bf16 Llama, {args.layers} layers, {size / 1e9:.2f} GB safetensors, {os.cpu_count()} cores")
+    print(f"{'path':<42}{'seconds':>9}{'peak RSS (MB)':>15}")
+    for name, s, rss in rows:
+        print(f"{name:<42}{s:>9.2f}{rss / 1e6:>15.0f}")
+    r = {name: (s, rss) for name, s, rss in rows}
+    f16 = r["llama.cpp convert_hf_to_gguf f16"][0] / r["pyft-export f16"][0]
+    q8 = r["llama.cpp convert_hf_to_gguf q8_0"][0] / r["pyft-export q8_0"][0]
+    print(f"pyft vs llama.cpp converter: f16 {f16:.1f}x, q8_0 {q8:.1f}x faster; "
+          f"peak RSS {r['pyft-export f16'][1] / 1e6:.0f} / {r['pyft-export q8_0'][1] / 1e6:.0f} MB")
+    print(json.dumps({"bench": "export", "bytes": size, "speedup_f16": f16, "speedup_q8_0": q8,
+                      **{name: {"s": s, "rss": rss} for name, s, rss in rows}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
