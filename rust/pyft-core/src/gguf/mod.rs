@@ -4,7 +4,9 @@
 //! Format reference: `shared/specs/gguf.md` (GGUF v3, little-endian, alignment 32).
 
 pub mod ggml_type;
+pub mod reader;
 pub mod value;
 
 pub use ggml_type::GgmlType;
+pub use reader::{GgufFile, GgufHeader, GgufTensorInfo};
 pub use value::{GgufArray, GgufValue};
