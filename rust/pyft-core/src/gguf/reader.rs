@@ -21,6 +21,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufArray, GgufValue};
@@ -118,6 +119,83 @@ impl GgufHeader {
     /// The tensor named `name`.
     pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// A JSON summary for inspection tools:
+    /// `{"version", "alignment", "data_offset", "kv": [{"key", "type", "value"}],
+    /// "tensors": [{"name", "type", "shape", "ne", "offset", "nbytes"}]}`.
+    ///
+    /// `type` of a KV is the GGUF type name (`UINT32`, `STRING`, `ARRAY`); arrays also carry
+    /// `element_type` and `length`, and `value` holds only their first `max_array` elements.
+    /// Non-finite floats become the strings `"nan"`, `"inf"`, `"-inf"` (JSON has no such numbers).
+    /// A tensor's `shape` is PyTorch order, `ne` ggml order, `offset` relative to `data_offset`.
+    pub fn to_json(&self, max_array: usize) -> Value {
+        let kv: Vec<Value> = self.kv.iter().map(|(k, v)| {
+            let mut entry = json!({"key": k, "type": gguf_type_name(v.type_id()).unwrap_or("?")});
+            match v {
+                GgufValue::Array(a) => {
+                    entry["element_type"] = json!(gguf_type_name(a.element_type_id()).unwrap_or("?"));
+                    entry["length"] = json!(a.len());
+                    entry["value"] = array_json(a, max_array);
+                }
+                v => entry["value"] = scalar_json(v),
+            }
+            entry
+        }).collect();
+        let tensors: Vec<Value> = self.tensors.iter().map(|t| json!({
+            "name": t.name, "type": t.ggml_type.name(), "shape": t.shape(), "ne": t.ne,
+            "offset": t.offset, "nbytes": t.nbytes,
+        })).collect();
+        json!({"version": self.version, "alignment": self.alignment, "data_offset": self.data_offset,
+               "kv": kv, "tensors": tensors})
+    }
+}
+
+fn float_json(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else if x.is_nan() {
+        json!("nan")
+    } else {
+        json!(if x > 0.0 { "inf" } else { "-inf" })
+    }
+}
+
+fn scalar_json(v: &GgufValue) -> Value {
+    match v {
+        GgufValue::U8(x) => json!(x),
+        GgufValue::I8(x) => json!(x),
+        GgufValue::U16(x) => json!(x),
+        GgufValue::I16(x) => json!(x),
+        GgufValue::U32(x) => json!(x),
+        GgufValue::I32(x) => json!(x),
+        GgufValue::U64(x) => json!(x),
+        GgufValue::I64(x) => json!(x),
+        GgufValue::F32(x) => float_json(f64::from(*x)),
+        GgufValue::F64(x) => float_json(*x),
+        GgufValue::Bool(x) => json!(x),
+        GgufValue::String(x) => json!(x),
+        GgufValue::Array(a) => array_json(a, usize::MAX),
+    }
+}
+
+fn array_json(a: &GgufArray, max: usize) -> Value {
+    fn head<T: Clone + Into<Value>>(v: &[T], max: usize) -> Value {
+        Value::Array(v.iter().take(max).cloned().map(Into::into).collect())
+    }
+    match a {
+        GgufArray::U8(v) => head(v, max),
+        GgufArray::I8(v) => head(v, max),
+        GgufArray::U16(v) => head(v, max),
+        GgufArray::I16(v) => head(v, max),
+        GgufArray::U32(v) => head(v, max),
+        GgufArray::I32(v) => head(v, max),
+        GgufArray::U64(v) => head(v, max),
+        GgufArray::I64(v) => head(v, max),
+        GgufArray::Bool(v) => head(v, max),
+        GgufArray::String(v) => head(v, max),
+        GgufArray::F32(v) => Value::Array(v.iter().take(max).map(|&x| float_json(f64::from(x))).collect()),
+        GgufArray::F64(v) => Value::Array(v.iter().take(max).map(|&x| float_json(x)).collect()),
     }
 }
 
@@ -609,6 +687,19 @@ mod tests {
                    (vec![3, 2], vec![2, 3], GgmlType::F32, 0, 24));
         let b = &h.tensors[1];
         assert_eq!((b.ggml_type, b.offset, b.nbytes, b.n_elements()), (GgmlType::Q8_0, 32, 34, 32));
+    }
+
+    #[test]
+    fn json_summary_truncates_arrays() {
+        let j = parse(&valid()).unwrap().to_json(1);
+        assert_eq!(j["version"], 3);
+        assert_eq!(j["kv"][0], json!({"key": "general.architecture", "type": "STRING", "value": "llama"}));
+        assert_eq!(j["kv"][9], json!({"key": "u64", "type": "UINT64", "value": u64::MAX}));
+        assert_eq!(j["kv"][12], json!({"key": "tokens", "type": "ARRAY", "element_type": "STRING", "length": 2,
+                                       "value": ["a"]}));
+        assert_eq!(j["tensors"][0], json!({"name": "a.weight", "type": "F32", "shape": [2, 3], "ne": [3, 2],
+                                           "offset": 0, "nbytes": 24}));
+        assert_eq!(float_json(f64::NEG_INFINITY), json!("-inf"));
     }
 
     #[test]
