@@ -22,9 +22,10 @@ from typing import Any
 
 from pyft.errors import DataError
 
-__all__ = ["inspect_path", "format_summary", "read_safetensors_header", "LLAMA_FILE_TYPES", "VLLM_MAX_LORA_RANKS"]
+__all__ = ["inspect_path", "format_summary", "read_safetensors_header", "LLAMA_FILE_TYPES",
+           "VLLM_MAX_LORA_RANKS"]
 
-#: ``general.file_type`` values (llama.cpp's ``llama_ftype``); ids 4-6 and 33-35 were removed upstream.
+#: ``general.file_type`` values (llama.cpp's ``llama_ftype``, as in gguf 0.19.0); ids 4-6, 33-35 were removed.
 LLAMA_FILE_TYPES: dict[int, str] = {
     0: "ALL_F32", 1: "MOSTLY_F16", 2: "MOSTLY_Q4_0", 3: "MOSTLY_Q4_1", 7: "MOSTLY_Q8_0", 8: "MOSTLY_Q5_0",
     9: "MOSTLY_Q5_1", 10: "MOSTLY_Q2_K", 11: "MOSTLY_Q3_K_S", 12: "MOSTLY_Q3_K_M", 13: "MOSTLY_Q3_K_L",
@@ -32,7 +33,7 @@ LLAMA_FILE_TYPES: dict[int, str] = {
     19: "MOSTLY_IQ2_XXS", 20: "MOSTLY_IQ2_XS", 21: "MOSTLY_Q2_K_S", 22: "MOSTLY_IQ3_XS", 23: "MOSTLY_IQ3_XXS",
     24: "MOSTLY_IQ1_S", 25: "MOSTLY_IQ4_NL", 26: "MOSTLY_IQ3_S", 27: "MOSTLY_IQ3_M", 28: "MOSTLY_IQ2_S",
     29: "MOSTLY_IQ2_M", 30: "MOSTLY_IQ4_XS", 31: "MOSTLY_IQ1_M", 32: "MOSTLY_BF16", 36: "MOSTLY_TQ1_0",
-    37: "MOSTLY_TQ2_0", 38: "MOSTLY_MXFP4_MOE", 1024: "GUESSED",
+    37: "MOSTLY_TQ2_0", 38: "MOSTLY_MXFP4_MOE", 39: "MOSTLY_NVFP4", 40: "MOSTLY_Q1_0", 1024: "GUESSED",
 }
 
 #: The values vLLM accepts for ``--max-lora-rank``.
@@ -52,8 +53,8 @@ _SAFETENSORS_BITS = {
 _MAX_SAFETENSORS_HEADER = 100_000_000
 
 _CONFIG_KEYS = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings",
-                "rope_theta", "tie_word_embeddings", "dtype")
+                "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
+                "max_position_embeddings", "rope_theta", "tie_word_embeddings", "dtype")
 
 
 def _bad(path: str | os.PathLike[str], message: str) -> DataError:
@@ -86,9 +87,11 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         if len(head) < 8:
             raise _bad(path, f"not a valid safetensors file: {size} bytes, too short for the header length")
         (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > _MAX_SAFETENSORS_HEADER:
-            raise _bad(path, f"not a valid safetensors file: header length {n} exceeds the file ({size} bytes)"
-                       if n > size - 8 else f"not a valid safetensors file: header length {n} is over 100 MB")
+        if n > size - 8:
+            raise _bad(path, f"not a valid safetensors file: header length {n} exceeds the file "
+                             f"({size} bytes)")
+        if n > _MAX_SAFETENSORS_HEADER:
+            raise _bad(path, f"not a valid safetensors file: header length {n} is over 100 MB")
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -117,7 +120,8 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
             raise _bad(path, f"{where}: data_offsets {offsets} hold {offsets[1] - offsets[0]} bytes but "
                              f"{dtype}{shape} needs {bits / 8:g}")
-        tensors.append({"name": name, "dtype": dtype, "shape": shape, "nbytes": bits // 8, "_start": offsets[0]})
+        tensors.append({"name": name, "dtype": dtype, "shape": shape, "nbytes": bits // 8,
+                        "_start": offsets[0]})
     tensors.sort(key=lambda t: (t["_start"], t["nbytes"]))
     end = 0
     for t in tensors:
@@ -148,15 +152,16 @@ def _detect(path: Path) -> str:
         if ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
                 or (path / "config.json").is_file()):
             return "model"
-        raise _bad(path, "unknown kind: a directory without adapter_config.json, config.json or model.safetensors")
+        raise _bad(path, "unknown kind: a directory without adapter_config.json, config.json or "
+                         "model.safetensors")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"GGUF" or path.suffix == ".gguf":
         return "gguf"
     if path.suffix == ".safetensors":
         return "safetensors"
-    raise _bad(path, "unknown kind: expected a .gguf or .safetensors file, an HF model directory or a PEFT adapter "
-                     "directory")
+    raise _bad(path, "unknown kind: expected a .gguf or .safetensors file, an HF model directory or a PEFT "
+                     "adapter directory")
 
 
 def inspect_path(path: str | os.PathLike[str], *, tensors: bool = False) -> dict[str, Any]:
@@ -201,14 +206,15 @@ def _summarise_gguf(path: Path, with_tensors: bool) -> dict[str, Any]:
     arch = _kv_value(kv, "general.architecture")
     file_type = _kv_value(kv, "general.file_type")
     tok_model = _kv_value(kv, "tokenizer.ggml.model")
+    tokens, merges = kv.get("tokenizer.ggml.tokens", {}), kv.get("tokenizer.ggml.merges", {})
     tokenizer = None
     if tok_model is not None or "tokenizer.ggml.tokens" in kv:
         template = _kv_value(kv, "tokenizer.chat_template")
         tokenizer = {
             "model": tok_model,
             "pre": _kv_value(kv, "tokenizer.ggml.pre"),
-            "vocab_size": kv["tokenizer.ggml.tokens"].get("length") if "tokenizer.ggml.tokens" in kv else None,
-            "merges": kv["tokenizer.ggml.merges"].get("length") if "tokenizer.ggml.merges" in kv else None,
+            "vocab_size": tokens.get("length"),
+            "merges": merges.get("length"),
             **{name: _kv_value(kv, f"tokenizer.ggml.{name}_token_id")
                for name in ("bos", "eos", "eot", "eom", "pad", "unknown")
                if f"tokenizer.ggml.{name}_token_id" in kv},
@@ -243,7 +249,8 @@ def _summarise_gguf(path: Path, with_tensors: bool) -> dict[str, Any]:
         "types": dict(sorted(histogram.items(), key=lambda kv_: -kv_[1]["bytes"])),
     }
     if with_tensors:
-        out["tensors"] = [{"name": t["name"], "type": t["type"], "shape": t["shape"]} for t in meta["tensors"]]
+        out["tensors"] = [{"name": t["name"], "type": t["type"], "shape": t["shape"]}
+                          for t in meta["tensors"]]
     return out
 
 
@@ -317,7 +324,8 @@ def _summarise_model(path: Path, with_tensors: bool) -> dict[str, Any]:
     for shard in shards:
         header = read_safetensors_header(shard)
         tensors.extend(header["tensors"])
-        shard_info.append({"file": shard.name, "tensors": len(header["tensors"]), "bytes": header["file_size"]})
+        shard_info.append({"file": shard.name, "tensors": len(header["tensors"]),
+                           "bytes": header["file_size"]})
     index = path / "model.safetensors.index.json"
     if index.is_file():
         listed = set(_read_json(index)["weight_map"])
@@ -445,8 +453,9 @@ def _field(lines: list[str], label: str, value: Any) -> None:
 
 def format_summary(s: dict[str, Any]) -> str:
     """The human-readable text of a summary from :func:`inspect_path`."""
-    lines = [f"{s['path']}: " + {"gguf": "GGUF file", "safetensors": "safetensors file",
-                                  "model": "HF model directory", "adapter": "PEFT adapter directory"}[s["kind"]]]
+    kinds = {"gguf": "GGUF file", "safetensors": "safetensors file", "model": "HF model directory",
+             "adapter": "PEFT adapter directory"}
+    lines = [f"{s['path']}: {kinds[s['kind']]}"]
     if s["kind"] == "gguf":
         lines[0] += f" (v{s['version']}, alignment {s['alignment']}, {_bytes(s['file_size'])})"
         _field(lines, "architecture", s["architecture"])
@@ -459,12 +468,14 @@ def format_summary(s: dict[str, Any]) -> str:
         if s["hparams"]:
             lines.append("  hparams")
             for k, v in s["hparams"].items():
-                lines.append(f"    {k:<44} {v}")
+                # FLOAT32 values print at float32 precision (1e-05, not 9.999999747378752e-06)
+                lines.append(f"    {k:<44} {f'{v:.7g}' if isinstance(v, float) else v}")
         if s["tokenizer"]:
             t = s["tokenizer"]
             ids = ", ".join(f"{k} {t[k]}" for k in ("bos", "eos", "eot", "eom", "pad", "unknown") if k in t)
-            _field(lines, "tokenizer", f"{t['model']} (pre {t['pre']}), {t['vocab_size']} tokens"
-                   + (f", {t['merges']} merges" if t["merges"] is not None else "") + (f"; {ids}" if ids else ""))
+            merges = f", {t['merges']} merges" if t["merges"] is not None else ""
+            _field(lines, "tokenizer", f"{t['model']} (pre {t['pre']}), {t['vocab_size']} tokens{merges}"
+                   + (f"; {ids}" if ids else ""))
             if t["chat_template"]:
                 _field(lines, "chat template", f"{t['chat_template']['length']} chars: "
                                                f"{t['chat_template']['first_line'][:80]!r}")
@@ -486,7 +497,8 @@ def format_summary(s: dict[str, Any]) -> str:
         _field(lines, "rank pattern", s["rank_pattern"] or None)
         _field(lines, "alpha pattern", s["alpha_pattern"] or None)
         _field(lines, "adapted modules", f"{s['adapted_modules']} (max rank {s['max_rank']})")
-        _field(lines, "parameters", f"{_count(s['adapter_parameters'])} ({_count(s['lora_parameters'])} LoRA)")
+        _field(lines, "parameters",
+               f"{_count(s['adapter_parameters'])} ({_count(s['lora_parameters'])} LoRA)")
         for target, label in (("vllm", "vLLM"), ("gguf_lora", "GGUF LoRA (llama.cpp)")):
             v = s["serving"][target]
             verdict = "yes" if v["ok"] else "no: " + "; ".join(v["problems"])
@@ -504,7 +516,8 @@ def format_summary(s: dict[str, Any]) -> str:
         _field(lines, "file size", _bytes(s["file_size"]))
         _field(lines, "metadata", s["metadata"] or None)
     params_key = "adapter_parameters" if s["kind"] == "adapter" else "parameters"
-    _field(lines, "tensors", f"{s['tensor_count']}, {_count(s[params_key])} parameters, {_bytes(s['total_bytes'])}")
+    _field(lines, "tensors",
+           f"{s['tensor_count']}, {_count(s[params_key])} parameters, {_bytes(s['total_bytes'])}")
     _histogram(lines, "by dtype", s["dtypes"])
     if "tensors" in s:
         _tensor_lines(lines, s["tensors"], "dtype")

@@ -1,6 +1,7 @@
 """``pyft``: the command-line interface.
 
-Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``merge``, ``inspect``, ``demo``.
+Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``merge``, ``inspect``,
+``demo``.
 """
 
 from __future__ import annotations

@@ -773,7 +773,8 @@ mod tests {
             (Bytes::default().header(1, 0).tensor("t", &[1 << 32, 1 << 32], 0, 0).pad(32), "too many elements"),
             (Bytes::default().header(1, 0).tensor("t", &[1 << 62], 0, 0).pad(32), "byte size overflows"),
             (Bytes::default().header(1, 0).tensor("t", &[32], 11, 0).pad(32), "ggml type id 11"),
-            (Bytes::default().header(1, 0).tensor("t", &[48], 12, 0).pad(32), "ne[0] = 48 is not a multiple of the Q4_K block size 256"),
+            (Bytes::default().header(1, 0).tensor("t", &[48], 12, 0).pad(32),
+             "ne[0] = 48 is not a multiple of the Q4_K block size 256"),
             (Bytes::default().header(1, 0).tensor("t", &[4], 0, 32).pad(32).raw(&[0; 64]), "has offset 32, expected 0"),
             (Bytes::default().header(2, 0).tensor("t", &[4], 0, 0).tensor("u", &[4], 0, 16).pad(32).raw(&[0; 64]),
              "tensor `u` has offset 16, expected 32"),
@@ -810,7 +811,8 @@ mod tests {
         /// Truncations and bit flips of a valid file parse or fail cleanly, never panic, and an
         /// accepted file keeps every tensor inside the buffer.
         #[test]
-        fn hostile_bytes_never_panic(cut in 0usize..400, flips in proptest::collection::vec((0usize..400, 0u8..8), 0..6)) {
+        fn hostile_bytes_never_panic(cut in 0usize..400,
+                                     flips in proptest::collection::vec((0usize..400, 0u8..8), 0..6)) {
             let mut buf = valid();
             for (at, bit) in flips {
                 let n = buf.len();
