@@ -1,6 +1,7 @@
 """``pyft``: the command-line interface.
 
-Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``merge``, ``export``, ``demo``.
+Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``merge``, ``export``,
+``inspect``, ``demo``.
 """
 
 from __future__ import annotations
@@ -127,6 +128,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_inspect_model(args: argparse.Namespace) -> int:
+    import json
+
+    from pyft.inspect import format_summary, inspect_path
+
+    summary = inspect_path(args.path, tensors=args.tensors)
+    print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else format_summary(summary))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pyft.demo import run_demo
 
@@ -169,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Export a model or adapter for llama.cpp, Ollama or vLLM.",
                         epilog=export_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_export_arguments(ex)
+    insp = sub.add_parser("inspect", help="summarise a GGUF file, safetensors file, HF model or PEFT adapter",
+                          description="Summarise a model file or directory without loading its tensors: a .gguf "
+                                      "file, a .safetensors file, an HF model directory or a PEFT adapter directory.")
+    insp.add_argument("path", metavar="PATH", help=".gguf or .safetensors file, model or adapter directory")
+    insp.add_argument("--tensors", action="store_true", help="also list every tensor (name, type, shape)")
+    insp.add_argument("--json", action="store_true", help="print the machine-readable summary as JSON")
     est = sub.add_parser("estimate", help="training memory per method, and which method to use",
                          description="Estimate training memory (weights, gradients, optimizer, activations) and "
                                      "recommend full fine-tuning, LoRA or QLoRA.")
@@ -191,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo,
                 ("train", None): _cmd_train, ("estimate", None): _cmd_estimate,
-                ("merge", None): _cmd_merge, ("export", None): _cmd_export}
+                ("merge", None): _cmd_merge, ("export", None): _cmd_export,
+                ("inspect", None): _cmd_inspect_model}
     handler = handlers.get((args.command, getattr(args, "data_command", None)))
     if handler is None:
         # `pyft` or `pyft data` without a subcommand: show the matching help.

@@ -9,9 +9,11 @@ pub mod ggml_type;
 pub mod lora;
 pub mod mix;
 pub mod quant;
+pub mod reader;
 pub mod value;
 pub mod writer;
 
 pub use ggml_type::GgmlType;
 pub use quant::{dequantize_row, quantize_row, quantize_rows};
+pub use reader::{GgufFile, GgufHeader, GgufTensorInfo};
 pub use value::{GgufArray, GgufValue};

@@ -35,10 +35,25 @@ pub enum GgufValue {
 }
 
 /// A homogeneous GGUF array (nested arrays are not allowed by llama.cpp).
+///
+/// pyft writes only the U8/I32/U32/F32/STRING/BOOL element types; the others exist so the
+/// reader can represent every array llama.cpp accepts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GgufArray {
     /// ARRAY[UINT8].
     U8(Vec<u8>),
+    /// ARRAY[INT8].
+    I8(Vec<i8>),
+    /// ARRAY[UINT16].
+    U16(Vec<u16>),
+    /// ARRAY[INT16].
+    I16(Vec<i16>),
+    /// ARRAY[UINT64].
+    U64(Vec<u64>),
+    /// ARRAY[INT64].
+    I64(Vec<i64>),
+    /// ARRAY[FLOAT64].
+    F64(Vec<f64>),
     /// ARRAY[INT32] (e.g. `tokenizer.ggml.token_type`).
     I32(Vec<i32>),
     /// ARRAY[UINT32].
@@ -119,6 +134,12 @@ impl GgufArray {
     pub fn element_type_id(&self) -> u32 {
         match self {
             GgufArray::U8(_) => 0,
+            GgufArray::I8(_) => 1,
+            GgufArray::U16(_) => 2,
+            GgufArray::I16(_) => 3,
+            GgufArray::U64(_) => 10,
+            GgufArray::I64(_) => 11,
+            GgufArray::F64(_) => 12,
             GgufArray::U32(_) => 4,
             GgufArray::I32(_) => 5,
             GgufArray::F32(_) => 6,
@@ -131,6 +152,12 @@ impl GgufArray {
     pub fn len(&self) -> usize {
         match self {
             GgufArray::U8(v) => v.len(),
+            GgufArray::I8(v) => v.len(),
+            GgufArray::U16(v) => v.len(),
+            GgufArray::I16(v) => v.len(),
+            GgufArray::U64(v) => v.len(),
+            GgufArray::I64(v) => v.len(),
+            GgufArray::F64(v) => v.len(),
             GgufArray::I32(v) => v.len(),
             GgufArray::U32(v) => v.len(),
             GgufArray::F32(v) => v.len(),
@@ -147,6 +174,12 @@ impl GgufArray {
     fn element_type_name(&self) -> &'static str {
         match self {
             GgufArray::U8(_) => "u8",
+            GgufArray::I8(_) => "i8",
+            GgufArray::U16(_) => "u16",
+            GgufArray::I16(_) => "i16",
+            GgufArray::U64(_) => "u64",
+            GgufArray::I64(_) => "i64",
+            GgufArray::F64(_) => "f64",
             GgufArray::I32(_) => "i32",
             GgufArray::U32(_) => "u32",
             GgufArray::F32(_) => "f32",
