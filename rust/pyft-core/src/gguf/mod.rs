@@ -5,6 +5,7 @@
 
 pub mod ggml_type;
 pub mod value;
+pub mod vocab;
 
 pub use ggml_type::GgmlType;
 pub use value::{GgufArray, GgufValue};
