@@ -11,6 +11,7 @@ pub mod mix;
 pub mod quant;
 pub mod reader;
 pub mod value;
+pub mod vocab;
 pub mod writer;
 
 pub use ggml_type::GgmlType;
