@@ -7,6 +7,9 @@
 3. Trains a LoRA adapter on CPU for a couple of minutes (``DIR/adapter/``, ``DIR/metrics.jsonl``,
    ``DIR/loss.png``).
 4. Prints greedy answers to held-out prompts before and after training.
+5. Makes it servable: merges the adapter into ``DIR/merged/`` (HF directory with the chat template
+   and every end-of-turn id), exports ``DIR/ollama/`` (Q8_0 GGUF + Modelfile) and ``DIR/vllm/``,
+   and prints the commands that serve them.
 
 The base model is random, so it cannot know facts it never saw; what the adapter visibly learns
 is the task formats of the bundled data.
@@ -62,14 +65,14 @@ def run_demo(out: str | os.PathLike[str] = "pyft-demo", max_steps: int = 250) ->
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[demo] 1/4 building the tiny base model in {out_dir / 'base'}")
+    print(f"[demo] 1/5 building the tiny base model in {out_dir / 'base'}")
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tok_dir = make_tokenizer(Path(tmp) / "tokenizer", style="chatml")
         staged = make_tiny_model(Path(tmp) / "base", tok_dir, arch="llama", **DEMO_SHAPE)
         if (out_dir / "base").exists():
             shutil.rmtree(out_dir / "base")
         os.replace(staged, out_dir / "base")
-    print(f"[demo] 2/4 preparing the bundled data ({demo_path().name}) into {out_dir / 'data'}")
+    print(f"[demo] 2/5 preparing the bundled data ({demo_path().name}) into {out_dir / 'data'}")
     info = prepare(
         demo_path(), out_dir / "base", out_dir / "data",
         max_len=256, pack="bfd", val_ratio=0.1, seed=0, dedup=True, overwrite=True, progress=False,
@@ -82,8 +85,8 @@ def run_demo(out: str | os.PathLike[str] = "pyft-demo", max_steps: int = 250) ->
     before = greedy_answers(base, tokenizer, HELD_OUT_PROMPTS)
     del base
 
-    print(f"\n[demo] 3/4 training a LoRA adapter (CPU, {max_steps} steps)")
-    for stale in ("adapter", "checkpoints", "tensorboard", "metrics.jsonl", "loss.png"):
+    print(f"\n[demo] 3/5 training a LoRA adapter (CPU, {max_steps} steps)")
+    for stale in ("adapter", "checkpoints", "tensorboard", "metrics.jsonl", "loss.png", "merged", "ollama", "vllm"):
         path = out_dir / stale
         if path.is_dir():
             shutil.rmtree(path)
@@ -97,11 +100,13 @@ def run_demo(out: str | os.PathLike[str] = "pyft-demo", max_steps: int = 250) ->
     )
     result = train(config)
 
-    print("\n[demo] 4/4 greedy answers to held-out prompts, before and after training")
+    print("\n[demo] 4/5 greedy answers to held-out prompts, before and after training")
     tuned = pyft.load_model(out_dir / "base", dtype="float32", adapter=out_dir / "adapter")
     after = greedy_answers(tuned, tokenizer, HELD_OUT_PROMPTS)
     for prompt, b, a in zip(HELD_OUT_PROMPTS, before, after):
         print(f"\n  Q: {prompt}\n     before: {b[:80]!r}\n     after:  {a[:80]!r}")
+    print("\n[demo] 5/5 merging and exporting for serving")
+    commands = export_demo(out_dir)
     losses = [r["eval_loss"] for r in result.history if "eval_loss" in r]
     print(f"\n[demo] done in {time.perf_counter() - t0:.0f}s. Eval loss {losses[0]:.3f} -> {losses[-1]:.3f}. Outputs:")
     print(f"  {out_dir / 'base'}            tiny base model + tokenizer (transformers directory)")
@@ -109,4 +114,30 @@ def run_demo(out: str | os.PathLike[str] = "pyft-demo", max_steps: int = 250) ->
     print(f"  {out_dir / 'adapter'}         LoRA adapter in PEFT format (pyft.load_model(base, adapter=...))")
     print(f"  {out_dir / 'metrics.jsonl'}   training metrics")
     print(f"  {out_dir / 'loss.png'}        loss curves")
+    print(f"  {out_dir / 'merged'}          adapter merged into the base (transformers / vLLM directory)")
+    print(f"  {out_dir / 'ollama'}          model.gguf (Q8_0) + Modelfile for Ollama / llama.cpp")
+    print(f"  {out_dir / 'vllm'}            merged model ready for vLLM")
+    print("\nServe it with:")
+    for c in commands:
+        print("  " + c.replace("\n", "\n  "))
     return out_dir
+
+
+def export_demo(out_dir: Path) -> list[str]:
+    """Merge ``out_dir/adapter`` into ``out_dir/base`` and export ``merged/``, ``ollama/``, ``vllm/``.
+
+    The demo adapter trains ``lm_head`` whole (``modules_to_save``), which GGUF LoRA and vLLM LoRA
+    cannot carry, so every target is built from the merged weights. Returns the serve commands.
+    """
+    from pyft.export import serving_files
+    from pyft.export.targets import to_ollama, to_vllm
+    from pyft.io.merge import merge
+
+    base, adapter = out_dir / "base", out_dir / "adapter"
+    merge(base, [adapter], out_dir / "merged", extra_files=serving_files([adapter, base]), overwrite=True)
+    ollama = to_ollama(out_dir / "merged", out_dir / "ollama", qtype="q8_0", model_name="pyft-demo", overwrite=True)
+    vllm = to_vllm(base, out_dir / "vllm", adapters=[adapter], merge=True, served_name="pyft-demo", overwrite=True)
+    for r in ollama.reports:
+        print(f"  wrote {r.path} ({r.bytes / 1e6:.1f} MB)")
+    print(f"  wrote {out_dir / 'ollama' / 'Modelfile'} and {out_dir / 'vllm'}")
+    return [*ollama.commands, *vllm.commands]

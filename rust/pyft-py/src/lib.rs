@@ -5,6 +5,7 @@
 
 mod data;
 mod error;
+mod export;
 mod inspect;
 mod merge;
 
@@ -21,6 +22,8 @@ extern "C" fn after_fork_in_child() {
 mod _core {
     #[pymodule_export]
     use super::data::{builtin_template, builtin_template_names, prepare, render_template, PyTokenizer};
+    #[pymodule_export]
+    use super::export::{export_gguf, export_gguf_lora};
     #[pymodule_export]
     use super::inspect::gguf_read_metadata;
     #[pymodule_export]

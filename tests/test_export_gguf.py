@@ -1,0 +1,281 @@
+"""GGUF export against llama.cpp itself: its converter (tensor bytes), its quantizer (K-quant
+bytes) and its runtime (logits, greedy generation, LoRA adapters via llama-cpp-python)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llamacpp import convert_hf_to_gguf, convert_lora_to_gguf, llama_cpp_src, llama_quantize
+from pyft.errors import ConfigError, DataError
+from pyft.export import export_gguf, export_gguf_lora
+from pyft.testing import make_tiny_model, make_tokenizer
+
+sys.path.insert(0, str(llama_cpp_src() / "gguf-py"))
+import gguf  # noqa: E402  (llama.cpp's in-tree gguf-py, the reader matching the pinned converter)
+
+#: Keys only llama.cpp's converter writes (cosmetic model-card metadata).
+CONVERTER_ONLY = {"general.size_label", "general.name", "general.basename", "general.finetune"}
+
+
+def tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    r = gguf.GGUFReader(path)
+    return {t.name: (t.tensor_type.name, tuple(int(d) for d in t.shape), bytes(t.data.tobytes())) for t in r.tensors}
+
+
+def kvs(path: Path) -> dict[str, tuple[str, object]]:
+    r = gguf.GGUFReader(path)
+    out = {}
+    for name, f in r.fields.items():
+        if name.startswith("GGUF."):
+            continue
+        kind = f.types[0].name if f.types else "?"
+        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
+            kind = f"ARRAY[{f.types[-1].name}]"
+        out[name] = (kind, f.contents())
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gguf-tok")
+    return {s: make_tokenizer(root / s, style=s, vocab_size=512) for s in ("llama3", "chatml")}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, tok_dirs: dict[str, Path]) -> dict[str, Path]:
+    """Tiny models: GQA Llama (untied), tied Qwen2 with biases, Qwen3 with q/k norms."""
+    root = tmp_path_factory.mktemp("gguf-models")
+    return {
+        "llama": make_tiny_model(root / "llama", tok_dirs["llama3"], arch="llama", num_key_value_heads=2),
+        "qwen2": make_tiny_model(root / "qwen2", tok_dirs["chatml"], arch="qwen2"),
+        "qwen3": make_tiny_model(root / "qwen3", tok_dirs["chatml"], arch="qwen3"),
+    }
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("qtype", ["f16", "q8_0", "f32", "bf16"])
+def test_tensors_and_metadata_identical_to_llama_cpp_converter(models, tmp_path, arch, qtype):
+    model = models[arch]
+    report = export_gguf(model, tmp_path / "ours.gguf", qtype=qtype)
+    ours = report.path
+    # The test tokenizers are unknown to the converter's hash table: force the name pyft chose.
+    assert report.pre is not None
+    ref = convert_hf_to_gguf(model, tmp_path / "ref.gguf", qtype, pre=report.pre)
+    t_ours, t_ref = tensors(ours), tensors(ref)
+    assert sorted(t_ours) == sorted(t_ref)
+    for name, (typ, shape, data) in t_ref.items():
+        assert t_ours[name][:2] == (typ, shape), name
+        assert t_ours[name][2] == data, f"{name}: tensor bytes differ from llama.cpp's converter"
+    k_ours, k_ref = kvs(ours), kvs(ref)
+    assert set(k_ref) - CONVERTER_ONLY == set(k_ours) - CONVERTER_ONLY
+    for key in set(k_ref) - CONVERTER_ONLY:
+        assert k_ours[key] == k_ref[key], key
+
+
+@pytest.fixture(scope="module")
+def k_model(tmp_path_factory: pytest.TempPathFactory, tok_dirs: dict[str, Path]) -> Path:
+    """Rows that fit 256-blocks (hidden 256, intermediate 512), 8 layers so the Q4_K_M mix varies
+    per layer, bf16 weights, plus an odd-width model for the fallback types."""
+    root = tmp_path_factory.mktemp("gguf-kq")
+    return make_tiny_model(root / "llama", tok_dirs["llama3"], arch="llama", hidden_size=256, intermediate_size=512,
+                           num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2, dtype="bfloat16")
+
+
+@pytest.mark.parametrize("qtype", ["q4_k_m", "q6_k", "q5_k_m", "q4_0"])
+def test_quantized_mixes_identical_to_llama_quantize(k_model, tmp_path, qtype):
+    """llama.cpp's route: a BF16 GGUF (lossless for bf16 weights), then llama-quantize."""
+    bf16 = export_gguf(k_model, tmp_path / "bf16.gguf", qtype="bf16").path
+    ref = llama_quantize(bf16, tmp_path / "ref.gguf", qtype)
+    ours = export_gguf(k_model, tmp_path / "ours.gguf", qtype=qtype).path
+    t_ours, t_ref = tensors(ours), tensors(ref)
+    assert sorted(t_ours) == sorted(t_ref)
+    for name, (typ, shape, data) in t_ref.items():
+        assert t_ours[name][:2] == (typ, shape), name
+        assert t_ours[name][2] == data, f"{name} ({typ}): bytes differ from llama-quantize"
+    assert kvs(ours)["general.file_type"] == kvs(ref)["general.file_type"]
+    if qtype == "q4_k_m":
+        kinds = {name: t[0] for name, t in t_ours.items()}
+        assert kinds["output.weight"] == "Q6_K" and kinds["blk.0.attn_v.weight"] == "Q6_K"
+        assert kinds["blk.2.attn_v.weight"] == "Q4_K" and kinds["blk.3.attn_v.weight"] == "Q6_K"
+        assert kinds["blk.0.attn_q.weight"] == "Q4_K" and kinds["blk.2.ffn_down.weight"] == "Q4_K"
+
+
+def test_odd_rows_fall_back_like_llama_quantize(tok_dirs, tmp_path):
+    model = make_tiny_model(tmp_path / "odd", tok_dirs["chatml"], arch="qwen2", hidden_size=64 * 3,
+                            intermediate_size=256, num_attention_heads=3, num_key_value_heads=1, dtype="bfloat16")
+    bf16 = export_gguf(model, tmp_path / "bf16.gguf", qtype="bf16").path
+    for qtype in ("q4_k_m", "q5_k_m"):
+        ref = tensors(llama_quantize(bf16, tmp_path / f"ref-{qtype}.gguf", qtype))
+        ours = tensors(export_gguf(model, tmp_path / f"{qtype}.gguf", qtype=qtype).path)
+        assert {n: t[0] for n, t in ours.items()} == {n: t[0] for n, t in ref.items()}
+        assert ours == ref
+        assert ours["blk.0.attn_q.weight"][0] in ("Q5_0", "Q5_1")
+
+
+def _hf_logits(model_dir: Path, ids: list[int], adapter: Path | None = None) -> np.ndarray:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    with torch.no_grad():
+        return model(torch.tensor([ids]), use_cache=False).logits[0].numpy()
+
+
+def _llama_logits(path: Path, ids: list[int], lora: Path | None = None) -> np.ndarray:
+    from llama_cpp import Llama
+
+    llm = Llama(str(path), lora_path=str(lora) if lora else None, logits_all=True, n_ctx=128, verbose=False,
+                n_threads=2)
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)])
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_llama_cpp_logits_match_transformers(models, tmp_path, arch):
+    ids = list(range(7, 7 + 24))
+    ref = _hf_logits(models[arch], ids)
+    for qtype, tol in (("f32", 2e-3), ("f16", 1e-2), ("q8_0", 5e-2)):
+        got = _llama_logits(export_gguf(models[arch], tmp_path / f"{qtype}.gguf", qtype=qtype).path, ids)
+        assert _rel(got, ref) <= tol, (qtype, _rel(got, ref))
+
+
+def _peft_adapter(base: Path, out: Path, *, r: int = 8, alpha: int = 16, rslora: bool = False,
+                  rank_pattern: dict | None = None, seed: int = 0) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, rank_pattern=rank_pattern or {},
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                     init_lora_weights=False)
+    peft_model = get_peft_model(model, cfg)
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("variant", ["lora", "rslora", "rank_pattern"])
+def test_gguf_lora_in_llama_cpp_matches_peft(models, tmp_path, arch, variant):
+    base = models[arch]
+    kw = {"rslora": dict(r=16, alpha=8, rslora=True), "lora": {},
+          "rank_pattern": dict(rank_pattern={"q_proj": 4, "down_proj": 12})}[variant]
+    adapter = _peft_adapter(base, tmp_path / "adapter", **kw)
+    base_gguf = export_gguf(base, tmp_path / "base.gguf", qtype="f32").path
+    lora_gguf = export_gguf_lora(adapter, base, tmp_path / "lora.gguf").path
+    ids = list(range(11, 11 + 20))
+    ref = _hf_logits(base, ids, adapter)
+    got = _llama_logits(base_gguf, ids, lora_gguf)
+    base_only = _llama_logits(base_gguf, ids)
+    assert np.abs(base_only - ref).max() > 1e-2, "the adapter must change the logits for the test to mean anything"
+    assert np.abs(got - ref).max() <= 1e-3, np.abs(got - ref).max()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gguf_lora_tensors_identical_to_llama_cpp_converter(models, tmp_path, arch):
+    adapter = _peft_adapter(models[arch], tmp_path / "adapter")
+    ours = tensors(export_gguf_lora(adapter, models[arch], tmp_path / "ours.gguf").path)
+    ref = tensors(convert_lora_to_gguf(adapter, models[arch], tmp_path / "ref.gguf", "f32"))
+    assert ours == ref
+    k = kvs(tmp_path / "ours.gguf")
+    assert k["general.type"][1] == "adapter" and k["adapter.type"][1] == "lora"
+    assert k["adapter.lora.alpha"] == ("FLOAT32", 16.0)
+
+
+def test_rslora_alpha_is_scaled_for_llama_cpp(models, tmp_path):
+    adapter = _peft_adapter(models["llama"], tmp_path / "adapter", r=16, alpha=8, rslora=True)
+    k = kvs(export_gguf_lora(adapter, models["llama"], tmp_path / "a.gguf").path)
+    assert k["adapter.lora.alpha"] == ("FLOAT32", 32.0)  # 8 * sqrt(16): llama.cpp's alpha/r = PEFT's alpha/sqrt(r)
+
+
+def test_adapter_merged_on_the_fly_matches_merge_then_export(models, tmp_path):
+    from pyft.io.merge import merge
+
+    adapter = _peft_adapter(models["llama"], tmp_path / "adapter")
+    merged = tmp_path / "merged"
+    merge(models["llama"], adapter, merged)
+    a = tensors(export_gguf(merged, tmp_path / "a.gguf", qtype="q8_0").path)
+    b = tensors(export_gguf(models["llama"], tmp_path / "b.gguf", qtype="q8_0", adapters=[adapter]).path)
+    assert a == b
+
+
+# --- bad input: clear errors, no partial output ---------------------------------------------------------
+
+
+def test_unsupported_architecture_and_type(models, tmp_path):
+    import shutil
+
+    model = tmp_path / "gpt2"
+    shutil.copytree(models["llama"], model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    (model / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="unsupported architecture.*GPT2LMHeadModel"):
+        export_gguf(model, tmp_path / "x.gguf")
+    with pytest.raises(ConfigError, match="unknown GGUF quantization type `q3_k_s`"):
+        export_gguf(models["llama"], tmp_path / "x.gguf", qtype="q3_k_s")
+    assert not list(tmp_path.glob("x.gguf*"))
+
+
+def test_adapter_for_another_base_is_refused(models, tmp_path):
+    adapter = _peft_adapter(models["qwen2"], tmp_path / "adapter")
+    with pytest.raises(DataError, match="different base model|shape"):
+        export_gguf(models["llama"], tmp_path / "x.gguf", adapters=[adapter])
+    with pytest.raises(DataError, match="different base model|shape"):
+        export_gguf_lora(adapter, models["llama"], tmp_path / "y.gguf")
+    assert not list(tmp_path.glob("*.gguf*"))
+
+
+def test_missing_tensor_and_hostile_header(models, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    missing = tmp_path / "missing"
+    shutil.copytree(models["llama"], missing)
+    weights = load_file(missing / "model.safetensors")
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, missing / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match="blk.1.ffn_up.weight"):
+        export_gguf(missing, tmp_path / "m.gguf")
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(models["llama"], hostile)
+    data = (hostile / "model.safetensors").read_bytes()
+    (hostile / "model.safetensors").write_bytes((10**12).to_bytes(8, "little") + data[8:])
+    with pytest.raises(DataError, match="model.safetensors"):
+        export_gguf(hostile, tmp_path / "h.gguf")
+    assert not list(tmp_path.glob("*.gguf*"))
+
+
+def test_dora_and_modules_to_save_have_no_gguf_lora_form(models, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(models["llama"])
+    dora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    dora.save_pretrained(tmp_path / "dora")
+    with pytest.raises(DataError, match="DoRA.*merge"):
+        export_gguf_lora(tmp_path / "dora", models["llama"], tmp_path / "d.gguf")
+    assert not (tmp_path / "d.gguf").exists()
+
+
+def test_existing_output_is_not_overwritten(models, tmp_path):
+    out = tmp_path / "x.gguf"
+    out.write_bytes(b"keep")
+    with pytest.raises(ConfigError, match="exists"):
+        export_gguf(models["llama"], out)
+    assert out.read_bytes() == b"keep"
