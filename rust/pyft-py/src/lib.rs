@@ -5,6 +5,7 @@
 
 mod data;
 mod error;
+mod gguf_vocab;
 mod merge;
 
 use pyo3::prelude::*;
@@ -20,6 +21,8 @@ extern "C" fn after_fork_in_child() {
 mod _core {
     #[pymodule_export]
     use super::data::{builtin_template, builtin_template_names, prepare, render_template, PyTokenizer};
+    #[pymodule_export]
+    use super::gguf_vocab::gguf_tokenizer_metadata;
     #[pymodule_export]
     use super::merge::merge;
     #[pymodule_export]
