@@ -211,3 +211,84 @@ def test_malformed_files_name_the_file(tmp_path, bpe_tokenizers, spm_model):
     (model / "tokenizer.model").write_bytes(b"\x0a\x02\x0a")
     with pytest.raises(DataError, match=r"tokenizer\.model.*pieces\[0\]"):
         ours(model, "llama")
+
+
+def _hf_spm_tokenizer_json(spm_model: Path) -> dict:
+    """An HF tokenizer.json in the shape of a SentencePiece model converted by transformers (BPE
+    with byte_fallback, a Sequence decoder), so Llama's converter takes `_set_vocab_llama_hf`."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    vocab = {sp.id_to_piece(i): i for i in range(sp.vocab_size())}
+    n = sp.vocab_size()
+
+    def added(i: int, content: str, special: bool) -> dict:
+        return {"id": i, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+                "normalized": False, "special": special}
+
+    bos = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [added(0, "<unk>", True), added(1, "<s>", True), added(2, "</s>", True),
+                         added(n, "<|im_end|>", True), added(n + 1, "<tool_x>", False)],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u2581"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
+        "pre_tokenizer": None,
+        "post_processor": {"type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos,
+                                    {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
+            {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": vocab, "merges": []},
+    }
+
+
+def test_llama_hf_spm_style_tokenizer_json_matches_converter(tmp_path, bpe_tokenizers, spm_model):
+    model = make_tiny_model(tmp_path / "model", bpe_tokenizers["llama3"], arch="llama")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        (model / name).unlink(missing_ok=True)
+    tj = _hf_spm_tokenizer_json(spm_model)
+    (model / "tokenizer.json").write_text(json.dumps(tj))
+    tc = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+          "additional_special_tokens": ["<|im_end|>"], "add_bos_token": True}
+    (model / "tokenizer_config.json").write_text(json.dumps(tc))
+    config = json.loads((model / "config.json").read_text())
+    config.update(vocab_size=len(tj["model"]["vocab"]) + 2, bos_token_id=1, eos_token_id=2)
+    config.pop("pad_token_id", None)
+    (model / "config.json").write_text(json.dumps(config))
+    meta, _ = ours(model, "llama")
+    rows = as_rows(meta)
+    assert_same(rows, converter_rows(model, tmp_path / "m.gguf", None))
+    by_key = {r[0]: r for r in rows}
+    assert by_key["tokenizer.ggml.model"][3] == "llama" and meta["pre"] == "default"
+    types = by_key["tokenizer.ggml.token_type"][3]
+    # unk/bos/eos are special (CONTROL); the SentencePiece user-defined piece `<tool>` is a plain vocab entry
+    # (NORMAL); `<0x00>` is BYTE; the added tokens past the vocabulary come last.
+    assert types[:5] == [3, 3, 3, 1, 6]
+    assert by_key["tokenizer.ggml.tokens"][3][-2:] == ["<|im_end|>", "<tool_x>"] and types[-2:] == [3, 4]
+
+
+@pytest.mark.parametrize("style", ["chatml", "llama3", "alpaca"])
+def test_chkhsh_matches_the_converters_method(bpe_tokenizers, style):
+    """The chkhsh pyft reports is the converter's: sha256(str(AutoTokenizer.encode(chktxt)))."""
+    import ast
+    import re
+
+    from transformers import AutoTokenizer
+
+    src = (llamacpp.llama_cpp_src() / "conversion" / "base.py").read_text(encoding="utf-8")
+    chktxt = ast.literal_eval(re.search(r"chktxt = ('.*')\n", src[src.index("def get_vocab_base_pre"):]).group(1))
+    tok = AutoTokenizer.from_pretrained(bpe_tokenizers[style])
+    chkhsh = hashlib.sha256(str(tok.encode(chktxt)).encode()).hexdigest()
+    model = bpe_tokenizers[style]
+    (model / "config.json").write_text(json.dumps({"vocab_size": 512}))
+    try:
+        _, warnings = ours(model, "llama")
+    finally:
+        (model / "config.json").unlink()
+    assert any(f"chkhsh {chkhsh}" in w for w in warnings), warnings
