@@ -7,6 +7,7 @@ mod data;
 mod error;
 mod export;
 mod inspect;
+mod gguf_vocab;
 mod merge;
 
 use pyo3::prelude::*;
@@ -26,6 +27,8 @@ mod _core {
     use super::export::{export_gguf, export_gguf_lora};
     #[pymodule_export]
     use super::inspect::gguf_read_metadata;
+    #[pymodule_export]
+    use super::gguf_vocab::gguf_tokenizer_metadata;
     #[pymodule_export]
     use super::merge::merge;
     #[pymodule_export]

@@ -318,19 +318,19 @@ fn ensure_unique(kv: &mut KvList, source: &Path, warnings: &mut Vec<String>) -> 
             }
         }
     }
-    for i in 0..tokens.len() {
-        if !is_pad(i, &tokens[i]) {
+    for (i, token) in tokens.iter_mut().enumerate() {
+        if !is_pad(i, token) {
             continue;
         }
-        let mut name = tokens[i].clone();
+        let mut name = token.clone();
         if seen.contains_key(&name) {
             while seen.contains_key(&name) {
                 name.push('_');
             }
-            warnings.push(format!("padding token for id {i} renamed to {name:?}: {:?} is a real token", tokens[i]));
+            warnings.push(format!("padding token for id {i} renamed to {name:?}: {token:?} is a real token"));
         }
         seen.insert(name.clone(), i);
-        tokens[i] = name;
+        *token = name;
     }
     Ok(())
 }
