@@ -23,9 +23,34 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// ggml's `nearest_int`: round half to even by adding 1.5·2^23 and reading the low mantissa bits.
 /// Exactly `round_ties_even` for |v| ≤ 4194303; kept as the bit trick so that out-of-range values
 /// (NaN, ±inf, huge) give ggml's bytes too, without a panic.
-#[inline]
+#[inline(always)]
 fn nearest(v: f32) -> i32 {
     ((v + 12_582_912.0).to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+/// Defines `pub(super) fn $name(src, dst)` running `$body` compiled for AVX2 when the CPU has it
+/// (twice as many lanes per instruction for the same per-lane arithmetic), else for the baseline
+/// target. Only `avx2` is enabled, not `fma`, and Rust never contracts `a*b + c` on its own, so
+/// both builds give identical bits (the vector tests run the AVX2 build on such CPUs, the unit
+/// tests compare it with the baseline one).
+macro_rules! with_avx2 {
+    ($name:ident, $body:ident) => {
+        pub(super) fn $name(src: &[f32], dst: &mut [u8]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2(src: &[f32], dst: &mut [u8]) {
+                    $body(src, dst)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    unsafe { avx2(src, dst) };
+                    return;
+                }
+            }
+            $body(src, dst)
+        }
+    };
 }
 
 #[inline]
@@ -125,6 +150,7 @@ fn qkx2(x: &[f32; 32], w: &[f32; 32], p: &Qkx2, l: &mut [u8; 32]) -> (f32, f32) 
 /// sequential arithmetic (same operations, same order); branches become per-lane selects, so the
 /// inner loops vectorize across sub-blocks without changing a bit. Writes `l[i][j]` (as exact
 /// small integers), returns `(scale, min_out)` per lane.
+#[inline(always)]
 fn qkx2_lanes(x: &[[f32; 8]; 32], w: &[[f32; 8]; 32], p: &Qkx2, l: &mut [[f32; 8]; 32]) -> ([f32; 8], [f32; 8]) {
     let (nmax, qmax) = (p.nmax as f32, p.nmax);
     let quant = |v: f32| nearest(v).clamp(0, qmax) as f32;
@@ -232,6 +258,7 @@ fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
 /// The shared part of Q4_K and Q5_K: scale search per sub-block, 6-bit scale/min packing, final
 /// quants with the stored scales. Writes `d`, `dmin` and `scales[12]` into `head` (16 bytes) and
 /// the quants (0..=nmax) into `l`.
+#[inline(always)]
 fn quantize_scale_min_block(x: &[f32; QK_K], p: &Qkx2, head: &mut [u8], l: &mut [u8; QK_K]) {
     // Transpose: lane j holds sub-block j (values 32j..32j+32).
     let xt: [[f32; 8]; 32] = std::array::from_fn(|i| std::array::from_fn(|j| x[32 * j + i]));
@@ -294,7 +321,10 @@ fn quantize_scale_min_block(x: &[f32; QK_K], p: &Qkx2, head: &mut [u8], l: &mut 
     }
 }
 
-pub(super) fn quantize_q4_k(src: &[f32], dst: &mut [u8]) {
+with_avx2!(quantize_q4_k, quantize_q4_k_impl);
+
+#[inline(always)]
+fn quantize_q4_k_impl(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.as_chunks::<QK_K>().0.iter().zip(dst.as_chunks_mut::<144>().0) {
         let (head, qs) = y.split_at_mut(16);
@@ -307,7 +337,10 @@ pub(super) fn quantize_q4_k(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-pub(super) fn quantize_q5_k(src: &[f32], dst: &mut [u8]) {
+with_avx2!(quantize_q5_k, quantize_q5_k_impl);
+
+#[inline(always)]
+fn quantize_q5_k_impl(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.as_chunks::<QK_K>().0.iter().zip(dst.as_chunks_mut::<176>().0) {
         let (head, rest) = y.split_at_mut(16);
@@ -422,6 +455,7 @@ fn qx16(x: &[f32; 16], l: &mut [u8]) -> f32 {
 /// [`qx16`] on the 16 sub-blocks of a Q6_K super-block at once, one sub-block per lane
 /// (`x[i][j]` = value `i` of sub-block `j`); per-lane arithmetic identical to ggml's, branches as
 /// selects. Writes `l[i][j]` (0..=63), returns the scale per lane.
+#[inline(always)]
 fn qx_lanes(x: &[[f32; 16]; 16], l: &mut [[u8; 16]; 16]) -> [f32; 16] {
     const NMAX: i32 = 32;
     let (mut amax, mut max) = ([0f32; 16], [0f32; 16]);
@@ -484,7 +518,10 @@ fn qx_lanes(x: &[[f32; 16]; 16], l: &mut [[u8; 16]; 16]) -> [f32; 16] {
     scale
 }
 
-pub(super) fn quantize_q6_k(src: &[f32], dst: &mut [u8]) {
+with_avx2!(quantize_q6_k, quantize_q6_k_impl);
+
+#[inline(always)]
+fn quantize_q6_k_impl(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.as_chunks::<QK_K>().0.iter().zip(dst.as_chunks_mut::<210>().0) {
         let xt: [[f32; 16]; 16] = std::array::from_fn(|i| std::array::from_fn(|j| x[16 * j + i]));
@@ -619,6 +656,22 @@ mod tests {
                 assert_eq!(qx16(&xs, &mut ls).to_bits(), scales[j].to_bits());
                 assert!(ls.iter().enumerate().all(|(i, &q)| q == lt[i][j]));
             }
+        }
+    }
+
+    #[test]
+    fn dispatched_kernels_equal_the_baseline_build() {
+        let x: Vec<f32> = stress_blocks().concat();
+        let blocks = x.len() / QK_K;
+        for (dispatched, baseline, size) in [
+            (quantize_q4_k as fn(&[f32], &mut [u8]), quantize_q4_k_impl as fn(&[f32], &mut [u8]), 144),
+            (quantize_q5_k, quantize_q5_k_impl, 176),
+            (quantize_q6_k, quantize_q6_k_impl, 210),
+        ] {
+            let (mut a, mut b) = (vec![0u8; blocks * size], vec![0u8; blocks * size]);
+            dispatched(&x, &mut a);
+            baseline(&x, &mut b);
+            assert!(a == b, "block size {size}");
         }
     }
 
