@@ -118,7 +118,7 @@ impl GgmlType {
 
     /// Bytes of one row of `n` values, or `None` when `n` is not a multiple of the block size.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
-        (n % self.block_size() == 0).then(|| n / self.block_size() * self.type_size())
+        n.is_multiple_of(self.block_size()).then(|| n / self.block_size() * self.type_size())
     }
 }
 

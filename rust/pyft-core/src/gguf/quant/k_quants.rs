@@ -547,8 +547,8 @@ fn quantize_q6_k_impl(src: &[f32], dst: &mut [u8]) {
         let d_bits = f32_to_f16(1.0 / iscale);
         let sc: [i8; 16] = std::array::from_fn(|j| nearest(iscale * scales[j]).min(127) as i8);
         let d = f16_to_f32(d_bits);
-        for j in 0..16 {
-            let dd = d * f32::from(sc[j]);
+        for (j, &s) in sc.iter().enumerate() {
+            let dd = d * f32::from(s);
             if dd == 0.0 {
                 continue; // keep the scale search's quants
             }
