@@ -23,9 +23,34 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// ggml's `nearest_int`: round half to even by adding 1.5·2^23 and reading the low mantissa bits.
 /// Exactly `round_ties_even` for |v| ≤ 4194303; kept as the bit trick so that out-of-range values
 /// (NaN, ±inf, huge) give ggml's bytes too, without a panic.
-#[inline]
+#[inline(always)]
 fn nearest(v: f32) -> i32 {
     ((v + 12_582_912.0).to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+/// Defines `pub(super) fn $name(src, dst)` running `$body` compiled for AVX2 when the CPU has it
+/// (twice as many lanes per instruction for the same per-lane arithmetic), else for the baseline
+/// target. Only `avx2` is enabled, not `fma`, and Rust never contracts `a*b + c` on its own, so
+/// both builds give identical bits (the vector tests run the AVX2 build on such CPUs, the unit
+/// tests compare it with the baseline one).
+macro_rules! with_avx2 {
+    ($name:ident, $body:ident) => {
+        pub(super) fn $name(src: &[f32], dst: &mut [u8]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2(src: &[f32], dst: &mut [u8]) {
+                    $body(src, dst)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    unsafe { avx2(src, dst) };
+                    return;
+                }
+            }
+            $body(src, dst)
+        }
+    };
 }
 
 #[inline]
@@ -48,7 +73,8 @@ const Q5K_SEARCH: Qkx2 = Qkx2 { nmax: 31, rmin: -0.5, rdelta: 0.1, nstep: 15 };
 
 /// Weighted least-squares search for `x ≈ scale·L − min_out` with `L` in `0..=nmax` over 32
 /// values (ggml's `make_qkx2_quants`, squared error). Writes `L`, returns `(scale, min_out)`,
-/// `min_out ≥ 0`.
+/// `min_out ≥ 0`. Scalar reference for [`qkx2_lanes`].
+#[cfg(test)]
 fn qkx2(x: &[f32; 32], w: &[f32; 32], p: &Qkx2, l: &mut [u8; 32]) -> (f32, f32) {
     let nmax = p.nmax as f32;
     // Start from element 0 as ggml does (this also fixes the sign of a zero sum).
@@ -118,6 +144,107 @@ fn qkx2(x: &[f32; 32], w: &[f32; 32], p: &Qkx2, l: &mut [u8; 32]) -> (f32, f32) 
     (scale, -min)
 }
 
+/// [`qkx2`] on the 8 sub-blocks of a super-block at once, one sub-block per lane.
+///
+/// `x[i][j]`/`w[i][j]` are value/weight `i` of sub-block `j`. Each lane runs exactly ggml's
+/// sequential arithmetic (same operations, same order); branches become per-lane selects, so the
+/// inner loops vectorize across sub-blocks without changing a bit. Writes `l[i][j]` (as exact
+/// small integers), returns `(scale, min_out)` per lane.
+#[inline(always)]
+fn qkx2_lanes(x: &[[f32; 8]; 32], w: &[[f32; 8]; 32], p: &Qkx2, l: &mut [[f32; 8]; 32]) -> ([f32; 8], [f32; 8]) {
+    let (nmax, qmax) = (p.nmax as f32, p.nmax);
+    let quant = |v: f32| nearest(v).clamp(0, qmax) as f32;
+    let (mut min, mut max, mut sum_w) = (x[0], x[0], w[0]);
+    let mut sum_x: [f32; 8] = std::array::from_fn(|j| w[0][j] * x[0][j]);
+    for (xi, wi) in x.iter().zip(w).skip(1) {
+        for j in 0..8 {
+            min[j] = if xi[j] < min[j] { xi[j] } else { min[j] };
+            max[j] = if xi[j] > max[j] { xi[j] } else { max[j] };
+            sum_w[j] += wi[j];
+            sum_x[j] += wi[j] * xi[j];
+        }
+    }
+    for m in &mut min {
+        if *m > 0.0 {
+            *m = 0.0;
+        }
+    }
+    // Lanes with max == min return early in ggml (scale 0, all L = 0); here they compute
+    // throw-away values and are overwritten at the end.
+    let flat: [bool; 8] = std::array::from_fn(|j| max[j] == min[j]);
+    let first_min = min;
+    let iscale: [f32; 8] = std::array::from_fn(|j| nmax / (max[j] - min[j]));
+    let mut scale: [f32; 8] = std::array::from_fn(|j| 1.0 / iscale[j]);
+    let mut best = [0f32; 8];
+    for ((li, xi), wi) in l.iter_mut().zip(x).zip(w) {
+        for j in 0..8 {
+            li[j] = quant(iscale[j] * (xi[j] - min[j]));
+            let diff = scale[j] * li[j] + min[j] - xi[j];
+            best[j] += wi[j] * (diff * diff);
+        }
+    }
+    let mut trial = [[0f32; 8]; 32];
+    for step in 0..=p.nstep {
+        // `min` may have been replaced by an earlier step: ggml uses the current value.
+        let grid = p.rmin + p.rdelta * step as f32 + nmax;
+        let iscale: [f32; 8] = std::array::from_fn(|j| grid / (max[j] - min[j]));
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+        for ((ti, xi), wi) in trial.iter_mut().zip(x).zip(w) {
+            for j in 0..8 {
+                ti[j] = quant(iscale[j] * (xi[j] - min[j]));
+                let wl = wi[j] * ti[j];
+                sum_l[j] += wl;
+                sum_l2[j] += wl * ti[j];
+                sum_xl[j] += wl * xi[j];
+            }
+        }
+        let mut this_scale = [0f32; 8];
+        let mut this_min = [0f32; 8];
+        let mut ok = [false; 8];
+        for j in 0..8 {
+            let det = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j];
+            ok[j] = det > 0.0;
+            let s = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / det;
+            let m = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / det;
+            (this_scale[j], this_min[j]) = if m > 0.0 { (sum_xl[j] / sum_l2[j], 0.0) } else { (s, m) };
+        }
+        let mut err = [0f32; 8];
+        for ((ti, xi), wi) in trial.iter().zip(x).zip(w) {
+            for j in 0..8 {
+                let diff = this_scale[j] * ti[j] + this_min[j] - xi[j];
+                err[j] += wi[j] * (diff * diff);
+            }
+        }
+        let better: [bool; 8] = std::array::from_fn(|j| ok[j] && err[j] < best[j]);
+        if better.contains(&true) {
+            for (li, ti) in l.iter_mut().zip(&trial) {
+                for j in 0..8 {
+                    li[j] = if better[j] { ti[j] } else { li[j] };
+                }
+            }
+            for j in 0..8 {
+                if better[j] {
+                    best[j] = err[j];
+                    scale[j] = this_scale[j];
+                    min[j] = this_min[j];
+                }
+            }
+        }
+    }
+    let mut the_min = [0f32; 8];
+    for j in 0..8 {
+        if flat[j] {
+            scale[j] = 0.0;
+            min[j] = first_min[j];
+            for li in l.iter_mut() {
+                li[j] = 0.0;
+            }
+        }
+        the_min[j] = -min[j];
+    }
+    (scale, the_min)
+}
+
 /// The 6-bit scale and min of sub-block `j` from the packed `scales[12]` (`get_scale_min_k4`).
 #[inline]
 fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
@@ -131,20 +258,27 @@ fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
 /// The shared part of Q4_K and Q5_K: scale search per sub-block, 6-bit scale/min packing, final
 /// quants with the stored scales. Writes `d`, `dmin` and `scales[12]` into `head` (16 bytes) and
 /// the quants (0..=nmax) into `l`.
+#[inline(always)]
 fn quantize_scale_min_block(x: &[f32; QK_K], p: &Qkx2, head: &mut [u8], l: &mut [u8; QK_K]) {
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
+    // Transpose: lane j holds sub-block j (values 32j..32j+32).
+    let xt: [[f32; 8]; 32] = std::array::from_fn(|i| std::array::from_fn(|j| x[32 * j + i]));
+    let mut sum_x2 = [0f32; 8];
+    for xi in &xt {
+        for j in 0..8 {
+            sum_x2[j] += xi[j] * xi[j];
+        }
+    }
+    let av: [f32; 8] = std::array::from_fn(|j| (sum_x2[j] / 32.0).sqrt());
+    let wt: [[f32; 8]; 32] = std::array::from_fn(|i| std::array::from_fn(|j| av[j] + xt[i][j].abs()));
+    let mut lt = [[0f32; 8]; 32];
+    let (scales, mins) = qkx2_lanes(&xt, &wt, p, &mut lt);
+    for (i, li) in lt.iter().enumerate() {
+        for (j, &q) in li.iter().enumerate() {
+            l[32 * j + i] = q as u8;
+        }
+    }
     let (mut max_scale, mut max_min) = (0f32, 0f32);
     for j in 0..8 {
-        let xs: &[f32; 32] = x[32 * j..32 * j + 32].try_into().expect("32 values");
-        let mut sum_x2 = 0f32;
-        for &v in xs {
-            sum_x2 += v * v;
-        }
-        let av = (sum_x2 / 32.0).sqrt();
-        let w: [f32; 32] = std::array::from_fn(|i| av + xs[i].abs());
-        let ls: &mut [u8; 32] = (&mut l[32 * j..32 * j + 32]).try_into().expect("32 quants");
-        (scales[j], mins[j]) = qkx2(xs, &w, p, ls);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -187,7 +321,10 @@ fn quantize_scale_min_block(x: &[f32; QK_K], p: &Qkx2, head: &mut [u8], l: &mut 
     }
 }
 
-pub(super) fn quantize_q4_k(src: &[f32], dst: &mut [u8]) {
+with_avx2!(quantize_q4_k, quantize_q4_k_impl);
+
+#[inline(always)]
+fn quantize_q4_k_impl(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.as_chunks::<QK_K>().0.iter().zip(dst.as_chunks_mut::<144>().0) {
         let (head, qs) = y.split_at_mut(16);
@@ -200,7 +337,10 @@ pub(super) fn quantize_q4_k(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-pub(super) fn quantize_q5_k(src: &[f32], dst: &mut [u8]) {
+with_avx2!(quantize_q5_k, quantize_q5_k_impl);
+
+#[inline(always)]
+fn quantize_q5_k_impl(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.as_chunks::<QK_K>().0.iter().zip(dst.as_chunks_mut::<176>().0) {
         let (head, rest) = y.split_at_mut(16);
@@ -264,6 +404,8 @@ pub(super) fn dequantize_q5_k(src: &[u8], dst: &mut [f32]) {
 
 /// Weighted (w = x²) search for `x ≈ scale·(L − 32)` with `L` in `0..=63` over 16 values
 /// (ggml's `make_qx_quants(16, 32, x, L, rmse_type = 1, NULL)`). Writes `L`, returns `scale`.
+/// Scalar reference for [`qx_lanes`].
+#[cfg(test)]
 fn qx16(x: &[f32; 16], l: &mut [u8]) -> f32 {
     const NMAX: i32 = 32;
     let (mut amax, mut max) = (0f32, 0f32);
@@ -310,17 +452,91 @@ fn qx16(x: &[f32; 16], l: &mut [u8]) -> f32 {
     scale
 }
 
-pub(super) fn quantize_q6_k(src: &[f32], dst: &mut [u8]) {
+/// [`qx16`] on the 16 sub-blocks of a Q6_K super-block at once, one sub-block per lane
+/// (`x[i][j]` = value `i` of sub-block `j`); per-lane arithmetic identical to ggml's, branches as
+/// selects. Writes `l[i][j]` (0..=63), returns the scale per lane.
+#[inline(always)]
+fn qx_lanes(x: &[[f32; 16]; 16], l: &mut [[u8; 16]; 16]) -> [f32; 16] {
+    const NMAX: i32 = 32;
+    let (mut amax, mut max) = ([0f32; 16], [0f32; 16]);
+    for xi in x {
+        for j in 0..16 {
+            let a = xi[j].abs();
+            (amax[j], max[j]) = if a > amax[j] { (a, xi[j]) } else { (amax[j], max[j]) };
+        }
+    }
+    // One trial for all lanes: quants (stored as l + 32) and Σ (w·x)·l, Σ (w·l)·l with w = x².
+    let run = |iscale: &[f32; 16], out: &mut [[u8; 16]; 16]| {
+        let (mut sumlx, mut suml2) = ([0f32; 16], [0f32; 16]);
+        for (oi, xi) in out.iter_mut().zip(x) {
+            for j in 0..16 {
+                let q = nearest(iscale[j] * xi[j]).clamp(-NMAX, NMAX - 1);
+                oi[j] = (q + NMAX) as u8;
+                let (w, q) = (xi[j] * xi[j], q as f32);
+                sumlx[j] += w * xi[j] * q;
+                suml2[j] += w * q * q;
+            }
+        }
+        (sumlx, suml2)
+    };
+    let iscale: [f32; 16] = std::array::from_fn(|j| -(NMAX as f32) / max[j]);
+    let (sumlx, suml2) = run(&iscale, l);
+    let mut scale: [f32; 16] = std::array::from_fn(|j| if suml2[j] != 0.0 { sumlx[j] / suml2[j] } else { 0.0 });
+    let mut best: [f32; 16] = std::array::from_fn(|j| scale[j] * sumlx[j]);
+    let mut trial = [[0u8; 16]; 16];
+    for step in -9..=9 {
+        if step == 0 {
+            continue;
+        }
+        let grid = -(NMAX as f32 + 0.1 * step as f32);
+        let iscale: [f32; 16] = std::array::from_fn(|j| grid / max[j]);
+        let (sumlx, suml2) = run(&iscale, &mut trial);
+        let better: [bool; 16] = std::array::from_fn(|j| suml2[j] > 0.0 && sumlx[j] * sumlx[j] > best[j] * suml2[j]);
+        if better.contains(&true) {
+            for (li, ti) in l.iter_mut().zip(&trial) {
+                for j in 0..16 {
+                    li[j] = if better[j] { ti[j] } else { li[j] };
+                }
+            }
+            for j in 0..16 {
+                if better[j] {
+                    scale[j] = sumlx[j] / suml2[j];
+                    best[j] = scale[j] * sumlx[j];
+                }
+            }
+        }
+    }
+    // All-zero lanes (ggml returns early): scale 0, every L = 0.
+    for j in 0..16 {
+        if amax[j] < GROUP_MAX_EPS {
+            scale[j] = 0.0;
+            for li in l.iter_mut() {
+                li[j] = 0;
+            }
+        }
+    }
+    scale
+}
+
+with_avx2!(quantize_q6_k, quantize_q6_k_impl);
+
+#[inline(always)]
+fn quantize_q6_k_impl(src: &[f32], dst: &mut [u8]) {
     let mut l = [0u8; QK_K];
     for (x, y) in src.as_chunks::<QK_K>().0.iter().zip(dst.as_chunks_mut::<210>().0) {
-        let mut scales = [0f32; 16];
+        let xt: [[f32; 16]; 16] = std::array::from_fn(|i| std::array::from_fn(|j| x[16 * j + i]));
+        let mut lt = [[0u8; 16]; 16];
+        let scales = qx_lanes(&xt, &mut lt);
+        for (i, li) in lt.iter().enumerate() {
+            for (j, &q) in li.iter().enumerate() {
+                l[16 * j + i] = q;
+            }
+        }
         let (mut max_scale, mut max_abs) = (0f32, 0f32);
-        for j in 0..16 {
-            let xs: &[f32; 16] = x[16 * j..16 * j + 16].try_into().expect("16 values");
-            scales[j] = qx16(xs, &mut l[16 * j..16 * j + 16]);
-            if scales[j].abs() > max_abs {
-                max_abs = scales[j].abs();
-                max_scale = scales[j];
+        for &sc in &scales {
+            if sc.abs() > max_abs {
+                max_abs = sc.abs();
+                max_scale = sc;
             }
         }
         if max_abs < GROUP_MAX_EPS {
@@ -331,8 +547,8 @@ pub(super) fn quantize_q6_k(src: &[f32], dst: &mut [u8]) {
         let d_bits = f32_to_f16(1.0 / iscale);
         let sc: [i8; 16] = std::array::from_fn(|j| nearest(iscale * scales[j]).min(127) as i8);
         let d = f16_to_f32(d_bits);
-        for j in 0..16 {
-            let dd = d * f32::from(sc[j]);
+        for (j, &s) in sc.iter().enumerate() {
+            let dd = d * f32::from(s);
             if dd == 0.0 {
                 continue; // keep the scale search's quants
             }
@@ -384,6 +600,80 @@ pub(super) fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Blocks that stress the searches: random scales and offsets, flat and all-zero
+    /// sub-blocks, single spikes, ties, tiny and huge magnitudes.
+    fn stress_blocks() -> Vec<[f32; QK_K]> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 // [0, 1)
+        };
+        let mut blocks = Vec::new();
+        for b in 0..300 {
+            let scale = [1e-7f32, 1e-3, 0.05, 1.0, 1e3][b % 5];
+            let offset = [0.0f32, 0.5, -0.5, 2.0][b / 5 % 4];
+            let mut x: [f32; QK_K] = std::array::from_fn(|_| (next() - 0.5 + offset) * scale);
+            match b % 7 {
+                0 => x[..32].fill(0.0),
+                1 => x[32..64].fill(0.25),
+                2 => x[100] = 50.0 * scale,
+                3 => x[16..48].fill(-1.5),
+                4 => x.iter_mut().for_each(|v| *v = (*v * 8.0).round() / 8.0),
+                _ => {}
+            }
+            blocks.push(x);
+        }
+        blocks
+    }
+
+    #[test]
+    fn lane_searches_equal_the_scalar_reference() {
+        for x in stress_blocks() {
+            for p in [&Q4K_SEARCH, &Q5K_SEARCH] {
+                let xt: [[f32; 8]; 32] = std::array::from_fn(|i| std::array::from_fn(|j| x[32 * j + i]));
+                let wt: [[f32; 8]; 32] =
+                    std::array::from_fn(|i| std::array::from_fn(|j| 0.3 + xt[i][j].abs() * (1 + j) as f32));
+                let mut lt = [[0f32; 8]; 32];
+                let (scales, mins) = qkx2_lanes(&xt, &wt, p, &mut lt);
+                for j in 0..8 {
+                    let xs: [f32; 32] = std::array::from_fn(|i| xt[i][j]);
+                    let ws: [f32; 32] = std::array::from_fn(|i| wt[i][j]);
+                    let mut ls = [0u8; 32];
+                    let (sc, mn) = qkx2(&xs, &ws, p, &mut ls);
+                    assert_eq!((sc.to_bits(), mn.to_bits()), (scales[j].to_bits(), mins[j].to_bits()));
+                    assert!(ls.iter().enumerate().all(|(i, &q)| f32::from(q) == lt[i][j]));
+                }
+            }
+            let xt: [[f32; 16]; 16] = std::array::from_fn(|i| std::array::from_fn(|j| x[16 * j + i]));
+            let mut lt = [[0u8; 16]; 16];
+            let scales = qx_lanes(&xt, &mut lt);
+            for j in 0..16 {
+                let xs: [f32; 16] = std::array::from_fn(|i| xt[i][j]);
+                let mut ls = [0u8; 16];
+                assert_eq!(qx16(&xs, &mut ls).to_bits(), scales[j].to_bits());
+                assert!(ls.iter().enumerate().all(|(i, &q)| q == lt[i][j]));
+            }
+        }
+    }
+
+    #[test]
+    fn dispatched_kernels_equal_the_baseline_build() {
+        let x: Vec<f32> = stress_blocks().concat();
+        let blocks = x.len() / QK_K;
+        for (dispatched, baseline, size) in [
+            (quantize_q4_k as fn(&[f32], &mut [u8]), quantize_q4_k_impl as fn(&[f32], &mut [u8]), 144),
+            (quantize_q5_k, quantize_q5_k_impl, 176),
+            (quantize_q6_k, quantize_q6_k_impl, 210),
+        ] {
+            let (mut a, mut b) = (vec![0u8; blocks * size], vec![0u8; blocks * size]);
+            dispatched(&x, &mut a);
+            baseline(&x, &mut b);
+            assert!(a == b, "block size {size}");
+        }
+    }
 
     #[test]
     fn nearest_is_round_half_even() {

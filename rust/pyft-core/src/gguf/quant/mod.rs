@@ -111,7 +111,7 @@ pub fn quantize_rows(t: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8])
         return Err(Error::Option(format!("{}: rows must have at least one value", t.name())));
     }
     let row_bytes = bytes_for(t, n_per_row, "row")?;
-    if src.len() % n_per_row != 0 {
+    if !src.len().is_multiple_of(n_per_row) {
         return Err(Error::Option(format!(
             "{}: {} values are not a whole number of rows of {n_per_row}",
             t.name(),
