@@ -35,7 +35,19 @@ def prepare(
     progress: bool = False,
 ) -> str: ...
 def merge(
-    base: str, adapter: str, out: str, *, dtype: str | None = None, max_shard_bytes: int = ..., overwrite: bool = False
+    base: str,
+    adapters: list[str],
+    out: str,
+    *,
+    weights: list[float] | None = None,
+    method: str = "linear",
+    density: float | None = None,
+    seed: int = 0,
+    svd_rank: int | None = None,
+    dtype: str | None = None,
+    max_shard_bytes: int = ...,
+    overwrite: bool = False,
+    extra_files: dict[str, bytes] | None = None,
 ) -> str: ...
 def gguf_read_metadata(path: str, max_array: int = 16) -> str: ...
 def gguf_tokenizer_metadata(

@@ -170,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     from pyft.cli.merge import add_arguments as add_merge_arguments
 
-    mg = sub.add_parser("merge", help="fold a LoRA adapter into its base model (streamed, in Rust)",
-                        description="Merge a PEFT LoRA/rsLoRA/DoRA adapter into its base model directory.")
+    mg = sub.add_parser("merge", help="fold LoRA adapters into their base model (streamed, in Rust)",
+                        description="Merge PEFT LoRA/rsLoRA/DoRA adapters into their base model directory.")
     add_merge_arguments(mg)
     from pyft.cli.export import _EPILOG as export_epilog
     from pyft.cli.export import add_arguments as add_export_arguments
@@ -204,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge"]:
+        # Same function as `pyft-merge` (its positionals and options intermix, which subparsers cannot do).
+        from pyft.cli.merge import main as merge_main
+
+        return merge_main(argv[1:], prog="pyft merge")
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo,

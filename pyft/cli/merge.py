@@ -1,4 +1,8 @@
-"""``pyft-merge BASE ADAPTER OUT`` (also ``pyft merge``): fold an adapter into its base model."""
+"""``pyft-merge BASE ADAPTER OUT`` (also ``pyft merge``): fold adapters into their base model.
+
+Several adapters: ``pyft-merge BASE --adapter A --adapter B --weights 0.6,0.4 --method ties
+--density 0.5 OUT``.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +10,91 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pyft.errors import PyftError
+from pyft.errors import ConfigError, PyftError
+
+METHODS = ["linear", "ties", "dare_linear", "dare_ties", "svd"]
+
+EPILOG = """\
+methods (on each module's float32 delta weights dW_i = s_i * B_i @ A_i; a module that an adapter
+does not adapt counts as a zero delta; semantics of peft.utils.merge_utils):
+  linear       sum_i w_i dW_i  (one adapter, weight 1: the plain merge, same as PEFT merge_and_unload)
+  ties         keep the --density fraction of each dW_i with the largest |value|, elect each element's
+               sign from the sum of the pruned deltas, average the weighted values with that sign
+  dare_linear  drop elements at random (kept with probability --density, rescaled by 1/density;
+               reproducible with --seed), then linear
+  dare_ties    the same random drop, then the ties sign election and mean
+  svd          sum_i w_i dW_i truncated to rank --svd-rank (default: the largest adapter rank) by SVD,
+               as PEFT add_weighted_adapter(combination_type="svd")
+weights: one per adapter, default 1.0 each (as PEFT add_weighted_adapter). DoRA adapters merge only alone.
+
+examples:
+  pyft-merge ./base ./adapter ./merged --dtype bf16
+  pyft-merge ./base --adapter ./a --adapter ./b --weights 0.6,0.4 --method ties --density 0.5 ./merged
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The merge options (shared by ``pyft merge`` and ``pyft-merge``)."""
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
     p.add_argument("base", metavar="BASE", help="base model directory (config.json + safetensors)")
-    p.add_argument("adapter", metavar="ADAPTER", help="PEFT LoRA adapter directory")
-    p.add_argument("out", metavar="OUT", help="output model directory")
+    p.add_argument("paths", nargs="+", metavar="[ADAPTER] OUT",
+                   help="a PEFT LoRA adapter directory (or use --adapter), then the output model directory")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="an adapter to merge (repeat for several; after a positional ADAPTER if both are given)")
+    p.add_argument("--weights", metavar="W1,W2,...", help="one weight per adapter, comma-separated (default 1.0 each)")
+    p.add_argument("--method", choices=METHODS, default="linear", help="how several adapters combine (linear)")
+    p.add_argument("--density", type=float, metavar="P", help="fraction kept by ties/dare_*, in (0, 1] (required by them)")
+    p.add_argument("--svd-rank", type=int, metavar="N", help="output rank of svd (default: the largest adapter rank)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dare_* random drops (0)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="output dtype (auto: keep the base's)")
     p.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest shard file (5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
 
+def _resolve(args: argparse.Namespace) -> tuple[list[str], str, list[float] | None]:
+    """Adapters, output directory and weights from the positional and ``--adapter`` forms."""
+    if len(args.paths) > 2:
+        raise ConfigError(f"expected BASE [ADAPTER] OUT, got {len(args.paths) + 1} paths (use --adapter for several)")
+    adapters = args.paths[:-1] + args.adapter
+    if not adapters:
+        raise ConfigError("no adapter given: pass BASE ADAPTER OUT or --adapter DIR")
+    weights = None
+    if args.weights is not None:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"--weights: cannot read {args.weights!r} (example: 0.6,0.4)") from None
+    return adapters, args.paths[-1], weights
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a parsed merge command."""
     from pyft.io import merge
 
-    report = merge(args.base, args.adapter, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
+    adapters, out, weights = _resolve(args)
+    report = merge(args.base, adapters, out, weights=weights, method=args.method, density=args.density,
+                   seed=args.seed, svd_rank=args.svd_rank, dtype=args.dtype, max_shard_size=args.max_shard_size,
                    overwrite=args.overwrite)
-    print(f"merged {report['merged_modules']} modules ({report['replaced']} replaced whole) into {args.out}: "
+    what = f"{len(adapters)} adapters ({args.method})" if len(adapters) > 1 else "the adapter"
+    print(f"merged {report['merged_modules']} modules ({report['replaced']} replaced whole) of {what} into {out}: "
           f"{report['tensors']} tensors, {report['total_bytes'] / 1e9:.2f} GB in {len(report['shards'])} shard(s)")
-    print(f"serve it with: vllm serve {args.out}")
+    print(f"serve it with: vllm serve {out}")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyft-merge", description="Merge a LoRA adapter into its base model.")
+def main(argv: Sequence[str] | None = None, prog: str = "pyft-merge") -> int:
+    """``pyft-merge`` (and ``pyft merge``, which delegates here)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Merge LoRA adapters into their base model.")
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    # Intermixed: `BASE --adapter A --adapter B OUT` puts OUT after options, which plain parse_args
+    # cannot give to a positional that already took its first value.
+    args = parser.parse_intermixed_args(argv)
     try:
         return run(args)
     except (PyftError, OSError) as e:
-        print(f"pyft-merge: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
 
 

@@ -1,8 +1,9 @@
-"""``pyft.io.merge``: fold a LoRA-family adapter into its base model, streamed in Rust.
+"""``pyft.io.merge``: fold LoRA-family adapters into their base model, streamed in Rust.
 
 Each base tensor is read memory-mapped, merged in float32 (``W + s·BA``; DoRA renormalised to
-its magnitude), rounded once to the output dtype and written to the current shard. Peak memory
-is about one tensor, not the model. Output: an HF model directory (shards + index when needed,
+its magnitude; several adapters combined by ``linear``/``ties``/``dare_linear``/``dare_ties``/``svd``
+on their delta weights), rounded once to the output dtype and written to the current shard. Peak
+memory is a few tensors, not the model. Output: an HF model directory (shards + index when needed,
 ``config.json`` copied with only the dtype changed, tokenizer and generation files copied
 verbatim) that transformers and vLLM load directly.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pyft import _core
@@ -32,29 +34,62 @@ def parse_size(size: int | str) -> int:
 
 def merge(
     base: str | os.PathLike[str],
-    adapter: str | os.PathLike[str],
+    adapter: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     *,
+    weights: Sequence[float] | None = None,
+    method: str = "linear",
+    density: float | None = None,
+    seed: int = 0,
+    svd_rank: int | None = None,
     dtype: str = "auto",
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """Merge ``adapter`` into ``base`` and write ``out``.
+    """Merge one or several adapters into ``base`` and write ``out``.
+
+    Several adapters combine on their full float32 delta weights ``ΔW_i = s_i·B_i A_i`` per module
+    (a module missing from an adapter counts as a zero delta), as ``peft.utils.merge_utils`` does:
+
+    - ``linear``: ``Σ w_i ΔW_i``.
+    - ``ties``: keep the ``density`` fraction of each ``ΔW_i`` with the largest magnitude, elect each
+      element's sign from the sum of the pruned deltas, average the weighted values of that sign.
+    - ``dare_linear`` / ``dare_ties``: drop elements at random (kept with probability ``density``,
+      rescaled by ``1/density``; reproducible from ``seed``), then ``linear`` / TIES' sign election.
+    - ``svd``: ``Σ w_i ΔW_i`` truncated to rank ``svd_rank`` (default: the largest adapter rank), as
+      PEFT's ``add_weighted_adapter(combination_type="svd")``; computed from the low-rank factors.
 
     Args:
         base: base model directory (``config.json`` + safetensors).
-        adapter: PEFT LoRA adapter directory (LoRA, rsLoRA, DoRA, rank/alpha patterns,
-            ``modules_to_save``).
+        adapter: a PEFT LoRA adapter directory (LoRA, rsLoRA, DoRA, embedding LoRA, rank/alpha
+            patterns, ``modules_to_save``) or a list of them. DoRA adapters merge only alone.
         out: output directory (staged, renamed into place at the end).
+        weights: one weight per adapter. Default: 1.0 each (as PEFT's ``add_weighted_adapter``).
+        method: ``linear``, ``ties``, ``dare_linear``, ``dare_ties`` or ``svd``.
+        density: fraction kept by ``ties``/``dare_*``, in (0, 1]; required by them.
+        seed: seed of DARE's random drops.
+        svd_rank: output rank of ``svd``.
         dtype: ``auto`` (keep the base dtypes), ``bf16``, ``fp16`` or ``fp32``.
         max_shard_size: largest shard, e.g. ``5GB``.
         overwrite: replace an existing ``out``.
+        extra_files: ``{name: bytes}`` written into ``out`` after the base's tokenizer and
+            generation files are copied (replacing them), e.g. ``generation_config.json``.
 
     Returns:
         A report: ``tensors``, ``merged_modules``, ``replaced``, ``shards``, ``total_bytes``.
+
+    Raises:
+        ConfigError: bad options (weights count, method, density, extra file names).
+        DataError: an adapter that does not fit the base (names the tensor and both shapes), a
+            malformed file. Nothing is written then.
     """
+    adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter)
     report = _core.merge(
-        os.fspath(base), os.fspath(adapter), os.fspath(out),
-        dtype=None if dtype == "auto" else dtype, max_shard_bytes=parse_size(max_shard_size), overwrite=overwrite,
+        os.fspath(base), [os.fspath(a) for a in adapters], os.fspath(out),
+        weights=None if weights is None else [float(w) for w in weights], method=method, density=density,
+        seed=seed, svd_rank=svd_rank, dtype=None if dtype == "auto" else dtype,
+        max_shard_bytes=parse_size(max_shard_size), overwrite=overwrite,
+        extra_files=None if extra_files is None else {k: bytes(v) for k, v in extra_files.items()},
     )
     return json.loads(report)

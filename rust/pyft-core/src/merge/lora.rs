@@ -5,6 +5,10 @@
 //!   and `alpha` per module after `rank_pattern` / `alpha_pattern`;
 //! - DoRA: `W' = (m / ‖W + s·BA‖_row) ⊙ (W + s·BA)`, `m [out]` the learned magnitude.
 //!
+//! An `nn.Embedding` target (`lora_embedding_A [r, num_embeddings]`, `lora_embedding_B [dim, r]`)
+//! merges `(B @ A)ᵀ · s` into the `[num_embeddings, dim]` table; [`ModuleAdapter::factors`] returns
+//! it as the linear pair `(Aᵀ, Bᵀ)` so one kernel serves both.
+//!
 //! Everything is computed in f32; the caller rounds once to the output dtype.
 
 use std::collections::BTreeMap;
@@ -19,13 +23,15 @@ use crate::tensor::to_f32;
 
 const PREFIX: &str = "base_model.model.";
 
-/// The adapter tensors of one adapted linear module.
+/// The adapter tensors of one adapted linear or embedding module.
 #[derive(Debug, Clone)]
 pub struct ModuleAdapter {
-    /// `lora_A.weight`, `[r, in]`.
+    /// `lora_A.weight`, `[r, in]` (embedding: `lora_embedding_A`, `[r, num_embeddings]`).
     pub a: TensorInfo,
-    /// `lora_B.weight`, `[out, r]`.
+    /// `lora_B.weight`, `[out, r]` (embedding: `lora_embedding_B`, `[dim, r]`).
     pub b: TensorInfo,
+    /// Whether the module is an `nn.Embedding` (delta `(B @ A)ᵀ`).
+    pub embedding: bool,
     /// DoRA magnitude, `[out]`.
     pub magnitude: Option<TensorInfo>,
     /// The scale applied to `B @ A`.
@@ -41,6 +47,11 @@ pub struct LoraAdapter {
     pub modules: BTreeMap<String, ModuleAdapter>,
     /// Whole tensors of `modules_to_save`, by base tensor name (`lm_head.weight`).
     pub saved: BTreeMap<String, TensorInfo>,
+    /// Copies of the base weights of adapted embeddings (`X.base_layer.weight`, saved by PEFT with
+    /// embedding LoRA), by base tensor name (`X.weight`).
+    pub base_copies: BTreeMap<String, TensorInfo>,
+    /// The largest rank of any module (`r` and the `rank_pattern` values), PEFT's default SVD rank.
+    pub max_rank: usize,
     /// Whether the adapter is DoRA.
     pub dora: bool,
     /// The adapter directory.
@@ -87,29 +98,42 @@ impl LoraAdapter {
         let dora = cfg["use_dora"].as_bool().unwrap_or(false);
         let weights = dir.join("adapter_model.safetensors");
         let file = SafetensorsFile::open(&weights)?;
-        let mut parts: BTreeMap<String, [Option<TensorInfo>; 3]> = BTreeMap::new();
+        let mut parts: BTreeMap<String, [Option<TensorInfo>; 5]> = BTreeMap::new();
         let mut saved = BTreeMap::new();
+        let mut base_copies = BTreeMap::new();
         for t in &file.tensors {
             let name = t.name.replace(".default.", ".");
             let Some(rest) = name.strip_prefix(PREFIX) else {
                 return Err(bad(&weights, format!("tensor `{}` lacks the `{PREFIX}` prefix", t.name)));
             };
-            let slot = [".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector", ".lora_magnitude_vector.weight"]
+            // Slots: 0 A, 1 B, 2 DoRA magnitude, 3 embedding A, 4 embedding B.
+            let slot = [".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector", ".lora_embedding_A",
+                        ".lora_embedding_B", ".lora_magnitude_vector.weight"]
                 .iter()
                 .enumerate()
-                .find_map(|(i, suffix)| rest.strip_suffix(suffix).map(|m| (m, i.min(2))));
+                .find_map(|(i, suffix)| rest.strip_suffix(suffix).map(|m| (m, if i == 5 { 2 } else { i })));
             match slot {
                 Some((module, i)) => parts.entry(module.to_string()).or_default()[i] = Some(t.clone()),
                 None if rest.contains("lora_") => {
-                    return Err(bad(&weights, format!("tensor `{}` is not supported for merging (embedding LoRA?)", t.name)))
+                    return Err(bad(&weights, format!("tensor `{}` is not supported for merging", t.name)))
                 }
-                None => {
-                    saved.insert(rest.to_string(), t.clone());
-                }
+                None => match rest.strip_suffix(".base_layer.weight") {
+                    Some(module) => {
+                        base_copies.insert(format!("{module}.weight"), t.clone());
+                    }
+                    None => {
+                        saved.insert(rest.to_string(), t.clone());
+                    }
+                },
             }
         }
         let mut modules = BTreeMap::new();
-        for (module, [a, b, m]) in parts {
+        for (module, [a, b, m, ea, eb]) in parts {
+            let embedding = ea.is_some() || eb.is_some();
+            if embedding && (a.is_some() || b.is_some() || m.is_some()) {
+                return Err(bad(&weights, format!("module `{module}` mixes linear and embedding LoRA tensors")));
+            }
+            let (a, b) = if embedding { (ea, eb) } else { (a, b) };
             let (Some(a), Some(b)) = (a, b) else {
                 return Err(bad(&weights, format!("module `{module}` lacks lora_A or lora_B")));
             };
@@ -125,26 +149,69 @@ impl LoraAdapter {
                                                  if m.is_some() { "present" } else { "missing" })));
             }
             let scaling = if rslora { alpha_m / rank.sqrt() } else { alpha_m / rank } as f32;
-            modules.insert(module, ModuleAdapter { a, b, magnitude: m, scaling });
+            modules.insert(module, ModuleAdapter { a, b, embedding, magnitude: m, scaling });
         }
-        Ok(LoraAdapter { file, modules, saved, dora, dir: dir.to_path_buf() })
+        let max_rank = cfg["rank_pattern"].as_object().into_iter().flatten()
+            .filter_map(|(_, v)| v.as_f64())
+            .fold(r, f64::max) as usize;
+        Ok(LoraAdapter { file, modules, saved, base_copies, max_rank, dora, dir: dir.to_path_buf() })
     }
+}
+
+impl ModuleAdapter {
+    /// The shape `[out, in]` of the base weight this module adapts.
+    pub fn weight_shape(&self) -> [usize; 2] {
+        if self.embedding { [self.a.shape[1], self.b.shape[0]] } else { [self.b.shape[0], self.a.shape[1]] }
+    }
+
+    /// The rank.
+    pub fn rank(&self) -> usize {
+        self.a.shape[0]
+    }
+
+    /// The factors `(B [out, r], A [r, in])` in f32 with `delta = s · B @ A` in the base weight's
+    /// orientation: `(lora_B, lora_A)` for a linear module, `(Aᵀ, Bᵀ)` for an embedding.
+    pub fn factors(&self, file: &SafetensorsFile) -> (Vec<f32>, Vec<f32>) {
+        let a = to_f32(file.bytes(&self.a), self.a.dtype);
+        let b = to_f32(file.bytes(&self.b), self.b.dtype);
+        if self.embedding {
+            (transpose(&a, self.a.shape[0], self.a.shape[1]), transpose(&b, self.b.shape[0], self.b.shape[1]))
+        } else {
+            (b, a)
+        }
+    }
+}
+
+/// The transpose of a row-major `[rows, cols]` matrix.
+pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = m[i * cols + j];
+        }
+    }
+    t
 }
 
 /// Merge one module's adapter into `weight` (`[out, in]`, f32, row-major), in place.
 pub fn merge_into(weight: &mut [f32], out: usize, inp: usize, adapter: &ModuleAdapter, file: &SafetensorsFile) {
-    let a = to_f32(file.bytes(&adapter.a), adapter.a.dtype); // [r, in]
-    let b = to_f32(file.bytes(&adapter.b), adapter.b.dtype); // [out, r]
+    let (b, a) = adapter.factors(file); // [out, r], [r, in]
     let m = adapter.magnitude.as_ref().map(|t| to_f32(file.bytes(t), t.dtype));
-    let r = adapter.a.shape[0];
-    let s = adapter.scaling;
+    add_product(weight, out, inp, &b, &a, adapter.rank(), adapter.scaling, m.as_deref());
+}
+
+/// `weight += s · (B @ A)` (`B [out, r]`, `A [r, in]`), each output row optionally rescaled to
+/// `m[o] / ‖row‖` (DoRA). Rows run in parallel on large weights.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_product(weight: &mut [f32], out: usize, inp: usize, b: &[f32], a: &[f32], r: usize, s: f32,
+                          m: Option<&[f32]>) {
     let merge_row = |(o, row): (usize, &mut [f32])| {
         let mut delta = vec![0f32; inp];
-        accumulate_delta(&mut delta, &b[o * r..(o + 1) * r], &a, inp);
+        accumulate_delta(&mut delta, &b[o * r..(o + 1) * r], a, inp);
         for (w, d) in row.iter_mut().zip(&delta) {
             *w += d * s;
         }
-        if let Some(m) = &m {
+        if let Some(m) = m {
             let norm = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32;
             let factor = m[o] / norm;
             for w in row.iter_mut() {
@@ -162,7 +229,7 @@ pub fn merge_into(weight: &mut [f32], out: usize, inp: usize, adapter: &ModuleAd
 /// `delta[i] = Σ_k b_row[k] · a[k, i]`, each step a fused multiply-add (one rounding), in `k`
 /// order — the order and rounding of the BLAS kernels behind `torch.matmul`, so merged weights
 /// match PEFT's bit for bit in float32.
-fn accumulate_delta(delta: &mut [f32], b_row: &[f32], a: &[f32], inp: usize) {
+pub(crate) fn accumulate_delta(delta: &mut [f32], b_row: &[f32], a: &[f32], inp: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2") {

@@ -1,20 +1,20 @@
-//! `pyft-merge`: stream a base model's safetensors, fold the adapter in, write shards.
+//! `pyft-merge`: stream a base model's safetensors, fold the adapters in, write shards.
 //!
 //! One tensor at a time: read (memory-mapped) → f32 → add the adapter delta (or take the
 //! `modules_to_save` copy) → round once to the output dtype → append to the current shard. Peak
 //! memory is about one tensor in f32, not the model. The output directory is staged and renamed
 //! into place; `config.json` is copied with only `torch_dtype` (and `tie_word_embeddings` when an
-//! untied output layer is written) changed; tokenizer and generation files are copied verbatim.
+//! untied output layer is written) changed; tokenizer and generation files are copied verbatim,
+//! then the caller's extra files written over them. The tensors come from [`MergedModel`].
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 use crate::data::shards::StagingDir;
 use crate::error::{Error, Result};
-use crate::io::safetensors::{model_files, PlannedTensor, SafetensorsFile, StreamWriter, TensorInfo};
-use crate::merge::lora::{merge_into, LoraAdapter};
+use crate::io::safetensors::{PlannedTensor, StreamWriter};
+use crate::merge::source::{AdapterInput, Combine, MergedModel};
 use crate::tensor::{from_f32, to_f32, DType};
 
 /// Files copied verbatim from the base model directory when present.
@@ -28,8 +28,10 @@ pub const COPIED_FILES: &[&str] = &[
 pub struct MergeOptions {
     /// The base model directory (config.json + safetensors).
     pub base: PathBuf,
-    /// A PEFT LoRA adapter directory.
-    pub adapter: PathBuf,
+    /// PEFT LoRA adapter directories and their weights (one adapter with weight 1.0 for a plain merge).
+    pub adapters: Vec<AdapterInput>,
+    /// How several adapters combine.
+    pub method: Combine,
     /// The output directory.
     pub out: PathBuf,
     /// Output dtype; `None` keeps each tensor's own.
@@ -38,6 +40,9 @@ pub struct MergeOptions {
     pub max_shard_bytes: usize,
     /// Replace an existing output directory.
     pub overwrite: bool,
+    /// Extra files `(name, bytes)` written into the output directory, replacing a copied file of
+    /// the same name (e.g. `generation_config.json`, `tokenizer_config.json`, `chat_template.jinja`).
+    pub extra_files: Vec<(String, Vec<u8>)>,
 }
 
 /// What a merge did (returned to Python as JSON).
@@ -45,7 +50,7 @@ pub struct MergeOptions {
 pub struct MergeReport {
     /// Tensors written.
     pub tensors: usize,
-    /// Linear weights that received an adapter delta.
+    /// Weights that received an adapter delta.
     pub merged_modules: usize,
     /// Tensors replaced by a `modules_to_save` copy.
     pub replaced: usize,
@@ -55,69 +60,29 @@ pub struct MergeReport {
     pub total_bytes: usize,
 }
 
-enum Source {
-    Base(usize, TensorInfo),
-    Saved(TensorInfo),
+/// An extra file name must be a plain file name and must not shadow the weights.
+fn check_extra_name(name: &str) -> Result<()> {
+    let plain = !name.is_empty() && !name.contains(['/', '\\']) && !name.starts_with('.');
+    if !plain || name.ends_with(".safetensors") || name == "model.safetensors.index.json" {
+        return Err(Error::Option(format!("extra file `{name}` must be a plain file name other than the weights")));
+    }
+    Ok(())
 }
 
-/// Merge `opts.adapter` into `opts.base`, writing `opts.out`.
+/// Merge `opts.adapters` into `opts.base`, writing `opts.out`.
 pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
-    let cfg_path = opts.base.join("config.json");
-    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let mut config: Value = serde_json::from_str(&cfg_text)
-        .map_err(|e| Error::File { path: cfg_path.clone(), message: format!("malformed JSON: {e}") })?;
-    let files: Vec<SafetensorsFile> = model_files(&opts.base)?.iter().map(|p| SafetensorsFile::open(p)).collect::<Result<_>>()?;
-    let adapter = LoraAdapter::open(&opts.adapter)?;
-
-    // Plan every output tensor and where its data comes from.
-    let mut plan: Vec<(PlannedTensor, Source)> = Vec::new();
-    let mut seen = BTreeSet::new();
-    for (fi, f) in files.iter().enumerate() {
-        for t in &f.tensors {
-            let out_dtype = opts.dtype.unwrap_or(t.dtype);
-            let src = match adapter.saved.get(&t.name) {
-                Some(saved) => {
-                    if saved.shape != t.shape {
-                        return Err(mismatch(&adapter, &t.name, &saved.shape, &t.shape));
-                    }
-                    Source::Saved(saved.clone())
-                }
-                None => Source::Base(fi, t.clone()),
-            };
-            seen.insert(t.name.clone());
-            plan.push((PlannedTensor { name: t.name.clone(), dtype: out_dtype, shape: t.shape.clone() }, src));
-        }
+    for (name, _) in &opts.extra_files {
+        check_extra_name(name)?;
     }
-    // A trained copy of a tied output layer becomes a tensor of its own.
-    let mut untie = false;
-    for (name, t) in &adapter.saved {
-        if !seen.contains(name) {
-            if name == "lm_head.weight" && config["tie_word_embeddings"].as_bool() == Some(true) {
-                untie = true;
-                let dtype = opts.dtype.unwrap_or(plan.first().map(|p| p.0.dtype).unwrap_or(DType::F32));
-                plan.push((PlannedTensor { name: name.clone(), dtype, shape: t.shape.clone() }, Source::Saved(t.clone())));
-            } else {
-                return Err(Error::File { path: adapter.dir.clone(),
-                    message: format!("saved tensor `{name}` has no counterpart in the base model") });
-            }
-        }
-    }
-    for (module, m) in &adapter.modules {
-        let name = format!("{module}.weight");
-        let Some((p, _)) = plan.iter().find(|(p, _)| p.name == name) else {
-            return Err(Error::File { path: adapter.dir.clone(),
-                message: format!("adapted module `{module}` has no weight `{name}` in the base model") });
-        };
-        let expected = vec![m.b.shape[0], m.a.shape[1]];
-        if p.shape != expected {
-            return Err(mismatch(&adapter, &name, &expected, &p.shape));
-        }
-    }
+    let model = MergedModel::open(&opts.base, &opts.adapters, opts.method)?;
+    let plan: Vec<PlannedTensor> = model.tensors().iter()
+        .map(|t| PlannedTensor { name: t.name.clone(), dtype: opts.dtype.unwrap_or(t.dtype), shape: t.shape.clone() })
+        .collect();
 
     // Shards.
     let mut shard_of = Vec::with_capacity(plan.len());
     let (mut shard, mut used) = (0usize, 0usize);
-    for (p, _) in &plan {
+    for p in &plan {
         if used > 0 && used + p.nbytes() > opts.max_shard_bytes {
             shard += 1;
             used = 0;
@@ -137,27 +102,18 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
     for s in 0..n_shards {
         let name = shard_name(s);
         let members: Vec<usize> = (0..plan.len()).filter(|&i| shard_of[i] == s).collect();
-        let mut writer = StreamWriter::create(&staging.path().join(&name), members.iter().map(|&i| plan[i].0.clone()).collect())?;
+        let mut writer = StreamWriter::create(&staging.path().join(&name), members.iter().map(|&i| plan[i].clone()).collect())?;
         for &i in &members {
-            let (p, src) = &plan[i];
-            let module = p.name.strip_suffix(".weight").and_then(|m| adapter.modules.get(m));
-            match (src, module) {
-                (Source::Base(fi, t), Some(module)) => {
-                    let mut v = to_f32(files[*fi].bytes(t), t.dtype);
-                    merge_into(&mut v, p.shape[0], p.shape[1], module, &adapter.file);
-                    report.merged_modules += 1;
-                    writer.write(&p.name, &from_f32(&v, p.dtype))?;
-                    files[*fi].release(t);
-                }
-                (Source::Base(fi, t), None) => {
-                    copy_converted(&mut writer, &p.name, files[*fi].bytes(t), t.dtype, p.dtype)?;
-                    files[*fi].release(t);
-                }
-                (Source::Saved(t), _) => {
-                    report.replaced += 1;
-                    copy_converted(&mut writer, &p.name, adapter.file.bytes(t), t.dtype, p.dtype)?;
-                }
+            let p = &plan[i];
+            report.replaced += usize::from(model.is_replaced(i));
+            report.merged_modules += usize::from(model.has_delta(i));
+            if model.has_delta(i) || model.stored(i).1 != model.tensors()[i].dtype {
+                writer.write(&p.name, &from_f32(&model.read_f32(i)?, p.dtype))?;
+            } else {
+                let (bytes, dtype) = model.stored(i);
+                copy_converted(&mut writer, &p.name, bytes, dtype, p.dtype)?;
             }
+            model.release(i);
             weight_map.insert(p.name.clone(), json!(name));
             report.total_bytes += p.nbytes();
             total_params += p.shape.iter().product::<usize>();
@@ -170,14 +126,12 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
                            "weight_map": weight_map});
         write_json(&staging.path().join("model.safetensors.index.json"), &index)?;
     }
+    let mut config = model.config().clone();
     if let Some(d) = opts.dtype {
         config["torch_dtype"] = json!(d.torch_name());
         if config.get("dtype").is_some() {
             config["dtype"] = json!(d.torch_name());
         }
-    }
-    if untie {
-        config["tie_word_embeddings"] = json!(false);
     }
     write_json(&staging.path().join("config.json"), &config)?;
     for name in COPIED_FILES {
@@ -185,6 +139,10 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
         if src.is_file() {
             std::fs::copy(&src, staging.path().join(name)).map_err(|e| Error::io(&src, e))?;
         }
+    }
+    for (name, bytes) in &opts.extra_files {
+        let dst = staging.path().join(name);
+        std::fs::write(&dst, bytes).map_err(|e| Error::io(&dst, e))?;
     }
     staging.commit()?;
     Ok(report)
@@ -203,14 +161,6 @@ fn copy_converted(writer: &mut StreamWriter, name: &str, bytes: &[u8], from: DTy
         }
     }
     writer.end()
-}
-
-fn mismatch(adapter: &LoraAdapter, name: &str, adapter_shape: &[usize], base_shape: &[usize]) -> Error {
-    Error::File {
-        path: adapter.dir.clone(),
-        message: format!("`{name}`: the adapter needs shape {adapter_shape:?} but the base model has {base_shape:?}: \
-                          the adapter was trained on a different base model"),
-    }
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<()> {

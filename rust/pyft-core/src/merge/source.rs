@@ -1,0 +1,407 @@
+//! A base model with adapters folded in, read tensor by tensor: the source behind `pyft-merge`
+//! (safetensors shards) and the GGUF exporter.
+//!
+//! [`MergedModel::open`] maps the base files and adapters and validates everything up front
+//! (shapes, missing tensors, adapted modules without a base weight, combination rules), so a
+//! consumer fails before writing anything. Afterwards each tensor is either untouched
+//! ([`MergedModel::raw`], zero-copy from the mmap) or computed on demand in f32
+//! ([`MergedModel::read_f32`]); nothing is cached, so memory stays at about the tensors in flight.
+//! The type is `Sync`: several threads may read different tensors at once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::{model_files, SafetensorsFile, TensorInfo};
+use crate::merge::combine::{disjoint_mean, magnitude_prune, random_prune, stream_key, weighted_sum};
+use crate::merge::lora::{add_product, merge_into, LoraAdapter};
+use crate::merge::svd::truncate_product;
+use crate::tensor::{from_f32, to_f32, DType};
+
+/// One adapter to merge and its weight in the combination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterInput {
+    /// A PEFT LoRA adapter directory.
+    pub dir: PathBuf,
+    /// Its weight `w_i` (1.0 for a plain merge).
+    pub weight: f32,
+}
+
+/// How the delta weights `ΔW_i = s_i · B_i A_i` of several adapters combine (see [`super::combine`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Combine {
+    /// `Σ w_i ΔW_i`.
+    Linear,
+    /// TIES: magnitude-prune each delta to `density`, elect signs, disjoint weighted mean.
+    Ties {
+        /// Fraction of each delta kept, in `(0, 1]`.
+        density: f32,
+    },
+    /// DARE: random drop to `density` with `1/density` rescaling, then `Σ w_i ΔW_i`.
+    DareLinear {
+        /// Fraction of each delta kept, in `(0, 1]`.
+        density: f32,
+        /// Seed of the drops.
+        seed: u64,
+    },
+    /// DARE drop, then the TIES sign election and disjoint mean.
+    DareTies {
+        /// Fraction of each delta kept, in `(0, 1]`.
+        density: f32,
+        /// Seed of the drops.
+        seed: u64,
+    },
+    /// `Σ w_i ΔW_i` truncated to `rank` by SVD (default: the largest adapter rank, as PEFT).
+    Svd {
+        /// Rank of the result.
+        rank: Option<usize>,
+    },
+}
+
+impl Combine {
+    /// Build from a method name (`linear`, `ties`, `dare_linear`, `dare_ties`, `svd`) and its
+    /// options; `density` is required by (and only allowed with) TIES/DARE, `svd_rank` only with SVD.
+    pub fn from_name(method: &str, density: Option<f32>, seed: u64, svd_rank: Option<usize>) -> Result<Combine> {
+        let needs_density = matches!(method, "ties" | "dare_linear" | "dare_ties");
+        let density = match (needs_density, density) {
+            (true, None) => return Err(Error::Option(format!("method `{method}` needs a density in (0, 1]"))),
+            (false, Some(_)) => return Err(Error::Option(format!("density is not used by method `{method}`"))),
+            (_, d) => d.unwrap_or(1.0),
+        };
+        if svd_rank.is_some() && method != "svd" {
+            return Err(Error::Option(format!("svd_rank is not used by method `{method}`")));
+        }
+        let c = match method {
+            "linear" => Combine::Linear,
+            "ties" => Combine::Ties { density },
+            "dare_linear" => Combine::DareLinear { density, seed },
+            "dare_ties" => Combine::DareTies { density, seed },
+            "svd" => Combine::Svd { rank: svd_rank },
+            other => return Err(Error::Option(format!(
+                "unknown merge method `{other}` (expected linear, ties, dare_linear, dare_ties or svd)"))),
+        };
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<()> {
+        match *self {
+            Combine::Ties { density } | Combine::DareLinear { density, .. } | Combine::DareTies { density, .. }
+                if !(density > 0.0 && density <= 1.0) =>
+            {
+                Err(Error::Option(format!("density {density} is not in (0, 1]")))
+            }
+            Combine::Svd { rank: Some(0) } => Err(Error::Option("svd_rank must be at least 1".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The density as PEFT's Python float: the shortest decimal of the f32, read as f64 (so
+    /// `⌊0.7 · 10⌋` is 7 as in Python, not 6).
+    fn density(&self) -> f64 {
+        match *self {
+            Combine::Ties { density } | Combine::DareLinear { density, .. } | Combine::DareTies { density, .. } => {
+                density.to_string().parse().unwrap_or(f64::from(density))
+            }
+            _ => 1.0,
+        }
+    }
+}
+
+/// One tensor of the merged model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceTensor {
+    /// HF tensor name (`model.layers.0.self_attn.q_proj.weight`).
+    pub name: String,
+    /// Shape in torch order (`[out, in]` for a linear weight).
+    pub shape: Vec<usize>,
+    /// The dtype the base model stores it in.
+    pub dtype: DType,
+}
+
+/// Where a tensor's starting values live.
+#[derive(Debug)]
+enum Data {
+    Base(usize, TensorInfo),
+    Adapter(usize, TensorInfo),
+}
+
+#[derive(Debug)]
+struct Entry {
+    data: Data,
+    /// `(adapter index, module path)` of every adapter with a delta for this tensor.
+    deltas: Vec<(usize, String)>,
+}
+
+/// A base model plus adapters, combined lazily per tensor. See the module docs.
+#[derive(Debug)]
+pub struct MergedModel {
+    config: Value,
+    files: Vec<SafetensorsFile>,
+    adapters: Vec<LoraAdapter>,
+    weights: Vec<f32>,
+    method: Combine,
+    tensors: Vec<SourceTensor>,
+    entries: Vec<Entry>,
+}
+
+fn file_err(path: &Path, message: String) -> Error {
+    Error::File { path: path.to_path_buf(), message }
+}
+
+fn mismatch(adapter: &LoraAdapter, name: &str, adapter_shape: &[usize], base_shape: &[usize]) -> Error {
+    file_err(&adapter.dir, format!("`{name}`: the adapter needs shape {adapter_shape:?} but the base model has \
+                                    {base_shape:?}: the adapter was trained on a different base model"))
+}
+
+impl MergedModel {
+    /// Open `base` (config.json + safetensors) and `adapters` (may be empty), combined by `method`,
+    /// and validate that everything fits. No tensor data is read except PEFT's copies of embedding
+    /// base weights, compared with the base.
+    pub fn open(base: &Path, adapters: &[AdapterInput], method: Combine) -> Result<MergedModel> {
+        method.check()?;
+        if let Some(a) = adapters.iter().find(|a| !a.weight.is_finite()) {
+            return Err(Error::Option(format!("weight {} of adapter {} is not finite", a.weight, a.dir.display())));
+        }
+        let cfg_path = base.join("config.json");
+        let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let mut config: Value = serde_json::from_str(&cfg_text)
+            .map_err(|e| file_err(&cfg_path, format!("malformed JSON: {e}")))?;
+        let files: Vec<SafetensorsFile> =
+            model_files(base)?.iter().map(|p| SafetensorsFile::open(p)).collect::<Result<_>>()?;
+        let opened: Vec<LoraAdapter> = adapters.iter().map(|a| LoraAdapter::open(&a.dir)).collect::<Result<_>>()?;
+        let single_plain = opened.len() == 1 && method == Combine::Linear && adapters[0].weight == 1.0;
+        if let Some(d) = opened.iter().find(|a| a.dora) {
+            if !single_plain {
+                return Err(file_err(&d.dir, "DoRA adapters cannot be combined or weighted (their magnitude \
+                                             renormalises the whole weight); merge a DoRA adapter alone".into()));
+            }
+        }
+        let with_saved: Vec<&LoraAdapter> = opened.iter().filter(|a| !a.saved.is_empty()).collect();
+        if with_saved.len() > 1 {
+            return Err(file_err(&with_saved[1].dir, format!(
+                "both this adapter and {} replace whole modules (modules_to_save); only one adapter may",
+                with_saved[0].dir.display())));
+        }
+
+        let mut tensors = Vec::new();
+        let mut entries = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (fi, f) in files.iter().enumerate() {
+            for t in &f.tensors {
+                index.insert(t.name.clone(), tensors.len());
+                tensors.push(SourceTensor { name: t.name.clone(), shape: t.shape.clone(), dtype: t.dtype });
+                entries.push(Entry { data: Data::Base(fi, t.clone()), deltas: Vec::new() });
+            }
+        }
+        for (ai, ad) in opened.iter().enumerate() {
+            for (name, t) in &ad.saved {
+                match index.get(name) {
+                    Some(&i) => {
+                        if t.shape != tensors[i].shape {
+                            return Err(mismatch(ad, name, &t.shape, &tensors[i].shape));
+                        }
+                        entries[i].data = Data::Adapter(ai, t.clone());
+                    }
+                    // A trained copy of a tied output layer becomes a tensor of its own.
+                    None if name == "lm_head.weight" && config["tie_word_embeddings"].as_bool() == Some(true) => {
+                        config["tie_word_embeddings"] = json!(false);
+                        let dtype = tensors.first().map(|t| t.dtype).unwrap_or(DType::F32);
+                        tensors.push(SourceTensor { name: name.clone(), shape: t.shape.clone(), dtype });
+                        entries.push(Entry { data: Data::Adapter(ai, t.clone()), deltas: Vec::new() });
+                        index.insert(name.clone(), tensors.len() - 1);
+                    }
+                    None => {
+                        return Err(file_err(&ad.dir, format!("saved tensor `{name}` has no counterpart in the base model")))
+                    }
+                }
+            }
+        }
+        // PEFT saves the base weight of an adapted embedding next to its LoRA; it is the base unless
+        // the vocabulary was resized or trained, in which case it replaces the base (as PEFT loads it).
+        for (ai, ad) in opened.iter().enumerate() {
+            for (name, t) in &ad.base_copies {
+                let Some(&i) = index.get(name) else {
+                    return Err(file_err(&ad.dir, format!("saved base weight `{name}` has no counterpart in the base model")));
+                };
+                if t.shape != tensors[i].shape {
+                    return Err(mismatch(ad, name, &t.shape, &tensors[i].shape));
+                }
+                let Data::Base(fi, bt) = &entries[i].data else {
+                    return Err(file_err(&ad.dir, format!("`{name}` is replaced by two adapters")));
+                };
+                let (x, y) = (files[*fi].bytes(bt), ad.file.bytes(t));
+                // Compared in the base's dtype: PEFT loads the copy into the base's parameter.
+                let same = if bt.dtype == t.dtype { x == y } else { from_f32(&to_f32(y, t.dtype), bt.dtype) == x };
+                if !same {
+                    if opened.iter().enumerate().any(|(aj, o)| aj != ai && (!o.saved.is_empty() || !o.base_copies.is_empty())) {
+                        return Err(file_err(&ad.dir, format!(
+                            "`{name}`: this adapter carries a changed base weight and another adapter replaces \
+                             weights too; only one adapter may")));
+                    }
+                    entries[i].data = Data::Adapter(ai, t.clone());
+                }
+            }
+        }
+        for (ai, ad) in opened.iter().enumerate() {
+            for (module, m) in &ad.modules {
+                let name = format!("{module}.weight");
+                let Some(&i) = index.get(&name) else {
+                    return Err(file_err(&ad.dir, format!("adapted module `{module}` has no weight `{name}` in the base model")));
+                };
+                let expected = m.weight_shape();
+                if tensors[i].shape != expected {
+                    return Err(mismatch(ad, &name, &expected, &tensors[i].shape));
+                }
+                entries[i].deltas.push((ai, module.clone()));
+            }
+        }
+        Ok(MergedModel { config, files, adapters: opened, weights: adapters.iter().map(|a| a.weight).collect(),
+                         method, tensors, entries })
+    }
+
+    /// The base `config.json` (`tie_word_embeddings` set to false when an adapter's `lm_head`
+    /// copy unties the output layer).
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// The tensors, in the base files' order (then an untied `lm_head.weight`).
+    pub fn tensors(&self) -> &[SourceTensor] {
+        &self.tensors
+    }
+
+    /// Whether tensor `i` differs from the base: it gets a delta or a replacement.
+    pub fn is_modified(&self, i: usize) -> bool {
+        self.has_delta(i) || self.is_replaced(i)
+    }
+
+    /// Whether tensor `i` gets an adapter delta.
+    pub fn has_delta(&self, i: usize) -> bool {
+        !self.entries[i].deltas.is_empty()
+    }
+
+    /// Whether tensor `i` starts from an adapter's copy (`modules_to_save`, a changed embedding base).
+    pub fn is_replaced(&self, i: usize) -> bool {
+        matches!(self.entries[i].data, Data::Adapter(..))
+    }
+
+    /// The stored bytes of tensor `i` and their dtype when it is unmodified (zero-copy).
+    pub fn raw(&self, i: usize) -> Option<(&[u8], DType)> {
+        (!self.is_modified(i)).then(|| self.stored(i))
+    }
+
+    /// The bytes tensor `i` starts from (the base's, or an adapter's copy) and their dtype.
+    pub fn stored(&self, i: usize) -> (&[u8], DType) {
+        match &self.entries[i].data {
+            Data::Base(fi, t) => (self.files[*fi].bytes(t), t.dtype),
+            Data::Adapter(ai, t) => (self.adapters[*ai].file.bytes(t), t.dtype),
+        }
+    }
+
+    /// Let the kernel drop the cached pages of tensor `i` (call after using it).
+    pub fn release(&self, i: usize) {
+        match &self.entries[i].data {
+            Data::Base(fi, t) => self.files[*fi].release(t),
+            Data::Adapter(ai, t) => self.adapters[*ai].file.release(t),
+        }
+    }
+
+    /// The merged values of tensor `i` in f32, row-major in its torch shape. An adapter's copy
+    /// stored in another dtype than the base's is first rounded to the base's dtype, as PEFT
+    /// loads it into the base parameter.
+    pub fn read_f32(&self, i: usize) -> Result<Vec<f32>> {
+        let (bytes, dtype) = self.stored(i);
+        let mut v = to_f32(bytes, dtype);
+        if dtype != self.tensors[i].dtype {
+            v = to_f32(&from_f32(&v, self.tensors[i].dtype), self.tensors[i].dtype);
+        }
+        let deltas = &self.entries[i].deltas;
+        if deltas.is_empty() {
+            return Ok(v);
+        }
+        let (out, inp) = (self.tensors[i].shape[0], self.tensors[i].shape[1]);
+        let module = |&(ai, ref m): &(usize, String)| (ai, &self.adapters[ai].modules[m]);
+        if self.adapters.len() == 1 && self.method == Combine::Linear && self.weights[0] == 1.0 {
+            // The plain merge (also DoRA): W + s·BA, bit-compatible with PEFT's merge_and_unload.
+            let (ai, m) = module(&deltas[0]);
+            merge_into(&mut v, out, inp, m, &self.adapters[ai].file);
+            return Ok(v);
+        }
+        if let Combine::Svd { rank } = self.method {
+            // Σ w_i s_i B_i A_i = [w_1 s_1 B_1 | …] · [A_1; …], truncated from its factors.
+            let total: usize = deltas.iter().map(|d| module(d).1.rank()).sum();
+            let (mut b_cat, mut a_cat) = (vec![0f64; out * total], Vec::with_capacity(total * inp));
+            let mut col = 0;
+            for d in deltas {
+                let (ai, m) = module(d);
+                let (b, a) = m.factors(&self.adapters[ai].file);
+                let (r, s) = (m.rank(), f64::from(self.weights[ai]) * f64::from(m.scaling));
+                for o in 0..out {
+                    for k in 0..r {
+                        b_cat[o * total + col + k] = f64::from(b[o * r + k]) * s;
+                    }
+                }
+                a_cat.extend(a.iter().map(|&x| f64::from(x)));
+                col += r;
+            }
+            let rank = rank.unwrap_or_else(|| self.adapters.iter().map(|a| a.max_rank).max().unwrap_or(1));
+            let (b, a, r) = truncate_product(&b_cat, &a_cat, out, total, inp, rank);
+            add_product(&mut v, out, inp, &b, &a, r, 1.0, None);
+            return Ok(v);
+        }
+        // Dense deltas s_i·(B_i @ A_i), pruned per method, then combined. Adapters without this
+        // module contribute zeros, which change none of the methods' results: they are skipped.
+        let density = self.method.density();
+        let mut dense = Vec::with_capacity(deltas.len());
+        let mut weights = Vec::with_capacity(deltas.len());
+        for d in deltas {
+            let (ai, m) = module(d);
+            let (b, a) = m.factors(&self.adapters[ai].file);
+            let mut delta = vec![0f32; out * inp];
+            add_product(&mut delta, out, inp, &b, &a, m.rank(), m.scaling, None);
+            match self.method {
+                Combine::Ties { .. } => magnitude_prune(&mut delta, density),
+                Combine::DareLinear { seed, .. } | Combine::DareTies { seed, .. } => {
+                    random_prune(&mut delta, density, stream_key(seed, &self.tensors[i].name, ai))
+                }
+                _ => {}
+            }
+            dense.push(delta);
+            weights.push(self.weights[ai]);
+        }
+        let mut combined = vec![0f32; out * inp];
+        match self.method {
+            Combine::Ties { .. } | Combine::DareTies { .. } => disjoint_mean(&dense, &weights, &mut combined),
+            _ => weighted_sum(&dense, &weights, &mut combined),
+        }
+        drop(dense);
+        v.iter_mut().zip(&combined).for_each(|(w, d)| *w += d);
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combine_options_are_checked() {
+        assert_eq!(Combine::from_name("ties", Some(0.5), 0, None).unwrap(), Combine::Ties { density: 0.5 });
+        assert_eq!(Combine::from_name("svd", None, 0, Some(8)).unwrap(), Combine::Svd { rank: Some(8) });
+        for (m, d, r) in [("ties", None, None), ("ties", Some(0.0), None), ("dare_ties", Some(1.5), None),
+                          ("linear", Some(0.5), None), ("linear", None, Some(4)), ("svd", None, Some(0)),
+                          ("cat", None, None)] {
+            assert!(matches!(Combine::from_name(m, d, 0, r), Err(Error::Option(_))), "{m} {d:?} {r:?}");
+        }
+        assert_eq!(Combine::Ties { density: 0.7 }.density(), 0.7);
+    }
+
+    #[test]
+    fn merged_model_is_sync() {
+        fn sync<T: Sync + Send>() {}
+        sync::<MergedModel>();
+    }
+}
