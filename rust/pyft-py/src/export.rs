@@ -8,40 +8,7 @@ use pyft_core::gguf::lora::{export_lora_gguf, LoraExportOptions};
 use pyft_core::gguf::mix::QType;
 use pyft_core::gguf::vocab::{tokenizer_metadata, VocabOptions};
 use pyft_core::gguf::{GgmlType, GgufValue};
-use pyft_core::gguf::export::TensorSource;
-use pyft_core::io::safetensors::{model_files, SafetensorsFile};
-use pyft_core::tensor::to_f32;
-
-/// TEMPORARY base-only source until `merge::source::MergedModel` lands.
-struct BaseModel {
-    config: serde_json::Value,
-    files: Vec<SafetensorsFile>,
-    index: Vec<(usize, usize)>,
-}
-
-impl BaseModel {
-    fn open(dir: &std::path::Path) -> pyft_core::Result<BaseModel> {
-        let p = dir.join("config.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| pyft_core::Error::io(&p, e))?;
-        let config = serde_json::from_str(&text).map_err(|e| pyft_core::Error::Option(e.to_string()))?;
-        let files: Vec<SafetensorsFile> = model_files(dir)?.iter().map(|p| SafetensorsFile::open(p)).collect::<pyft_core::Result<_>>()?;
-        let index = files.iter().enumerate().flat_map(|(f, file)| (0..file.tensors.len()).map(move |t| (f, t))).collect();
-        Ok(BaseModel { config, files, index })
-    }
-}
-
-impl TensorSource for BaseModel {
-    fn config(&self) -> &serde_json::Value { &self.config }
-    fn len(&self) -> usize { self.index.len() }
-    fn name(&self, i: usize) -> &str { let (f, t) = self.index[i]; &self.files[f].tensors[t].name }
-    fn shape(&self, i: usize) -> &[usize] { let (f, t) = self.index[i]; &self.files[f].tensors[t].shape }
-    fn read_f32(&self, i: usize) -> pyft_core::Result<Vec<f32>> {
-        let (f, t) = self.index[i];
-        let info = &self.files[f].tensors[t];
-        Ok(to_f32(self.files[f].bytes(info), info.dtype))
-    }
-    fn release(&self, i: usize) { let (f, t) = self.index[i]; self.files[f].release(&self.files[f].tensors[t]); }
-}
+use pyft_core::merge::source::{AdapterInput, Combine, MergedModel};
 
 use crate::error::to_pyerr;
 
@@ -68,8 +35,9 @@ pub fn export_gguf(py: Python<'_>, model: PathBuf, out: PathBuf, qtype: &str, ad
                    -> PyResult<String> {
     let run = || -> pyft_core::Result<String> {
         let qtype = QType::from_name(qtype)?;
-        let _ = (method, density, seed, svd_rank, adapters);
-        let source = BaseModel::open(&model)?;
+        let combine = Combine::from_name(method, density, seed, svd_rank)?;
+        let inputs: Vec<AdapterInput> = adapters.into_iter().map(|(dir, weight)| AdapterInput { dir, weight }).collect();
+        let source = MergedModel::open(&model, &inputs, combine)?;
         let arch = pyft_core::gguf::arch::Arch::from_config(source.config())?;
         // Qwen3 takes the Qwen2 tokenizer path in llama.cpp's converter.
         let vocab_arch = if arch == pyft_core::gguf::arch::Arch::Llama { "llama" } else { "qwen2" };

@@ -44,6 +44,27 @@ pub trait TensorSource: Sync {
     fn release(&self, i: usize);
 }
 
+impl TensorSource for crate::merge::source::MergedModel {
+    fn config(&self) -> &Value {
+        crate::merge::source::MergedModel::config(self)
+    }
+    fn len(&self) -> usize {
+        self.tensors().len()
+    }
+    fn name(&self, i: usize) -> &str {
+        &self.tensors()[i].name
+    }
+    fn shape(&self, i: usize) -> &[usize] {
+        &self.tensors()[i].shape
+    }
+    fn read_f32(&self, i: usize) -> Result<Vec<f32>> {
+        crate::merge::source::MergedModel::read_f32(self, i)
+    }
+    fn release(&self, i: usize) {
+        crate::merge::source::MergedModel::release(self, i)
+    }
+}
+
 /// Options of [`export_gguf`].
 #[derive(Debug, Clone)]
 pub struct ExportOptions {

@@ -9,7 +9,8 @@
 //! - a per-module scale that differs from `alpha_file / r_module` (rank/alpha patterns) is baked
 //!   into that module's B;
 //! - Llama's Q/K rows are permuted in B only (its rows are the output features);
-//! - an embedding LoRA is written with A transposed (llama.cpp's `token_embd` convention).
+//! - an embedding LoRA (`lora_embedding_A [r, vocab]`, `_B [dim, r]`) is written with A transposed
+//!   (llama.cpp's `token_embd` convention: `lora_a` ne `[r, vocab]`, `lora_b` ne `[r, dim]`).
 //!
 //! DoRA, `modules_to_save` and `lora_bias` have no GGUF LoRA equivalent: they are refused with
 //! advice to merge instead.
@@ -122,12 +123,14 @@ pub fn export_lora_gguf(opts: &LoraExportOptions) -> Result<ExportReport> {
         let shape = base_shape(&weight).ok_or_else(|| bad(&cfg_path, format!("the base model has no `{weight}`")))?;
         let (r, inp) = (m.a.shape[0], m.a.shape[1]);
         let out = m.b.shape[0];
-        if m.b.shape[1] != r || shape != [out, inp] {
+        // An embedding's table is [num_embeddings, dim] = [inp, out]; a linear weight is [out, inp].
+        let expected = if m.embedding { [inp, out] } else { [out, inp] };
+        if m.b.shape[1] != r || shape != expected {
             return Err(bad(&cfg_path, format!(
-                "`{module}`: adapter needs base shape [{out}, {inp}] but the base has {shape:?}: \
+                "`{module}`: adapter needs base shape {expected:?} but the base has {shape:?}: \
                  the adapter was trained on a different base model")));
         }
-        let a = to_f32(adapter.file.bytes(&m.a), m.a.dtype);
+        let mut a = to_f32(adapter.file.bytes(&m.a), m.a.dtype);
         let mut b = to_f32(adapter.file.bytes(&m.b), m.b.dtype);
         // llama.cpp applies alpha / r: bake any difference from PEFT's per-module scale into B.
         let factor = m.scaling * r as f32 / alpha;
@@ -139,7 +142,13 @@ pub fn export_lora_gguf(opts: &LoraExportOptions) -> Result<ExportReport> {
                 b = permute_qk_rows(&b, out, groups)?;
             }
         }
-        pairs.push(Pair { gguf, a, a_shape: [r, inp], b, b_shape: [out, r] });
+        let mut a_shape = [r, inp];
+        if m.embedding {
+            // llama.cpp's token_embd convention: lora_a holds Aᵀ ([num_embeddings, r]).
+            a = (0..inp).flat_map(|j| (0..r).map(move |i| (i, j))).map(|(i, j)| a[i * inp + j]).collect();
+            a_shape = [inp, r];
+        }
+        pairs.push(Pair { gguf, a, a_shape, b, b_shape: [out, r] });
     }
     if pairs.is_empty() {
         return Err(bad(&cfg_path, "the adapter has no LoRA tensors"));

@@ -85,6 +85,12 @@ fn put_value(buf: &mut Vec<u8>, v: &GgufValue) {
             buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
             match a {
                 GgufArray::U8(v) => buf.extend_from_slice(v),
+                GgufArray::I8(v) => v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
+                GgufArray::U16(v) => v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
+                GgufArray::I16(v) => v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
+                GgufArray::U64(v) => v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
+                GgufArray::I64(v) => v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
+                GgufArray::F64(v) => v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
                 GgufArray::I32(v) => v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
                 GgufArray::U32(v) => v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
                 GgufArray::F32(v) => v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
