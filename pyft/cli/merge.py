@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an adapter to merge (repeat for several; after a positional ADAPTER if both are given)")
     p.add_argument("--weights", metavar="W1,W2,...", help="one weight per adapter, comma-separated (default 1.0 each)")
     p.add_argument("--method", choices=METHODS, default="linear", help="how several adapters combine (linear)")
-    p.add_argument("--density", type=float, metavar="P", help="fraction kept by ties/dare_*, in (0, 1] (required by them)")
+    p.add_argument("--density", type=float, metavar="P",
+                   help="fraction kept by ties/dare_*, in (0, 1] (required by them)")
     p.add_argument("--svd-rank", type=int, metavar="N", help="output rank of svd (default: the largest adapter rank)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dare_* random drops (0)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
