@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pyft
 from pyft.cli.main import main
@@ -50,12 +51,49 @@ def test_errors_exit_nonzero_with_location(tokenizer_dirs, tmp_path):
 def test_demo_end_to_end_short(tmp_path, capsys):
     from pyft.demo import run_demo
 
-    out = run_demo(tmp_path / "demo", max_steps=6)
+    out = run_demo(tmp_path / "demo", max_steps=100)
     printed = capsys.readouterr().out
     assert "before:" in printed and "after:" in printed
     for name in ("base/config.json", "data/meta.json", "adapter/adapter_config.json",
-                 "adapter/adapter_model.safetensors", "metrics.jsonl", "loss.png"):
+                 "adapter/adapter_model.safetensors", "metrics.jsonl", "loss.png", "merged/config.json",
+                 "merged/chat_template.jinja", "ollama/model.gguf", "ollama/Modelfile", "vllm/config.json"):
         assert (out / name).is_file(), name
+    assert "ollama create pyft-demo -f" in printed and "vllm serve" in printed
+    _llama_cpp_greedy_equals_transformers(out, tmp_path)
+
+
+def _llama_cpp_greedy_equals_transformers(demo: Path, tmp_path: Path) -> None:
+    """The trained demo model, exported as F16 GGUF, generates the same greedy tokens in llama.cpp as
+    the merged model does in transformers."""
+    import numpy as np
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pyft.demo import HELD_OUT_PROMPTS
+    from pyft.export import export_gguf
+
+    gguf = export_gguf(demo / "merged", tmp_path / "demo-f16.gguf", qtype="f16").path
+    tok = AutoTokenizer.from_pretrained(demo / "merged")
+    model = AutoModelForCausalLM.from_pretrained(demo / "merged", dtype=torch.float32)
+    llm = Llama(str(gguf), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    for prompt in HELD_OUT_PROMPTS:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_dict=True)["input_ids"]
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=eos)[0, len(ids):].tolist()
+        llm.reset()
+        got: list[int] = []
+        llm.eval(ids)
+        while len(got) < len(ref):
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            got.append(nxt)
+            if nxt == eos:
+                break
+            llm.eval([nxt])
+        assert got == ref, (prompt, tok.decode(got), tok.decode(ref))
 
 
 def test_train_cli_print_config_and_errors(tmp_path):

@@ -230,8 +230,8 @@ def test_unsupported_architecture_and_type(models, tmp_path):
     assert not list(tmp_path.glob("x.gguf*"))
 
 
-def test_adapter_for_another_base_is_refused(models, tmp_path):
-    adapter = _peft_adapter(models["qwen2"], tmp_path / "adapter")
+def test_adapter_for_another_base_is_refused(models, k_model, tmp_path):
+    adapter = _peft_adapter(k_model, tmp_path / "adapter")  # hidden 256, the base has 64
     with pytest.raises(DataError, match="different base model|shape"):
         export_gguf(models["llama"], tmp_path / "x.gguf", adapters=[adapter])
     with pytest.raises(DataError, match="different base model|shape"):
