@@ -149,3 +149,15 @@ def test_unknown_template_family_is_a_clear_error(base, tmp_path):
     with pytest.raises(ConfigError, match="template"):
         to_ollama(odd, tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_training_system_prompt_follows_the_merged_model_into_the_modelfile(base, tmp_path):
+    import shutil
+
+    adapter = _adapter(base, tmp_path / "adapter")
+    (adapter / "pyft_run.json").write_text(json.dumps({"template": "llama3", "system_prompt": "You are terse."}))
+    to_vllm(base, tmp_path / "merged", adapters=[adapter], merge=True)
+    assert json.loads((tmp_path / "merged" / "pyft_run.json").read_text())["system_prompt"] == "You are terse."
+    to_ollama(tmp_path / "merged", tmp_path / "o")
+    assert _modelfile(tmp_path / "o" / "Modelfile")["SYSTEM"] == ["You are terse."]
+    shutil.rmtree(tmp_path / "o")

@@ -259,6 +259,8 @@ def serving_files(model_dirs: list[PathLike]) -> dict[str, bytes]:
         - ``tokenizer_config.json``: the base's, with ``chat_template`` set inline (in the ``default`` entry
           when the base uses the list form); only when a template is found.
         - ``chat_template.jinja``: the template; only when one is found.
+        - ``pyft_run.json``: the training run's template name and default system prompt, when a directory
+          has one (so exports of the merged model still find the system prompt).
     """
     dirs = [Path(d) for d in model_dirs]
     template = load_chat_template(*dirs)
@@ -305,4 +307,7 @@ def serving_files(model_dirs: list[PathLike]) -> dict[str, bytes]:
             tc["chat_template"] = template
         files["tokenizer_config.json"] = _dump_json(tc)
         files["chat_template.jinja"] = template.encode("utf-8")
+    run_dir = _first_with(dirs, RUN_FILE)
+    if run_dir is not None:
+        files[RUN_FILE] = (run_dir / RUN_FILE).read_bytes()
     return files
