@@ -4,20 +4,18 @@ bytes) and its runtime (logits, greedy generation, LoRA adapters via llama-cpp-p
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from llamacpp import convert_hf_to_gguf, convert_lora_to_gguf, llama_cpp_src, llama_quantize
+from llamacpp import convert_hf_to_gguf, convert_lora_to_gguf, llama_quantize
 from pyft.errors import ConfigError, DataError
 from pyft.export import export_gguf, export_gguf_lora
 from pyft.testing import make_tiny_model, make_tokenizer
 
-sys.path.insert(0, str(llama_cpp_src() / "gguf-py"))
-import gguf  # noqa: E402  (llama.cpp's in-tree gguf-py, the reader matching the pinned converter)
+import gguf  # gguf-py 0.19.0 (test extra): an independent GGUF reader
 
 #: Keys only llama.cpp's converter writes (cosmetic model-card metadata).
 CONVERTER_ONLY = {"general.size_label", "general.name", "general.basename", "general.finetune"}

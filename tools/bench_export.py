@@ -47,6 +47,9 @@ def generate(d: Path, layers: int) -> None:
     from pyft.testing import make_tokenizer
 
     write_model(d, layers)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    (d / "config.json").write_text(json.dumps(cfg, indent=2))
     make_tokenizer(d, style="llama3", vocab_size=SHAPE["vocab_size"])
 
 

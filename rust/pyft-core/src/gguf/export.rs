@@ -23,6 +23,10 @@ use crate::gguf::mix::{tensor_type, QType};
 use crate::gguf::quant::quantize_rows;
 use crate::gguf::value::GgufValue;
 use crate::gguf::writer::{GgufWriter, TensorPlan};
+use crate::tensor::{to_f32, DType};
+
+/// Values per chunk when an untouched tensor is streamed (16 MiB of f32).
+const CHUNK_VALUES: usize = 4 << 20;
 
 /// A model's tensors in HF naming and PyTorch shapes, as the exporter reads them.
 pub trait TensorSource: Sync {
@@ -40,6 +44,9 @@ pub trait TensorSource: Sync {
     fn shape(&self, i: usize) -> &[usize];
     /// The values of tensor `i` in f32, row-major (with any adapter merged in).
     fn read_f32(&self, i: usize) -> Result<Vec<f32>>;
+    /// The stored bytes of tensor `i` when no adapter changes it (read in row chunks, so large
+    /// untouched tensors such as the embedding never exist in f32 as a whole).
+    fn raw(&self, i: usize) -> Option<(&[u8], DType)>;
     /// Tensor `i` is done: its pages may be dropped.
     fn release(&self, i: usize);
 }
@@ -59,6 +66,9 @@ impl TensorSource for crate::merge::source::MergedModel {
     }
     fn read_f32(&self, i: usize) -> Result<Vec<f32>> {
         crate::merge::source::MergedModel::read_f32(self, i)
+    }
+    fn raw(&self, i: usize) -> Option<(&[u8], DType)> {
+        crate::merge::source::MergedModel::raw(self, i)
     }
     fn release(&self, i: usize) {
         crate::merge::source::MergedModel::release(self, i)
@@ -189,8 +199,50 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
     Ok(items)
 }
 
-/// Encode one tensor's data in its planned ggml type.
-fn encode(source: &dyn TensorSource, item: &Item) -> Result<Vec<u8>> {
+/// Drop the cached pages fully inside `bytes` (a slice of a read-only file mapping already
+/// consumed): keeps the resident set at a few chunks while a large tensor streams through.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        let page = 4096usize;
+        let start = (bytes.as_ptr() as usize).div_ceil(page) * page;
+        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+        if end > start {
+            // SAFETY: `bytes` lies in a read-only, file-backed private mapping; MADV_DONTNEED only
+            // drops clean cached pages, which are faulted back in unchanged from the file if touched.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
+/// Encode one tensor in its planned ggml type, handing the bytes to `emit` in one or more pieces
+/// (whole rows each). Untouched stored tensors are converted in row chunks; merged, permuted or
+/// generated ones whole.
+fn encode(source: &dyn TensorSource, item: &Item, emit: &mut dyn FnMut(Vec<u8>) -> bool) -> Result<()> {
+    let ncols = item.plan.ne[0] as usize;
+    let quantize = |values: &[f32]| -> Result<Vec<u8>> {
+        let rows = values.len() / ncols.max(1);
+        let row_bytes = item.plan.ggml_type.row_bytes(ncols).unwrap_or(0);
+        let mut bytes = vec![0u8; rows * row_bytes];
+        quantize_rows(item.plan.ggml_type, values, ncols, &mut bytes)?;
+        Ok(bytes)
+    };
+    if let (Some(i), None, None) = (item.source, &item.generated, item.permute) {
+        if let Some((stored, dtype)) = source.raw(i) {
+            let rows_per_chunk = (CHUNK_VALUES / ncols.max(1)).max(1);
+            for chunk in stored.chunks(rows_per_chunk * ncols * dtype.size()) {
+                let bytes = quantize(&to_f32(chunk, dtype))?;
+                release_pages(chunk);
+                if !emit(bytes) {
+                    return Ok(());
+                }
+            }
+            source.release(i);
+            return Ok(());
+        }
+    }
     let mut values = match (&item.generated, item.source) {
         (Some(v), _) => v.clone(),
         (None, Some(i)) => {
@@ -203,10 +255,8 @@ fn encode(source: &dyn TensorSource, item: &Item) -> Result<Vec<u8>> {
     if let Some((rows, groups)) = item.permute {
         values = permute_qk_rows(&values, rows, groups)?;
     }
-    let ncols = item.plan.ne[0] as usize;
-    let mut bytes = vec![0u8; item.plan.nbytes()?];
-    quantize_rows(item.plan.ggml_type, &values, ncols, &mut bytes)?;
-    Ok(bytes)
+    emit(quantize(&values)?);
+    Ok(())
 }
 
 /// Write `source` as a GGUF model file. `tokenizer_kvs` are the `tokenizer.*` keys (see
@@ -236,22 +286,42 @@ pub fn export_gguf(source: &dyn TensorSource, tokenizer_kvs: Vec<(String, GgufVa
         *types.entry(p.ggml_type.name().to_string()).or_insert(0) += 1;
     }
     let mut writer = GgufWriter::create(&opts.out, &kvs, plan)?;
-    // Encode tensor n+1 while tensor n is written.
+    // Encode the next piece while the previous one is written; at most two pieces wait.
+    enum Piece {
+        Data(usize, Vec<u8>),
+        Done(usize),
+    }
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = sync_channel::<Result<Vec<u8>>>(1);
+        let (tx, rx) = sync_channel::<Result<Piece>>(2);
         let items = &items;
         scope.spawn(move || {
-            for item in items {
-                let encoded = encode(source, item);
-                let failed = encoded.is_err();
-                if tx.send(encoded).is_err() || failed {
+            for (n, item) in items.iter().enumerate() {
+                let mut emit = |bytes: Vec<u8>| tx.send(Ok(Piece::Data(n, bytes))).is_ok();
+                let done = encode(source, item, &mut emit).map(|()| Piece::Done(n));
+                let failed = done.is_err();
+                if tx.send(done).is_err() || failed {
                     return;
                 }
             }
         });
-        for item in items {
-            let bytes = rx.recv().map_err(|_| Error::Option("tensor encoder stopped".into()))??;
-            writer.write_tensor(&item.plan.name, &bytes)?;
+        let mut current: Option<usize> = None;
+        for piece in rx.iter() {
+            match piece? {
+                Piece::Data(n, bytes) => {
+                    if current != Some(n) {
+                        writer.begin(&items[n].plan.name)?;
+                        current = Some(n);
+                    }
+                    writer.append(&bytes)?;
+                }
+                Piece::Done(n) => {
+                    if current != Some(n) {
+                        writer.begin(&items[n].plan.name)?;
+                    }
+                    writer.end()?;
+                    current = None;
+                }
+            }
         }
         Ok(())
     })?;
