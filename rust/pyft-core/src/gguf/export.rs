@@ -20,10 +20,10 @@ use crate::gguf::arch::{hparam_kvs, llama3_rope_factors, map_tensor, permute_gro
                         Role};
 use crate::gguf::ggml_type::GgmlType;
 use crate::gguf::mix::{tensor_type, QType};
-use crate::gguf::quant::quantize_rows;
+use crate::gguf::quant::{quantize_row, quantize_rows};
 use crate::gguf::value::GgufValue;
 use crate::gguf::writer::{GgufWriter, TensorPlan};
-use crate::tensor::{to_f32, DType};
+use crate::tensor::DType;
 
 /// Values per chunk when an untouched tensor is streamed (16 MiB of f32).
 const CHUNK_VALUES: usize = 4 << 20;
@@ -217,6 +217,46 @@ fn release_pages(bytes: &[u8]) {
     }
 }
 
+/// Encode whole rows stored as `dtype` bytes into `t`: the stored bytes themselves when the types
+/// agree, else decoded and quantized in row blocks of about 64K values per task, so the f32
+/// intermediate stays in cache and never exists for the whole chunk.
+fn encode_stored_rows(stored: &[u8], dtype: DType, ncols: usize, t: GgmlType) -> Result<Vec<u8>> {
+    let same = matches!((dtype, t), (DType::F32, GgmlType::F32) | (DType::F16, GgmlType::F16) | (DType::BF16, GgmlType::BF16));
+    if same {
+        return Ok(stored.to_vec());
+    }
+    let row_bytes = t.row_bytes(ncols).ok_or_else(|| Error::Option(format!(
+        "row length {ncols} is not a multiple of {}'s block size", t.name())))?;
+    let rows = stored.len() / (ncols * dtype.size());
+    let mut out = vec![0u8; rows * row_bytes];
+    let rows_per_task = (65536 / ncols.max(1)).max(1);
+    let tasks: Vec<(&mut [u8], &[u8])> =
+        out.chunks_mut(rows_per_task * row_bytes).zip(stored.chunks(rows_per_task * ncols * dtype.size())).collect();
+    let work = |(dst, src): (&mut [u8], &[u8])| -> Result<()> {
+        let values = decode(src, dtype);
+        for (row_out, row_in) in dst.chunks_mut(row_bytes).zip(values.chunks(ncols)) {
+            quantize_row(t, row_in, row_out)?;
+        }
+        Ok(())
+    };
+    if tasks.len() > 1 && crate::parallel::enabled() {
+        use rayon::prelude::*;
+        crate::parallel::install(|| tasks.into_par_iter().try_for_each(work))?;
+    } else {
+        tasks.into_iter().try_for_each(work)?;
+    }
+    Ok(out)
+}
+
+/// Stored little-endian values to f32, sequentially (the caller parallelises).
+fn decode(src: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => src.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F16 => src.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::BF16 => src.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)).collect(),
+    }
+}
+
 /// Encode one tensor in its planned ggml type, handing the bytes to `emit` in one or more pieces
 /// (whole rows each). Untouched stored tensors are converted in row chunks; merged, permuted or
 /// generated ones whole.
@@ -233,7 +273,7 @@ fn encode(source: &dyn TensorSource, item: &Item, emit: &mut dyn FnMut(Vec<u8>) 
         if let Some((stored, dtype)) = source.raw(i) {
             let rows_per_chunk = (CHUNK_VALUES / ncols.max(1)).max(1);
             for chunk in stored.chunks(rows_per_chunk * ncols * dtype.size()) {
-                let bytes = quantize(&to_f32(chunk, dtype))?;
+                let bytes = encode_stored_rows(chunk, dtype, ncols, item.plan.ggml_type)?;
                 release_pages(chunk);
                 if !emit(bytes) {
                     return Ok(());
