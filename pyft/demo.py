@@ -129,12 +129,11 @@ def export_demo(out_dir: Path) -> list[str]:
     The demo adapter trains ``lm_head`` whole (``modules_to_save``), which GGUF LoRA and vLLM LoRA
     cannot carry, so every target is built from the merged weights. Returns the serve commands.
     """
-    from pyft.export import serving_files
     from pyft.export.targets import to_ollama, to_vllm
     from pyft.io.merge import merge
 
     base, adapter = out_dir / "base", out_dir / "adapter"
-    merge(base, [adapter], out_dir / "merged", extra_files=serving_files([adapter, base]), overwrite=True)
+    merge(base, adapter, out_dir / "merged", overwrite=True)
     ollama = to_ollama(out_dir / "merged", out_dir / "ollama", qtype="q8_0", model_name="pyft-demo", overwrite=True)
     vllm = to_vllm(base, out_dir / "vllm", adapters=[adapter], merge=True, served_name="pyft-demo", overwrite=True)
     for r in ollama.reports:

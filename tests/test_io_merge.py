@@ -147,3 +147,23 @@ def test_pyft_merge_command(bases, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pyft.cli.merge", str(bases["llama"]), str(tmp_path / "adapter"),
                         str(tmp_path / "m")], capture_output=True, text=True)
     assert r.returncode == 1 and "already exists" in r.stderr
+
+
+def test_merged_dir_gets_the_chat_template_and_every_end_of_turn_id(bases, tmp_path):
+    """pyft-merge writes the template inline and as chat_template.jinja, and lists every end-of-turn
+    id as eos in generation_config.json (vLLM stops on all of them)."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    _adapter(bases["llama"], tmp_path / "adapter", "lora")
+    merge(bases["llama"], tmp_path / "adapter", tmp_path / "merged")
+    out = tmp_path / "merged"
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == (out / "chat_template.jinja").read_text()
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == tok.chat_template
+    eos = GenerationConfig.from_pretrained(out).eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                                       tokenize=False)
+    after_answer = rendered.split("yo", 1)[1]
+    end_tokens = [t for t in tok.all_special_tokens if after_answer.startswith(t)]
+    assert end_tokens and tok.convert_tokens_to_ids(end_tokens[0]) in eos

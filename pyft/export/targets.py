@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pyft._atomic import atomic_directory
 from pyft.errors import ConfigError
-from pyft.export.chat import default_system_prompt, serving_files
+from pyft.export.chat import default_system_prompt
 from pyft.export.gguf import GgufReport, export_gguf, export_gguf_lora
 from pyft.export.ollama import ollama_create_command, template_for, write_modelfile
 from pyft.export.vllm import (
@@ -154,7 +154,6 @@ def to_vllm(model: PathLike, out_dir: PathLike, *, adapters: list[PathLike] | No
         result.commands = [vllm_serve_command(str(model.resolve()), adapter_dir=out, adapter_name=served_name or out.name,
                                               max_lora_rank=rank)]
         return result
-    extra = serving_files([*adapters, model])
-    merge_model(model, adapters, out, dtype=dtype, overwrite=overwrite, extra_files=extra, **merge_options)
+    merge_model(model, adapters, out, dtype=dtype, overwrite=overwrite, **merge_options)
     result.commands = [vllm_serve_command(str(out.resolve()), served_name=served_name)]
     return result

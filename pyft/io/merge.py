@@ -4,8 +4,9 @@ Each base tensor is read memory-mapped, merged in float32 (``W + s·BA``; DoRA r
 its magnitude; several adapters combined by ``linear``/``ties``/``dare_linear``/``dare_ties``/``svd``
 on their delta weights), rounded once to the output dtype and written to the current shard. Peak
 memory is a few tensors, not the model. Output: an HF model directory (shards + index when needed,
-``config.json`` copied with only the dtype changed, tokenizer and generation files copied
-verbatim) that transformers and vLLM load directly.
+``config.json`` copied with only the dtype changed, tokenizer files copied verbatim, the chat
+template inline and as ``chat_template.jinja``, every end-of-turn id in ``generation_config.json``)
+that transformers and vLLM load directly.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ def merge(
         max_shard_size: largest shard, e.g. ``5GB``.
         overwrite: replace an existing ``out``.
         extra_files: ``{name: bytes}`` written into ``out`` after the base's tokenizer and
-            generation files are copied (replacing them), e.g. ``generation_config.json``.
+            generation files are copied (replacing them). Default: the serving files of
+            :func:`pyft.export.chat.serving_files` (the chat template the adapter was trained with,
+            inline in ``tokenizer_config.json`` and as ``chat_template.jinja``; every end-of-turn id
+            as ``eos_token_id`` in ``generation_config.json``; ``pyft_run.json``). Pass ``{}`` for
+            plain copies.
 
     Returns:
         A report: ``tensors``, ``merged_modules``, ``replaced``, ``shards``, ``total_bytes``.
@@ -85,11 +90,15 @@ def merge(
             malformed file. Nothing is written then.
     """
     adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter)
+    if extra_files is None:
+        from pyft.export.chat import serving_files
+
+        extra_files = serving_files([*adapters, base])
     report = _core.merge(
         os.fspath(base), [os.fspath(a) for a in adapters], os.fspath(out),
         weights=None if weights is None else [float(w) for w in weights], method=method, density=density,
         seed=seed, svd_rank=svd_rank, dtype=None if dtype == "auto" else dtype,
         max_shard_bytes=parse_size(max_shard_size), overwrite=overwrite,
-        extra_files=None if extra_files is None else {k: bytes(v) for k, v in extra_files.items()},
+        extra_files={k: bytes(v) for k, v in extra_files.items()},
     )
     return json.loads(report)
