@@ -102,6 +102,20 @@ impl SafetensorsFile {
         }
     }
 
+    /// Ask the kernel to start reading a tensor's pages into the page cache (asynchronously), so
+    /// the accesses that follow do not wait on the disk one fault at a time.
+    pub fn prefetch(&self, t: &TensorInfo) {
+        #[cfg(unix)]
+        {
+            let _ = self.mmap.advise_range(memmap2::Advice::WillNeed, self.data_start + t.range.0, t.range.1 - t.range.0);
+        }
+    }
+
+    /// The absolute byte offset and length of a tensor's data in the file.
+    pub fn file_range(&self, t: &TensorInfo) -> (u64, usize) {
+        ((self.data_start + t.range.0) as u64, t.range.1 - t.range.0)
+    }
+
     /// Look a tensor up by name.
     pub fn get(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
@@ -209,6 +223,25 @@ impl StreamWriter {
             _ => return Err(bad(&self.path, "more bytes than the tensor holds")),
         }
         self.out.write_all(bytes).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Append `len` bytes of the tensor begun with [`begin`](Self::begin) from file `src` at
+    /// `offset`, copied file to file by the kernel where it can (`copy_file_range` on Linux), so
+    /// the bytes never pass through this process.
+    pub fn append_file_range(&mut self, src: &Path, offset: u64, len: usize) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        match self.pending.as_mut() {
+            Some(left) if *left >= len => *left -= len,
+            _ => return Err(bad(&self.path, "more bytes than the tensor holds")),
+        }
+        let mut file = File::open(src).map_err(|e| Error::io(src, e))?;
+        file.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(src, e))?;
+        self.out.flush().map_err(|e| Error::io(&self.path, e))?;
+        let copied = std::io::copy(&mut file.take(len as u64), self.out.get_mut()).map_err(|e| Error::io(&self.path, e))?;
+        if copied != len as u64 {
+            return Err(bad(src, format!("ended {} bytes early", len as u64 - copied)));
+        }
+        Ok(())
     }
 
     /// Finish the current tensor (all its bytes must have been appended).
