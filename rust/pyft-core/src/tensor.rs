@@ -80,7 +80,9 @@ pub fn from_f32(values: &[f32], dtype: DType) -> Vec<u8> {
     out
 }
 
-/// [`to_f32`] into a caller's buffer, on this thread: `dst.len()` elements from `src`.
+/// [`to_f32`] into a caller's buffer, on this thread: `dst.len()` elements from `src`. Always
+/// inlined, so a caller compiled for wider vectors (AVX2) vectorises it with them.
+#[inline(always)]
 pub fn decode_into(src: &[u8], dtype: DType, dst: &mut [f32]) {
     match dtype {
         DType::F32 => {
@@ -101,7 +103,9 @@ pub fn decode_into(src: &[u8], dtype: DType, dst: &mut [f32]) {
     }
 }
 
-/// [`from_f32`] into a caller's buffer, on this thread: `src.len()` elements into `dst`.
+/// [`from_f32`] into a caller's buffer, on this thread: `src.len()` elements into `dst`. Always
+/// inlined, as [`decode_into`].
+#[inline(always)]
 pub fn encode_into(src: &[f32], dtype: DType, dst: &mut [u8]) {
     match dtype {
         DType::F32 => {

@@ -2,8 +2,9 @@
 //!
 //! Two threads overlap the work: this one computes a block of rows at a time (base rows decoded
 //! to f32, the adapter delta added, rounded once to the output dtype, rows in parallel on the
-//! crate's pool) while a writer thread appends the previous block to the current shard; the next
-//! tensor is prefetched from disk meanwhile. Tensors left untouched in their stored dtype are
+//! crate's pool) while a writer thread appends the previous block to the current shard. Reads rely
+//! on the kernel's sequential read-ahead of the mapping (an explicit `MADV_WILLNEED` of the next
+//! tensor was measured to slow cold reads down). Tensors left untouched in their stored dtype are
 //! copied file to file by the kernel. Blocks cycle through a few fixed buffers, so peak memory is
 //! a few MiB plus the tensor being read, not the model; tensors that need the whole weight at
 //! once (DoRA, multi-adapter combinations) go through f32 one tensor at a time. The output directory is staged and renamed
@@ -126,9 +127,6 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
                 let path = staging.path().join(shard_name(s));
                 out.send(Job::Shard(StreamWriter::create(&path, members.iter().map(|&i| plan[i].clone()).collect())?))?;
                 for &i in &members {
-                    if i + 1 < plan.len() {
-                        model.prefetch(i + 1);
-                    }
                     produce_tensor(&model, i, &plan[i], &mut out)?;
                     model.release(i);
                 }

@@ -18,9 +18,9 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::io::safetensors::{model_files, SafetensorsFile, TensorInfo};
 use crate::merge::combine::{disjoint_mean, magnitude_prune, random_prune, stream_key, weighted_sum};
-use crate::merge::lora::{add_product, add_scaled_delta, merge_into, LoraAdapter};
+use crate::merge::lora::{add_product, merge_into, merge_rows, LoraAdapter};
 use crate::merge::svd::truncate_product;
-use crate::tensor::{decode_into, encode_into, from_f32, to_f32, DType};
+use crate::tensor::{from_f32, to_f32, DType};
 
 /// One adapter to merge and its weight in the combination.
 #[derive(Debug, Clone, PartialEq)]
@@ -311,20 +311,6 @@ impl MergedModel {
         }
     }
 
-    /// Ask the kernel to start reading tensor `i` (and its adapter factors) into the page cache,
-    /// so it is there when [`read_f32`](Self::read_f32) or [`rows`](Self::rows) gets to it.
-    pub fn prefetch(&self, i: usize) {
-        match &self.entries[i].data {
-            Data::Base(fi, t) => self.files[*fi].prefetch(t),
-            Data::Adapter(ai, t) => self.adapters[*ai].file.prefetch(t),
-        }
-        for (ai, m) in &self.entries[i].deltas {
-            let module = &self.adapters[*ai].modules[m];
-            self.adapters[*ai].file.prefetch(&module.a);
-            self.adapters[*ai].file.prefetch(&module.b);
-        }
-    }
-
     /// The file and byte range of tensor `i` when it is unmodified and stored as `dtype`, so it
     /// can be copied file to file.
     pub fn file_range(&self, i: usize, dtype: DType) -> Option<(&Path, u64, usize)> {
@@ -482,15 +468,11 @@ impl TensorRows<'_> {
             return;
         }
         let task = |(t, out): (usize, &mut [u8]), scratch: &mut Vec<f32>| {
-            scratch.resize(width, 0.0);
-            for (r, out) in out.chunks_mut(out_row).enumerate() {
-                let o = first + t * ROWS_PER_TASK + r;
-                decode_into(&self.bytes[o * width * from..(o + 1) * width * from], self.dtype, scratch);
-                if let Some(l) = &self.lora {
-                    add_scaled_delta(scratch, &l.b[o * l.rank..(o + 1) * l.rank], &l.a, l.scaling);
-                }
-                encode_into(scratch, dtype, out);
-            }
+            let o = first + t * ROWS_PER_TASK;
+            let n = out.len() / out_row;
+            let src = &self.bytes[o * width * from..(o + n) * width * from];
+            let delta = self.lora.as_ref().map(|l| (&l.b[o * l.rank..(o + n) * l.rank], &l.a[..], l.scaling));
+            merge_rows(src, self.dtype, out, dtype, width, delta, scratch);
         };
         if crate::parallel::enabled() && out.len() > 1 << 16 {
             crate::parallel::install(|| {
