@@ -292,7 +292,7 @@ const BLOCK: usize = 64;
 
 #[inline(always)]
 fn add_scaled_delta_portable(rows: &mut [f32], inp: usize, b_rows: &[f32], a: &[f32], s: f32) {
-    let n = if inp == 0 { 0 } else { rows.len() / inp };
+    let n = rows.len().checked_div(inp).unwrap_or(0);
     if n == 0 {
         return;
     }

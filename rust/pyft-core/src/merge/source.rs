@@ -335,7 +335,7 @@ impl MergedModel {
             return None;
         }
         let rows = shape.first().copied().unwrap_or(1);
-        let width = if rows == 0 { 0 } else { shape.iter().product::<usize>() / rows };
+        let width = shape.iter().product::<usize>().checked_div(rows).unwrap_or(0);
         let lora = match self.entries[i].deltas.as_slice() {
             [] => None,
             [(ai, m)] if self.adapters.len() == 1 && self.method == Combine::Linear && self.weights[0] == 1.0 => {
