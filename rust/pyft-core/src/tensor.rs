@@ -66,9 +66,25 @@ const CHUNK: usize = 1 << 16;
 
 /// Decode little-endian elements of `dtype` into f32 (exact for every input type).
 pub fn to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
-    let n = bytes.len() / dtype.size();
-    let mut out = vec![0f32; n];
-    let convert = |(dst, src): (&mut [f32], &[u8])| match dtype {
+    let mut out = vec![0f32; bytes.len() / dtype.size()];
+    let pairs: Vec<(&mut [f32], &[u8])> = out.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK * dtype.size())).collect();
+    run_chunks(pairs, |(dst, src)| decode_into(src, dtype, dst));
+    out
+}
+
+/// Encode f32 values as `dtype`, rounding to nearest even once (as torch's `.to(dtype)`).
+pub fn from_f32(values: &[f32], dtype: DType) -> Vec<u8> {
+    let mut out = vec![0u8; values.len() * dtype.size()];
+    let pairs: Vec<(&mut [u8], &[f32])> = out.chunks_mut(CHUNK * dtype.size()).zip(values.chunks(CHUNK)).collect();
+    run_chunks(pairs, |(dst, src)| encode_into(src, dtype, dst));
+    out
+}
+
+/// [`to_f32`] into a caller's buffer, on this thread: `dst.len()` elements from `src`. Always
+/// inlined, so a caller compiled for wider vectors (AVX2) vectorises it with them.
+#[inline(always)]
+pub fn decode_into(src: &[u8], dtype: DType, dst: &mut [f32]) {
+    match dtype {
         DType::F32 => {
             for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
                 *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -84,16 +100,14 @@ pub fn to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
                 *d = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
             }
         }
-    };
-    let pairs: Vec<(&mut [f32], &[u8])> = out.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK * dtype.size())).collect();
-    run_chunks(pairs, convert);
-    out
+    }
 }
 
-/// Encode f32 values as `dtype`, rounding to nearest even once (as torch's `.to(dtype)`).
-pub fn from_f32(values: &[f32], dtype: DType) -> Vec<u8> {
-    let mut out = vec![0u8; values.len() * dtype.size()];
-    let convert = |(dst, src): (&mut [u8], &[f32])| match dtype {
+/// [`from_f32`] into a caller's buffer, on this thread: `src.len()` elements into `dst`. Always
+/// inlined, as [`decode_into`].
+#[inline(always)]
+pub fn encode_into(src: &[f32], dtype: DType, dst: &mut [u8]) {
+    match dtype {
         DType::F32 => {
             for (d, v) in dst.chunks_exact_mut(4).zip(src) {
                 d.copy_from_slice(&v.to_le_bytes());
@@ -106,13 +120,21 @@ pub fn from_f32(values: &[f32], dtype: DType) -> Vec<u8> {
         }
         DType::BF16 => {
             for (d, v) in dst.chunks_exact_mut(2).zip(src) {
-                d.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+                d.copy_from_slice(&bf16_bits(*v).to_le_bytes());
             }
         }
-    };
-    let pairs: Vec<(&mut [u8], &[f32])> = out.chunks_mut(CHUNK * dtype.size()).zip(values.chunks(CHUNK)).collect();
-    run_chunks(pairs, convert);
-    out
+    }
+}
+
+/// `half::bf16::from_f32(x).to_bits()` without branches, so the encoding loop vectorises: round
+/// to nearest even by adding `0x7FFF` plus the kept lowest bit; a NaN keeps its top bits and
+/// becomes quiet.
+#[inline(always)]
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
+    let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
+    (if nan { (b >> 16) | 0x40 } else { rounded }) as u16
 }
 
 fn run_chunks<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
@@ -137,5 +159,21 @@ mod tests {
         assert_eq!(to_f32(&from_f32(&[y], DType::BF16), DType::BF16), vec![1.0 + 2f32.powi(-6)]);
         assert_eq!(to_f32(&from_f32(&[0.1], DType::F32), DType::F32), vec![0.1]);
         assert!(DType::from_name("int8").is_err());
+    }
+
+    #[test]
+    fn bf16_bits_match_half() {
+        let mut x = 0x9E37_79B9u32;
+        let specials = [0u32, 0x8000_0000, 0x7F80_0000, 0xFF80_0000, 0x7F7F_FFFF, 0x7F7F_8000, 0x7FC0_0001,
+                        0xFFFF_FFFF, 0x7F80_0001, 0x0000_8000, 0x0001_8000, 0x3F80_8000, 0x3F81_8000, 1];
+        for bits in specials.into_iter().chain((0..1_000_000).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        })) {
+            let v = f32::from_bits(bits);
+            assert_eq!(bf16_bits(v), half::bf16::from_f32(v).to_bits(), "{bits:#010x}");
+        }
     }
 }

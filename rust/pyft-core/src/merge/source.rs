@@ -6,7 +6,9 @@
 //! consumer fails before writing anything. Afterwards each tensor is either untouched
 //! ([`MergedModel::raw`], zero-copy from the mmap) or computed on demand in f32
 //! ([`MergedModel::read_f32`]); nothing is cached, so memory stays at about the tensors in flight.
-//! The type is `Sync`: several threads may read different tensors at once.
+//! The type is `Sync`: several threads may read different tensors at once. A tensor that is
+//! untouched, or gets one plain LoRA delta, can also be produced a block of rows at a time
+//! straight into the output dtype ([`MergedModel::rows`]), with no f32 copy of the whole tensor.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::io::safetensors::{model_files, SafetensorsFile, TensorInfo};
 use crate::merge::combine::{disjoint_mean, magnitude_prune, random_prune, stream_key, weighted_sum};
-use crate::merge::lora::{add_product, merge_into, LoraAdapter};
+use crate::merge::lora::{add_product, merge_into, merge_rows, LoraAdapter};
 use crate::merge::svd::truncate_product;
 use crate::tensor::{from_f32, to_f32, DType};
 
@@ -309,6 +311,46 @@ impl MergedModel {
         }
     }
 
+    /// The file and byte range of tensor `i` when it is unmodified and stored as `dtype`, so it
+    /// can be copied file to file.
+    pub fn file_range(&self, i: usize, dtype: DType) -> Option<(&Path, u64, usize)> {
+        if self.has_delta(i) || self.tensors[i].dtype != dtype {
+            return None;
+        }
+        let (file, t) = match &self.entries[i].data {
+            Data::Base(fi, t) => (&self.files[*fi], t),
+            Data::Adapter(ai, t) => (&self.adapters[*ai].file, t),
+        };
+        let (offset, len) = file.file_range(t);
+        (t.dtype == dtype).then_some((file.path(), offset, len))
+    }
+
+    /// Tensor `i` as rows to produce a block at a time (see [`TensorRows`]), when it is untouched
+    /// or gets one plain LoRA delta (no DoRA, no combination, no dtype change of an adapter's copy);
+    /// `None` otherwise: use [`read_f32`](Self::read_f32).
+    pub fn rows(&self, i: usize) -> Option<TensorRows<'_>> {
+        let (bytes, dtype) = self.stored(i);
+        let shape = &self.tensors[i].shape;
+        if dtype != self.tensors[i].dtype {
+            return None;
+        }
+        let rows = shape.first().copied().unwrap_or(1);
+        let width = shape.iter().product::<usize>().checked_div(rows).unwrap_or(0);
+        let lora = match self.entries[i].deltas.as_slice() {
+            [] => None,
+            [(ai, m)] if self.adapters.len() == 1 && self.method == Combine::Linear && self.weights[0] == 1.0 => {
+                let module = &self.adapters[*ai].modules[m];
+                if module.magnitude.is_some() {
+                    return None;
+                }
+                let (b, a) = module.factors(&self.adapters[*ai].file);
+                Some(RowLora { b, a, rank: module.rank(), scaling: module.scaling })
+            }
+            _ => return None,
+        };
+        Some(TensorRows { bytes, dtype, rows, width, lora })
+    }
+
     /// The merged values of tensor `i` in f32, row-major in its torch shape. An adapter's copy
     /// stored in another dtype than the base's is first rounded to the base's dtype, as PEFT
     /// loads it into the base parameter.
@@ -380,6 +422,66 @@ impl MergedModel {
         drop(dense);
         v.iter_mut().zip(&combined).for_each(|(w, d)| *w += d);
         Ok(v)
+    }
+}
+
+/// The factors of the one plain LoRA delta of a [`TensorRows`].
+#[derive(Debug)]
+struct RowLora {
+    b: Vec<f32>,
+    a: Vec<f32>,
+    rank: usize,
+    scaling: f32,
+}
+
+/// A tensor of a [`MergedModel`] produced a block of rows at a time in any output dtype: each row
+/// is decoded to f32, gets `s·(B@A)` added exactly as [`MergedModel::read_f32`] does, and is
+/// rounded once, so the bytes equal `from_f32(read_f32(i), dtype)`.
+#[derive(Debug)]
+pub struct TensorRows<'a> {
+    bytes: &'a [u8],
+    dtype: DType,
+    rows: usize,
+    width: usize,
+    lora: Option<RowLora>,
+}
+
+impl TensorRows<'_> {
+    /// Number of rows (the first dimension; 1 for a scalar).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Elements per row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Write rows `first..first + n` as `dtype` into `out` (`n · width · dtype.size()` bytes), rows
+    /// in parallel.
+    pub fn fill(&self, first: usize, out: &mut [u8], dtype: DType) {
+        use rayon::prelude::*;
+        const ROWS_PER_TASK: usize = 8;
+        let (width, from) = (self.width, self.dtype.size());
+        let out_row = width * dtype.size();
+        if out_row == 0 {
+            return;
+        }
+        let task = |(t, out): (usize, &mut [u8]), scratch: &mut Vec<f32>| {
+            let o = first + t * ROWS_PER_TASK;
+            let n = out.len() / out_row;
+            let src = &self.bytes[o * width * from..(o + n) * width * from];
+            let delta = self.lora.as_ref().map(|l| (&l.b[o * l.rank..(o + n) * l.rank], &l.a[..], l.scaling));
+            merge_rows(src, self.dtype, out, dtype, width, delta, scratch);
+        };
+        if crate::parallel::enabled() && out.len() > 1 << 16 {
+            crate::parallel::install(|| {
+                out.par_chunks_mut(out_row * ROWS_PER_TASK).enumerate().for_each_init(Vec::new, |s, x| task(x, s))
+            });
+        } else {
+            let mut scratch = Vec::new();
+            out.chunks_mut(out_row * ROWS_PER_TASK).enumerate().for_each(|x| task(x, &mut scratch));
+        }
     }
 }
 
