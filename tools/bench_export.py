@@ -7,7 +7,7 @@ and runs each export in its own process, reporting wall time and that process's 
 llama.cpp's converter (the pinned copy from the llama-cpp-python 0.3.36 sdist, see
 ``tools/fetch_llama_cpp_src.py``) and pyft for F16 and Q8_0, pyft for Q4_K_M, and for reference
 llama.cpp's ``llama-quantize`` F16 → Q4_K_M (the usual two-step route). A plain ``cp`` of the
-model is the floor. Ends with one JSON line. Usage: ``python tools/bench_export.py [--layers N]``.
+model is the floor. Each run starts after `sync`. Ends with one JSON line. Usage: ``python tools/bench_export.py [--layers N]``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_merge import SHAPE, timed, write_model  # noqa: E402
+from bench_merge import SHAPE, write_model  # noqa: E402
+from bench_merge import timed as _timed  # noqa: E402
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS of one child, after flushing earlier runs' dirty pages (so no run
+    pays for the previous one's write-back)."""
+    os.sync()
+    return _timed(cmd)
 
 CONVERTER = """
 import sys

@@ -23,6 +23,8 @@ pub const MAGIC: &[u8; 4] = b"GGUF";
 pub const VERSION: u32 = 3;
 /// Tensor data alignment (no `general.alignment` key is written, so llama.cpp uses 32).
 pub const ALIGNMENT: usize = 32;
+/// Appends of at least this many bytes bypass the write buffer.
+const LARGE_WRITE: usize = 1 << 20;
 /// Longest tensor name llama.cpp accepts (`GGML_MAX_NAME` = 64 including the NUL).
 pub const MAX_NAME_BYTES: usize = 63;
 
@@ -174,7 +176,7 @@ impl GgufWriter {
         let file = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
         let total = header.len() + sizes.iter().map(|&n| pad(n)).sum::<usize>();
         preallocate(&file, total);
-        let mut out = BufWriter::with_capacity(8 << 20, file);
+        let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&header).map_err(|e| Error::io(&partial, e))?;
         Ok(GgufWriter { out: Some(out), partial, path: path.to_path_buf(), plan, sizes, next: 0, pending: 0 })
     }
@@ -211,6 +213,11 @@ impl GgufWriter {
         }
         self.pending -= bytes.len();
         let out = self.out.as_mut().expect("writer is open until finish");
+        if bytes.len() >= LARGE_WRITE {
+            // Large pieces go straight to the file: no copy through the buffer.
+            out.flush().map_err(|e| Error::io(&self.partial, e))?;
+            return out.get_mut().write_all(bytes).map_err(|e| Error::io(&self.partial, e));
+        }
         out.write_all(bytes).map_err(|e| Error::io(&self.partial, e))
     }
 
