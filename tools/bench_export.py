@@ -7,7 +7,8 @@ and runs each export in its own process, reporting wall time and that process's 
 llama.cpp's converter (the pinned copy from the llama-cpp-python 0.3.36 sdist, see
 ``tools/fetch_llama_cpp_src.py``) and pyft for F16 and Q8_0, pyft for Q4_K_M, and for reference
 llama.cpp's ``llama-quantize`` F16 → Q4_K_M (the usual two-step route). A plain ``cp`` of the
-model is the floor. Each run starts after `sync`. Ends with one JSON line. Usage: ``python tools/bench_export.py [--layers N]``.
+model is the floor. Each run starts after `sync`, and outputs are deleted once measured. Ends with
+one JSON line. Usage: ``python tools/bench_export.py [--layers N]``.
 """
 
 from __future__ import annotations
@@ -86,16 +87,26 @@ def main() -> int:
             return str(work / name)
 
         conv = CONVERTER.format(tests=tests)
+        quantize = "import os\n" + QUANTIZE.format(tests=tests)
+
+        def run(name: str, cmd: list[str], output: str, keep: bool = False) -> tuple[str, float, int]:
+            seconds, rss = timed(cmd)
+            if not keep:  # outputs pile up in the page cache otherwise, slowing every later run
+                Path(output).unlink()
+            return name, seconds, rss
+
         rows = [
-            ("cp (floor)", *timed(["cp", str(model / "model.safetensors"), out("copy")])),
-            ("llama.cpp convert_hf_to_gguf f16", *timed([py, "-c", conv, str(model), out("ref-f16.gguf"), "f16"])),
-            ("pyft-export f16", *timed([py, "-c", PYFT, str(model), out("pyft-f16.gguf"), "f16"])),
-            ("llama.cpp convert_hf_to_gguf q8_0", *timed([py, "-c", conv, str(model), out("ref-q8.gguf"), "q8_0"])),
-            ("pyft-export q8_0", *timed([py, "-c", PYFT, str(model), out("pyft-q8.gguf"), "q8_0"])),
-            ("pyft-export q4_k_m", *timed([py, "-c", PYFT, str(model), out("pyft-q4km.gguf"), "q4_k_m"])),
-            ("llama.cpp llama-quantize f16 -> q4_k_m",
-             *timed([py, "-c", "import os\n" + QUANTIZE.format(tests=tests), out("ref-f16.gguf"), out("ref-q4km.gguf"),
-                     "q4_k_m"])),
+            run("cp (floor)", ["cp", str(model / "model.safetensors"), out("copy")], out("copy")),
+            run("llama.cpp convert_hf_to_gguf f16", [py, "-c", conv, str(model), out("ref-f16.gguf"), "f16"],
+                out("ref-f16.gguf"), keep=True),
+            run("pyft-export f16", [py, "-c", PYFT, str(model), out("pyft-f16.gguf"), "f16"], out("pyft-f16.gguf")),
+            run("llama.cpp convert_hf_to_gguf q8_0", [py, "-c", conv, str(model), out("ref-q8.gguf"), "q8_0"],
+                out("ref-q8.gguf")),
+            run("pyft-export q8_0", [py, "-c", PYFT, str(model), out("pyft-q8.gguf"), "q8_0"], out("pyft-q8.gguf")),
+            run("pyft-export q4_k_m", [py, "-c", PYFT, str(model), out("pyft-q4km.gguf"), "q4_k_m"],
+                out("pyft-q4km.gguf")),
+            run("llama.cpp llama-quantize f16 -> q4_k_m",
+                [py, "-c", quantize, out("ref-f16.gguf"), out("ref-q4km.gguf"), "q4_k_m"], out("ref-q4km.gguf")),
         ]
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -29,6 +29,20 @@ fn c_trunc(v: f32) -> i32 {
     }
 }
 
+/// C `roundf` (half away from zero) then [`c_trunc`], without a libm call for the usual range:
+/// for |v| < 2^23 the truncation and the fraction `v - trunc(v)` are exact, so adding ±1 when
+/// |fraction| ≥ 0.5 is exactly `roundf`; larger values, infinities and NaN take the library path.
+#[inline]
+fn round_away_trunc(v: f32) -> i32 {
+    if v.abs() < 8_388_608.0 {
+        let t = v as i32;
+        let f = v - t as f32;
+        t + i32::from(f >= 0.5) - i32::from(f <= -0.5)
+    } else {
+        c_trunc(v.round())
+    }
+}
+
 /// The element with the largest magnitude, sign kept, first on ties (0 for an all-zero block).
 #[inline]
 fn signed_absmax(x: &[f32; QK]) -> f32 {
@@ -74,6 +88,67 @@ fn read_f16(b: &[u8]) -> f32 {
 // ---------------------------------------------------------------- Q8_0
 
 pub(super) fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { quantize_q8_0_avx2(src, dst) };
+        return;
+    }
+    quantize_q8_0_scalar(src, dst);
+}
+
+/// Q8_0 with AVX2: the same f32 operations per element as the scalar code (abs max, one multiply
+/// by the f32 inverse scale, round half away from zero, truncate), eight lanes at a time. Blocks
+/// holding a NaN or infinity take the scalar path, which reproduces x86's C conversions for them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_q8_0_avx2(src: &[f32], dst: &mut [u8]) {
+    use std::arch::x86_64::{
+        _mm256_add_epi32, _mm256_andnot_ps, _mm256_castps_si256, _mm256_cmp_ps, _mm256_cvttps_epi32,
+        _mm256_loadu_ps, _mm256_max_ps, _mm256_movemask_ps, _mm256_mul_ps, _mm256_round_ps, _mm256_set1_ps,
+        _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_sub_ps, _CMP_GE_OQ, _CMP_LE_OQ, _CMP_NLT_UQ,
+        _MM_FROUND_NO_EXC, _MM_FROUND_TO_ZERO,
+    };
+    let sign = _mm256_set1_ps(-0.0);
+    for (x, y) in src.as_chunks::<QK>().0.iter().zip(dst.as_chunks_mut::<34>().0) {
+        // SAFETY: `x` holds 32 f32: four unaligned 8-lane loads in bounds.
+        let v = unsafe { [0, 8, 16, 24].map(|o| _mm256_loadu_ps(x.as_ptr().add(o))) };
+        let abs = v.map(|l| _mm256_andnot_ps(sign, l));
+        // Not finite (|x| >= inf, or NaN: unordered) anywhere: scalar path.
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        if abs.iter().any(|&a| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLT_UQ>(a, inf)) != 0) {
+            quantize_q8_0_scalar(x, y);
+            continue;
+        }
+        let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 f32 stored into an 8-element array.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+        let amax = lanes.iter().fold(0f32, |a, &b| if a > b { a } else { b });
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(inverse(d));
+        y[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+        let half = _mm256_set1_ps(0.5);
+        let neg_half = _mm256_set1_ps(-0.5);
+        for (k, &l) in v.iter().enumerate() {
+            let r = _mm256_mul_ps(l, id);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(r);
+            let f = _mm256_sub_ps(r, t);
+            // q = trunc(r) + (f >= 0.5) - (f <= -0.5); compare masks are -1 where true.
+            let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(f, half));
+            let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(f, neg_half));
+            let q = _mm256_add_epi32(_mm256_sub_epi32(_mm256_cvttps_epi32(t), up), down);
+            let mut ints = [0i32; 8];
+            // SAFETY: 8 i32 stored into an 8-element array.
+            unsafe { _mm256_storeu_si256(ints.as_mut_ptr().cast(), q) };
+            for (j, &n) in ints.iter().enumerate() {
+                y[2 + 8 * k + j] = n as u8;
+            }
+        }
+    }
+}
+
+fn quantize_q8_0_scalar(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.as_chunks::<QK>().0.iter().zip(dst.as_chunks_mut::<34>().0) {
         let mut amax = 0f32;
         for &v in x {
@@ -84,7 +159,7 @@ pub(super) fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
         let id = inverse(d);
         y[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
         for (q, &v) in y[2..].iter_mut().zip(x) {
-            *q = c_trunc((v * id).round()) as u8;
+            *q = round_away_trunc(v * id) as u8;
         }
     }
 }
@@ -264,6 +339,43 @@ mod tests {
         let mut y = [0f32; QK];
         dequantize_q5_1(&b, &mut y);
         assert_eq!(y, x);
+    }
+
+    #[test]
+    fn q8_0_simd_equals_scalar() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut x: Vec<f32> = (0..32 * 4000).map(|i| {
+            let u = (next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            // Mix scales, exact ties (k/254 of the max), zeros and huge values.
+            match i % 7 { 0 => u * 1e-6, 1 => u * 1e3, 2 => (i % 255) as f32 - 127.0, 3 => 0.0, _ => u }
+        }).collect();
+        x[40] = f32::NAN;
+        x[100] = f32::INFINITY;
+        x[200] = 3e38;
+        let mut fast = vec![0u8; x.len() / 32 * 34];
+        let mut slow = fast.clone();
+        quantize_q8_0(&x, &mut fast);
+        quantize_q8_0_scalar(&x, &mut slow);
+        assert_eq!(fast, slow);
+    }
+
+    #[test]
+    fn round_away_trunc_equals_roundf_then_trunc() {
+        let mut vs: Vec<f32> = (0..400_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))).collect();
+        vs.extend([0.5, -0.5, 1.5, -1.5, 2.5, 126.5, -127.5, 0.49999997, -0.49999997, 8_388_607.5, 8_388_608.0,
+                   f32::NAN, f32::INFINITY, -0.0, 3e9]);
+        for i in 0..=2048 {
+            vs.push(i as f32 / 16.0 - 64.0);
+        }
+        for v in vs {
+            assert_eq!(round_away_trunc(v), c_trunc(v.round()), "{v}");
+        }
     }
 
     #[test]
