@@ -76,21 +76,32 @@ def test_tensors_and_metadata_identical_to_llama_cpp_converter(models, tmp_path,
         assert k_ours[key] == k_ref[key], key
 
 
+def _k_model(root: Path, tok_dir: Path, dtype: str) -> Path:
+    """Rows that fit 256-blocks (hidden 256, intermediate 512), 8 layers so the Q4_K_M mix varies
+    per layer."""
+    return make_tiny_model(root / "llama", tok_dir, arch="llama", hidden_size=256, intermediate_size=512,
+                           num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2, dtype=dtype)
+
+
 @pytest.fixture(scope="module")
 def k_model(tmp_path_factory: pytest.TempPathFactory, tok_dirs: dict[str, Path]) -> Path:
-    """Rows that fit 256-blocks (hidden 256, intermediate 512), 8 layers so the Q4_K_M mix varies
-    per layer, bf16 weights, plus an odd-width model for the fallback types."""
-    root = tmp_path_factory.mktemp("gguf-kq")
-    return make_tiny_model(root / "llama", tok_dirs["llama3"], arch="llama", hidden_size=256, intermediate_size=512,
-                           num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2, dtype="bfloat16")
+    return _k_model(tmp_path_factory.mktemp("gguf-kq"), tok_dirs["llama3"], "bfloat16")
+
+
+@pytest.fixture(scope="module")
+def k_model_f16(tmp_path_factory: pytest.TempPathFactory, tok_dirs: dict[str, Path]) -> Path:
+    return _k_model(tmp_path_factory.mktemp("gguf-kq16"), tok_dirs["llama3"], "float16")
 
 
 @pytest.mark.parametrize("qtype", ["q4_k_m", "q6_k", "q5_k_m", "q4_0"])
-def test_quantized_mixes_identical_to_llama_quantize(k_model, tmp_path, qtype):
-    """llama.cpp's route: a BF16 GGUF (lossless for bf16 weights), then llama-quantize."""
-    bf16 = export_gguf(k_model, tmp_path / "bf16.gguf", qtype="bf16").path
-    ref = llama_quantize(bf16, tmp_path / "ref.gguf", qtype)
-    ours = export_gguf(k_model, tmp_path / "ours.gguf", qtype=qtype).path
+@pytest.mark.parametrize("weights", ["bf16", "f16"])
+def test_quantized_mixes_identical_to_llama_quantize(k_model, k_model_f16, tmp_path, qtype, weights):
+    """llama.cpp's route: our float GGUF of the same precision as the weights (lossless), then
+    llama-quantize; pyft quantizes straight from the safetensors in one pass."""
+    model = k_model if weights == "bf16" else k_model_f16
+    float_file = export_gguf(model, tmp_path / "float.gguf", qtype=weights).path
+    ref = llama_quantize(float_file, tmp_path / "ref.gguf", qtype)
+    ours = export_gguf(model, tmp_path / "ours.gguf", qtype=qtype).path
     t_ours, t_ref = tensors(ours), tensors(ref)
     assert sorted(t_ours) == sorted(t_ref)
     for name, (typ, shape, data) in t_ref.items():

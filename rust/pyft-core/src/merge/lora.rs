@@ -203,7 +203,7 @@ pub fn merge_into(weight: &mut [f32], out: usize, inp: usize, adapter: &ModuleAd
 /// `weight += s · (B @ A)` (`B [out, r]`, `A [r, in]`), each output row optionally rescaled to
 /// `m[o] / ‖row‖` (DoRA). Rows run in parallel on large weights.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn add_product(weight: &mut [f32], out: usize, inp: usize, b: &[f32], a: &[f32], r: usize, s: f32,
+pub fn add_product(weight: &mut [f32], out: usize, inp: usize, b: &[f32], a: &[f32], r: usize, s: f32,
                           m: Option<&[f32]>) {
     let merge_row = |(o, row): (usize, &mut [f32])| {
         add_scaled_delta(row, inp, &b[o * r..(o + 1) * r], a, s);
@@ -242,7 +242,7 @@ pub(crate) fn add_scaled_delta(rows: &mut [f32], inp: usize, b_rows: &[f32], a: 
 /// A block of rows of a weight as merged output: decode `src` (`[n, inp]` of `from`), add
 /// `s · (b_rows @ a)` as [`add_scaled_delta`] when `delta` is `Some((b_rows, a, s))`, and encode
 /// the result as `to` into `dst`, rounding once. `scratch` holds the f32 rows in between.
-pub(crate) fn merge_rows(src: &[u8], from: DType, dst: &mut [u8], to: DType, inp: usize,
+pub fn merge_rows(src: &[u8], from: DType, dst: &mut [u8], to: DType, inp: usize,
                          delta: Option<(&[f32], &[f32], f32)>, scratch: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     {
