@@ -23,7 +23,8 @@ use crate::gguf::mix::{tensor_type, QType};
 use crate::gguf::quant::{quantize_row, quantize_rows};
 use crate::gguf::value::GgufValue;
 use crate::gguf::writer::{GgufWriter, TensorPlan};
-use crate::tensor::DType;
+use crate::io::safetensors::{populate_pages, release_pages};
+use crate::tensor::{decode_into, DType};
 
 /// Values per chunk when an untouched tensor is streamed (16 MiB of f32).
 const CHUNK_VALUES: usize = 4 << 20;
@@ -199,41 +200,6 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
     Ok(items)
 }
 
-/// Fault in the pages of `bytes` (part of a read-only file mapping) with one `madvise` instead of
-/// one page fault per page; a hint only: failures (older kernels) are ignored.
-fn populate_pages(bytes: &[u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        let page = 4096usize;
-        let start = bytes.as_ptr() as usize / page * page;
-        let end = bytes.as_ptr() as usize + bytes.len();
-        if end > start {
-            // SAFETY: advisory call on a range of a live read-only mapping; no memory is written.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_READ);
-            }
-        }
-    }
-}
-
-/// Drop the cached pages fully inside `bytes` (a slice of a read-only file mapping already
-/// consumed): keeps the resident set at a few chunks while a large tensor streams through.
-fn release_pages(bytes: &[u8]) {
-    #[cfg(unix)]
-    {
-        let page = 4096usize;
-        let start = (bytes.as_ptr() as usize).div_ceil(page) * page;
-        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
-        if end > start {
-            // SAFETY: `bytes` lies in a read-only, file-backed private mapping; MADV_DONTNEED only
-            // drops clean cached pages, which are faulted back in unchanged from the file if touched.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-            }
-        }
-    }
-}
-
 /// Encode whole rows stored as `dtype` bytes into `t`: the stored bytes themselves when the types
 /// agree, else decoded and quantized in row blocks of about 64K values per task, so the f32
 /// intermediate stays in cache and never exists for the whole chunk.
@@ -250,7 +216,8 @@ fn encode_stored_rows(stored: &[u8], dtype: DType, ncols: usize, t: GgmlType) ->
     let tasks: Vec<(&mut [u8], &[u8])> =
         out.chunks_mut(rows_per_task * row_bytes).zip(stored.chunks(rows_per_task * ncols * dtype.size())).collect();
     let work = |(dst, src): (&mut [u8], &[u8])| -> Result<()> {
-        let values = decode(src, dtype);
+        let mut values = vec![0f32; src.len() / dtype.size()];
+        decode_into(src, dtype, &mut values);
         for (row_out, row_in) in dst.chunks_mut(row_bytes).zip(values.chunks(ncols)) {
             quantize_row(t, row_in, row_out)?;
         }
@@ -263,15 +230,6 @@ fn encode_stored_rows(stored: &[u8], dtype: DType, ncols: usize, t: GgmlType) ->
         tasks.into_iter().try_for_each(work)?;
     }
     Ok(out)
-}
-
-/// Stored little-endian values to f32, sequentially (the caller parallelises).
-fn decode(src: &[u8], dtype: DType) -> Vec<f32> {
-    match dtype {
-        DType::F32 => src.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::F16 => src.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DType::BF16 => src.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)).collect(),
-    }
 }
 
 /// Encode one tensor in its planned ggml type, handing the bytes to `emit` in one or more pieces

@@ -138,7 +138,7 @@ impl GgufHeader {
                     entry["length"] = json!(a.len());
                     entry["value"] = array_json(a, max_array);
                 }
-                v => entry["value"] = scalar_json(v),
+                v => entry["value"] = value_json(v),
             }
             entry
         }).collect();
@@ -161,7 +161,8 @@ fn float_json(x: f64) -> Value {
     }
 }
 
-fn scalar_json(v: &GgufValue) -> Value {
+/// A metadata value as JSON (whole arrays; non-finite floats as the strings `nan`, `inf`, `-inf`).
+pub fn value_json(v: &GgufValue) -> Value {
     match v {
         GgufValue::U8(x) => json!(x),
         GgufValue::I8(x) => json!(x),

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::gguf::ggml_type::GgmlType;
 use crate::gguf::value::{GgufArray, GgufValue};
+use crate::io::safetensors::preallocate;
 
 /// GGUF magic bytes.
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -245,21 +246,6 @@ impl GgufWriter {
         std::fs::rename(&self.partial, &self.path).map_err(|e| Error::io(&self.path, e))?;
         Ok(self.path.clone())
     }
-}
-
-/// Reserve the file's final size (Linux `fallocate`): appending into allocated extents costs the
-/// kernel less than allocating block by block. A hint only: unsupported filesystems are ignored.
-fn preallocate(file: &File, len: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        if let Ok(len) = libc::off_t::try_from(len) {
-            // SAFETY: a plain syscall on a valid, open file descriptor; no memory is passed.
-            let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, len);
 }
 
 impl Drop for GgufWriter {
