@@ -57,6 +57,10 @@ pub enum Error {
     /// An option value is invalid.
     #[error("invalid option: {0}")]
     Option(String),
+    /// A tensor's values cannot be processed (e.g. NaN or infinity where a quantizer needs
+    /// finite numbers); the message names the element.
+    #[error("{0}")]
+    Value(String),
 }
 
 impl Error {

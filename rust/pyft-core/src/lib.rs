@@ -7,6 +7,7 @@
 //! - [`gguf`]: GGUF files for llama.cpp/Ollama: writer, reader, quantizers, export.
 //! - [`io`]: safetensors reading (validated, memory-mapped) and streaming writing.
 //! - [`merge`]: folding LoRA-family adapters into base weights, tensor by tensor.
+//! - [`nf4`]: 4-bit NormalFloat quantization, byte-compatible with bitsandbytes.
 //! - [`tensor`]: element types and f32 conversion.
 #![deny(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod gguf;
 pub mod io;
 pub mod merge;
+pub mod nf4;
 pub mod parallel;
 pub mod tensor;
 

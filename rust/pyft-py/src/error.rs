@@ -5,9 +5,9 @@
 //!              ├─ `TemplateError` (chat template compile/render failures)
 //!              ├─ `TokenizerError`
 //!              └─ `ConfigError` (invalid options)
-//! I/O failures become `OSError` with the path in the message.
+//! I/O failures become `OSError` with the path in the message; unusable tensor values `ValueError`.
 
-use pyo3::exceptions::{PyException, PyOSError};
+use pyo3::exceptions::{PyException, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyft_core::Error;
 
@@ -41,5 +41,6 @@ pub fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
         Error::Template(_) => TemplateError::new_err(message),
         Error::Tokenizer(_) => TokenizerError::new_err(message),
         Error::Option(_) => ConfigError::new_err(message),
+        Error::Value(_) => PyValueError::new_err(message),
     }
 }

@@ -9,6 +9,7 @@ mod export;
 mod inspect;
 mod gguf_vocab;
 mod merge;
+mod nf4;
 
 use pyo3::prelude::*;
 
@@ -31,6 +32,8 @@ mod _core {
     use super::gguf_vocab::gguf_tokenizer_metadata;
     #[pymodule_export]
     use super::merge::merge;
+    #[pymodule_export]
+    use super::nf4::{nf4_double_quantize, nf4_quantize, nf4_state_json};
     #[pymodule_export]
     use super::error::{ConfigError, DataError, PyftError, TemplateError, TokenizerError};
 

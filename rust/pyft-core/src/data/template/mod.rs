@@ -15,7 +15,7 @@ mod builtins;
 mod env;
 mod generation;
 mod pyjson;
-mod pyrepr;
+pub(crate) mod pyrepr;
 mod pystr;
 mod special;
 mod strftime;

@@ -21,8 +21,12 @@ pub(crate) fn float_repr(f: f64) -> String {
     if f == 0.0 {
         return if f.is_sign_negative() { "-0.0" } else { "0.0" }.into();
     }
-    // `{:e}` gives the shortest round-trip digits, e.g. "-1.2345e-5".
-    let sci = format!("{f:e}");
+    // `{:e}` gives the shortest round-trip digits, e.g. "-1.2345e-5", but breaks an exact tie
+    // between two shortest candidates upwards; Python takes the correctly rounded one (half to
+    // even), which `{:.N e}` produces for the same digit count.
+    let shortest = format!("{f:e}");
+    let count = shortest.split('e').next().map_or(1, |m| m.bytes().filter(u8::is_ascii_digit).count());
+    let sci = format!("{:.*e}", count.saturating_sub(1), f);
     let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
     let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
     let (sign, mantissa) = match mantissa.strip_prefix('-') {
@@ -187,6 +191,8 @@ mod tests {
 
     #[test]
     fn floats_print_like_python() {
+        // An exact tie between two 16-digit candidates: Python rounds half to even.
+        assert_eq!(float_repr(f64::from_bits(0x4053_4f00_8000_0000)), "77.23440551757812");
         let cases = [
             (1.0, "1.0"),
             (0.1, "0.1"),
