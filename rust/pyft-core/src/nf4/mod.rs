@@ -6,6 +6,8 @@
 //! - [`dequant`]: back to f32 (for merging and export from 4-bit checkpoints).
 //! - [`state`]: the JSON quant-state blob and tensor names of the checkpoint format.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod dequant;
 pub mod double_quant;
 pub mod quantize;

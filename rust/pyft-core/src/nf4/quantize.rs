@@ -134,46 +134,10 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
 }
 
 /// Quantize one task's whole blocks; `first` is the index of its first element in the tensor.
-/// Runs the AVX2 build of [`quantize_blocks`] when the CPU has it: the same f32 operations per
-/// element (no FMA), so identical bytes, with twice the lanes.
+/// Full blocks take the AVX2 kernels when the CPU has them (the same f32 operations per element,
+/// so the same bytes); partial blocks and other CPUs the scalar code.
 #[allow(clippy::too_many_arguments)]
 fn quantize_task(
-    src: &[u8],
-    dtype: DType,
-    blocksize: usize,
-    n: usize,
-    first: usize,
-    compat: Compat,
-    packed: &mut [u8],
-    absmax: &mut [f32],
-) -> Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        #[allow(clippy::too_many_arguments)]
-        fn avx2(
-            src: &[u8],
-            dtype: DType,
-            blocksize: usize,
-            n: usize,
-            first: usize,
-            compat: Compat,
-            packed: &mut [u8],
-            absmax: &mut [f32],
-        ) -> Result<()> {
-            quantize_blocks(src, dtype, blocksize, n, first, compat, packed, absmax)
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(src, dtype, blocksize, n, first, compat, packed, absmax) };
-        }
-    }
-    quantize_blocks(src, dtype, blocksize, n, first, compat, packed, absmax)
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn quantize_blocks(
     src: &[u8],
     dtype: DType,
     blocksize: usize,
@@ -187,6 +151,22 @@ fn quantize_blocks(
     for (b, (block_src, scale)) in src.chunks(blocksize * dtype.size()).zip(absmax.iter_mut()).enumerate() {
         let start = first + b * blocksize;
         let len = block_src.len() / dtype.size();
+        #[cfg(target_arch = "x86_64")]
+        if len == blocksize && crate::nf4::avx2::available() {
+            // SAFETY: AVX2 + F16C checked; a full block is a multiple of 32 elements.
+            let (amax, finite) = unsafe { crate::nf4::avx2::block_absmax(block_src, dtype) };
+            if finite {
+                let inv = match compat {
+                    Compat::BnbCpu => 1.0 / amax.max(MIN_SCALE),
+                    Compat::BnbCuda => 1.0 / amax,
+                };
+                let out = &mut packed[(start - first) / 2..(start - first + len) / 2];
+                // SAFETY: as above; `out` holds len / 2 bytes.
+                unsafe { crate::nf4::avx2::encode_scaled(block_src, dtype, inv, out) };
+                *scale = amax;
+                continue;
+            }
+        }
         let x = &mut values[..len];
         decode_into(block_src, dtype, x);
         let (amax, finite) = absmax_and_finite(x);
@@ -252,28 +232,16 @@ pub fn nf4_code(xn: f32) -> u8 {
 /// Codes for one block, two per byte; an odd block gets the code of a scaled 0 as its pad.
 #[inline(always)]
 fn encode_block(x: &[f32], scaling: Scaling, out: &mut [u8]) {
-    let mut codes = [0u8; 4096];
-    let (len, padded) = (x.len(), x.len().div_ceil(2) * 2);
     // clamp(x·inv, -1, 1) as bitsandbytes would be a no-op: a clamped value keeps its code.
-    match scaling {
-        Scaling::Multiply(inv) => {
-            for (c, &v) in codes[..len].iter_mut().zip(x) {
-                *c = nf4_code(v * inv);
-            }
-            if padded > len {
-                codes[len] = nf4_code(0.0 * inv);
-            }
-        }
-        Scaling::Divide(am) => {
-            for (c, &v) in codes[..len].iter_mut().zip(x) {
-                *c = nf4_code(v / am);
-            }
-            if padded > len {
-                codes[len] = nf4_code(0.0 / am);
-            }
-        }
+    let code = |v: f32| match scaling {
+        Scaling::Multiply(inv) => nf4_code(v * inv),
+        Scaling::Divide(am) => nf4_code(v / am),
+    };
+    let mut pairs = x.chunks_exact(2);
+    for (o, pair) in out.iter_mut().zip(&mut pairs) {
+        *o = (code(pair[0]) << 4) | code(pair[1]);
     }
-    for (o, pair) in out.iter_mut().zip(codes[..padded].chunks_exact(2)) {
-        *o = (pair[0] << 4) | pair[1];
+    if let [last] = pairs.remainder() {
+        out[x.len() / 2] = (code(*last) << 4) | code(0.0);
     }
 }
