@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
+from pyft.quant.linear import NF4Linear
+
 
 def matches_any(name: str, targets: str | Sequence[str] | None) -> bool:
     """Whether module ``name`` matches ``targets`` (a regex string or a list of names/suffixes)."""
@@ -88,11 +90,12 @@ def is_target(
 
 
 def all_linear_names(model: nn.Module) -> list[str]:
-    """The suffix names of every ``nn.Linear`` except the output layer, as PEFT expands ``all-linear``."""
+    """The suffix names of every ``nn.Linear`` and :class:`~pyft.quant.NF4Linear` except the output
+    layer, as PEFT expands ``all-linear`` (which also counts bitsandbytes' ``Linear4bit``)."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = set()
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module is not output:
+        if isinstance(module, (nn.Linear, NF4Linear)) and module is not output:
             names.add(name.rsplit(".", 1)[-1])
     return sorted(names)
 

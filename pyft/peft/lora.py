@@ -1,5 +1,9 @@
 """The LoRA family: LoRA, rsLoRA and DoRA on ``nn.Linear`` layers, plus fully trained modules.
 
+QLoRA is the same adapters over :class:`~pyft.quant.NF4Linear` bases: wherever the math needs
+the base weight (DoRA's norm and magnitude init, merged weights) it uses the dequantized weight
+(:func:`base_weight`); gradients reach only the adapter.
+
 Math (as HF PEFT 0.21 computes it, so logits and gradients agree with PEFT):
 
 - LoRA: ``y = W x + b + s · B A dropout(x)``, ``A [r, in]`` (Kaiming-uniform init), ``B [out, r]``
@@ -25,6 +29,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyft.peft._inject import all_linear_names, is_target, pattern_key, replace_module
+from pyft.quant.linear import NF4Linear
+
+#: The layer types LoRA adapts.
+ADAPTABLE = (nn.Linear, NF4Linear)
+
+
+def base_weight(base: nn.Linear | NF4Linear) -> torch.Tensor:
+    """The weight ``[out, in]`` of a base layer in its own dtype: ``base.weight`` of an
+    ``nn.Linear``, the dequantized weight (a fresh tensor, no grad) of an :class:`NF4Linear`."""
+    if isinstance(base, NF4Linear):
+        return base.dequantized_weight()
+    return base.weight
 
 
 @dataclass
@@ -36,8 +52,8 @@ class LoraConfig:
         alpha: scaling numerator (``lora_alpha`` in PEFT). Default 16.
         dropout: dropout on the adapter input during training. Default 0.
         targets: module names/suffixes (``["q_proj", "v_proj"]``), a regex string matching full
-            module names, or ``"all-linear"`` (every ``nn.Linear`` but the output layer). Default
-            ``"all-linear"``.
+            module names, or ``"all-linear"`` (every ``nn.Linear`` / ``NF4Linear`` but the output
+            layer). Default ``"all-linear"``.
         rslora: scale by ``alpha / sqrt(r)`` (rank-stabilised LoRA).
         dora: weight-decomposed LoRA (adds a magnitude vector per output feature).
         exclude: modules never adapted (same matching as ``targets``).
@@ -87,17 +103,17 @@ class LoraConfig:
 
 
 class LoraLinear(nn.Module):
-    """An ``nn.Linear`` with a LoRA (or rsLoRA / DoRA) adapter beside it.
+    """An ``nn.Linear`` or :class:`~pyft.quant.NF4Linear` with a LoRA (or rsLoRA / DoRA) adapter beside it.
 
     Submodules and parameters follow PEFT's names (``base_layer``, ``lora_A``, ``lora_B``,
     ``lora_magnitude_vector``) so state dicts map one to one onto PEFT's adapter format.
 
     Args:
-        base: the frozen layer (weight ``[out, in]``).
+        base: the frozen layer (weight ``[out, in]``, NF4 for QLoRA).
         r, alpha, dropout, rslora, dora: see :class:`LoraConfig`.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
+    def __init__(self, base: nn.Linear | NF4Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
                  dora: bool = False) -> None:
         super().__init__()
         self.base_layer = base
@@ -113,7 +129,7 @@ class LoraLinear(nn.Module):
         self.lora_magnitude_vector: nn.Parameter | None = None
         if dora:
             with torch.no_grad():
-                norm = torch.linalg.norm(base.weight.float() + self.scaling * self.delta_direction(), dim=1)
+                norm = torch.linalg.norm(base_weight(base).float() + self.scaling * self.delta_direction(), dim=1)
             self.lora_magnitude_vector = nn.Parameter(norm)
         self.adapter_enabled = True
 
@@ -128,7 +144,7 @@ class LoraLinear(nn.Module):
 
     def merged_weight(self) -> torch.Tensor:
         """The weight with the adapter folded in (float32 ``[out, in]``)."""
-        w = self.base_layer.weight.float() + self.delta_weight()
+        w = base_weight(self.base_layer).float() + self.delta_weight()
         if self.use_dora:
             norm = torch.linalg.norm(w, dim=1, keepdim=True)
             w = (self.lora_magnitude_vector.float().view(-1, 1) / norm) * w
@@ -153,12 +169,17 @@ class LoraLinear(nn.Module):
             x = self.lora_dropout(x)
             base_out = None  # dropout changed x: recompute W x below
         direction = self.delta_direction().to(x.dtype)
-        weight = self.base_layer.weight.to(x.dtype)
+        weight = base_weight(self.base_layer).to(x.dtype)
         norm = torch.linalg.norm(weight + self.scaling * direction.detach(), dim=1).to(weight.dtype).detach()
         scale = (self.lora_magnitude_vector / norm).view(1, -1)
         lora_out = self.lora_B(self.lora_A(x))
         if base_out is None:
-            base_out = F.linear(x, weight)
+            if isinstance(self.base_layer, NF4Linear):
+                # dequantized straight into x's dtype and not saved for backward (PEFT's bnb layer
+                # uses F.linear here and keeps the dense weight alive until backward)
+                base_out = self.base_layer.linear(x, with_bias=False)
+            else:
+                base_out = F.linear(x, weight)
         elif self.base_layer.bias is not None:
             base_out = base_out - self.base_layer.bias
         return (scale - 1) * base_out + scale * lora_out * self.scaling
@@ -195,8 +216,8 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> list[str]:
         The names of the adapted modules (``modules_to_save`` not included).
 
     Raises:
-        ValueError: the model already has an adapter, a target is not an ``nn.Linear``, or
-            nothing matches ``targets``.
+        ValueError: the model already has an adapter, a target is not an ``nn.Linear`` or
+            ``NF4Linear``, or nothing matches ``targets``.
     """
     if any(isinstance(m, (LoraLinear, ModulesToSave)) for m in model.modules()):
         raise ValueError("the model already has a LoRA adapter; merge or reload it before adding another")
@@ -209,10 +230,11 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> list[str]:
                                      layers_to_transform=config.layers_to_transform,
                                      layers_pattern=config.layers_pattern):
             continue
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, ADAPTABLE):
             if isinstance(targets, str):
                 continue  # a regex may also match containers; PEFT skips what it cannot adapt there too
-            raise ValueError(f"target `{name}` is a {type(module).__name__}; pyft applies LoRA to nn.Linear layers")
+            raise ValueError(f"target `{name}` is a {type(module).__name__}; pyft applies LoRA to nn.Linear and "
+                             "NF4Linear layers")
         r, alpha = config.rank_and_alpha(name)
         replace_module(model, name, LoraLinear(module, r, alpha, config.dropout, config.rslora, config.dora))
         adapted.append(name)
@@ -257,11 +279,21 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight (computed in float32, cast once to the base dtype)
-    and remove the LoRA layers, in place. Returns ``model``."""
+    and remove the LoRA layers, in place. Returns ``model``.
+
+    An :class:`~pyft.quant.NF4Linear` base is not re-quantized (that would add a second rounding
+    error on top of the adapter): it is replaced by a dense ``nn.Linear`` in the weight's original
+    dtype holding ``dequant(W) + ΔW``, so the merged model is no longer 4-bit. Quantize it again
+    explicitly if that is what you want.
+    """
     for name, layer in list(lora_modules(model)):
         base = layer.base_layer
         with torch.no_grad():
-            base.weight.copy_(layer.merged_weight().to(base.weight.dtype))
+            merged = layer.merged_weight()
+            if isinstance(base, NF4Linear):
+                base = _dense_linear(base, merged)
+            else:
+                base.weight.copy_(merged.to(base.weight.dtype))
         replace_module(model, name, base)
     for name, module in list(model.named_modules()):
         if isinstance(module, ModulesToSave):
@@ -269,6 +301,17 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if hasattr(model, "pyft_lora_config"):
         del model.pyft_lora_config
     return model
+
+
+def _dense_linear(base: NF4Linear, weight: torch.Tensor) -> nn.Linear:
+    """A frozen ``nn.Linear`` in ``base``'s original weight dtype holding ``weight``."""
+    dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=base.weight.device,
+                      dtype=base.weight_dtype)
+    dense.weight.copy_(weight.to(base.weight_dtype))
+    if base.bias is not None:
+        dense.bias.copy_(base.bias)
+    dense.requires_grad_(False)
+    return dense
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:

@@ -9,12 +9,37 @@ with the multiply and the add as separate operations (a fused multiply-add would
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 from pyft.quant.tables import NF4_CODE
 
 _PAIR_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+class NestedAbsmax(NamedTuple):
+    """Double-quantized block scales, kept compressed (bitsandbytes' ``compress_statistics``).
+
+    The float32 scale of block ``i`` is ``fp32(fp32(nested_code[q8[i]] * nested_absmax[i // 256]) + offset)``.
+
+    Attributes:
+        q8: uint8 ``[nb]``, 8-bit codes of ``absmax - offset``.
+        nested_absmax: float32 ``[ceil(nb / nested_blocksize)]``.
+        nested_code: float32 ``[256]``, the stored dynamic map (CODE8).
+        offset: float32 scalar tensor (or a float), the mean that was subtracted.
+        nested_blocksize: scales per nested block (256 in bitsandbytes).
+    """
+
+    q8: torch.Tensor
+    nested_absmax: torch.Tensor
+    nested_code: torch.Tensor
+    offset: torch.Tensor | float
+    nested_blocksize: int = 256
+
+    def absmax(self) -> torch.Tensor:
+        """The rebuilt float32 ``[nb]`` block scales."""
+        return reconstruct_absmax(self.q8, self.nested_absmax, self.nested_code, self.offset, self.nested_blocksize)
 
 
 def nf4_code(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -88,3 +113,41 @@ def dequantize_nf4_torch(packed: torch.Tensor, absmax: torch.Tensor, shape: Sequ
         values = torch.nn.functional.pad(values, (0, padded - values.numel()))
     values = values[:padded].view(nb, blocksize) * absmax.float().view(-1, 1)
     return values.reshape(-1)[:n].to(dtype).reshape(tuple(shape))
+
+
+def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor | NestedAbsmax, shape: Sequence[int], blocksize: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Dequantize NF4 codes: the Triton kernel on CUDA when Triton is installed, PyTorch otherwise.
+
+    Both give the same bits (``to_dtype(fp32(NF4[code] * absmax[block]))``, scales rebuilt with a
+    separate multiply and add).
+
+    Args:
+        packed: the packed codes, ``(n + 1) // 2`` bytes (first element in the high nibble).
+        absmax: float32 ``[nb]`` block scales, or :class:`NestedAbsmax` when double quantized.
+        shape: the original tensor shape.
+        blocksize: elements per block.
+        dtype: the output dtype.
+
+    Returns:
+        ``dtype`` tensor of ``shape`` on ``packed``'s device.
+    """
+    if packed.is_cuda and _triton_available():
+        from pyft.quant.triton_dequant import dequantize_nf4_triton
+
+        return dequantize_nf4_triton(packed, absmax, shape, blocksize, dtype)
+    if isinstance(absmax, NestedAbsmax):
+        absmax = absmax.absmax()
+    return dequantize_nf4_torch(packed, absmax, shape, blocksize, dtype)
+
+
+_TRITON: bool | None = None
+
+
+def _triton_available() -> bool:
+    global _TRITON
+    if _TRITON is None:
+        import importlib.util
+
+        _TRITON = importlib.util.find_spec("triton") is not None
+    return _TRITON
