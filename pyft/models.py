@@ -41,6 +41,10 @@ def load_model(
     adapter: str | os.PathLike[str] | None = None,
     attn_implementation: str | None = None,
     trainable_adapter: bool = False,
+    quantize: str | None = None,
+    compute_dtype: Any = None,
+    quant_blocksize: int = 64,
+    double_quant: bool = True,
 ):
     """Load a causal LM from a local directory (nothing is downloaded).
 
@@ -52,13 +56,39 @@ def load_model(
         adapter: a PEFT-format LoRA adapter directory to apply (see :func:`pyft.peft.load_adapter`).
         attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``... (transformers' choice if None).
         trainable_adapter: keep the loaded adapter trainable.
+        quantize: ``"nf4"`` to quantize every decoder linear layer to 4-bit NormalFloat while
+            loading (QLoRA's base; bit-identical to bitsandbytes), streaming from the safetensors
+            files so the full-precision model is never in memory. A checkpoint already saved in
+            bitsandbytes' 4-bit format loads as NF4 without this.
+        compute_dtype: matmul dtype of the NF4 layers (default: ``dtype``, bf16 when ``auto``).
+        quant_blocksize: NF4 block size (64, as bitsandbytes).
+        double_quant: also quantize the NF4 block scales (QLoRA's double quantization).
 
     Returns:
         A ``transformers`` ``PreTrainedModel`` in eval mode.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     p = check_model_dir(path)
+    if quantize not in (None, "nf4"):
+        raise ValueError(f"unknown quantize {quantize!r} (expected None or 'nf4')")
+    config = AutoConfig.from_pretrained(str(p), local_files_only=True)
+    if quantize == "nf4" or getattr(config, "quantization_config", None) is not None:
+        import torch
+
+        from pyft.quant.loader import load_nf4_model
+
+        load_dtype = _resolve_dtype(dtype)
+        if load_dtype == "auto":
+            load_dtype = torch.bfloat16
+        model = load_nf4_model(p, dtype=load_dtype, compute_dtype=_resolve_dtype(compute_dtype) if compute_dtype
+                               else None, device=device, blocksize=quant_blocksize, double_quant=double_quant,
+                               attn_implementation=attn_implementation)
+        if adapter is not None:
+            from pyft.peft import load_adapter
+
+            load_adapter(model, adapter, trainable=trainable_adapter)
+        return model.eval()
     kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype), "local_files_only": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

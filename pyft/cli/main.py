@@ -1,7 +1,7 @@
 """``pyft``: the command-line interface.
 
-Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``merge``, ``export``,
-``inspect``, ``demo``.
+Subcommands so far: ``data prepare``, ``data inspect``, ``train``, ``estimate``, ``quantize``, ``merge``,
+``export``, ``inspect``, ``demo``.
 """
 
 from __future__ import annotations
@@ -116,6 +116,25 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyft.quant.checkpoint import quantize_checkpoint
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    try:
+        report = quantize_checkpoint(args.model_dir, args.out_dir, dtype=dtypes[args.dtype],
+                                     compute_dtype=dtypes[args.compute_dtype] if args.compute_dtype else None,
+                                     blocksize=args.blocksize, double_quant=not args.no_double_quant,
+                                     skip_modules=args.skip or (), compat=args.compat)
+    except ValueError as e:
+        print(f"pyft: error: {e}", file=sys.stderr)
+        return 1
+    print(f"quantized {report.quantized} linear weights to NF4, kept {report.kept} tensors in {args.dtype}: "
+          f"{report.bytes_in / 2**20:,.1f} MiB -> {report.bytes_out / 2**20:,.1f} MiB in {report.out_dir}")
+    return 0
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from pyft.cli.merge import run
 
@@ -168,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config", nargs="?", help="YAML config file")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4 lora.r=32")
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    qz = sub.add_parser("quantize", help="write a 4-bit NF4 checkpoint (bitsandbytes format, loads in transformers)",
+                        description="Quantize a model's decoder linear layers to NF4 (bit-identical to bitsandbytes) "
+                                    "and write a checkpoint transformers + bitsandbytes and pyft load as 4-bit. "
+                                    "Embeddings, norms and the output layer stay 16-bit.")
+    qz.add_argument("model_dir", metavar="MODEL_DIR", help="transformers model directory (safetensors)")
+    qz.add_argument("out_dir", metavar="OUT_DIR", help="directory to create")
+    qz.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
+                    help="dtype before quantization and of the unquantized tensors (bf16)")
+    qz.add_argument("--compute-dtype", choices=["bf16", "fp16", "fp32"], help="bnb_4bit_compute_dtype (= --dtype)")
+    qz.add_argument("--blocksize", type=int, default=64, help="NF4 block size: 32..4096 (64)")
+    qz.add_argument("--no-double-quant", action="store_true", help="keep the block scales in float32")
+    qz.add_argument("--skip", nargs="+", metavar="MODULE", help="modules to keep in --dtype (lm_head always is)")
+    qz.add_argument("--compat", choices=["cpu", "cuda"], default="cpu",
+                    help="reproduce bitsandbytes' CPU (default) or CUDA bytes where they differ (all-zero blocks, "
+                         "nested scale rounding); both dequantize alike")
     from pyft.cli.merge import add_arguments as add_merge_arguments
 
     mg = sub.add_parser("merge", help="fold LoRA adapters into their base model (streamed, in Rust)",
@@ -213,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo,
-                ("train", None): _cmd_train, ("estimate", None): _cmd_estimate,
+                ("train", None): _cmd_train, ("estimate", None): _cmd_estimate, ("quantize", None): _cmd_quantize,
                 ("merge", None): _cmd_merge, ("export", None): _cmd_export,
                 ("inspect", None): _cmd_inspect_model}
     handler = handlers.get((args.command, getattr(args, "data_command", None)))
