@@ -65,6 +65,18 @@ class TrainSection:
 
 
 @dataclass
+class QuantSection:
+    """How ``method: qlora`` quantizes the base (NF4, as bitsandbytes' defaults for QLoRA).
+
+    ``compute_dtype`` ``auto`` follows the training precision (bf16 under bf16, else fp32).
+    """
+
+    blocksize: int = 64
+    double_quant: bool = True
+    compute_dtype: str = "auto"
+
+
+@dataclass
 class TrainConfig:
     """A whole training run."""
 
@@ -73,6 +85,7 @@ class TrainConfig:
     output: str = "pyft-output"
     method: str = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    quant: QuantSection = field(default_factory=QuantSection)
     freeze: FreezeSection = field(default_factory=FreezeSection)
     train: TrainSection = field(default_factory=TrainSection)
 
@@ -82,8 +95,8 @@ class TrainConfig:
             raise ConfigError("model: required (a transformers model directory)")
         if not self.data:
             raise ConfigError("data: required (a directory written by `pyft data prepare`)")
-        if self.method not in ("lora", "full"):
-            raise ConfigError(f"method: unknown method {self.method!r} (expected lora or full)")
+        if self.method not in ("lora", "qlora", "full"):
+            raise ConfigError(f"method: unknown method {self.method!r} (expected lora, qlora or full)")
         t = self.train
         checks = [
             (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
@@ -98,6 +111,10 @@ class TrainConfig:
             (len(t.betas) == 2, "train.betas", "expected two numbers"),
             (self.freeze.unfreeze_every is None or self.freeze.unfreeze_every >= 1, "freeze.unfreeze_every",
              "must be >= 1"),
+            (self.quant.blocksize in (32, 64, 128, 256, 512, 1024, 2048, 4096), "quant.blocksize",
+             "expected 32, 64, 128, 256, 512, 1024, 2048 or 4096"),
+            (self.quant.compute_dtype in ("auto", "bf16", "fp16", "fp32"), "quant.compute_dtype",
+             "expected auto, bf16, fp16 or fp32"),
         ]
         for ok, key, why in checks:
             if not ok:

@@ -82,10 +82,19 @@ def build_trainer(config: TrainConfig) -> Trainer:
         torch.cuda.set_device(device)
     precision = resolve_precision(t.precision, device)
     seed_everything(t.seed)
-    dtype = torch.bfloat16 if (config.method == "lora" and precision == "bf16") else torch.float32
-    model = load_model(model_dir, dtype=dtype, device=device)
+    adapters = config.method in ("lora", "qlora")
+    dtype = torch.bfloat16 if (adapters and precision == "bf16") else torch.float32
+    if config.method == "qlora":
+        # QLoRA: the frozen base in NF4 (quantized from the safetensors while loading), LoRA on top.
+        q = config.quant
+        names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+        compute = dtype if q.compute_dtype == "auto" else names[q.compute_dtype]
+        model = load_model(model_dir, dtype=dtype, device=device, quantize="nf4", compute_dtype=compute,
+                           quant_blocksize=q.blocksize, double_quant=q.double_quant)
+    else:
+        model = load_model(model_dir, dtype=dtype, device=device)
     check_data_matches_model(train_ds, model_dir, model.config.vocab_size)
-    if config.method == "lora":
+    if adapters:
         apply_lora(model, config.lora)
     else:
         apply_freezing(model, config)
@@ -150,7 +159,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 def _save_final(config: TrainConfig, model: nn.Module, model_dir: Path, ds: PreparedDataset) -> None:
     out = Path(config.output)
-    if config.method == "lora":
+    if config.method in ("lora", "qlora"):
         save_adapter(model, out / "adapter", base_model_name_or_path=str(model_dir))
         _save_serving_info(out / "adapter", ds)
         return
