@@ -199,7 +199,7 @@ def test_merge_replaces_nf4_by_a_dense_linear(dtype):
     assert torch.equal(model.proj.weight, expected_weight) and torch.equal(model.proj.bias, nf4.bias)
     with torch.no_grad():
         after = model(x.to(dtype)).float()
-    assert _rel(after, before.float()) <= (1e-6 if dtype == torch.float32 else 2e-2)
+    assert _rel(after, before.float()) <= (1e-6 if dtype == torch.float32 else 1e-2)  # measured 2e-7, 2.3e-3
 
 
 def test_all_linear_counts_nf4_layers(model_dirs):
