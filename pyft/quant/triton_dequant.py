@@ -11,7 +11,11 @@ then ``out = to_dtype(fp32(NF4[nibble] * scale))``, the bfloat16 rounding (to ne
 in integer ops (see :func:`_bf16_bits_rne`). The spec (``nf4.md`` §3.3) requires the
 rebuild's multiply and add to round separately: the kernel is always launched with
 ``enable_fp_fusion=False``, which turns off LLVM's contraction and passes ``--fmad=false`` to
-ptxas, so no FMA can appear (a test compiles the kernel for sm_90 and checks the PTX).
+ptxas, so no FMA can appear (a test compiles the kernel for sm_80 and sm_90 without a GPU and
+checks the PTX and SASS; with fusion on, the rebuild does become an FMA).
+
+Not measured on a GPU yet: correctness is tested with Triton's interpreter on CPU (the same
+arithmetic, see ``tests/test_quant_triton.py``), speed not at all.
 
 Import this module only where Triton is installed; :func:`pyft.quant.dequant.dequantize_nf4` picks this
 kernel for CUDA tensors and the PyTorch path otherwise.
@@ -19,6 +23,7 @@ kernel for CUDA tensors and the PyTorch path otherwise.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -27,8 +32,8 @@ import triton.language as tl
 
 from pyft.quant.dequant import NestedAbsmax, nf4_code
 
-#: Packed bytes per program (4096 output elements). A multiple of every warp layout; small
-#: enough to keep many programs in flight on a 4096-column weight.
+#: Packed bytes per program (4096 output elements): 16 bytes per thread with 4 warps (one
+#: vectorised load each); a 4096 x 4096 weight still spreads over 2048 programs. Not tuned.
 BYTES_PER_PROGRAM = 2048
 
 _CODES: dict[torch.device, torch.Tensor] = {}
@@ -144,7 +149,8 @@ def dequantize_nf4_triton(packed: torch.Tensor, absmax: torch.Tensor | NestedAbs
         args = (scales, scales, scales, scales)  # the nested pointers are unused
         nested_blocksize, nested = 1, False
     grid = (triton.cdiv(nbytes, bytes_per_program),)
-    _nf4_dequant_kernel[grid](data, *args, _code(device), target, n, nbytes, blocksize // 2, nested_blocksize,
-                              NESTED=nested, BF16_BITS=dtype == torch.bfloat16, BYTES=bytes_per_program,
-                              enable_fp_fusion=False)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # the tensors' GPU
+        _nf4_dequant_kernel[grid](data, *args, _code(device), target, n, nbytes, blocksize // 2, nested_blocksize,
+                                  NESTED=nested, BF16_BITS=dtype == torch.bfloat16, BYTES=bytes_per_program,
+                                  enable_fp_fusion=False)
     return out.reshape(tuple(shape))
