@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyft.train.estimate import GIB, estimate, format_report, recommend
+from pyft.train.estimate import GIB, NF4_BITS, OPTIMIZERS, estimate, format_report, optimizer_bytes, recommend
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +44,43 @@ def test_recommendations(llama8b):
     assert recommend(est, 4, 1000, ckpt).startswith("nothing fits")
     report = format_report(llama8b, 2048, 1, ["full", "lora", "qlora"], 16, False, 24, 5000)
     assert "8,030.3M parameters" in report and "recommendation: lora with gradient checkpointing" in report
+
+
+def test_nf4_double_quant_bits():
+    # 4-bit codes + an 8-bit scale per 64 + a float32 scale per 256 scales (QLoRA's 0.127 bit/param)
+    assert NF4_BITS == 4 + 8 / 64 + 32 / (64 * 256)
+    assert round(NF4_BITS, 3) == 4.127
+
+
+def test_optimizer_bytes_per_optimizer():
+    sizes = [4095, 4096, 100_000, 300]
+    assert optimizer_bytes(sizes, "adamw") == (8 * sum(sizes), 0)
+    eight = 8 * 4095 + (2 * 4096 + 8 * 16) + (2 * 100_000 + 8 * 391) + 8 * 300  # ceil(100000 / 256) = 391
+    assert optimizer_bytes(sizes, "adamw_8bit") == (eight, 0)
+    assert optimizer_bytes(sizes, "paged_adamw_8bit") == (eight - 2 * 100_000 - 8 * 391, 2 * 100_000 + 8 * 391)
+    assert optimizer_bytes(sizes, "paged_adamw") == (8 * (4095 + 4096 + 300), 8 * 100_000)
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        optimizer_bytes(sizes, "sgd")
+
+
+def test_8bit_and_paged_optimizer_estimates(llama8b):
+    from pyft.cli.main import build_parser
+    from pyft.train import optim
+
+    full, full8 = estimate(llama8b, "full", 2048, 1), estimate(llama8b, "full", 2048, 1, optim="adamw_8bit")
+    # every Llama-3-8B tensor has >= 4096 elements: 2 bytes + 8 per 256 (2.03 B/param instead of 8)
+    assert full8.optimizer / full8.params == pytest.approx(2 + 8 / 256, rel=1e-4)
+    assert full.total - full8.total == full.optimizer - full8.optimizer
+    lora, lora8 = estimate(llama8b, "qlora", 2048, 1), estimate(llama8b, "qlora", 2048, 1, optim="adamw_8bit")
+    assert lora8.optimizer == pytest.approx(lora.optimizer * (2 + 8 / 256) / 8, rel=1e-3)
+    paged = estimate(llama8b, "qlora", 2048, 1, optim="paged_adamw_8bit")
+    # r=16: A of q/k/v/o/gate/up (16 x 4096) stay on the GPU, down's A (16 x 14336) and gate/up's B are paged
+    assert paged.optimizer + paged.optimizer_cpu == lora8.optimizer
+    assert paged.optimizer_cpu == 32 * 3 * (2 * 16 * 14336 + 8 * 16 * 14336 // 256)
+    report = format_report(llama8b, 2048, 1, ["full", "qlora"], 16, False, 24, 5000, optim="adamw_8bit")
+    assert "optimizer adamw_8bit" in report
+    assert f"full {(full.optimizer - full8.optimizer) / GIB:.2f} GiB" in report  # 44.64 GiB saved
+    assert "pinned CPU" in format_report(llama8b, 2048, 1, ["qlora"], 16, False, 24, 5000, optim="paged_adamw")
+    assert OPTIMIZERS == optim.OPTIMIZERS
+    for name in OPTIMIZERS:  # `pyft estimate --optim` takes the names train.optim takes
+        assert build_parser().parse_args(["estimate", "--model", "m", "--optim", name]).optim == name

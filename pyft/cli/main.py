@@ -112,7 +112,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
     methods = [args.method] if args.method else ["full", "lora", "qlora"]
     print(format_report(args.model, args.seq_len, args.batch, methods, args.r, args.gradient_checkpointing,
-                        args.gpu_memory, args.examples))
+                        args.gpu_memory, args.examples, args.optim))
     return 0
 
 
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--batch", type=int, default=8, metavar="B", help="rows per micro-batch")
     est.add_argument("--r", type=int, default=16, help="LoRA rank")
     est.add_argument("--gradient-checkpointing", action="store_true")
+    est.add_argument("--optim", choices=["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"], default="adamw",
+                     help="optimizer, as train.optim (default adamw: 8 bytes of state per trained parameter)")
     est.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of your GPU, for the recommendation")
     est.add_argument("--examples", type=int, metavar="N", help="training examples, for the recommendation")
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded tiny model and bundled data",

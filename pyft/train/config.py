@@ -17,6 +17,7 @@ from typing import Any
 
 from pyft.errors import ConfigError
 from pyft.peft.lora import LoraConfig
+from pyft.train.optim import ALIASES, OPTIMIZERS
 
 
 @dataclass
@@ -44,6 +45,7 @@ class TrainSection:
     max_steps: int | None = None
     batch_size: int = 8
     grad_accum: int = 1
+    optim: str = "adamw"
     lr: float = 2e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -104,6 +106,7 @@ class TrainConfig:
             (t.lr > 0, "train.lr", "must be > 0"),
             (t.epochs > 0, "train.epochs", "must be > 0"),
             (t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1"),
+            (t.optim in OPTIMIZERS or t.optim in ALIASES, "train.optim", f"expected one of {', '.join(OPTIMIZERS)}"),
             (t.schedule in ("constant", "linear", "cosine"), "train.schedule", "expected constant, linear or cosine"),
             (t.warmup >= 0, "train.warmup", "must be >= 0 (steps, or a ratio below 1)"),
             (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", "expected auto, fp32, bf16 or fp16"),

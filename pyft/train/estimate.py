@@ -5,8 +5,13 @@ loaded). Assumptions, per GPU, for the way pyft trains:
 
 - ``full``: fp32 weights (4 B/param), fp32 gradients (4 B), AdamW moments (8 B); bf16 autocast.
 - ``lora``: bf16 base weights (2 B/param) + fp32 adapter (4 B), its gradients (4 B) and moments (8 B).
-- ``qlora``: NF4 with double-quantised scales for the decoder's linear weights (4.127 bits/param),
-  bf16 for embeddings and the output layer, plus the fp32 adapter as for LoRA.
+- ``qlora``: NF4 with double-quantised scales for the decoder's linear weights: 4-bit codes, an
+  8-bit scale per 64 weights and a float32 scale per 256 of those, 4 + 8/64 + 32/(64·256) ≈ 4.127
+  bits/param (QLoRA, arXiv:2305.14314); bf16 embeddings and output layer; the fp32 adapter as for LoRA.
+- optimizer (``--optim``, as ``train.optim``): ``adamw`` 8 B per trained parameter;
+  ``adamw_8bit`` 2 B plus two float32 scales per 256 for tensors of at least 4096 elements (8 B
+  below); the ``paged_*`` variants keep the states of tensors of at least 1e5 elements in pinned
+  CPU memory (shown apart, not in the GPU total).
 - activations (bf16, SDPA/FlashAttention, no attention matrix kept): per layer and token about
   ``2·(10·h + 3·i)`` bytes (attention and MLP inputs/outputs kept for backward, ``h`` hidden,
   ``i`` MLP width); with gradient checkpointing only each layer's input (``2·h``) plus one layer
@@ -21,7 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GIB = 2**30
-NF4_BITS = 4.127
+#: NF4 codes + double-quantised scales (8-bit per block of 64, float32 per 256 of those).
+NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
+MIN_8BIT_SIZE = 4096  # smaller tensors keep float32 states (pyft.train.optim8bit, as bitsandbytes)
+PAGE_MIN_SIZE = 100_000  # smaller tensors keep their states on the GPU when paged
 
 
 @dataclass
@@ -35,11 +44,27 @@ class MemoryEstimate:
     gradients: int
     optimizer: int
     activations: int
+    optimizer_cpu: int = 0  # paged optimizer states in pinned CPU memory (not in ``total``)
 
     @property
     def total(self) -> int:
         """Sum of the components (bytes)."""
         return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def optimizer_bytes(sizes: list[int], optim: str = "adamw") -> tuple[int, int]:
+    """AdamW state bytes for trained tensors of ``sizes`` elements: ``(on the GPU, in pinned CPU memory)``."""
+    if optim not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optim!r} (expected one of {', '.join(OPTIMIZERS)})")
+    gpu = cpu = 0
+    for n in sizes:
+        eight = optim.endswith("8bit") and n >= MIN_8BIT_SIZE
+        nbytes = 2 * n + 2 * 4 * -(-n // 256) if eight else 8 * n
+        if optim.startswith("paged") and n >= PAGE_MIN_SIZE:
+            cpu += nbytes
+        else:
+            gpu += nbytes
+    return gpu, cpu
 
 
 def _shapes(model_dir: str | os.PathLike[str]):
@@ -53,18 +78,21 @@ def _shapes(model_dir: str | os.PathLike[str]):
 
 
 def estimate(model_dir: str | os.PathLike[str], method: str, seq_len: int, batch: int, r: int = 16,
-             gradient_checkpointing: bool = False, chunk_tokens: int = 4096) -> MemoryEstimate:
-    """Estimate training memory of ``method`` (``full``, ``lora``, ``qlora``) for ``batch`` rows of ``seq_len`` tokens."""
+             gradient_checkpointing: bool = False, chunk_tokens: int = 4096, optim: str = "adamw") -> MemoryEstimate:
+    """Estimate training memory of ``method`` (``full``, ``lora``, ``qlora``) for ``batch`` rows of
+    ``seq_len`` tokens, with the optimizer ``optim`` (one of :data:`OPTIMIZERS`)."""
     from torch import nn
 
     if method not in ("full", "lora", "qlora"):
         raise ValueError(f"unknown method {method!r} (expected full, lora or qlora)")
     config, model = _shapes(model_dir)
-    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    sizes = [p.numel() for p in {id(p): p for p in model.parameters()}.values()]
+    params = sum(sizes)
     output = model.get_output_embeddings()
     decoder_linear = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not output]
     linear_params = sum(m.weight.numel() for m in decoder_linear)
-    adapter = sum(r * (m.in_features + m.out_features) for m in decoder_linear)
+    adapter_sizes = [n for m in decoder_linear for n in (r * m.in_features, m.out_features * r)]  # A, B
+    adapter = sum(adapter_sizes)
     h = config.hidden_size
     i = getattr(config, "intermediate_size", 4 * h)
     layers = config.num_hidden_layers
@@ -75,9 +103,11 @@ def estimate(model_dir: str | os.PathLike[str], method: str, seq_len: int, batch
         act = layers * tokens * 2 * (10 * h + 3 * i)
     act += min(chunk_tokens, tokens) * config.vocab_size * 4 * 2
     if method == "full":
-        return MemoryEstimate(method, params, params, 4 * params, 4 * params, 8 * params, act)
+        opt_gpu, opt_cpu = optimizer_bytes(sizes, optim)
+        return MemoryEstimate(method, params, params, 4 * params, 4 * params, opt_gpu, act, opt_cpu)
+    opt_gpu, opt_cpu = optimizer_bytes(adapter_sizes, optim)
     base = 2 * params if method == "lora" else int(linear_params * NF4_BITS / 8) + 2 * (params - linear_params)
-    return MemoryEstimate(method, params, adapter, base + 4 * adapter, 4 * adapter, 8 * adapter, act)
+    return MemoryEstimate(method, params, adapter, base + 4 * adapter, 4 * adapter, opt_gpu, act, opt_cpu)
 
 
 def recommend(estimates: dict[str, MemoryEstimate], gpu_gib: float | None, examples: int | None,
@@ -108,16 +138,26 @@ def recommend(estimates: dict[str, MemoryEstimate], gpu_gib: float | None, examp
 
 
 def format_report(model_dir: str | os.PathLike[str], seq_len: int, batch: int, methods: list[str], r: int,
-                  gradient_checkpointing: bool, gpu_gib: float | None, examples: int | None) -> str:
-    """The table ``pyft estimate`` prints."""
-    est = {m: estimate(model_dir, m, seq_len, batch, r, gradient_checkpointing) for m in ("full", "lora", "qlora")}
-    ckpt = {m: estimate(model_dir, m, seq_len, batch, r, True) for m in ("full", "lora", "qlora")}
-    lines = [f"model {Path(model_dir)}: {est['full'].params / 1e6:,.1f}M parameters; batch {batch} x {seq_len} tokens; "
-             f"LoRA r={r}; gradient checkpointing {'on' if gradient_checkpointing else 'off'}",
+                  gradient_checkpointing: bool, gpu_gib: float | None, examples: int | None,
+                  optim: str = "adamw") -> str:
+    """The table ``pyft estimate`` prints; with an ``optim`` other than ``adamw`` a line says
+    how much optimizer memory it saves per method."""
+    methods3 = ("full", "lora", "qlora")
+    est = {m: estimate(model_dir, m, seq_len, batch, r, gradient_checkpointing, optim=optim) for m in methods3}
+    ckpt = {m: estimate(model_dir, m, seq_len, batch, r, True, optim=optim) for m in methods3}
+    lines = [(f"model {Path(model_dir)}: {est['full'].params / 1e6:,.1f}M parameters; batch {batch} x {seq_len} "
+              f"tokens; LoRA r={r}; gradient checkpointing {'on' if gradient_checkpointing else 'off'}; "
+              f"optimizer {optim}"),
              f"{'method':<8}{'trainable':>12}{'weights':>10}{'grads':>10}{'optim':>10}{'activ.':>10}{'total':>10}  (GiB)"]
     for m in methods:
         e = est[m]
         lines.append(f"{m:<8}{e.trainable / 1e6:>11.2f}M" + "".join(
             f"{v / GIB:>10.2f}" for v in (e.weights, e.gradients, e.optimizer, e.activations, e.total)))
+    if optim != "adamw":
+        plain = {m: estimate(model_dir, m, seq_len, batch, r, gradient_checkpointing) for m in methods}
+        lines.append(f"{optim} vs adamw, GPU optimizer memory saved: " + ", ".join(
+            f"{m} {(plain[m].optimizer - est[m].optimizer) / GIB:.2f} GiB" for m in methods)
+            + ("; in pinned CPU memory: " + ", ".join(f"{m} {est[m].optimizer_cpu / GIB:.2f} GiB" for m in methods)
+               if optim.startswith("paged") else ""))
     lines.append("recommendation: " + recommend(est, gpu_gib, examples, ckpt))
     return "\n".join(lines)

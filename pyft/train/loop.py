@@ -138,7 +138,8 @@ class Trainer:
         self.total_steps = self.t.max_steps or max(1, math.ceil(self.t.epochs * steps_per_epoch))
         self._optimized = [p for p in model.parameters() if p.requires_grad]
         self.progressive = progressive
-        self.optimizer = build_optimizer(model, self.t.lr, self.t.weight_decay, tuple(self.t.betas), self.t.eps)
+        self.optimizer = build_optimizer(model, self.t.lr, self.t.weight_decay, tuple(self.t.betas), self.t.eps,
+                                         self.t.optim)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup_steps(self.t.warmup, self.total_steps),
                                          self.t.schedule)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None

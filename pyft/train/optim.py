@@ -1,4 +1,10 @@
-"""AdamW with decoupled weight decay (none on norms and biases) and warmup + decay schedules."""
+"""AdamW with decoupled weight decay (none on norms and biases) and warmup + decay schedules.
+
+``train.optim`` picks the optimizer (transformers' ``optim`` names): ``adamw`` (torch's, fused on
+CUDA; alias ``adamw_torch``), ``adamw_8bit`` (8-bit block-wise states), ``paged_adamw`` (float32
+states in pinned CPU memory on CUDA; alias ``paged_adamw_32bit``) and ``paged_adamw_8bit``. See
+:mod:`pyft.train.optim8bit`.
+"""
 
 from __future__ import annotations
 
@@ -22,14 +28,33 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+#: ``train.optim`` values; transformers' spellings as aliases.
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
+ALIASES = {"adamw_torch": "adamw", "paged_adamw_32bit": "paged_adamw"}
+
+
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                    eps: float) -> torch.optim.Optimizer:
-    """``torch.optim.AdamW`` over the trainable parameters (fused on CUDA)."""
+                    eps: float, name: str = "adamw") -> torch.optim.Optimizer:
+    """The optimizer ``name`` (one of :data:`OPTIMIZERS` or :data:`ALIASES`) over the trainable parameters.
+
+    ``adamw`` is ``torch.optim.AdamW`` (fused on CUDA); the others are
+    :class:`~pyft.train.optim8bit.AdamW8bit`, :class:`~pyft.train.optim8bit.PagedAdamW` and
+    :class:`~pyft.train.optim8bit.PagedAdamW8bit`.
+    """
+    from pyft.train import optim8bit
+
+    name = ALIASES.get(name, name)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r} (expected one of {', '.join(OPTIMIZERS)})")
     groups = parameter_groups(model, weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")
-    fused = all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+    if name == "adamw":
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+    cls = {"adamw_8bit": optim8bit.AdamW8bit, "paged_adamw": optim8bit.PagedAdamW,
+           "paged_adamw_8bit": optim8bit.PagedAdamW8bit}[name]
+    return cls(groups, lr=lr, betas=betas, eps=eps)
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:
