@@ -59,7 +59,7 @@ def bench_dequant_cuda(repeat: int) -> list[dict]:
     import torch
     import bitsandbytes.functional as bnb_f
 
-    from pyft.quant import quantize_nf4
+    from pyft.quant import NestedAbsmax, quantize_nf4
     from pyft.quant.nf4 import parse_state_blob
     from pyft.quant.triton_dequant import dequantize_nf4_triton
 
@@ -77,9 +77,9 @@ def bench_dequant_cuda(repeat: int) -> list[dict]:
                 torch.cuda.synchronize()
             return run
 
-        ours = sync(lambda: dequantize_nf4_triton(packed, state["absmax"], meta.shape, meta.blocksize, meta.dtype,
-                                                  nested=(state["nested_absmax"], state["nested_quant_map"],
-                                                          meta.nested_offset)))
+        scales = NestedAbsmax(state["absmax"], state["nested_absmax"], state["nested_quant_map"],
+                              torch.tensor(meta.nested_offset, dtype=torch.float32, device="cuda"))
+        ours = sync(lambda: dequantize_nf4_triton(packed, scales, meta.shape, meta.blocksize, meta.dtype))
         theirs = sync(lambda: bnb_f.dequantize_4bit(b_packed, qs))
         t_pyft, t_bnb = median_seconds(ours, repeat * 10), median_seconds(theirs, repeat * 10)
         rows.append({"case": f"dequant bf16 {shape[0]}x{shape[1]} +DQ (CUDA)", "bitsandbytes_s": t_bnb,
