@@ -19,15 +19,18 @@ from pyft.train import optim8bit
 from pyft.train.blockwise8 import BLOCK, code_map, dequantize_blockwise, dynamic_map, quantize_blockwise
 from pyft.train.optim8bit import AdamW8bit, PagedAdamW, PagedAdamW8bit
 
-bnb = pytest.importorskip("bitsandbytes")
-
 HYPER = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 # 8-bit: a remainder block, a bf16 tensor; float32 states: below min_8bit_size
 SHAPES = [(64, 300), (4096,), (BLOCK * 20 + 3,), (37, 11), (1000,)]
 
 
 @pytest.fixture
-def bnb_reference():
+def bnb():
+    return pytest.importorskip("bitsandbytes")
+
+
+@pytest.fixture
+def bnb_reference(bnb):
     """bitsandbytes' pure-PyTorch 8-bit update, run eagerly (it is wrapped in torch.compile)."""
     kernels = pytest.importorskip("bitsandbytes.backends.triton.kernels_optim")
     with torch.compiler.set_stance("force_eager"):
@@ -49,11 +52,9 @@ def _clone(params):
     return [torch.nn.Parameter(p.detach().clone()) for p in params]
 
 
-def test_dynamic_maps_equal_bitsandbytes():
-    import bitsandbytes.functional as F
-
+def test_dynamic_maps_equal_bitsandbytes(bnb):
     for signed in (True, False):
-        ours, theirs = dynamic_map(signed), F.create_dynamic_map(signed=signed)
+        ours, theirs = dynamic_map(signed), bnb.functional.create_dynamic_map(signed=signed)
         assert torch.equal(ours.view(torch.int32), theirs.view(torch.int32))
     assert dynamic_map(True)[[0, -1]].tolist() == pytest.approx([-0.99297, 1.0], abs=1e-5)
     assert dynamic_map(False)[0] == 0 and dynamic_map(False)[1] == pytest.approx(3.25e-7)
@@ -118,7 +119,7 @@ def test_bit_exact_with_bitsandbytes_reference_update(bnb_reference):
         assert torch.equal(s["absmax1"], st["a1"]) and torch.equal(s["absmax2"], st["a2"])
 
 
-def test_against_bitsandbytes_cpu_optimizer():
+def test_against_bitsandbytes_cpu_optimizer(bnb):
     ours_p = _params(SHAPES)
     theirs_p = _clone(ours_p)
     fp32_p = _clone(ours_p)
@@ -151,7 +152,7 @@ def test_against_bitsandbytes_cpu_optimizer():
             assert same[0] > 0.99 and same[1] > 0.93, same  # v/absmax below ~3e-5 hits the table's coarse bins
 
 
-def test_free_running_stays_close_to_fp32_adamw_and_bitsandbytes():
+def test_free_running_stays_close_to_fp32_adamw_and_bitsandbytes(bnb):
     ours_p = _params(SHAPES)
     theirs_p, fp32_p, start = _clone(ours_p), _clone(ours_p), _clone(ours_p)
     opts = [AdamW8bit(ours_p, **HYPER), bnb.optim.AdamW8bit(theirs_p, **HYPER), torch.optim.AdamW(fp32_p, **HYPER)]
@@ -296,7 +297,8 @@ def test_paged_states_stay_in_pinned_cpu_memory_and_match_on_cuda():
     states = [paged.state[p] for p in paged.param_groups[0]["params"]]
     assert states[0]["state1"].device.type == "cpu" and states[0]["state1"].is_pinned()
     assert states[1]["absmax2"].is_pinned() and states[2]["state1"].is_cuda  # below page_min_size
-    # CUDA and CPU take the same arithmetic; fast-math differences stay at rounding level
+    # CUDA and CPU take the same operations; a rounding difference can move a state to the
+    # neighbouring code, which changes that element's update by a fraction of lr (1e-3)
     cpu_params = _params(shapes)
     cpu_opt = AdamW8bit(cpu_params, **HYPER)
     gen = torch.Generator().manual_seed(7)
@@ -306,4 +308,5 @@ def test_paged_states_stay_in_pinned_cpu_memory_and_match_on_cuda():
             p.grad = g
         cpu_opt.step()
     for p, q in zip(cpu_params, results["plain"][0]):
-        assert (p.detach() - q).abs().max().item() < 1e-4
+        diff = (p.detach() - q).abs()
+        assert diff.max().item() < 1e-3 and diff.mean().item() < 1e-6
