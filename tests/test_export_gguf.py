@@ -221,6 +221,43 @@ def test_adapter_merged_on_the_fly_matches_merge_then_export(models, tmp_path):
     assert a == b
 
 
+# --- from a 4-bit NF4 base (bitsandbytes format) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("arch", "qtype"), [("llama", "f16"), ("llama", "q8_0"), ("qwen2", "f16")])
+def test_nf4_base_exports_like_llama_cpp_on_its_dequantization(models, tmp_path, arch, qtype):
+    """The oracle: llama.cpp's converter on the dense model bitsandbytes' dequantize_4bit makes."""
+    from bnb_nf4 import dequantized_dir, save_nf4
+
+    nf4 = save_nf4(models[arch], tmp_path / "nf4")
+    report = export_gguf(nf4, tmp_path / "ours.gguf", qtype=qtype)
+    assert report.dequantized_nf4 == 14
+    ref = convert_hf_to_gguf(dequantized_dir(nf4, tmp_path / "ref"), tmp_path / "ref.gguf", qtype, pre=report.pre)
+    t_ours, t_ref = tensors(report.path), tensors(ref)
+    assert sorted(t_ours) == sorted(t_ref)
+    for name, t in t_ref.items():
+        assert t_ours[name] == t, f"{name}: differs from llama.cpp's converter on the dequantized model"
+    dense = tensors(export_gguf(models[arch], tmp_path / "dense.gguf", qtype=qtype).path)
+    assert dense["blk.0.attn_q.weight"] != t_ours["blk.0.attn_q.weight"], "the test must see the NF4 values"
+
+
+def test_nf4_base_with_adapters_and_k_quants(k_model, tmp_path):
+    """K-quant mix, adapter merged on the fly, GGUF LoRA over the NF4 base: each equal to the same
+    export from bitsandbytes' dequantized model (pyft's dense path is checked against llama.cpp above)."""
+    from bnb_nf4 import dequantized_dir, peft_adapter, save_nf4
+
+    nf4 = save_nf4(k_model, tmp_path / "nf4")
+    ref = dequantized_dir(nf4, tmp_path / "ref")
+    adapter = peft_adapter(nf4, tmp_path / "adapter")
+    for name, qtype, adapters in [("k", "q4_k_m", []), ("merged", "q8_0", [adapter])]:
+        ours = export_gguf(nf4, tmp_path / f"{name}.gguf", qtype=qtype, adapters=adapters)
+        assert ours.dequantized_nf4 == 56
+        want = export_gguf(ref, tmp_path / f"{name}-ref.gguf", qtype=qtype, adapters=adapters)
+        assert tensors(ours.path) == tensors(want.path), name
+    lora = tensors(export_gguf_lora(adapter, nf4, tmp_path / "lora.gguf").path)
+    assert lora == tensors(export_gguf_lora(adapter, ref, tmp_path / "lora-ref.gguf").path) and len(lora) == 112
+
+
 # --- bad input: clear errors, no partial output ---------------------------------------------------------
 
 

@@ -161,3 +161,24 @@ def test_training_system_prompt_follows_the_merged_model_into_the_modelfile(base
     to_ollama(tmp_path / "merged", tmp_path / "o")
     assert _modelfile(tmp_path / "o" / "Modelfile")["SYSTEM"] == ["You are terse."]
     shutil.rmtree(tmp_path / "o")
+
+
+def test_nf4_base_through_the_cli_ollama_and_vllm(base, tmp_path):
+    """A QLoRA run's 4-bit base and adapter: ollama (base GGUF + GGUF LoRA) and vLLM (merged) are
+    written from the dequantized weights, and each says so in one line."""
+    from bnb_nf4 import peft_adapter, save_nf4
+    from safetensors.torch import load_file
+
+    nf4 = save_nf4(base, tmp_path / "nf4")
+    adapter = peft_adapter(nf4, tmp_path / "adapter")
+    r = _cli(str(adapter), "--to", "ollama", "--out", str(tmp_path / "ollama"), "--qtype", "f16")
+    assert r.returncode == 0, r.stderr
+    assert "note: model.gguf: 14 weights dequantized from the 4-bit NF4 base and written as F16 (not re-quantized " \
+           "to NF4)" in r.stdout
+    assert _modelfile(tmp_path / "ollama" / "Modelfile")["ADAPTER"] == ["./adapter.gguf"]
+    r = _cli(str(adapter), "--to", "vllm", "--merge", "--out", str(tmp_path / "vllm"))
+    assert r.returncode == 0, r.stderr
+    assert "note: the base is 4-bit NF4 (bitsandbytes): 14 weights were dequantized and written as bfloat16" in r.stdout
+    tensors = load_file(str(tmp_path / "vllm" / "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in tensors.values()) and len(tensors) == 21
+    assert "quantization_config" not in json.loads((tmp_path / "vllm" / "config.json").read_text())

@@ -16,6 +16,9 @@ targets:
   ollama     model.gguf (+ adapter.gguf) + Modelfile, and `ollama create`  --out DIR
   vllm       the adapter checked for vLLM, or a merged model (--merge)     --out DIR
 
+a 4-bit NF4 base (bitsandbytes) is dequantized exactly as bitsandbytes does and written as --qtype
+(or 16-bit for vllm --merge), never re-quantized to NF4.
+
 examples:
   pyft-export ./merged --to gguf --qtype q4_k_m --out model-q4_k_m.gguf
   pyft-export ./base --adapter ./run/adapter --to gguf --qtype q8_0 --out tuned.gguf

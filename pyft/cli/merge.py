@@ -27,8 +27,13 @@ does not adapt counts as a zero delta; semantics of peft.utils.merge_utils):
                as PEFT add_weighted_adapter(combination_type="svd")
 weights: one per adapter, default 1.0 each (as PEFT add_weighted_adapter). DoRA adapters merge only alone.
 
+a 4-bit NF4 base (bitsandbytes, e.g. the base of a QLoRA run) is dequantized exactly as bitsandbytes
+does and merged in 16-bit; the output is a 16-bit model (never re-quantized to 4 bits). Without an
+adapter, `pyft-merge NF4_BASE OUT` only dequantizes.
+
 examples:
   pyft-merge ./base ./adapter ./merged --dtype bf16
+  pyft-merge ./base-nf4 ./qlora-adapter ./merged        (16-bit output, dtype from the quant state)
   pyft-merge ./base --adapter ./a --adapter ./b --weights 0.6,0.4 --method ties --density 0.5 ./merged
 """
 
@@ -56,11 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _resolve(args: argparse.Namespace) -> tuple[list[str], str, list[float] | None]:
     """Adapters, output directory and weights from the positional and ``--adapter`` forms."""
+    from pyft.io import is_quantized
+
     if len(args.paths) > 2:
         raise ConfigError(f"expected BASE [ADAPTER] OUT, got {len(args.paths) + 1} paths (use --adapter for several)")
     adapters = args.paths[:-1] + args.adapter
-    if not adapters:
-        raise ConfigError("no adapter given: pass BASE ADAPTER OUT or --adapter DIR")
+    if not adapters and not is_quantized(args.base):
+        raise ConfigError("no adapter given: pass BASE ADAPTER OUT or --adapter DIR "
+                          "(BASE OUT alone only dequantizes a 4-bit base)")
     weights = None
     if args.weights is not None:
         try:
@@ -72,15 +80,22 @@ def _resolve(args: argparse.Namespace) -> tuple[list[str], str, list[float] | No
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed merge command."""
-    from pyft.io import merge
+    from pyft.io import merge, nf4_note
 
     adapters, out, weights = _resolve(args)
     report = merge(args.base, adapters, out, weights=weights, method=args.method, density=args.density,
                    seed=args.seed, svd_rank=args.svd_rank, dtype=args.dtype, max_shard_size=args.max_shard_size,
                    overwrite=args.overwrite)
-    what = f"{len(adapters)} adapters ({args.method})" if len(adapters) > 1 else "the adapter"
-    print(f"merged {report['merged_modules']} modules ({report['replaced']} replaced whole) of {what} into {out}: "
-          f"{report['tensors']} tensors, {report['total_bytes'] / 1e9:.2f} GB in {len(report['shards'])} shard(s)")
+    size = f"{report['tensors']} tensors, {report['total_bytes'] / 1e9:.2f} GB in {len(report['shards'])} shard(s)"
+    if adapters:
+        what = f"{len(adapters)} adapters ({args.method})" if len(adapters) > 1 else "the adapter"
+        print(f"merged {report['merged_modules']} modules ({report['replaced']} replaced whole) of {what} into {out}: "
+              f"{size}")
+    else:
+        print(f"wrote {out}: {size}")
+    note = nf4_note(report)
+    if note:
+        print(f"note: {note}")
     print(f"serve it with: vllm serve {out}")
     return 0
 

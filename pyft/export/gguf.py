@@ -42,6 +42,8 @@ class GgufReport:
         bytes: file size.
         warnings: e.g. how the pre-tokenizer was chosen.
         pre: ``tokenizer.ggml.pre`` written (``None`` when omitted or for adapters).
+        dequantized_nf4: weights read from a 4-bit NF4 base: dequantized, then written as ``qtype``
+            (never as NF4).
     """
 
     path: Path
@@ -52,12 +54,13 @@ class GgufReport:
     bytes: int
     warnings: list[str] = field(default_factory=list)
     pre: str | None = None
+    dequantized_nf4: int = 0
 
     @classmethod
     def from_json(cls, text: str) -> GgufReport:
         d: dict[str, Any] = json.loads(text)
         return cls(Path(d["path"]), d["arch"], d["qtype"], d["tensors"], d["types"], d["bytes"],
-                   d.get("warnings", []), d.get("pre"))
+                   d.get("warnings", []), d.get("pre"), d.get("dequantized_nf4", 0))
 
 
 def _tokenizer_dir(dirs: list[Path]) -> Path:
@@ -86,7 +89,8 @@ def export_gguf(
 
     Args:
         model: HF model directory (``config.json``, safetensors, tokenizer files). Llama/Mistral,
-            Qwen2 and Qwen3 architectures.
+            Qwen2 and Qwen3 architectures. A bitsandbytes NF4 base is dequantized exactly as
+            bitsandbytes does, then written as ``qtype``.
         out: the ``.gguf`` file to write (staged as ``<out>.partial``, renamed at the end).
         qtype: one of :data:`QTYPES`. ``q8_0`` and the float types match
             ``convert_hf_to_gguf.py --outtype``; ``q4_0``/``q4_k_m``/``q5_k_m``/``q6_k`` match
@@ -131,7 +135,7 @@ def export_gguf_lora(
         adapter: PEFT LoRA adapter directory (LoRA, rsLoRA, rank/alpha patterns, embedding LoRA).
             DoRA, ``modules_to_save`` and trained biases have no GGUF LoRA form: merge instead.
         base: the base model directory the adapter was trained on (for the architecture and
-            shapes; convert the base itself with :func:`export_gguf`).
+            shapes; convert the base itself with :func:`export_gguf`); may be a 4-bit NF4 base.
         out: the ``.gguf`` file to write.
         dtype: ``f32`` (llama.cpp's default), ``f16`` or ``bf16``.
         name: ``general.name`` (default: the adapter folder's name).

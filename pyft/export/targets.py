@@ -74,7 +74,11 @@ def adapter_base(adapter: PathLike, base: PathLike | None = None) -> Path:
 
 
 def _notes(report: GgufReport) -> list[str]:
-    return [f"{report.path.name}: {w}" for w in report.warnings]
+    notes = [f"{report.path.name}: {w}" for w in report.warnings]
+    if report.dequantized_nf4:
+        notes.append(f"{report.path.name}: {report.dequantized_nf4} weights dequantized from the 4-bit NF4 base and "
+                     f"written as {report.qtype.upper()} (not re-quantized to NF4)")
+    return notes
 
 
 def to_gguf(model: PathLike, out: PathLike, *, qtype: str = "f16", adapters: list[PathLike] | None = None,
@@ -136,6 +140,7 @@ def to_vllm(model: PathLike, out_dir: PathLike, *, adapters: list[PathLike] | No
             **merge_options) -> ExportResult:
     """A directory vLLM serves: merged model, or the adapter checked against vLLM's LoRA rules."""
     from pyft.io.merge import merge as merge_model
+    from pyft.io.merge import nf4_note
 
     model = Path(model)
     adapters = [Path(a) for a in adapters or []]
@@ -154,6 +159,8 @@ def to_vllm(model: PathLike, out_dir: PathLike, *, adapters: list[PathLike] | No
         result.commands = [vllm_serve_command(str(model.resolve()), adapter_dir=out, adapter_name=served_name or out.name,
                                               max_lora_rank=rank)]
         return result
-    merge_model(model, adapters, out, dtype=dtype, overwrite=overwrite, **merge_options)
+    report = merge_model(model, adapters, out, dtype=dtype, overwrite=overwrite, **merge_options)
+    note = nf4_note(report)
+    result.notes = [note] if note else []
     result.commands = [vllm_serve_command(str(out.resolve()), served_name=served_name)]
     return result

@@ -7,6 +7,12 @@ memory is a few tensors, not the model. Output: an HF model directory (shards + 
 ``config.json`` copied with only the dtype changed, tokenizer files copied verbatim, the chat
 template inline and as ``chat_template.jinja``, every end-of-turn id in ``generation_config.json``)
 that transformers and vLLM load directly.
+
+A bitsandbytes 4-bit NF4 base (``quantization_config`` in its ``config.json``) is read as 16-bit:
+each quantized weight is dequantized exactly as ``bitsandbytes.functional.dequantize_4bit`` does
+(to the dtype its quant state records), a block of rows at a time; adapters merge onto those
+values and the output is a plain 16-bit model without ``quantization_config``. Nothing is ever
+quantized back to 4 bits.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pyft import _core
@@ -31,6 +38,25 @@ def parse_size(size: int | str) -> int:
     if not m:
         raise _core.ConfigError(f"max_shard_size: cannot read {size!r} (examples: 5GB, 500MB, 2GiB)")
     return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def is_quantized(model_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``model_dir``'s ``config.json`` has a ``quantization_config`` (e.g. a 4-bit NF4 base)."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # the merge itself reports the unreadable config
+    return isinstance(config, dict) and bool(config.get("quantization_config"))
+
+
+def nf4_note(report: Mapping[str, Any]) -> str | None:
+    """One line saying the merge read a 4-bit NF4 base and what it wrote, or ``None`` for a float base."""
+    n = report.get("dequantized_nf4", 0)
+    if not n:
+        return None
+    dtypes = ", ".join(report.get("nf4_written_as", [])) or "16-bit"
+    return (f"the base is 4-bit NF4 (bitsandbytes): {n} weights were dequantized and written as {dtypes}; "
+            "nothing was re-quantized to 4 bits")
 
 
 def merge(
@@ -62,16 +88,20 @@ def merge(
       PEFT's ``add_weighted_adapter(combination_type="svd")``; computed from the low-rank factors.
 
     Args:
-        base: base model directory (``config.json`` + safetensors).
+        base: base model directory (``config.json`` + safetensors): 16/32-bit, or a bitsandbytes
+            NF4 checkpoint (ours or ``save_pretrained`` of a ``load_in_4bit`` model; double
+            quantization, any ``bnb_4bit_quant_storage``, sharded) that is dequantized.
         adapter: a PEFT LoRA adapter directory (LoRA, rsLoRA, DoRA, embedding LoRA, rank/alpha
-            patterns, ``modules_to_save``) or a list of them. DoRA adapters merge only alone.
+            patterns, ``modules_to_save``) or a list of them. DoRA adapters merge only alone. An
+            empty list copies the base (dequantized, when it is NF4; in ``dtype``).
         out: output directory (staged, renamed into place at the end).
         weights: one weight per adapter. Default: 1.0 each (as PEFT's ``add_weighted_adapter``).
         method: ``linear``, ``ties``, ``dare_linear``, ``dare_ties`` or ``svd``.
         density: fraction kept by ``ties``/``dare_*``, in (0, 1]; required by them.
         seed: seed of DARE's random drops.
         svd_rank: output rank of ``svd``.
-        dtype: ``auto`` (keep the base dtypes), ``bf16``, ``fp16`` or ``fp32``.
+        dtype: ``auto`` (keep the base dtypes; an NF4 weight's is the dtype its quant state
+            records), ``bf16``, ``fp16`` or ``fp32``.
         max_shard_size: largest shard, e.g. ``5GB``.
         overwrite: replace an existing ``out``.
         extra_files: ``{name: bytes}`` written into ``out`` after the base's tokenizer and
@@ -82,12 +112,15 @@ def merge(
             plain copies.
 
     Returns:
-        A report: ``tensors``, ``merged_modules``, ``replaced``, ``shards``, ``total_bytes``.
+        A report: ``tensors``, ``merged_modules``, ``replaced``, ``shards``, ``total_bytes``,
+        ``dequantized_nf4`` (weights read from an NF4 base) and ``nf4_written_as`` (their output
+        dtypes); :func:`nf4_note` turns the last two into one line.
 
     Raises:
         ConfigError: bad options (weights count, method, density, extra file names).
         DataError: an adapter that does not fit the base (names the tensor and both shapes), a
-            malformed file. Nothing is written then.
+            malformed file, a quantized base other than bitsandbytes NF4 (FP4, 8-bit, GPTQ, …) or
+            a broken quant state (names the tensor and the file). Nothing is written then.
     """
     adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter)
     if extra_files is None:

@@ -126,6 +126,16 @@ pub fn encode_into(src: &[f32], dtype: DType, dst: &mut [u8]) {
     }
 }
 
+/// Round f32 values to `dtype` and widen them back, in place (torch's `x.to(dtype).float()`): the
+/// values a tensor of `dtype` holds, kept in f32 for further arithmetic.
+pub fn round_to_dtype(values: &mut [f32], dtype: DType) {
+    match dtype {
+        DType::F32 => {}
+        DType::F16 => values.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+        DType::BF16 => values.iter_mut().for_each(|v| *v = f32::from_bits(u32::from(bf16_bits(*v)) << 16)),
+    }
+}
+
 /// `half::bf16::from_f32(x).to_bits()` without branches, so the encoding loop vectorises: round
 /// to nearest even by adding `0x7FFF` plus the kept lowest bit; a NaN keeps its top bits and
 /// becomes quiet.
@@ -159,6 +169,10 @@ mod tests {
         assert_eq!(to_f32(&from_f32(&[y], DType::BF16), DType::BF16), vec![1.0 + 2f32.powi(-6)]);
         assert_eq!(to_f32(&from_f32(&[0.1], DType::F32), DType::F32), vec![0.1]);
         assert!(DType::from_name("int8").is_err());
+        let mut v = [x, y, 0.1];
+        round_to_dtype(&mut v, DType::BF16);
+        assert_eq!(from_f32(&v, DType::BF16), from_f32(&[x, y, 0.1], DType::BF16));
+        assert_eq!(to_f32(&from_f32(&v, DType::BF16), DType::BF16), v);
     }
 
     #[test]

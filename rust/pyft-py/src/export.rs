@@ -24,7 +24,8 @@ use crate::error::to_pyerr;
 ///     eot_token_id (int | None): `tokenizer.ggml.eot_token_id` when the template ends turns with a
 ///         token other than eos. overwrite (bool): replace `out`.
 /// Returns:
-///     str: JSON report (path, arch, qtype, file_type, tensors, types, bytes, warnings, pre).
+///     str: JSON report (path, arch, qtype, file_type, tensors, types, bytes, dequantized_nf4, warnings,
+///     pre).
 #[pyfunction]
 #[pyo3(signature = (model, out, *, qtype="f16", adapters=Vec::new(), method="linear", density=None, seed=0,
                     svd_rank=None, name=None, pre=None, chat_template=None, eot_token_id=None, overwrite=false))]

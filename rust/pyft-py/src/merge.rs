@@ -10,10 +10,12 @@ use pyft_core::Error;
 
 use crate::error::to_pyerr;
 
-/// Merge PEFT LoRA adapters into a base model directory, tensor by tensor.
+/// Merge PEFT LoRA adapters into a base model directory, tensor by tensor. A bitsandbytes NF4 base
+/// is dequantized (as `dequantize_4bit`) and written 16-bit, never re-quantized.
 ///
 /// Args:
-///     base (str): base model directory. adapters (list[str]): adapter directories. out (str): output directory.
+///     base (str): base model directory. adapters (list[str]): adapter directories (may be empty).
+///     out (str): output directory.
 ///     weights (list[float] | None): one weight per adapter (default 1.0 each).
 ///     method (str): linear, ties, dare_linear, dare_ties or svd. density (float | None): kept fraction
 ///     (ties/dare only). seed (int): DARE seed. svd_rank (int | None): svd output rank.
@@ -21,7 +23,8 @@ use crate::error::to_pyerr;
 ///     max_shard_bytes (int): largest shard file. overwrite (bool): replace `out`.
 ///     extra_files (dict[str, bytes] | None): files written into `out`, replacing copied ones.
 /// Returns:
-///     str: a JSON report (tensors, merged_modules, replaced, shards, total_bytes).
+///     str: a JSON report (tensors, merged_modules, replaced, shards, total_bytes, dequantized_nf4,
+///     nf4_written_as).
 #[pyfunction]
 #[pyo3(signature = (base, adapters, out, *, weights=None, method="linear", density=None, seed=0, svd_rank=None,
                     dtype=None, max_shard_bytes=5_000_000_000, overwrite=false, extra_files=None))]

@@ -50,6 +50,10 @@ pub trait TensorSource: Sync {
     fn raw(&self, i: usize) -> Option<(&[u8], DType)>;
     /// Tensor `i` is done: its pages may be dropped.
     fn release(&self, i: usize);
+    /// How many tensors are dequantized from a 4-bit NF4 base (reported, never written as NF4).
+    fn dequantized_nf4(&self) -> usize {
+        0
+    }
 }
 
 impl TensorSource for crate::merge::source::MergedModel {
@@ -73,6 +77,9 @@ impl TensorSource for crate::merge::source::MergedModel {
     }
     fn release(&self, i: usize) {
         crate::merge::source::MergedModel::release(self, i)
+    }
+    fn dequantized_nf4(&self) -> usize {
+        crate::merge::source::MergedModel::dequantized_nf4(self)
     }
 }
 
@@ -106,6 +113,8 @@ pub struct ExportReport {
     pub types: BTreeMap<String, usize>,
     /// File size in bytes.
     pub bytes: u64,
+    /// Tensors read from an NF4 base (dequantized, then written in their planned type).
+    pub dequantized_nf4: usize,
 }
 
 /// One planned output tensor and where its data comes from.
@@ -344,7 +353,8 @@ pub fn export_gguf(source: &dyn TensorSource, tokenizer_kvs: Vec<(String, GgufVa
     let path = writer.finish()?;
     let bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
     Ok(ExportReport { path: path.display().to_string(), arch: arch.name().into(), qtype: opts.qtype.name().into(),
-                      file_type: opts.qtype.file_type(), tensors: items.len(), types, bytes })
+                      file_type: opts.qtype.file_type(), tensors: items.len(), types, bytes,
+                      dequantized_nf4: source.dequantized_nf4() })
 }
 
 /// `general.name` for a model directory: its folder name.

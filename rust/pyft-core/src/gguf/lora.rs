@@ -105,10 +105,10 @@ pub fn export_lora_gguf(opts: &LoraExportOptions) -> Result<ExportReport> {
         return Err(bad(&cfg_path, "lora_alpha is 0: llama.cpp would read that as scale 1"));
     }
 
-    // Base tensor shapes, to check the adapter belongs to this base.
-    let files: Vec<_> = crate::io::safetensors::model_files(&opts.base)?.iter()
-        .map(|p| crate::io::safetensors::SafetensorsFile::open(p)).collect::<Result<_>>()?;
-    let base_shape = |name: &str| files.iter().find_map(|f| f.get(name).map(|t| t.shape.clone()));
+    // Base tensor shapes, to check the adapter belongs to this base (an NF4 base's weights have
+    // their recorded shapes).
+    let base = crate::merge::source::MergedModel::open(&opts.base, &[], crate::merge::source::Combine::Linear)?;
+    let base_shape = |name: &str| base.tensors().iter().find(|t| t.name == name).map(|t| t.shape.clone());
 
     let mut pairs = Vec::new();
     for (module, m) in &adapter.modules {
@@ -181,5 +181,5 @@ pub fn export_lora_gguf(opts: &LoraExportOptions) -> Result<ExportReport> {
     let path = writer.finish()?;
     let bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
     Ok(ExportReport { path: path.display().to_string(), arch: arch.name().into(), qtype: opts.dtype.name().to_lowercase(),
-                      file_type: 0, tensors: pairs.len() * 2, types, bytes })
+                      file_type: 0, tensors: pairs.len() * 2, types, bytes, dequantized_nf4: 0 })
 }

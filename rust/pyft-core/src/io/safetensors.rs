@@ -36,6 +36,21 @@ impl TensorInfo {
     }
 }
 
+/// A tensor of a type pyft does not compute with (`U8`, `I64`, 8-bit floats, …), kept by
+/// [`SafetensorsFile::open_any`] for a reader that knows what it holds: the packed weights and
+/// quant state of a 4-bit checkpoint are `U8`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtherTensor {
+    /// Tensor name.
+    pub name: String,
+    /// The safetensors type name (`U8`, `I64`, …).
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Byte range inside the file's data section.
+    pub range: (usize, usize),
+}
+
 /// A validated, memory-mapped safetensors file.
 #[derive(Debug)]
 pub struct SafetensorsFile {
@@ -44,6 +59,8 @@ pub struct SafetensorsFile {
     data_start: usize,
     /// Tensors in data order.
     pub tensors: Vec<TensorInfo>,
+    /// Tensors of other types, in data order (only from [`open_any`](Self::open_any)).
+    pub others: Vec<OtherTensor>,
     /// The `__metadata__` map.
     pub metadata: BTreeMap<String, String>,
 }
@@ -53,8 +70,17 @@ fn bad(path: &Path, message: impl Into<String>) -> Error {
 }
 
 impl SafetensorsFile {
-    /// Map and validate `path`.
+    /// Map and validate `path`; a tensor of a type other than F32, F16 or BF16 is an error.
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
+        Self::open_inner(path, false)
+    }
+
+    /// [`open`](Self::open), but tensors of other types are listed in `others` instead of failing.
+    pub fn open_any(path: &Path) -> Result<SafetensorsFile> {
+        Self::open_inner(path, true)
+    }
+
+    fn open_inner(path: &Path, any_type: bool) -> Result<SafetensorsFile> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; pyft never writes to its inputs while reading them.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
@@ -63,15 +89,20 @@ impl SafetensorsFile {
         let (header_len, meta) = ::safetensors::SafeTensors::read_metadata(&mmap)
             .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
         let data_start = 8 + header_len;
-        let mut tensors = Vec::new();
+        let (mut tensors, mut others) = (Vec::new(), Vec::new());
         for (name, info) in meta.tensors() {
-            let dtype = DType::from_safetensors(&format!("{:?}", info.dtype), &name)
-                .map_err(|e| bad(path, e.to_string()))?;
-            tensors.push(TensorInfo { name, dtype, shape: info.shape.clone(), range: info.data_offsets });
+            let type_name = format!("{:?}", info.dtype);
+            match DType::from_safetensors(&type_name, &name) {
+                Ok(dtype) => tensors.push(TensorInfo { name, dtype, shape: info.shape.clone(), range: info.data_offsets }),
+                Err(_) if any_type => others.push(OtherTensor { name, dtype: type_name, shape: info.shape.clone(),
+                                                               range: info.data_offsets }),
+                Err(e) => return Err(bad(path, e.to_string())),
+            }
         }
         tensors.sort_by_key(|t| t.range.0);
+        others.sort_by_key(|t| t.range.0);
         let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
-        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, data_start, tensors, metadata })
+        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, data_start, tensors, others, metadata })
     }
 
     /// The file's path.
@@ -81,13 +112,23 @@ impl SafetensorsFile {
 
     /// The raw little-endian bytes of a tensor.
     pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
-        &self.mmap[self.data_start + t.range.0..self.data_start + t.range.1]
+        self.range_bytes(t.range)
+    }
+
+    /// The bytes of a data-section range (`TensorInfo::range`, `OtherTensor::range`).
+    pub fn range_bytes(&self, range: (usize, usize)) -> &[u8] {
+        &self.mmap[self.data_start + range.0..self.data_start + range.1]
     }
 
     /// Let the kernel drop the cached pages of a tensor already consumed, so reading a whole model
     /// keeps the resident set at about one tensor (the pages are re-read from disk if touched again).
     pub fn release(&self, t: &TensorInfo) {
         release_pages(self.bytes(t));
+    }
+
+    /// [`release`](Self::release) for a data-section range.
+    pub fn release_range(&self, range: (usize, usize)) {
+        release_pages(self.range_bytes(range));
     }
 
     /// The absolute byte offset and length of a tensor's data in the file.

@@ -255,6 +255,16 @@ pub fn merge_rows(src: &[u8], from: DType, dst: &mut [u8], to: DType, inp: usize
     merge_rows_portable(src, from, dst, to, inp, delta, scratch);
 }
 
+/// [`merge_rows`] for rows already in f32 (`values`, `[n, inp]`, e.g. dequantized NF4): add the
+/// delta in place, then encode as `to` into `dst`, rounding once.
+pub fn merge_f32_rows(values: &mut [f32], dst: &mut [u8], to: DType, inp: usize,
+                      delta: Option<(&[f32], &[f32], f32)>) {
+    if let Some((b_rows, a, s)) = delta {
+        add_scaled_delta(values, inp, b_rows, a, s);
+    }
+    encode_into(values, to, dst);
+}
+
 #[cfg(target_arch = "x86_64")]
 fn fma_available() -> bool {
     is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2")

@@ -9,7 +9,7 @@
 //! a few MiB plus the tensor being read, not the model; tensors that need the whole weight at
 //! once (DoRA, multi-adapter combinations) go through f32 one tensor at a time. The output directory is staged and renamed
 //! into place; `config.json` is copied with only `torch_dtype` (and `tie_word_embeddings` when an
-//! untied output layer is written) changed; tokenizer and generation files are copied verbatim,
+//! untied output layer is written; an NF4 base also loses its `quantization_config`) changed; tokenizer and generation files are copied verbatim,
 //! then the caller's extra files written over them. The tensors come from [`MergedModel`].
 
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::data::shards::StagingDir;
 use crate::error::{Error, Result};
 use crate::io::safetensors::{PlannedTensor, StreamWriter};
-use crate::merge::source::{AdapterInput, Combine, MergedModel};
+use crate::merge::source::{set_config_dtype, AdapterInput, Combine, MergedModel};
 use crate::tensor::{from_f32, DType};
 
 /// Files copied verbatim from the base model directory when present.
@@ -64,6 +64,10 @@ pub struct MergeReport {
     pub shards: Vec<String>,
     /// Total tensor bytes written.
     pub total_bytes: usize,
+    /// Weights dequantized from an NF4 base (0 for a float base).
+    pub dequantized_nf4: usize,
+    /// The dtypes those weights were written as (empty for a float base).
+    pub nf4_written_as: Vec<String>,
 }
 
 /// An extra file name must be a plain file name and must not shadow the weights.
@@ -102,7 +106,8 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
     };
 
     let staging = StagingDir::new(&opts.out, opts.overwrite)?;
-    let mut report = MergeReport { tensors: plan.len(), merged_modules: 0, replaced: 0, shards: Vec::new(), total_bytes: 0 };
+    let mut report = MergeReport { tensors: plan.len(), merged_modules: 0, replaced: 0, shards: Vec::new(), total_bytes: 0,
+                                   dequantized_nf4: model.dequantized_nf4(), nf4_written_as: Vec::new() };
     let mut weight_map = serde_json::Map::new();
     let mut total_params = 0usize;
     for (i, p) in plan.iter().enumerate() {
@@ -110,6 +115,10 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
         report.merged_modules += usize::from(model.has_delta(i));
         weight_map.insert(p.name.clone(), json!(shard_name(shard_of[i])));
         report.total_bytes += p.nbytes();
+        let name = p.dtype.torch_name().to_string();
+        if model.is_nf4(i) && !report.nf4_written_as.contains(&name) {
+            report.nf4_written_as.push(name);
+        }
         total_params += p.shape.iter().product::<usize>();
     }
     report.shards = (0..n_shards).map(shard_name).collect();
@@ -145,10 +154,7 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
     }
     let mut config = model.config().clone();
     if let Some(d) = opts.dtype {
-        config["torch_dtype"] = json!(d.torch_name());
-        if config.get("dtype").is_some() {
-            config["dtype"] = json!(d.torch_name());
-        }
+        set_config_dtype(&mut config, d);
     }
     write_json(&staging.path().join("config.json"), &config)?;
     for name in COPIED_FILES {
@@ -242,14 +248,14 @@ fn produce_tensor(model: &MergedModel, i: usize, p: &PlannedTensor, out: &mut Pr
     out.send(Job::Begin(p.name.clone(), p.nbytes()))?;
     if let Some((path, offset, len)) = model.file_range(i, p.dtype) {
         out.send(Job::Copy(path.to_path_buf(), offset, len))?;
-    } else if let Some(rows) = model.rows(i) {
+    } else if let Some(rows) = model.rows(i)? {
         let row_bytes = rows.width() * p.dtype.size();
         let per_block = (BLOCK_BYTES / row_bytes.max(1)).max(1);
         let mut first = 0;
         while first < rows.rows() && row_bytes > 0 {
             let n = per_block.min(rows.rows() - first);
             let mut buf = out.buffer(n * row_bytes)?;
-            rows.fill(first, &mut buf[..n * row_bytes], p.dtype);
+            rows.fill(first, &mut buf[..n * row_bytes], p.dtype)?;
             out.send(Job::Block(buf, n * row_bytes))?;
             first += n;
         }

@@ -9,8 +9,14 @@
 //! The type is `Sync`: several threads may read different tensors at once. A tensor that is
 //! untouched, or gets one plain LoRA delta, can also be produced a block of rows at a time
 //! straight into the output dtype ([`MergedModel::rows`]), with no f32 copy of the whole tensor.
+//!
+//! A bitsandbytes NF4 base (`quantization_config` in `config.json`) is read through
+//! [`crate::nf4::checkpoint`]: each quantized weight is one tensor of its recorded 16-bit dtype and
+//! shape whose values are bitsandbytes' dequantization, computed a block of rows at a time; the
+//! quant-state tensors are hidden and `quantization_config` is dropped from the config. Adapters
+//! merge onto the dequantized values. Nothing is ever quantized back to 4 bits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -18,8 +24,9 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::io::safetensors::{model_files, SafetensorsFile, TensorInfo};
 use crate::merge::combine::{disjoint_mean, magnitude_prune, random_prune, stream_key, weighted_sum};
-use crate::merge::lora::{add_product, merge_into, merge_rows, LoraAdapter};
+use crate::merge::lora::{add_product, merge_f32_rows, merge_into, merge_rows, LoraAdapter};
 use crate::merge::svd::truncate_product;
+use crate::nf4::checkpoint::{check_config, find_weights, Nf4Weight};
 use crate::tensor::{from_f32, to_f32, DType};
 
 /// One adapter to merge and its weight in the combination.
@@ -128,6 +135,8 @@ pub struct SourceTensor {
 enum Data {
     Base(usize, TensorInfo),
     Adapter(usize, TensorInfo),
+    /// An NF4 weight of the base (index into `MergedModel::nf4`), dequantized when read.
+    Nf4(usize),
 }
 
 #[derive(Debug)]
@@ -142,6 +151,7 @@ struct Entry {
 pub struct MergedModel {
     config: Value,
     files: Vec<SafetensorsFile>,
+    nf4: Vec<Nf4Weight>,
     adapters: Vec<LoraAdapter>,
     weights: Vec<f32>,
     method: Combine,
@@ -158,6 +168,15 @@ fn mismatch(adapter: &LoraAdapter, name: &str, adapter_shape: &[usize], base_sha
                                     {base_shape:?}: the adapter was trained on a different base model"))
 }
 
+/// Record `dtype` as the model's dtype in a `config.json`: `torch_dtype`, and `dtype` too when the
+/// config has it (transformers ≥ 5 writes `dtype`, 4.x `torch_dtype`; both read either).
+pub(crate) fn set_config_dtype(config: &mut Value, dtype: DType) {
+    config["torch_dtype"] = json!(dtype.torch_name());
+    if config.get("dtype").is_some() {
+        config["dtype"] = json!(dtype.torch_name());
+    }
+}
+
 impl MergedModel {
     /// Open `base` (config.json + safetensors) and `adapters` (may be empty), combined by `method`,
     /// and validate that everything fits. No tensor data is read except PEFT's copies of embedding
@@ -171,8 +190,20 @@ impl MergedModel {
         let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let mut config: Value = serde_json::from_str(&cfg_text)
             .map_err(|e| file_err(&cfg_path, format!("malformed JSON: {e}")))?;
+        let nf4_base = check_config(&config, &cfg_path)?;
         let files: Vec<SafetensorsFile> =
-            model_files(base)?.iter().map(|p| SafetensorsFile::open(p)).collect::<Result<_>>()?;
+            model_files(base)?.iter().map(|p| SafetensorsFile::open_any(p)).collect::<Result<_>>()?;
+        let (nf4, hidden) = if nf4_base { find_weights(&files)? } else { (Vec::new(), HashSet::new()) };
+        if nf4_base {
+            // The output is dense: it must not claim to be quantized.
+            if let Some(c) = config.as_object_mut() {
+                c.remove("quantization_config");
+            }
+            let dtypes: HashSet<DType> = nf4.iter().map(|w| w.meta.dtype).collect();
+            if let (1, Some(&d)) = (dtypes.len(), dtypes.iter().next()) {
+                set_config_dtype(&mut config, d);
+            }
+        }
         let opened: Vec<LoraAdapter> = adapters.iter().map(|a| LoraAdapter::open(&a.dir)).collect::<Result<_>>()?;
         let single_plain = opened.len() == 1 && method == Combine::Linear && adapters[0].weight == 1.0;
         if let Some(d) = opened.iter().find(|a| a.dora) {
@@ -191,11 +222,31 @@ impl MergedModel {
         let mut tensors = Vec::new();
         let mut entries = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
+        let nf4_index: HashMap<&str, usize> = nf4.iter().enumerate().map(|(k, w)| (w.name.as_str(), k)).collect();
         for (fi, f) in files.iter().enumerate() {
-            for t in &f.tensors {
-                index.insert(t.name.clone(), tensors.len());
-                tensors.push(SourceTensor { name: t.name.clone(), shape: t.shape.clone(), dtype: t.dtype });
-                entries.push(Entry { data: Data::Base(fi, t.clone()), deltas: Vec::new() });
+            if let Some(t) = f.others.iter().find(|t| !hidden.contains(&t.name)) {
+                let hint = if !nf4_base && t.name.contains(".quant_state.bitsandbytes__") {
+                    " (a bitsandbytes 4-bit quant state, but config.json has no `quantization_config`)"
+                } else {
+                    ""
+                };
+                return Err(file_err(f.path(), format!("tensor `{}` has dtype {}; expected F32, F16 or BF16{hint}",
+                                                      t.name, t.dtype)));
+            }
+            // In data order; an NF4 weight's packed codes stand for the weight, its state is hidden.
+            let mut order: Vec<(usize, &str, Option<&TensorInfo>)> =
+                f.tensors.iter().map(|t| (t.range.0, t.name.as_str(), Some(t)))
+                    .chain(f.others.iter().map(|t| (t.range.0, t.name.as_str(), None))).collect();
+            order.sort_by_key(|&(start, ..)| start);
+            for (_, name, t) in order {
+                let (shape, dtype, data) = match (nf4_index.get(name), t) {
+                    (Some(&k), _) => (nf4[k].meta.shape.clone(), nf4[k].meta.dtype, Data::Nf4(k)),
+                    (None, Some(t)) if !hidden.contains(name) => (t.shape.clone(), t.dtype, Data::Base(fi, t.clone())),
+                    _ => continue, // quant state
+                };
+                index.insert(name.to_string(), tensors.len());
+                tensors.push(SourceTensor { name: name.to_string(), shape, dtype });
+                entries.push(Entry { data, deltas: Vec::new() });
             }
         }
         for (ai, ad) in opened.iter().enumerate() {
@@ -231,12 +282,18 @@ impl MergedModel {
                 if t.shape != tensors[i].shape {
                     return Err(mismatch(ad, name, &t.shape, &tensors[i].shape));
                 }
-                let Data::Base(fi, bt) = &entries[i].data else {
-                    return Err(file_err(&ad.dir, format!("`{name}` is replaced by two adapters")));
+                let dequantized;
+                let (x, x_dtype) = match &entries[i].data {
+                    Data::Base(fi, bt) => (files[*fi].bytes(bt), bt.dtype),
+                    Data::Nf4(k) => {
+                        dequantized = from_f32(&nf4_values(&nf4[*k], &files)?, tensors[i].dtype);
+                        (&dequantized[..], tensors[i].dtype)
+                    }
+                    Data::Adapter(..) => return Err(file_err(&ad.dir, format!("`{name}` is replaced by two adapters"))),
                 };
-                let (x, y) = (files[*fi].bytes(bt), ad.file.bytes(t));
+                let y = ad.file.bytes(t);
                 // Compared in the base's dtype: PEFT loads the copy into the base's parameter.
-                let same = if bt.dtype == t.dtype { x == y } else { from_f32(&to_f32(y, t.dtype), bt.dtype) == x };
+                let same = if x_dtype == t.dtype { x == y } else { from_f32(&to_f32(y, t.dtype), x_dtype) == x };
                 if !same {
                     if opened.iter().enumerate().any(|(aj, o)| aj != ai && (!o.saved.is_empty() || !o.base_copies.is_empty())) {
                         return Err(file_err(&ad.dir, format!(
@@ -260,7 +317,7 @@ impl MergedModel {
                 entries[i].deltas.push((ai, module.clone()));
             }
         }
-        Ok(MergedModel { config, files, adapters: opened, weights: adapters.iter().map(|a| a.weight).collect(),
+        Ok(MergedModel { config, files, nf4, adapters: opened, weights: adapters.iter().map(|a| a.weight).collect(),
                          method, tensors, entries })
     }
 
@@ -290,16 +347,29 @@ impl MergedModel {
         matches!(self.entries[i].data, Data::Adapter(..))
     }
 
-    /// The stored bytes of tensor `i` and their dtype when it is unmodified (zero-copy).
-    pub fn raw(&self, i: usize) -> Option<(&[u8], DType)> {
-        (!self.is_modified(i)).then(|| self.stored(i))
+    /// Whether tensor `i` is an NF4 weight of the base, dequantized when read.
+    pub fn is_nf4(&self, i: usize) -> bool {
+        matches!(self.entries[i].data, Data::Nf4(..))
     }
 
-    /// The bytes tensor `i` starts from (the base's, or an adapter's copy) and their dtype.
-    pub fn stored(&self, i: usize) -> (&[u8], DType) {
+    /// How many of the tensors are dequantized from NF4 (0 for a float base).
+    pub fn dequantized_nf4(&self) -> usize {
+        self.entries.iter().filter(|e| matches!(e.data, Data::Nf4(..))).count()
+    }
+
+    /// The stored bytes of tensor `i` and their dtype when it is unmodified (zero-copy); `None`
+    /// for a modified or NF4 tensor.
+    pub fn raw(&self, i: usize) -> Option<(&[u8], DType)> {
+        if self.is_modified(i) { None } else { self.stored(i) }
+    }
+
+    /// The bytes tensor `i` starts from (the base's, or an adapter's copy) and their dtype; `None`
+    /// for an NF4 weight, which has no stored bytes of its dtype.
+    pub fn stored(&self, i: usize) -> Option<(&[u8], DType)> {
         match &self.entries[i].data {
-            Data::Base(fi, t) => (self.files[*fi].bytes(t), t.dtype),
-            Data::Adapter(ai, t) => (self.adapters[*ai].file.bytes(t), t.dtype),
+            Data::Base(fi, t) => Some((self.files[*fi].bytes(t), t.dtype)),
+            Data::Adapter(ai, t) => Some((self.adapters[*ai].file.bytes(t), t.dtype)),
+            Data::Nf4(_) => None,
         }
     }
 
@@ -308,6 +378,7 @@ impl MergedModel {
         match &self.entries[i].data {
             Data::Base(fi, t) => self.files[*fi].release(t),
             Data::Adapter(ai, t) => self.adapters[*ai].file.release(t),
+            Data::Nf4(k) => self.nf4[*k].release(&self.files),
         }
     }
 
@@ -320,6 +391,7 @@ impl MergedModel {
         let (file, t) = match &self.entries[i].data {
             Data::Base(fi, t) => (&self.files[*fi], t),
             Data::Adapter(ai, t) => (&self.adapters[*ai].file, t),
+            Data::Nf4(_) => return None,
         };
         let (offset, len) = file.file_range(t);
         (t.dtype == dtype).then_some((file.path(), offset, len))
@@ -328,12 +400,18 @@ impl MergedModel {
     /// Tensor `i` as rows to produce a block at a time (see [`TensorRows`]), when it is untouched
     /// or gets one plain LoRA delta (no DoRA, no combination, no dtype change of an adapter's copy);
     /// `None` otherwise: use [`read_f32`](Self::read_f32).
-    pub fn rows(&self, i: usize) -> Option<TensorRows<'_>> {
-        let (bytes, dtype) = self.stored(i);
+    pub fn rows(&self, i: usize) -> Result<Option<TensorRows<'_>>> {
+        let source = match &self.entries[i].data {
+            Data::Nf4(k) => {
+                let weight = &self.nf4[*k];
+                RowSource::Nf4 { weight, files: &self.files, scales: weight.scales(&self.files)? }
+            }
+            _ => match self.stored(i) {
+                Some((bytes, dtype)) if dtype == self.tensors[i].dtype => RowSource::Stored { bytes, dtype },
+                _ => return Ok(None),
+            },
+        };
         let shape = &self.tensors[i].shape;
-        if dtype != self.tensors[i].dtype {
-            return None;
-        }
         let rows = shape.first().copied().unwrap_or(1);
         let width = shape.iter().product::<usize>().checked_div(rows).unwrap_or(0);
         let lora = match self.entries[i].deltas.as_slice() {
@@ -341,25 +419,30 @@ impl MergedModel {
             [(ai, m)] if self.adapters.len() == 1 && self.method == Combine::Linear && self.weights[0] == 1.0 => {
                 let module = &self.adapters[*ai].modules[m];
                 if module.magnitude.is_some() {
-                    return None;
+                    return Ok(None);
                 }
                 let (b, a) = module.factors(&self.adapters[*ai].file);
                 Some(RowLora { b, a, rank: module.rank(), scaling: module.scaling })
             }
-            _ => return None,
+            _ => return Ok(None),
         };
-        Some(TensorRows { bytes, dtype, rows, width, lora })
+        Ok(Some(TensorRows { source, rows, width, lora }))
     }
 
     /// The merged values of tensor `i` in f32, row-major in its torch shape. An adapter's copy
     /// stored in another dtype than the base's is first rounded to the base's dtype, as PEFT
-    /// loads it into the base parameter.
+    /// loads it into the base parameter; an NF4 weight is dequantized as bitsandbytes does.
     pub fn read_f32(&self, i: usize) -> Result<Vec<f32>> {
-        let (bytes, dtype) = self.stored(i);
-        let mut v = to_f32(bytes, dtype);
-        if dtype != self.tensors[i].dtype {
-            v = to_f32(&from_f32(&v, self.tensors[i].dtype), self.tensors[i].dtype);
-        }
+        let mut v = match self.stored(i) {
+            Some((bytes, dtype)) => {
+                let v = to_f32(bytes, dtype);
+                if dtype == self.tensors[i].dtype { v } else { to_f32(&from_f32(&v, self.tensors[i].dtype), self.tensors[i].dtype) }
+            }
+            None => match &self.entries[i].data {
+                Data::Nf4(k) => nf4_values(&self.nf4[*k], &self.files)?,
+                _ => unreachable!("only NF4 weights have no stored bytes"),
+            },
+        };
         let deltas = &self.entries[i].deltas;
         if deltas.is_empty() {
             return Ok(v);
@@ -425,6 +508,22 @@ impl MergedModel {
     }
 }
 
+/// All values of an NF4 weight, dequantized.
+fn nf4_values(weight: &Nf4Weight, files: &[SafetensorsFile]) -> Result<Vec<f32>> {
+    let mut v = vec![0f32; weight.meta.shape.iter().product()];
+    weight.dequantize_into(files, &weight.scales(files)?, 0, &mut v)?;
+    Ok(v)
+}
+
+/// Where the rows of a [`TensorRows`] come from.
+#[derive(Debug)]
+enum RowSource<'a> {
+    /// Stored bytes of the tensor's dtype.
+    Stored { bytes: &'a [u8], dtype: DType },
+    /// An NF4 weight and its f32 block scales.
+    Nf4 { weight: &'a Nf4Weight, files: &'a [SafetensorsFile], scales: Vec<f32> },
+}
+
 /// The factors of the one plain LoRA delta of a [`TensorRows`].
 #[derive(Debug)]
 struct RowLora {
@@ -435,12 +534,11 @@ struct RowLora {
 }
 
 /// A tensor of a [`MergedModel`] produced a block of rows at a time in any output dtype: each row
-/// is decoded to f32, gets `s·(B@A)` added exactly as [`MergedModel::read_f32`] does, and is
-/// rounded once, so the bytes equal `from_f32(read_f32(i), dtype)`.
+/// is decoded (or dequantized) to f32, gets `s·(B@A)` added exactly as [`MergedModel::read_f32`]
+/// does, and is rounded once, so the bytes equal `from_f32(read_f32(i), dtype)`.
 #[derive(Debug)]
 pub struct TensorRows<'a> {
-    bytes: &'a [u8],
-    dtype: DType,
+    source: RowSource<'a>,
     rows: usize,
     width: usize,
     lora: Option<RowLora>,
@@ -459,28 +557,38 @@ impl TensorRows<'_> {
 
     /// Write rows `first..first + n` as `dtype` into `out` (`n · width · dtype.size()` bytes), rows
     /// in parallel.
-    pub fn fill(&self, first: usize, out: &mut [u8], dtype: DType) {
+    pub fn fill(&self, first: usize, out: &mut [u8], dtype: DType) -> Result<()> {
         use rayon::prelude::*;
         const ROWS_PER_TASK: usize = 8;
-        let (width, from) = (self.width, self.dtype.size());
+        let width = self.width;
         let out_row = width * dtype.size();
         if out_row == 0 {
-            return;
+            return Ok(());
         }
-        let task = |(t, out): (usize, &mut [u8]), scratch: &mut Vec<f32>| {
+        let task = |(t, out): (usize, &mut [u8]), scratch: &mut Vec<f32>| -> Result<()> {
             let o = first + t * ROWS_PER_TASK;
             let n = out.len() / out_row;
-            let src = &self.bytes[o * width * from..(o + n) * width * from];
             let delta = self.lora.as_ref().map(|l| (&l.b[o * l.rank..(o + n) * l.rank], &l.a[..], l.scaling));
-            merge_rows(src, self.dtype, out, dtype, width, delta, scratch);
+            match &self.source {
+                RowSource::Stored { bytes, dtype: from } => {
+                    let src = &bytes[o * width * from.size()..(o + n) * width * from.size()];
+                    merge_rows(src, *from, out, dtype, width, delta, scratch);
+                }
+                RowSource::Nf4 { weight, files, scales } => {
+                    scratch.resize(n * width, 0.0);
+                    weight.dequantize_into(files, scales, o * width, scratch)?;
+                    merge_f32_rows(scratch, out, dtype, width, delta);
+                }
+            }
+            Ok(())
         };
         if crate::parallel::enabled() && out.len() > 1 << 16 {
             crate::parallel::install(|| {
-                out.par_chunks_mut(out_row * ROWS_PER_TASK).enumerate().for_each_init(Vec::new, |s, x| task(x, s))
-            });
+                out.par_chunks_mut(out_row * ROWS_PER_TASK).enumerate().try_for_each_init(Vec::new, |s, x| task(x, s))
+            })
         } else {
             let mut scratch = Vec::new();
-            out.chunks_mut(out_row * ROWS_PER_TASK).enumerate().for_each(|x| task(x, &mut scratch));
+            out.chunks_mut(out_row * ROWS_PER_TASK).enumerate().try_for_each(|x| task(x, &mut scratch))
         }
     }
 }

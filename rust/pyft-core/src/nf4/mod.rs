@@ -5,9 +5,12 @@
 //! - [`double_quant`]: 8-bit quantization of the block scales (blocks of 256, mean offset).
 //! - [`dequant`]: back to f32 (for merging and export from 4-bit checkpoints).
 //! - [`state`]: the JSON quant-state blob and tensor names of the checkpoint format.
+//! - [`checkpoint`]: a bitsandbytes 4-bit checkpoint's weights found across shards and read back
+//!   as 16-bit values (the merge and export source of an NF4 base).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod checkpoint;
 pub mod dequant;
 pub mod double_quant;
 pub mod quantize;
