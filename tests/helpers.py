@@ -31,3 +31,34 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     """Write records as UTF-8 JSONL."""
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+def perturb_adapters(model, seed: int = 1) -> None:
+    """Give every LoRA-family adapter tensor non-trivial values (B starts at zero, so an untrained
+    adapter would not change the output)."""
+    import torch
+
+    from pyft.peft import lora_modules
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in lora_modules(model):
+            layer.lora_A.weight.copy_(torch.randn(layer.lora_A.weight.shape, generator=g) * 0.2)
+            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=g) * 0.2)
+            if layer.lora_magnitude_vector is not None:
+                layer.lora_magnitude_vector.mul_(1 + 0.1 * torch.randn(layer.lora_magnitude_vector.shape, generator=g))
+
+
+def demo_task(tmp_path: Path, tokenizer_dir: Path, n: int = 100) -> tuple[Path, Path]:
+    """The first ``n`` single-turn bundled demo conversations prepared for a small Llama (hidden 128)
+    built with ``tokenizer_dir``: returns ``(model_dir, data_dir)`` (20 % validation split)."""
+    import pyft.data
+    from pyft.data.demo import demo_path
+    from pyft.testing import make_tiny_model
+
+    records = [json.loads(line) for line in demo_path().read_text(encoding="utf-8").splitlines()]
+    single = [r for r in records if len(r["messages"]) == 2][:n]
+    src = write_jsonl(tmp_path / "set.jsonl", single)
+    model = make_tiny_model(tmp_path / "m", tokenizer_dir, arch="llama", hidden_size=128, intermediate_size=352)
+    pyft.data.prepare(src, model, tmp_path / "data", val_ratio=0.2, seed=0)
+    return model, tmp_path / "data"

@@ -12,13 +12,14 @@ from pyft.peft import (
     LoraConfig,
     adapters_disabled,
     apply_lora,
-    load_adapter,
     lora_modules,
     merge_lora,
     save_adapter,
     trainable_parameters_report,
 )
 from pyft.testing import make_tiny_model
+
+from helpers import perturb_adapters
 
 VARIANTS = {"lora": {}, "rslora": {"rslora": True}, "dora": {"dora": True}}
 
@@ -32,17 +33,6 @@ def model_dirs(tokenizer_dirs, tmp_path_factory):
 def _batch(vocab: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, vocab, (2, 11), generator=g)
-
-
-def _perturb(model, seed: int = 1) -> None:
-    """Give every adapter tensor non-trivial values (B starts at zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in lora_modules(model):
-            layer.lora_A.weight.copy_(torch.randn(layer.lora_A.weight.shape, generator=g) * 0.2)
-            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=g) * 0.2)
-            if layer.lora_magnitude_vector is not None:
-                layer.lora_magnitude_vector.mul_(1 + 0.1 * torch.randn(layer.lora_magnitude_vector.shape, generator=g))
 
 
 def _peft_name_to_ours(name: str) -> str:
@@ -71,7 +61,7 @@ def test_forward_and_gradients_match_peft(arch, variant, model_dirs, tmp_path):
     ours = pyft.load_model(model_dirs[arch], dtype="float32")
     names = apply_lora(ours, LoraConfig(r=4, alpha=8, targets="all-linear", **VARIANTS[variant]))
     assert len(names) == 2 * 7  # q k v o gate up down in 2 layers; lm_head excluded
-    _perturb(ours)
+    perturb_adapters(ours)
     save_adapter(ours, tmp_path / "adapter")
     ref = PeftModel.from_pretrained(pyft.load_model(model_dirs[arch], dtype="float32"), tmp_path / "adapter",
                                     is_trainable=True)
@@ -148,7 +138,7 @@ def test_modules_to_save_disable_and_merge(model_dirs, tmp_path):
     ours = pyft.load_model(model_dirs["qwen2"], dtype="float32")
     base_logits = ours(input_ids=_batch(ours.config.vocab_size)).logits.detach()
     apply_lora(ours, LoraConfig(r=4, alpha=8, targets="all-linear", dora=True, modules_to_save=["lm_head"]))
-    _perturb(ours)
+    perturb_adapters(ours)
     with torch.no_grad():
         ours.lm_head.trained_module.weight.mul_(1.5)
     assert "trainable params:" in trainable_parameters_report(ours)

@@ -19,6 +19,8 @@ from pyft.peft._inject import all_linear_names, replace_module
 from pyft.quant import NF4Linear
 from pyft.testing import make_tiny_model
 
+from helpers import perturb_adapters
+
 bnb = pytest.importorskip("bitsandbytes")
 
 VARIANTS = {"lora": {}, "rslora": {"rslora": True}, "dora": {"dora": True}}
@@ -61,17 +63,6 @@ def _batch(vocab: int) -> torch.Tensor:
     return torch.randint(0, vocab, (2, 11), generator=torch.Generator().manual_seed(0))
 
 
-def _perturb(model, seed: int = 1) -> None:
-    """Non-trivial adapter values (B starts at zero, so the adapter would not matter)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in lora_modules(model):
-            layer.lora_A.weight.copy_(torch.randn(layer.lora_A.weight.shape, generator=g) * 0.2)
-            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=g) * 0.2)
-            if layer.lora_magnitude_vector is not None:
-                layer.lora_magnitude_vector.mul_(1 + 0.1 * torch.randn(layer.lora_magnitude_vector.shape, generator=g))
-
-
 def _logits_and_grads(model, ids):
     model.zero_grad(set_to_none=True)
     out = model(input_ids=ids, labels=ids)
@@ -97,7 +88,7 @@ def test_logits_and_gradients_match_peft_on_bnb(arch, variant, model_dirs, tmp_p
     ours = _nf4_model(model_dirs[arch], _bnb_model(model_dirs[arch]))
     names = apply_lora(ours, LoraConfig(r=4, alpha=8, targets="all-linear", **VARIANTS[variant]))
     assert len(names) == 2 * 7 and all(isinstance(layer.base_layer, NF4Linear) for _, layer in lora_modules(ours))
-    _perturb(ours)
+    perturb_adapters(ours)
     save_adapter(ours, tmp_path / "adapter")
     ref = PeftModel.from_pretrained(_bnb_model(model_dirs[arch]), tmp_path / "adapter", is_trainable=True)
     assert sorted(ref.peft_config["default"].target_modules) == LINEARS
@@ -161,7 +152,7 @@ def test_nf4_base_equals_dense_base_with_the_dequantized_weight(variant):
     for base in (nf4, dense):
         model = nn.Sequential(OrderedDict(proj=base))
         apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.3, targets=["proj"], **VARIANTS[variant]))
-        _perturb(model)
+        perturb_adapters(model)
         model.train()
         torch.manual_seed(7)  # the same dropout masks
         x = torch.randn(3, 5, 80, generator=torch.Generator().manual_seed(1), requires_grad=True)
@@ -187,7 +178,7 @@ def test_merge_replaces_nf4_by_a_dense_linear(dtype):
                                      compute_dtype=torch.float32)
     model = nn.Sequential(OrderedDict(proj=nf4))
     apply_lora(model, LoraConfig(r=4, alpha=8, targets=["proj"], dora=True))
-    _perturb(model)
+    perturb_adapters(model)
     layer = model.proj
     expected_weight = layer.merged_weight().to(dtype)
     x = torch.randn(6, 64, generator=torch.Generator().manual_seed(1))

@@ -12,7 +12,7 @@ from pyft.errors import ConfigError
 from pyft.testing import make_tiny_model
 from pyft.train import build_trainer, load_config, train
 
-from helpers import CONVERSATIONS, write_jsonl
+from helpers import CONVERSATIONS, demo_task, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -175,15 +175,9 @@ def test_tiny_model_learns_a_small_instruction_set(tokenizer_dirs, tmp_path):
     the trained answers for at least 90 % of the training prompts."""
     from transformers import AutoTokenizer
 
-    from pyft.data.demo import demo_path
     from pyft.demo import greedy_answers
 
-    records = [json.loads(line) for line in demo_path().read_text(encoding="utf-8").splitlines()]
-    single = [r for r in records if len(r["messages"]) == 2][:100]
-    src = write_jsonl(tmp_path / "set.jsonl", single)
-    model = make_tiny_model(tmp_path / "m", tokenizer_dirs["chatml"], arch="llama", hidden_size=128,
-                            intermediate_size=352)
-    pyft.data.prepare(src, model, tmp_path / "data", val_ratio=0.2, seed=0)
+    model, _ = demo_task(tmp_path, tokenizer_dirs["chatml"])
     result = train(load_config(
         model=str(model), data=str(tmp_path / "data"), output=str(tmp_path / "out"),
         lora={"r": 16, "alpha": 32, "dropout": 0.0, "modules_to_save": ["lm_head"]},

@@ -8,12 +8,11 @@ import json
 import pytest
 import torch
 
-import pyft.data
+import pyft
 from pyft.quant import NF4Linear
-from pyft.testing import make_tiny_model
 from pyft.train import build_trainer, load_config, train
 
-from helpers import write_jsonl
+from helpers import demo_task
 
 peft = pytest.importorskip("peft")
 
@@ -27,14 +26,7 @@ def _config(model, data, out, method):
 
 
 def test_qlora_learns_like_lora_and_saves_a_peft_adapter(tokenizer_dirs, tmp_path):
-    from pyft.data.demo import demo_path
-
-    records = [json.loads(line) for line in demo_path().read_text(encoding="utf-8").splitlines()]
-    single = [r for r in records if len(r["messages"]) == 2][:100]
-    src = write_jsonl(tmp_path / "set.jsonl", single)
-    model = make_tiny_model(tmp_path / "m", tokenizer_dirs["chatml"], arch="llama", hidden_size=128,
-                            intermediate_size=352)
-    pyft.data.prepare(src, model, tmp_path / "data", val_ratio=0.2, seed=0)
+    model, _ = demo_task(tmp_path, tokenizer_dirs["chatml"])
     trainer = build_trainer(_config(model, tmp_path / "data", tmp_path / "probe", "qlora"))
     nf4 = [m for m in trainer.model.modules() if isinstance(m, NF4Linear)]
     assert len(nf4) == 7 * trainer.model.config.num_hidden_layers

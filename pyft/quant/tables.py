@@ -10,7 +10,10 @@ from __future__ import annotations
 import struct
 
 #: The 16 NF4 values, index = 4-bit code (sorted: 7 negative, exact 0 at code 7, 8 positive).
-NF4_CODE_BITS = "bf800000 bf3239b1 bf066b30 beca32a0 be91a24d be3d353f bdba7871 00000000 3da2faff 3e24cae3 3e7c04dd 3ead033a 3ee1a4b8 3f1007ab 3f3913b3 3f800000"
+NF4_CODE_BITS = (
+    "bf800000 bf3239b1 bf066b30 beca32a0 be91a24d be3d353f bdba7871 00000000 "
+    "3da2faff 3e24cae3 3e7c04dd 3ead033a 3ee1a4b8 3f1007ab 3f3913b3 3f800000"
+)
 
 #: CODE8: bitsandbytes' signed 8-bit dynamic map (256 values) used for double quantization.
 CODE8_BITS = (
