@@ -3,12 +3,15 @@
 ``safetensors.safe_open`` maps whole files: every page it touches stays in the process's resident
 set until the file is closed, so streaming a model through it still "uses" the whole checkpoint.
 :class:`SafetensorsShards` reads each tensor with one ``readinto`` into its own buffer instead, so
-peak memory is what the caller keeps plus one tensor.
+peak memory is what the caller keeps plus one tensor; :meth:`SafetensorsShards.map` gives a tensor
+that stays backed by the file (copy-on-write), resident only where it is touched, for tensors kept
+as stored (as transformers loads them).
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -51,6 +54,7 @@ class SafetensorsShards:
         if not paths:
             raise FileNotFoundError(f"{d}: no *.safetensors weights")
         self.files = paths
+        self._maps: dict[Path, mmap.mmap] = {}
         self.entries: dict[str, TensorEntry] = {}
         for p in paths:
             self.entries.update(_read_header(p))
@@ -73,6 +77,21 @@ class SafetensorsShards:
         if not buf:
             return torch.empty(e.shape, dtype=e.dtype)
         return torch.frombuffer(buf, dtype=e.dtype).reshape(e.shape)
+
+
+    def map(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` backed by a private (copy-on-write) mapping of its file: pages are
+        read, and count as resident memory, only where the tensor is touched. The mapping lives as
+        long as the tensor."""
+        e = self.entries[name]
+        if e.end == e.start:
+            return torch.empty(e.shape, dtype=e.dtype)
+        m = self._maps.get(e.path)
+        if m is None:
+            with open(e.path, "rb") as f:
+                m = self._maps[e.path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        count = (e.end - e.start) // torch.empty((), dtype=e.dtype).element_size()
+        return torch.frombuffer(m, dtype=e.dtype, count=count, offset=e.start).reshape(e.shape)
 
 
 def _read_header(path: Path) -> dict[str, TensorEntry]:

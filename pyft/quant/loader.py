@@ -158,8 +158,12 @@ def load_nf4_model(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.b
             continue
         if name not in shards:
             continue
-        _set_tensor(model, name, shards.read(name).to(device=device, dtype=dtype if current.is_floating_point()
-                                                          else current.dtype))
+        want = dtype if current.is_floating_point() else current.dtype
+        stored = shards.entries[name].dtype
+        # Kept as stored on the CPU: a file-backed tensor (only the rows used become resident, as
+        # with transformers' loading); otherwise read and converted.
+        tensor = shards.map(name) if (stored == want and device.type == "cpu") else shards.read(name)
+        _set_tensor(model, name, tensor.to(device=device, dtype=want))
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     _materialize_buffers(model, device)
