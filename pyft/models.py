@@ -100,3 +100,34 @@ def load_model(
 
         load_adapter(model, adapter, trainable=trainable_adapter)
     return model.eval()
+
+
+def load_reward_model(path: str | os.PathLike[str], *, dtype: Any = "auto", device: Any = None,
+                      pad_token_id: int | None = None, attn_implementation: str | None = None):
+    """A causal LM directory loaded as a one-label sequence-classification model (a reward model).
+
+    The ``score`` head is new (random, seeded by torch's RNG) unless the directory already holds a
+    sequence-classification model. ``pad_token_id`` is recorded in the config: transformers reads
+    the score at the last token that is not padding.
+
+    Returns:
+        A ``transformers`` ``*ForSequenceClassification`` model with ``num_labels=1``, in eval mode.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    p = check_model_dir(path)
+    kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype), "local_files_only": True, "num_labels": 1}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if pad_token_id is not None:
+        kwargs["pad_token_id"] = pad_token_id
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score.weight newly initialized" is the point here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(p), **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+    if device is not None:
+        model.to(device)
+    return model.eval()

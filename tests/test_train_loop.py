@@ -150,7 +150,7 @@ def test_ddp_two_cpu_processes_equal_one_process(setup, tmp_path):
 
 
 def test_non_finite_loss_stops_with_last_checkpoint(setup, tmp_path, monkeypatch):
-    import pyft.train.loop as loop
+    import pyft.train.objective as loop
     from pyft.errors import TrainingError
 
     trainer = build_trainer(_cfg(setup, tmp_path / "nan", max_steps=5, batch_size=2, save_every=2))
@@ -248,7 +248,7 @@ def test_bf16_autocast_on_cpu_and_fp16_needs_cuda(setup, tmp_path):
 
 
 def test_early_stopping_after_patience(setup, tmp_path, monkeypatch):
-    import pyft.train.loop as loop
+    import pyft.train.objective as loop
 
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
     monkeypatch.setattr(loop.Trainer, "evaluate", lambda self: next(losses))

@@ -33,8 +33,10 @@ def _number(x: float) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
-def adapter_config_dict(config: LoraConfig, base_model_name_or_path: str | None) -> dict[str, Any]:
-    """The full ``adapter_config.json`` content PEFT 0.21.2 writes, for ``config``."""
+def adapter_config_dict(config: LoraConfig, base_model_name_or_path: str | None,
+                        task_type: str = "CAUSAL_LM") -> dict[str, Any]:
+    """The full ``adapter_config.json`` content PEFT 0.21.2 writes, for ``config`` (``task_type``
+    ``CAUSAL_LM``, or ``SEQ_CLS`` for a reward model's adapter)."""
     targets = config.targets if isinstance(config.targets, str) else sorted(config.targets)
     return {
         "alora_invocation_tokens": None,
@@ -71,7 +73,7 @@ def adapter_config_dict(config: LoraConfig, base_model_name_or_path: str | None)
         "revision": None,
         "target_modules": targets,
         "target_parameters": None,
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "trainable_token_indices": None,
         "use_bdlora": None,
         "use_dora": config.dora,
@@ -104,7 +106,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, out_dir: str | os.PathLike[str], *, base_model_name_or_path: str | None = None,
-                 overwrite: bool = True) -> Path:
+                 overwrite: bool = True, task_type: str = "CAUSAL_LM") -> Path:
     """Save the adapter of ``model`` as a PEFT adapter directory (written atomically).
 
     Args:
@@ -112,6 +114,7 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike[str], *, base_mode
         out_dir: directory to write.
         base_model_name_or_path: recorded in the config (default: the model's ``name_or_path``).
         overwrite: replace an existing ``out_dir``.
+        task_type: PEFT's ``task_type``: ``CAUSAL_LM``, or ``SEQ_CLS`` for a sequence-classification (reward) model.
     """
     from safetensors.torch import save_file
 
@@ -124,7 +127,7 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike[str], *, base_mode
     tensors = adapter_state_dict(model)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        text = json.dumps(adapter_config_dict(config, base_model_name_or_path), indent=2, sort_keys=True)
+        text = json.dumps(adapter_config_dict(config, base_model_name_or_path, task_type), indent=2, sort_keys=True)
         (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
     return Path(out_dir)
 

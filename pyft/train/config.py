@@ -1,8 +1,14 @@
 """Training configuration: plain dataclasses, read from YAML with ``a.b=value`` overrides.
 
 Unknown keys and wrongly typed values are errors that name the key (``train.lr: expected a
-number, got 'fast'``). Sections: ``model``, ``data``, ``method``, ``lora`` (a
-:class:`pyft.peft.LoraConfig`, PEFT's defaults), ``freeze``, ``train``, ``output``.
+number, got 'fast'``). Sections: ``model``, ``data``, ``method``, ``tuning``, ``lora`` (a
+:class:`pyft.peft.LoraConfig`, PEFT's defaults), ``quant``, ``align``, ``freeze``, ``train``,
+``output``.
+
+``method`` is what is optimised: supervised fine-tuning (``lora``, ``qlora``, ``full``, or ``sft``
+with ``tuning``) or an alignment objective (``dpo``, ``kto``, ``orpo``, ``simpo``, ``cpo``, ``rm``).
+``tuning`` says which weights an alignment run (or ``sft``) trains: ``lora`` (default), ``qlora`` or
+``full``.
 """
 
 from __future__ import annotations
@@ -78,6 +84,54 @@ class QuantSection:
     compute_dtype: str = "auto"
 
 
+#: Methods that fine-tune on chat/text data; their name is also the tuning (``sft`` reads ``tuning``).
+SFT_METHODS = ("lora", "qlora", "full", "sft")
+#: Alignment methods and the data kind each trains on.
+ALIGN_METHODS = {"dpo": "preference", "orpo": "preference", "simpo": "preference", "cpo": "preference",
+                 "rm": "preference", "kto": "kto"}
+TUNINGS = ("lora", "qlora", "full")
+
+
+@dataclass
+class AlignSection:
+    """Options of the alignment methods (names and defaults as TRL 1.16's configs).
+
+    - ``beta``: β of DPO/KTO/CPO/SimPO, λ of ORPO (default 0.1).
+    - ``loss_type``: DPO: ``sigmoid`` (default), ``ipo``, ``hinge``, ``robust``, ... or a list whose
+      losses are added with ``loss_weights`` (see :data:`pyft.losses.DPO_LOSS_TYPES`); KTO: ``kto`` or
+      ``apo_zero_unpaired``; CPO: ``sigmoid``, ``hinge``, ``ipo`` (``simpo`` is the ``simpo`` method).
+    - ``label_smoothing``: ε for robust DPO (rDPO), conservative DPO (``sigmoid`` with ε > 0) and CPO.
+    - ``f_divergence``/``f_alpha``: DPO's divergence (``reverse_kl`` default).
+    - ``reference``: the reference model: ``auto`` (the base with adapters disabled under LoRA/QLoRA,
+      a frozen copy under full fine-tuning) or ``copy``; ``precompute_ref`` computes every reference
+      log-prob in one pass before training (then no reference model is kept at all).
+    - ``desirable_weight``/``undesirable_weight``: KTO's class weights.
+    - ``simpo_gamma``: SimPO's margin γ; ``cpo_alpha``: weight of the chosen NLL (default 0 for
+      ``simpo``, 1 for ``cpo``); ``alphapo``: AlphaPO's α (0 = off).
+    - ``center_rewards_coefficient``: reward models: weight of ``(r_c + r_r)²``.
+    - ``disable_dropout``: turn the model's dropout off (TRL's default).
+    - ``layout``: how sequences are batched: ``auto`` (``flat`` under FlashAttention, ``padded``
+      for ``rm``, else ``packed``), ``packed``, ``flat`` or ``padded``.
+    """
+
+    beta: float = 0.1
+    loss_type: str | list[str] | None = None
+    loss_weights: list[float] | None = None
+    label_smoothing: float = 0.0
+    f_divergence: str = "reverse_kl"
+    f_alpha: float = 1.0
+    reference: str = "auto"
+    precompute_ref: bool = False
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    simpo_gamma: float = 0.5
+    cpo_alpha: float | None = None
+    alphapo: float = 0.0
+    center_rewards_coefficient: float | None = None
+    disable_dropout: bool = True
+    layout: str = "auto"
+
+
 @dataclass
 class TrainConfig:
     """A whole training run."""
@@ -86,8 +140,10 @@ class TrainConfig:
     data: str = ""
     output: str = "pyft-output"
     method: str = "lora"
+    tuning: str | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
     quant: QuantSection = field(default_factory=QuantSection)
+    align: AlignSection = field(default_factory=AlignSection)
     freeze: FreezeSection = field(default_factory=FreezeSection)
     train: TrainSection = field(default_factory=TrainSection)
 
@@ -97,8 +153,15 @@ class TrainConfig:
             raise ConfigError("model: required (a transformers model directory)")
         if not self.data:
             raise ConfigError("data: required (a directory written by `pyft data prepare`)")
-        if self.method not in ("lora", "qlora", "full"):
-            raise ConfigError(f"method: unknown method {self.method!r} (expected lora, qlora or full)")
+        if self.method not in SFT_METHODS and self.method not in ALIGN_METHODS:
+            raise ConfigError(f"method: unknown method {self.method!r} (expected one of "
+                              f"{', '.join(SFT_METHODS + tuple(ALIGN_METHODS))})")
+        if self.tuning is not None and self.tuning not in TUNINGS:
+            raise ConfigError(f"tuning: expected lora, qlora or full, got {self.tuning!r}")
+        if self.method in ("lora", "qlora", "full") and self.tuning not in (None, self.method):
+            raise ConfigError(f"tuning: method {self.method} already says the tuning; use method: sft with "
+                              f"tuning: {self.tuning}")
+        self._validate_align()
         t = self.train
         checks = [
             (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
@@ -123,6 +186,54 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{key}: {why}, got {_get(self, key)!r}")
         return self
+
+    @property
+    def objective(self) -> str:
+        """``sft`` or the alignment method's name."""
+        return "sft" if self.method in SFT_METHODS else self.method
+
+    @property
+    def tuning_kind(self) -> str:
+        """Which weights are trained: ``lora``, ``qlora`` or ``full``."""
+        if self.method in ("lora", "qlora", "full"):
+            return self.method
+        return self.tuning or "lora"
+
+    def _validate_align(self) -> None:
+        from pyft.losses.preference import CPO_LOSS_TYPES, DPO_LOSS_TYPES, F_DIVERGENCES, KTO_LOSS_TYPES
+
+        a = self.align
+        allowed = {"dpo": DPO_LOSS_TYPES, "kto": KTO_LOSS_TYPES, "cpo": tuple(t for t in CPO_LOSS_TYPES if t != "simpo")}
+        types = [a.loss_type] if isinstance(a.loss_type, str) else list(a.loss_type or [])
+        if types and self.method not in allowed:
+            raise ConfigError(f"align.loss_type: method {self.method} has no loss types (dpo, kto and cpo do)")
+        for t in types:
+            if t not in allowed.get(self.method, ()):
+                raise ConfigError(f"align.loss_type: {t!r} is not a {self.method} loss type (expected one of "
+                                  f"{', '.join(allowed[self.method])})")
+        if self.method != "dpo" and len(types) > 1:
+            raise ConfigError("align.loss_type: only dpo combines several loss types")
+        if a.loss_weights is not None and len(a.loss_weights) != max(len(types), 1):
+            raise ConfigError(f"align.loss_weights: {len(a.loss_weights)} weights for {max(len(types), 1)} loss types")
+        checks = [
+            (a.beta > 0, "align.beta", "must be > 0"),
+            (0 <= a.label_smoothing < 0.5 or "exo_pair" in types, "align.label_smoothing", "must be in [0, 0.5)"),
+            (a.f_divergence in F_DIVERGENCES, "align.f_divergence", f"expected one of {', '.join(F_DIVERGENCES)}"),
+            (a.reference in ("auto", "copy"), "align.reference", "expected auto or copy"),
+            (a.desirable_weight > 0, "align.desirable_weight", "must be > 0"),
+            (a.undesirable_weight > 0, "align.undesirable_weight", "must be > 0"),
+            (a.cpo_alpha is None or a.cpo_alpha >= 0, "align.cpo_alpha", "must be >= 0"),
+            (a.layout in ("auto", "packed", "flat", "padded"), "align.layout", "expected auto, packed, flat or padded"),
+            (self.method != "rm" or a.layout in ("auto", "padded"), "align.layout",
+             "the reward model reads the last real token of padded rows; use auto or padded"),
+            (self.method != "rm" or self.tuning_kind != "qlora", "tuning",
+             "reward models train with lora or full (not qlora)"),
+            (self.method != "kto" or self.train.batch_size > 1, "train.batch_size",
+             "KTO estimates its KL term from mismatched pairs within a batch, so it needs batch_size > 1"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {why}, got {_get(self, key)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (what ``--print-config`` shows)."""

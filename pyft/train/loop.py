@@ -1,10 +1,11 @@
-"""The training loop: one readable loop for LoRA-family and full fine-tuning.
+"""The training loop: one readable loop for every method (SFT, DPO family, KTO, ORPO, SimPO, reward models).
 
-Per optimizer step: take ``batch_size × grad_accum`` rows in a seeded per-epoch order, count the
-predicted tokens of all of them, run each micro-batch and back-propagate its summed token loss
-divided by that count (so accumulation equals one big batch, whatever the sequence lengths),
-clip, step, schedule. Evaluation, checkpoints (exact resume: parameters, optimizer, scheduler,
-RNG, data position) and metrics follow their own intervals.
+Per optimizer step: take ``batch_size × grad_accum`` rows in a seeded per-epoch order, sum the
+objective's normalisers over all of them (target tokens for SFT, pairs for DPO), run each
+micro-batch and back-propagate its loss divided by those totals (so accumulation equals one big
+batch, whatever the sequence lengths), clip, step, schedule. What a step optimises comes from a
+:class:`~pyft.train.objective.Objective`. Evaluation, checkpoints (exact resume: parameters,
+optimizer, scheduler, RNG, data position) and metrics follow their own intervals.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pyft.data import PackedCollator, PackedRowsCollator, PreparedDataset
+from pyft.data import PreparedDataset
 from pyft.errors import ConfigError, TrainingError
-from pyft.losses import count_targets, token_nll_sum
 from pyft.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from pyft.train.config import TrainConfig
 from pyft.train.distributed import DistInfo, all_reduce_grads, all_reduce_sum, barrier, gather_objects
 from pyft.train.checkpoint import rng_state
+from pyft.train.objective import Objective, SftObjective
 from pyft.train.optim import build_optimizer, build_scheduler, warmup_steps
 
 
@@ -101,29 +102,12 @@ class RowStream:
         return {"epoch": self.epoch, "offset": self.offset}
 
 
-def batch_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int) -> torch.Tensor:
-    """Summed next-token loss of one micro-batch (float32 scalar).
-
-    Runs the decoder and only the predicted positions through the output layer (see
-    :func:`pyft.losses.token_nll_sum`); models whose logits need post-processing (soft-capping,
-    scaling) go through the full forward instead.
-    """
-    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
-    cfg = getattr(model, "config", None)
-    plain_head = not getattr(cfg, "final_logit_softcapping", None) and getattr(cfg, "logit_scale", None) in (None, 1.0)
-    if plain_head and hasattr(model, "get_decoder"):
-        hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
-        return token_nll_sum(hidden, batch["labels"], model.get_output_embeddings(), chunk_tokens)
-    logits = model(**inputs, use_cache=False).logits
-    return token_nll_sum(logits, batch["labels"], lambda h: h, chunk_tokens)
-
-
 class Trainer:
     """Holds the model, data, optimizer and state of one run. Use :func:`train`."""
 
     def __init__(self, config: TrainConfig, model: nn.Module, train_ds: PreparedDataset,
                  eval_ds: PreparedDataset | None, pad_token_id: int, dist_info: DistInfo | None = None,
-                 progressive: Any = None) -> None:
+                 progressive: Any = None, objective: Objective | None = None) -> None:
         self.cfg = config
         self.dist = dist_info or DistInfo()
         self.t = config.train
@@ -131,8 +115,7 @@ class Trainer:
         self.train_ds, self.eval_ds = train_ds, eval_ds
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(self.t.precision, self.device)
-        attn = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") or "sdpa"
-        self.collate = PackedCollator() if "flash" in attn else PackedRowsCollator(pad_token_id)
+        self.objective = objective or SftObjective(model, train_ds, pad_token_id, self.t.chunk_tokens)
         rows_per_step = self.t.batch_size * self.t.grad_accum * self.dist.world
         steps_per_epoch = max(1, math.ceil(len(train_ds) / rows_per_step))
         self.total_steps = self.t.max_steps or max(1, math.ceil(self.t.epochs * steps_per_epoch))
@@ -151,10 +134,11 @@ class Trainer:
         self.ckpt_root = self.output / "checkpoints"
         self.history: list[dict[str, Any]] = []
         self.tb = None
+        self.last_eval: dict[str, float] = {}
         self._grad_avg: float | None = None
         self._last_grad_warning = -(10**9)
         # L2-SP: pull full fine-tuning toward the pretrained weights, lambda * ||theta - theta_0||^2.
-        self.l2sp = config.freeze.l2sp if config.method == "full" else 0.0
+        self.l2sp = config.freeze.l2sp if config.tuning_kind == "full" else 0.0
         self.anchor = ({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
                        if self.l2sp > 0 else {})
 
@@ -166,34 +150,52 @@ class Trainer:
         return nullcontext()
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else self._to_device(v) if isinstance(v, dict) else v
+                for k, v in batch.items()}
+
+    def _batches(self, ds: PreparedDataset, rows: list[int], split: str) -> list[dict[str, Any]]:
+        out = []
+        for i in range(0, len(rows), self.t.batch_size):
+            chunk = rows[i : i + self.t.batch_size]
+            out.append(self._to_device(self.objective.collate([ds[j] for j in chunk], chunk, split)))
+        return out
 
     def _micro_batches(self) -> list[dict[str, Any]]:
         per_rank = self.t.batch_size * self.t.grad_accum
         rows = self.stream.take(per_rank * self.dist.world)[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
-        out = []
-        for i in range(0, len(rows), self.t.batch_size):
-            out.append(self._to_device(self.collate([self.train_ds[j] for j in rows[i : i + self.t.batch_size]])))
-        return out
+        return self._batches(self.train_ds, rows, "train")
 
-    def accumulate_gradients(self) -> tuple[float, int]:
+    def _totals(self, batches: list[dict[str, Any]]) -> dict[str, float]:
+        """The objective's normalisers summed over ``batches`` and all ranks."""
+        totals: dict[str, float] = {}
+        for b in batches:
+            for k, v in self.objective.counts(b).items():
+                totals[k] = totals.get(k, 0) + v
+        return {k: all_reduce_sum(v, self.dist, self.device) for k, v in sorted(totals.items())}
+
+    def _reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
+        return {k: all_reduce_sum(v, self.dist, self.device) for k, v in sorted(sums.items())}
+
+    def accumulate_gradients(self) -> tuple[dict[str, float], int]:
         """Back-propagate one optimizer step's worth of micro-batches.
 
         Returns:
-            ``(loss, tokens)``: the mean token loss of the step's rows and how many tokens it covers.
+            ``(metrics, tokens)``: the step's metrics (``loss`` is the step loss, e.g. the mean
+            token loss for SFT) and how many tokens it trained on (all ranks).
         """
         self.model.train()
+        self.objective.training = True
         batches = self._micro_batches()
-        # Normalise by the tokens of the whole step: all micro-batches on all ranks.
-        n_tokens = int(all_reduce_sum(sum(count_targets(b["labels"]) for b in batches), self.dist, self.device))
-        loss_sum = 0.0
+        totals = self._totals(batches)  # normalise by the whole step: all micro-batches on all ranks
+        sums: dict[str, float] = {}
         for b in batches:
             with self._autocast():
-                loss = batch_loss_sum(self.model, b, self.t.chunk_tokens) / max(n_tokens, 1)
+                loss, part = self.objective.loss(self.model, b, totals)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
-            loss_sum += loss.item()
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0.0) + v
         all_reduce_grads([p for g in self.optimizer.param_groups for p in g["params"]], self.dist)
-        return all_reduce_sum(loss_sum, self.dist, self.device), n_tokens
+        return self.objective.finalize(self._reduce_sums(sums), totals), int(totals.get("tokens", 0))
 
     def _apply_progressive_unfreezing(self) -> None:
         if self.progressive is None:
@@ -205,7 +207,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimizer update; returns its metrics."""
         self._apply_progressive_unfreezing()
-        loss_sum, n_tokens = self.accumulate_gradients()
+        step_metrics, n_tokens = self.accumulate_gradients()
+        loss_sum = step_metrics["loss"]
         terms = [((p - self.anchor[n]) ** 2).sum() for n, p in self.model.named_parameters()
                  if n in self.anchor and p.requires_grad]
         if terms:  # L2-SP, once per step (identical on every rank, so after the all-reduce)
@@ -233,23 +236,33 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens}
+        return {**step_metrics, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens}
 
     @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Mean token loss over the validation split (None without one)."""
+    def evaluate_metrics(self) -> dict[str, float]:
+        """The objective's metrics over the validation split (``loss`` first; empty without one).
+
+        Batches are built once for the whole split so losses are normalised by the split's totals.
+        """
         if self.eval_ds is None or len(self.eval_ds) == 0:
-            return None
+            return {}
         self.model.eval()
-        total, count = 0.0, 0
+        self.objective.training = False
         mine = list(range(self.dist.rank, len(self.eval_ds), self.dist.world))
-        for i in range(0, len(mine), self.t.batch_size):
-            batch = self._to_device(self.collate([self.eval_ds[j] for j in mine[i : i + self.t.batch_size]]))
+        batches = self._batches(self.eval_ds, mine, "validation")
+        totals = self._totals(batches)
+        sums: dict[str, float] = {}
+        for b in batches:
             with self._autocast():
-                total += float(batch_loss_sum(self.model, batch, self.t.chunk_tokens))
-            count += count_targets(batch["labels"])
-        total = all_reduce_sum(total, self.dist, self.device)
-        return total / max(all_reduce_sum(count, self.dist, self.device), 1)
+                _, part = self.objective.loss(self.model, b, totals)
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0.0) + v
+        return self.objective.finalize(self._reduce_sums(sums), totals)
+
+    def evaluate(self) -> float | None:
+        """Mean loss over the validation split (None without one); all metrics in :attr:`last_eval`."""
+        self.last_eval = self.evaluate_metrics()
+        return self.last_eval.get("loss")
 
     def state(self) -> dict[str, Any]:
         """Loop state saved with checkpoints."""
@@ -325,7 +338,10 @@ class Trainer:
     def _after_eval(self, eval_loss: float | None, metrics) -> bool:
         if eval_loss is None:
             return False
-        record = {"step": self.step, "eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0))}
+        record = {"step": self.step, "eval_loss": eval_loss}
+        if self.cfg.objective == "sft":
+            record["eval_ppl"] = math.exp(min(eval_loss, 50.0))
+        record.update({f"eval_{k}": v for k, v in self.last_eval.items() if k != "loss"})
         metrics.write(json.dumps(record) + "\n")
         self.history.append(record)
         self._tensorboard(record)
@@ -333,7 +349,9 @@ class Trainer:
         if self.dist.is_main:
             if sys.stderr.isatty():
                 print(file=sys.stderr)
-            print(f"[eval] step {self.step}: loss {eval_loss:.4f}  ppl {record['eval_ppl']:.2f}", file=sys.stderr)
+            extra = (f"ppl {record['eval_ppl']:.2f}" if "eval_ppl" in record
+                     else self.objective.progress(self.last_eval))
+            print(f"[eval] step {self.step}: loss {eval_loss:.4f}  {extra}", file=sys.stderr)
         if self.best_eval is None or eval_loss < self.best_eval:
             self.best_eval, self.bad_evals = eval_loss, 0
             return False
@@ -392,6 +410,9 @@ class Trainer:
         bar = "#" * int(24 * done) + "." * (24 - int(24 * done))
         line = (f"[{bar}] step {r['step']}/{self.total_steps}  loss {r['loss']:.4f}  lr {r['lr']:.3g}  "
                 f"grad {r['grad_norm']:.3f}  {r.get('tokens_per_s', 0):,.0f} tok/s")
+        extra = self.objective.progress(r)
+        if extra:
+            line += "  " + extra
         if sys.stderr.isatty():
             end = "\n" if r["step"] == self.total_steps else ""
             print("\r" + line, end=end, file=sys.stderr, flush=True)

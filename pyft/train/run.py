@@ -6,6 +6,7 @@ prepared data (kind, tokenizer identity, vocabulary), the method options.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -18,23 +19,32 @@ from torch import nn
 from pyft._atomic import atomic_directory
 from pyft.data import PreparedDataset
 from pyft.errors import ConfigError
-from pyft.models import check_model_dir, load_model
-from pyft.peft import apply_lora, save_adapter, trainable_parameters_report
-from pyft.train.config import TrainConfig
+from pyft.models import check_model_dir, load_model, load_reward_model
+from pyft.peft import apply_lora, merge_lora, save_adapter, trainable_parameters_report
+from pyft.train.config import ALIGN_METHODS, TrainConfig
 from pyft.train.loop import Trainer, TrainResult, resolve_precision, seed_everything
 from pyft.train.checkpoint import list_checkpoints
-from pyft.train.distributed import barrier, init_distributed
+from pyft.train.distributed import all_reduce_sum, barrier, gather_objects, init_distributed
+from pyft.train.objective import Objective
+from pyft.align.forward import sequence_logps
+from pyft.align.objectives import CpoObjective, DpoObjective, KtoObjective, OrpoObjective, RewardObjective
+from pyft.align.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference, Reference
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_data_matches_model(ds: PreparedDataset, model_dir: Path, vocab_size: int) -> None:
-    """The prepared data must be chat/text data tokenized by the model's own tokenizer."""
+def check_data_matches_model(ds: PreparedDataset, model_dir: Path, vocab_size: int, method: str = "sft") -> None:
+    """The prepared data must be of the kind ``method`` trains on (chat/text for SFT, preference for
+    DPO/ORPO/SimPO/CPO/reward models, kto for KTO) and tokenized by the model's own tokenizer."""
     meta = ds.info.meta
-    if ds.kind not in ("chat", "text"):
+    wanted = ALIGN_METHODS.get(method)
+    if wanted is None and ds.kind not in ("chat", "text"):
         raise ConfigError(f"data: {ds.info.out_dir} holds {ds.kind} data; SFT needs chat or text data")
+    if wanted is not None and ds.kind != wanted:
+        raise ConfigError(f"data: {ds.info.out_dir} holds {ds.kind} data; method {method} needs {wanted} data "
+                          f"(prepare it with `pyft data prepare`, format {wanted})")
     tok_json = model_dir / "tokenizer.json"
     if tok_json.is_file() and _sha256(tok_json) != meta["tokenizer"]["sha256"]:
         raise ConfigError(
@@ -82,9 +92,15 @@ def build_trainer(config: TrainConfig) -> Trainer:
         torch.cuda.set_device(device)
     precision = resolve_precision(t.precision, device)
     seed_everything(t.seed)
-    adapters = config.method in ("lora", "qlora")
+    tuning = config.tuning_kind
+    adapters = tuning in ("lora", "qlora")
     dtype = torch.bfloat16 if (adapters and precision == "bf16") else torch.float32
-    if config.method == "qlora":
+    meta_tok = train_ds.info.meta["tokenizer"]
+    pad = meta_tok.get("pad_token_id") if meta_tok.get("pad_token_id") is not None else meta_tok.get("eos_token_id")
+    pad = pad or 0
+    if config.method == "rm":
+        model = load_reward_model(model_dir, dtype=dtype, device=device, pad_token_id=pad)
+    elif tuning == "qlora":
         # QLoRA: the frozen base in NF4 (quantized from the safetensors while loading), LoRA on top.
         q = config.quant
         names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -93,9 +109,14 @@ def build_trainer(config: TrainConfig) -> Trainer:
                            quant_blocksize=q.blocksize, double_quant=q.double_quant)
     else:
         model = load_model(model_dir, dtype=dtype, device=device)
-    check_data_matches_model(train_ds, model_dir, model.config.vocab_size)
+    check_data_matches_model(train_ds, model_dir, model.config.vocab_size, config.objective)
+    if config.objective != "sft" and config.align.disable_dropout:
+        disable_dropout(model)
     if adapters:
-        apply_lora(model, config.lora)
+        lora = config.lora
+        if config.method == "rm":  # the new score head trains in full (PEFT's SEQ_CLS default)
+            lora = dataclasses.replace(lora, modules_to_save=sorted(set(lora.modules_to_save or []) | {"score"}))
+        apply_lora(model, lora)
     else:
         apply_freezing(model, config)
     if t.gradient_checkpointing:
@@ -105,11 +126,13 @@ def build_trainer(config: TrainConfig) -> Trainer:
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if dist_info.is_main:
-        print(f"[train] {config.method}: {trainable_parameters_report(model)}", file=sys.stderr)
-    meta_tok = train_ds.info.meta["tokenizer"]
-    pad = meta_tok.get("pad_token_id") if meta_tok.get("pad_token_id") is not None else meta_tok.get("eos_token_id")
-    trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad or 0, dist_info=dist_info,
-                      progressive=progressive_frozen if config.freeze.unfreeze_every else None)
+        print(f"[train] {config.method} ({tuning}): {trainable_parameters_report(model)}", file=sys.stderr)
+    objective = build_objective(config, model, pad, dist_info, device)
+    trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad, dist_info=dist_info,
+                      progressive=progressive_frozen if config.freeze.unfreeze_every else None, objective=objective)
+    if config.objective in ("dpo", "kto") and config.align.precompute_ref:
+        # Before any resume: the reference is the starting model.
+        precompute_reference_logps(trainer, config)
     if t.resume:
         path = Path(t.resume)
         if t.resume == "auto":
@@ -129,7 +152,7 @@ def progressive_frozen(model: nn.Module, config: TrainConfig, step: int) -> list
     embedding matrix and so joins with the embeddings.
     """
     f = config.freeze
-    if config.method != "full" or f.unfreeze_every is None:
+    if config.tuning_kind != "full" or f.unfreeze_every is None:
         return []
     layers = getattr(model.get_decoder(), "layers", None)
     if layers is None:
@@ -142,12 +165,137 @@ def progressive_frozen(model: nn.Module, config: TrainConfig, step: int) -> list
     return frozen
 
 
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability of ``model`` to 0 (TRL's ``disable_dropout`` for preference training)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    cfg = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if cfg is not None and isinstance(getattr(cfg, key, None), float):
+            setattr(cfg, key, 0.0)
+
+
+def build_objective(config: TrainConfig, model: nn.Module, pad: int, dist_info, device) -> Objective | None:
+    """The objective of ``config.method`` (None for SFT: the loop's default)."""
+    method, a, chunk = config.objective, config.align, config.train.chunk_tokens
+    if method == "sft":
+        return None
+    if method == "rm":
+        return RewardObjective(a, pad)
+    attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
+    layout = a.layout if a.layout != "auto" else ("flat" if "flash" in attn else "packed")
+    if method in ("orpo",):
+        return OrpoObjective(a, pad, layout, chunk)
+    if method in ("simpo", "cpo"):
+        return CpoObjective(a, method == "simpo", pad, layout, chunk)
+    adapters = config.tuning_kind in ("lora", "qlora")
+    if a.reference == "auto" and adapters:
+        reference: Reference = AdapterDisabledReference(chunk)
+    elif a.precompute_ref and method == "dpo":
+        reference = PrecomputedReference({})  # filled by precompute_reference_logps; no model copy needed
+    else:
+        reference = FrozenCopyReference(model, chunk)
+    if method == "dpo":
+        return DpoObjective(a, reference, pad, layout, chunk)
+    world = dist_info.world
+
+    def rank_mean(x: float) -> float:
+        return all_reduce_sum(x, dist_info, device) / world
+
+    return KtoObjective(a, reference, pad, layout, chunk, rank_mean=rank_mean)
+
+
+def _reference_fingerprint(config: TrainConfig, trainer: Trainer) -> str:
+    h = hashlib.sha256()
+    for part in (str(Path(config.model).resolve()), config.method, config.tuning_kind, config.align.layout,
+                 (trainer.train_ds.info.out_dir / "meta.json").read_text(encoding="utf-8"), trainer.precision):
+        h.update(part.encode("utf-8") + b"\0")
+    for f in sorted(Path(config.model).glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def precompute_reference_logps(trainer: Trainer, config: TrainConfig) -> None:
+    """Compute the reference log-probs of every train and validation row in one no-grad pass with the
+    starting model (cached in ``output/reference_logps.safetensors`` for resumes), then drop the
+    live reference for those sequences (KTO keeps it for its KL pairs)."""
+    from safetensors.torch import load_file, save_file
+
+    obj = trainer.objective
+    live = obj.reference
+    if isinstance(live, PrecomputedReference):  # full fine-tuning: the policy itself is the starting model
+        live = _PolicyReference(config.train.chunk_tokens)
+    cache = Path(config.output) / "reference_logps.safetensors"
+    fingerprint = _reference_fingerprint(config, trainer)
+    columns = 2 if config.objective == "dpo" else 1
+    splits = {"train": trainer.train_ds, **({"validation": trainer.eval_ds} if trainer.eval_ds is not None else {})}
+    table: dict[str, torch.Tensor] = {}
+    if cache.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(cache), "pt") as f:
+            if (f.metadata() or {}).get("fingerprint") == fingerprint:
+                table = load_file(str(cache))
+    if set(table) != set(splits):
+        table = {}
+        for name, ds in splits.items():
+            mine = list(range(trainer.dist.rank, len(ds), trainer.dist.world))
+            part = _precompute_rows(trainer, live, ds, name, mine, columns)
+            gathered = gather_objects((mine, part), trainer.dist)
+            full = torch.zeros(len(ds), columns, dtype=torch.float32)
+            for rows, values in gathered:
+                full[rows] = values
+            table[name] = full
+        if trainer.dist.is_main:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            save_file(table, str(tmp), metadata={"fingerprint": fingerprint})
+            tmp.replace(cache)
+        barrier(trainer.dist)
+    fallback = obj.reference if config.objective == "kto" else None
+    obj.reference = PrecomputedReference(table, fallback=fallback)
+
+
+class _PolicyReference(Reference):
+    """The model being trained, scored as it is (used once, before the first step)."""
+
+    def __init__(self, chunk_tokens: int) -> None:
+        self.chunk_tokens = chunk_tokens
+
+    @torch.no_grad()
+    def sequence_logps(self, model: nn.Module, batch) -> torch.Tensor:
+        return sequence_logps(model, batch, self.chunk_tokens).logps
+
+
+def _precompute_rows(trainer: Trainer, reference: Reference, ds: PreparedDataset, split: str, rows: list[int],
+                     columns: int) -> torch.Tensor:
+    model = trainer.model
+    out = torch.zeros(len(rows), columns, dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(rows), trainer.t.batch_size):
+            chunk = rows[i : i + trainer.t.batch_size]
+            batch = trainer._to_device(trainer.objective.collate([ds[j] for j in chunk], chunk, split))
+            batch.pop("kl", None)
+            with torch.no_grad(), trainer._autocast():
+                logps = reference.sequence_logps(model, batch).float().cpu()
+            out[i : i + len(chunk)] = logps.reshape(columns, len(chunk)).t()
+    finally:
+        model.train(was_training)
+    return out
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Run a whole training job; returns its :class:`TrainResult`.
 
     Writes into ``config.output``: ``adapter/`` (LoRA family, PEFT format) or ``model/`` (full
-    fine-tuning, a transformers directory with the tokenizer), ``metrics.jsonl``, ``loss.png`` and
-    ``checkpoints/``. Under ``torchrun`` every process runs this; rank 0 writes the files.
+    fine-tuning, a transformers directory with the tokenizer; reward models always get ``model/``,
+    a one-label sequence-classification model), ``metrics.jsonl``, ``loss.png`` (and
+    ``rewards.png`` for alignment methods) and ``checkpoints/``. Under ``torchrun`` every process
+    runs this; rank 0 writes the files.
     """
     trainer = build_trainer(config)
     result = trainer.run()
@@ -159,10 +307,14 @@ def train(config: TrainConfig) -> TrainResult:
 
 def _save_final(config: TrainConfig, model: nn.Module, model_dir: Path, ds: PreparedDataset) -> None:
     out = Path(config.output)
-    if config.method in ("lora", "qlora"):
-        save_adapter(model, out / "adapter", base_model_name_or_path=str(model_dir))
+    if config.tuning_kind in ("lora", "qlora"):
+        task = "SEQ_CLS" if config.method == "rm" else "CAUSAL_LM"
+        save_adapter(model, out / "adapter", base_model_name_or_path=str(model_dir), task_type=task)
         _save_serving_info(out / "adapter", ds)
-        return
+        if config.method != "rm":
+            return
+        # A reward model is also written whole, so transformers' sequence-classification loader reads it.
+        model = merge_lora(model)
     with atomic_directory(out / "model", overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         _save_serving_info(tmp, ds)

@@ -1,0 +1,66 @@
+"""Sequence log-probabilities of a batch of (prompt, completion) sequences under a causal LM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyft.data.sequences import model_inputs
+from pyft.losses.logprobs import TokenLogps, sum_by_sequence, token_logps
+from pyft.losses.sft import IGNORE_INDEX
+from pyft.train.objective import forward_hidden
+
+
+@dataclass
+class SequenceLogps:
+    """Log-probs of the sequences of a batch built by :func:`pyft.data.sequences.build_sequence_batch`.
+
+    Attributes:
+        logps: ``[S]`` float32, completion log-probs summed over each sequence's completion tokens.
+        scored: ``[S]`` float32, how many completion tokens were scored (all but a sequence's first token).
+        tokens: per-position results (``[R, T-1]``), aligned with ``targets``.
+        targets: ``[R, T-1]`` bool, the positions scored (completion tokens, plus what ``extra`` added).
+        completion: ``[R, T-1]`` bool, scored completion positions.
+        seq_ids: ``[R, T-1]`` int64, the sequence of each position (``-1`` padding).
+    """
+
+    logps: torch.Tensor
+    scored: torch.Tensor
+    tokens: TokenLogps
+    targets: torch.Tensor
+    completion: torch.Tensor
+    seq_ids: torch.Tensor
+
+    def sums(self, values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sequence sums ``[S]`` of a ``[R, T-1]`` tensor over completion positions (or ``mask``)."""
+        return sum_by_sequence(values, self.seq_ids, self.completion if mask is None else mask, len(self.logps))
+
+
+def target_masks(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(completion, whole)`` ``[R, T]`` bool masks of positions that can be targets: completion
+    tokens, and every token of a sequence; both without each sequence's first token."""
+    not_first = (batch["position_ids"] > 0) & (batch["seq_ids"] >= 0)
+    return batch["completion"] & not_first, not_first
+
+
+def sequence_logps(model: nn.Module, batch: dict[str, Any], chunk_tokens: int = 4096,
+                   extra: torch.Tensor | None = None) -> SequenceLogps:
+    """Run ``model`` on ``batch`` and score its completion tokens (plus the ``extra`` ``[R, T]`` positions).
+
+    Only scored positions go through the output layer, in chunks (:func:`pyft.losses.token_logps`).
+    Gradients flow when grad mode is on.
+    """
+    completion, _ = target_masks(batch)
+    targets = completion if extra is None else completion | extra
+    labels = batch["input_ids"].masked_fill(~targets, IGNORE_INDEX)
+    hidden, head = forward_hidden(model, model_inputs(batch))
+    tokens = token_logps(hidden, labels, head, chunk_tokens)
+    seq_ids = batch["seq_ids"][:, 1:]
+    comp = completion[:, 1:]
+    n = batch["n_seqs"]
+    logps = sum_by_sequence(tokens.logps, seq_ids, comp, n)
+    scored = sum_by_sequence(comp.float(), seq_ids, comp, n)
+    return SequenceLogps(logps, scored, tokens, targets[:, 1:], comp, seq_ids)
