@@ -306,3 +306,18 @@ def precompute_reference(objective: Objective, reference: Reference, model: nn.M
         model.train(model_was_training)
     return out
 
+
+
+def kto_weight_advice(n_desirable: int, n_undesirable: int, desirable_weight: float,
+                      undesirable_weight: float) -> str | None:
+    """A warning when KTO's class weights do not balance the data (KTO paper, Eq. 8: keep
+    ``desirable_weight·n_d / (undesirable_weight·n_u)`` in ``[1, 4/3]``); None when they do."""
+    if not n_desirable or not n_undesirable:
+        return None
+    ratio = desirable_weight * n_desirable / (undesirable_weight * n_undesirable)
+    if 1.0 <= ratio <= 4 / 3:
+        return None
+    lo = n_undesirable * undesirable_weight / n_desirable
+    return (f"KTO class weights do not balance the data ({n_desirable} desirable, {n_undesirable} undesirable): "
+            f"desirable_weight * n_desirable / (undesirable_weight * n_undesirable) is {ratio:.2f}, recommended "
+            f"1 to 1.33; set align.desirable_weight between {lo:.2f} and {lo * 4 / 3:.2f}")

@@ -1,7 +1,7 @@
 """A synthetic preference task with a rule a tiny model can learn: polite answers are preferred.
 
 Every prompt asks about a coloured object (``Tell me about the red box.``). An answer either follows
-the rule — it opens with ``Sure!`` — or breaks it by opening with ``No.``; the rest is the same. The
+the rule — it opens with ``Sure!`` — (``Sure! Happy to help.``) or breaks it (``No. Go away.``). The
 SFT set mixes both styles (mostly rule-breaking, so a model fine-tuned on it answers ``No.``), the
 preference pairs always prefer the rule, and the KTO set labels rule-following answers desirable.
 """
@@ -29,7 +29,7 @@ def _prompt(color: str, thing: str) -> str:
 
 
 def _answer(color: str, thing: str, polite: bool) -> str:
-    return f"{RULE_PREFIX if polite else BREAK_PREFIX} The {color} {thing} is here."
+    return f"{RULE_PREFIX} Happy to help." if polite else f"{BREAK_PREFIX} Go away."
 
 
 def _write(path: Path, records: list[dict]) -> Path:
@@ -37,14 +37,15 @@ def _write(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def rule_task(out_dir: str | os.PathLike[str], seed: int = 0, polite_share: float = 0.3,
+def rule_task(out_dir: str | os.PathLike[str], seed: int = 0, polite_share: float = 0.45,
               desirable_share: float = 0.2) -> dict[str, Path]:
     """Write the task's JSONL files into ``out_dir``.
 
     Args:
         out_dir: directory to write (created).
         seed: shuffling seed.
-        polite_share: share of rule-following answers in the SFT set.
+        polite_share: share of rule-following answers in the SFT set (below one half, so greedy decoding
+            after SFT breaks the rule).
         desirable_share: share of desirable examples in the KTO set (0.2 = 1:4).
 
     Returns:

@@ -396,11 +396,13 @@ class Trainer:
 
     def _plot(self) -> None:
         try:
-            from pyft.train.plots import plot_losses
+            from pyft.train.plots import plot_losses, plot_rewards
         except ImportError:
             return
         try:
             plot_losses(self.output / "metrics.jsonl", self.output / "loss.png")
+            if self.cfg.objective != "sft":
+                plot_rewards(self.output / "metrics.jsonl", self.output / "rewards.png")
         except ImportError:
             print("[note] matplotlib is not installed: no loss.png (pip install matplotlib)", file=sys.stderr)
 

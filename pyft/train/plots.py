@@ -1,4 +1,5 @@
-"""Loss curves from ``metrics.jsonl`` as a PNG (train loss per step, eval loss at each evaluation)."""
+"""Curves from ``metrics.jsonl`` as PNGs: losses (train per step, eval at each evaluation) and, for
+alignment runs, the reward margin and preference accuracy."""
 
 from __future__ import annotations
 
@@ -27,6 +28,44 @@ def plot_losses(metrics_path: str | os.PathLike[str], png_path: str | os.PathLik
     ax.set_title("pyft training")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    out = Path(png_path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+#: (margin, accuracy) metric names per objective family: DPO-style and the reward model's.
+REWARD_KEYS = (("rewards/margins", "rewards/accuracies"), ("margin", "accuracy"))
+
+
+def plot_rewards(metrics_path: str | os.PathLike[str], png_path: str | os.PathLike[str]) -> Path | None:
+    """Draw the reward margin and accuracy (train and eval) against the optimizer step into
+    ``png_path``; returns None (and writes nothing) when the run logged neither."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    keys = next(((m, a) for m, a in REWARD_KEYS if any(m in r or f"eval_{m}" in r for r in rows)), None)
+    if keys is None:
+        return None
+    panels = [(key, label) for key, label in zip(keys, ("reward margin (chosen - rejected)", "preference accuracy"))
+              if any(key in r or f"eval_{key}" in r for r in rows)]  # KTO logs no accuracy
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=110, squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        train = [(r["step"], r[key]) for r in rows if key in r]
+        evals = [(r["step"], r[f"eval_{key}"]) for r in rows if f"eval_{key}" in r]
+        if train:
+            ax.plot(*zip(*train), label=f"train {key}", linewidth=1.2)
+        if evals:
+            ax.plot(*zip(*evals), "o-", label=f"eval {key}", linewidth=1.5)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("pyft alignment")
     fig.tight_layout()
     out = Path(png_path)
     fig.savefig(out)

@@ -12,6 +12,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,9 +27,6 @@ from pyft.train.loop import Trainer, TrainResult, resolve_precision, seed_everyt
 from pyft.train.checkpoint import list_checkpoints
 from pyft.train.distributed import all_reduce_sum, barrier, gather_objects, init_distributed
 from pyft.train.objective import Objective
-from pyft.align.forward import sequence_logps
-from pyft.align.objectives import CpoObjective, DpoObjective, KtoObjective, OrpoObjective, RewardObjective
-from pyft.align.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference, Reference
 
 
 def _sha256(path: Path) -> str:
@@ -127,6 +125,14 @@ def build_trainer(config: TrainConfig) -> Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if dist_info.is_main:
         print(f"[train] {config.method} ({tuning}): {trainable_parameters_report(model)}", file=sys.stderr)
+    if config.method == "kto" and dist_info.is_main:
+        from pyft.align.objectives import kto_weight_advice
+
+        split = train_ds.info.splits["train"]
+        advice = kto_weight_advice(split.get("desirable", 0), split.get("undesirable", 0),
+                                   config.align.desirable_weight, config.align.undesirable_weight)
+        if advice:
+            print(f"[warning] {advice}", file=sys.stderr)
     objective = build_objective(config, model, pad, dist_info, device)
     trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad, dist_info=dist_info,
                       progressive=progressive_frozen if config.freeze.unfreeze_every else None, objective=objective)
@@ -178,6 +184,9 @@ def disable_dropout(model: nn.Module) -> None:
 
 def build_objective(config: TrainConfig, model: nn.Module, pad: int, dist_info, device) -> Objective | None:
     """The objective of ``config.method`` (None for SFT: the loop's default)."""
+    from pyft.align.objectives import CpoObjective, DpoObjective, KtoObjective, OrpoObjective, RewardObjective
+    from pyft.align.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
+
     method, a, chunk = config.objective, config.align, config.train.chunk_tokens
     if method == "sft":
         return None
@@ -191,7 +200,7 @@ def build_objective(config: TrainConfig, model: nn.Module, pad: int, dist_info, 
         return CpoObjective(a, method == "simpo", pad, layout, chunk)
     adapters = config.tuning_kind in ("lora", "qlora")
     if a.reference == "auto" and adapters:
-        reference: Reference = AdapterDisabledReference(chunk)
+        reference: Any = AdapterDisabledReference(chunk)
     elif a.precompute_ref and method == "dpo":
         reference = PrecomputedReference({})  # filled by precompute_reference_logps; no model copy needed
     else:
@@ -223,10 +232,20 @@ def precompute_reference_logps(trainer: Trainer, config: TrainConfig) -> None:
     live reference for those sequences (KTO keeps it for its KL pairs)."""
     from safetensors.torch import load_file, save_file
 
+    from pyft.align.forward import sequence_logps
+    from pyft.align.reference import PrecomputedReference, Reference
+
+    class PolicyReference(Reference):
+        """The model being trained, scored as it is (used once, before the first step)."""
+
+        @torch.no_grad()
+        def sequence_logps(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+            return sequence_logps(model, batch, config.train.chunk_tokens).logps
+
     obj = trainer.objective
     live = obj.reference
     if isinstance(live, PrecomputedReference):  # full fine-tuning: the policy itself is the starting model
-        live = _PolicyReference(config.train.chunk_tokens)
+        live = PolicyReference()
     cache = Path(config.output) / "reference_logps.safetensors"
     fingerprint = _reference_fingerprint(config, trainer)
     columns = 2 if config.objective == "dpo" else 1
@@ -258,18 +277,7 @@ def precompute_reference_logps(trainer: Trainer, config: TrainConfig) -> None:
     obj.reference = PrecomputedReference(table, fallback=fallback)
 
 
-class _PolicyReference(Reference):
-    """The model being trained, scored as it is (used once, before the first step)."""
-
-    def __init__(self, chunk_tokens: int) -> None:
-        self.chunk_tokens = chunk_tokens
-
-    @torch.no_grad()
-    def sequence_logps(self, model: nn.Module, batch) -> torch.Tensor:
-        return sequence_logps(model, batch, self.chunk_tokens).logps
-
-
-def _precompute_rows(trainer: Trainer, reference: Reference, ds: PreparedDataset, split: str, rows: list[int],
+def _precompute_rows(trainer: Trainer, reference: Any, ds: PreparedDataset, split: str, rows: list[int],
                      columns: int) -> torch.Tensor:
     model = trainer.model
     out = torch.zeros(len(rows), columns, dtype=torch.float32)

@@ -1,0 +1,265 @@
+"""Alignment training end to end on the tiny model (pyft/align + pyft/train): each method learns the
+synthetic rule of :mod:`pyft.testing.preference` (answers should open with ``Sure!``), the reference
+model costs no second copy of the base weights under LoRA, and the loop's guarantees (exact resume,
+DDP, checkpoints) hold for preference objectives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pyft.data
+from pyft.data import PreparedDataset
+from pyft.errors import ConfigError
+from pyft.testing import make_tiny_model
+from pyft.testing.preference import follows_rule, rule_task
+from pyft.train import build_trainer, load_config, train
+
+
+@pytest.fixture(scope="module")
+def task(tokenizer_dirs, tmp_path_factory) -> dict[str, Path]:
+    """The rule task prepared for a tiny Llama, plus that model after a short full SFT on a mix of
+    both answer styles (so it breaks the rule when decoding greedily)."""
+    root = tmp_path_factory.mktemp("align")
+    files = rule_task(root / "task")
+    model = make_tiny_model(root / "base", tokenizer_dirs["chatml"], arch="llama")
+    out = {"base": model}
+    # train_on=all: the SFT model also learns the "\n" after <|im_end|> that TRL-style completions end with.
+    pyft.data.prepare(files["sft"], model, root / "sft_data", val_ratio=0.2, seed=0, train_on="all")
+    for name in ("pref", "kto"):
+        out[name] = root / f"{name}_data"
+        pyft.data.prepare(files[name], model, out[name], val_ratio=0.2, seed=0)
+    cfg = load_config(None, model=str(model), data=str(root / "sft_data"), method="full", output=str(root / "sft"),
+                      train={"max_steps": 60, "batch_size": 8, "lr": 1e-2, "warmup": 0.1, "log_every": 1000})
+    train(cfg)
+    out["sft"] = root / "sft" / "model"
+    return out
+
+
+def rule_rate(model, data_dir: Path) -> float:
+    """Share of the validation prompts whose greedy answer follows the rule."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(PreparedDataset(data_dir).info.out_dir / "tokenizer")
+    ds = PreparedDataset(data_dir, "validation")
+    model.eval()
+    hits = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        prompt = torch.tensor(item["prompt"] if ds.kind == "preference" else item["prompt_ids"], dtype=torch.long)[None]
+        with torch.no_grad():
+            out = model.generate(prompt, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+        hits += follows_rule(tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True))
+    return hits / len(ds)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def _align(task, tmp_path, method, base, data, steps, lr, **sections):
+    train_section = {"max_steps": steps, "batch_size": 8, "lr": lr, "warmup": 0.1, "log_every": 5,
+                     "eval_every": steps, **sections.pop("train", {})}
+    return load_config(None, model=str(base), data=str(data), method=method, output=str(tmp_path / method),
+                       train=train_section, **sections)
+
+
+def test_dpo_lora_after_sft_makes_greedy_answers_follow_the_rule(task, tmp_path):
+    from pyft.models import load_model
+
+    assert rule_rate(load_model(task["sft"]), task["pref"]) <= 0.2
+    cfg = _align(task, tmp_path, "dpo", task["sft"], task["pref"], 30, 1e-3)
+    result = train(cfg)
+    rows = _metrics(tmp_path / "dpo")
+    final_eval = [r for r in rows if "eval_loss" in r][-1]
+    assert final_eval["eval_rewards/accuracies"] >= 0.9
+    assert final_eval["eval_rewards/margins"] > 0
+    names = {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+             "logps/rejected", "logits/chosen", "logits/rejected", "loss", "grad_norm", "lr"}
+    assert names <= set(next(r for r in rows if "loss" in r))
+    assert result.eval_loss < 0.693  # below log 2, where DPO starts
+    assert (tmp_path / "dpo" / "rewards.png").is_file() and (tmp_path / "dpo" / "loss.png").is_file()
+    adapter = tmp_path / "dpo" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    assert rule_rate(load_model(task["sft"], adapter=adapter), task["pref"]) >= 0.9
+
+
+def test_kto_with_one_desirable_in_five_and_matching_weights(task, tmp_path, capsys):
+    from pyft.models import load_model
+
+    split = PreparedDataset(task["kto"]).info.splits["train"]
+    assert 3.0 <= split["undesirable"] / split["desirable"] <= 5.5  # the 1:4 split
+    build_trainer(_align(task, tmp_path / "warn", "kto", task["sft"], task["kto"], 1, 1e-3))
+    assert "KTO class weights do not balance the data" in capsys.readouterr().err
+    weight = round(split["undesirable"] / split["desirable"], 2)  # n_d * w_d == n_u * w_u
+    cfg = _align(task, tmp_path, "kto", task["sft"], task["kto"], 30, 1e-3, align={"desirable_weight": weight})
+    train(cfg)
+    assert "do not balance" not in capsys.readouterr().err
+    rows = _metrics(tmp_path / "kto")
+    final_eval = [r for r in rows if "eval_loss" in r][-1]
+    assert {"kl", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"} <= set(
+        next(r for r in rows if "loss" in r))
+    assert final_eval["eval_rewards/margins"] > 0
+    assert rule_rate(load_model(task["sft"], adapter=tmp_path / "kto" / "adapter"), task["kto"]) >= 0.9
+
+
+@pytest.mark.parametrize("method, align", [("orpo", {}), ("simpo", {"beta": 2.0})])
+def test_orpo_and_simpo_from_the_base_model(task, tmp_path, method, align):
+    from pyft.models import load_model
+
+    assert rule_rate(load_model(task["base"]), task["pref"]) <= 0.2
+    cfg = _align(task, tmp_path, method, task["base"], task["pref"], 60, 3e-3 if method == "orpo" else 1e-3,
+                 tuning="full", align=align)
+    train(cfg)
+    rows = _metrics(tmp_path / method)
+    final_eval = [r for r in rows if "eval_loss" in r][-1]
+    assert final_eval["eval_rewards/accuracies"] >= 0.9
+    if method == "orpo":
+        assert {"nll_loss", "log_odds_ratio", "log_odds_chosen"} <= set(next(r for r in rows if "loss" in r))
+    assert rule_rate(load_model(tmp_path / method / "model"), task["pref"]) >= 0.9
+
+
+def _pair_rewards(model, data_dir: Path, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from pyft.data.sequences import PreferenceCollator
+
+    ds = PreparedDataset(data_dir, "validation")
+    batch = PreferenceCollator(pad, "padded")([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+    return r[: len(ds)], r[len(ds):]
+
+
+@pytest.mark.parametrize("tuning", ["full", "lora"])
+def test_reward_model_ranks_held_out_pairs_and_loads_in_transformers(task, tmp_path, tuning):
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = _align(task, tmp_path, "rm", task["base"], task["pref"], 30, 1e-3, tuning=tuning)
+    train(cfg)
+    out = tmp_path / "rm"
+    hf = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    assert hf.config.num_labels == 1 and hf.config.pad_token_id is not None
+    chosen, rejected = _pair_rewards(hf, task["pref"], hf.config.pad_token_id)
+    assert float((chosen > rejected).float().mean()) >= 0.9
+    eval_rows = [r for r in _metrics(out) if "eval_accuracy" in r]
+    assert eval_rows[-1]["eval_accuracy"] >= 0.9
+    if tuning == "lora":  # the adapter is PEFT's SEQ_CLS format and gives the same rewards
+        from peft import PeftModel
+
+        config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+        assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]
+        base = AutoModelForSequenceClassification.from_pretrained(task["base"], num_labels=1,
+                                                                  pad_token_id=hf.config.pad_token_id)
+        peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
+        c2, r2 = _pair_rewards(peft_model, task["pref"], hf.config.pad_token_id)
+        torch.testing.assert_close(c2, chosen, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(r2, rejected, rtol=1e-4, atol=1e-5)
+
+
+def _storage_bytes(modules) -> int:
+    """Bytes of the distinct storages behind every parameter and buffer of ``modules``."""
+    seen, total = set(), 0
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            s = t.untyped_storage()
+            if s.data_ptr() not in seen:
+                seen.add(s.data_ptr())
+                total += s.nbytes()
+    return total
+
+
+def test_lora_dpo_holds_one_copy_of_the_base_weights(task, tmp_path):
+    from pyft.align.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
+
+    lora = build_trainer(_align(task, tmp_path / "a", "dpo", task["sft"], task["pref"], 1, 1e-3))
+    ref = lora.objective.reference
+    assert isinstance(ref, AdapterDisabledReference) and ref.modules() == []
+    base_bytes = sum(p.numel() * p.element_size() for p in lora.model.parameters() if not p.requires_grad)
+    adapter_bytes = sum(p.numel() * p.element_size() for p in lora.model.parameters() if p.requires_grad)
+    held = _storage_bytes([lora.model, *ref.modules()])
+    assert base_bytes <= held < base_bytes + adapter_bytes + 64 * 1024  # + buffers (rotary tables)
+    # Full fine-tuning keeps a frozen copy, unless the reference log-probs are precomputed.
+    full = build_trainer(_align(task, tmp_path / "b", "dpo", task["sft"], task["pref"], 1, 1e-5, tuning="full"))
+    assert isinstance(full.objective.reference, FrozenCopyReference)
+    one = _storage_bytes([full.model])
+    assert _storage_bytes([full.model, *full.objective.reference.modules()]) >= 2 * one - 64 * 1024
+    pre = build_trainer(_align(task, tmp_path / "c", "dpo", task["sft"], task["pref"], 1, 1e-5, tuning="full",
+                               align={"precompute_ref": True}))
+    assert isinstance(pre.objective.reference, PrecomputedReference) and pre.objective.reference.modules() == []
+
+
+def test_precomputed_reference_gives_the_same_run(task, tmp_path):
+    live = train(_align(task, tmp_path / "live", "dpo", task["sft"], task["pref"], 3, 1e-3))
+    pre = train(_align(task, tmp_path / "pre", "dpo", task["sft"], task["pref"], 3, 1e-3,
+                       align={"precompute_ref": True}))
+    assert (tmp_path / "pre" / "dpo" / "reference_logps.safetensors").is_file()
+    for a, b in zip(live.history, pre.history):
+        for key in ("loss", "eval_loss", "rewards/margins"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+def test_dpo_resume_is_exact(task, tmp_path):
+    from safetensors.torch import load_file
+
+    full = train(_align(task, tmp_path / "full", "dpo", task["sft"], task["pref"], 4, 1e-3,
+                        train={"save_every": 2, "eval_every": None}))
+    cut = _align(task, tmp_path / "cut", "dpo", task["sft"], task["pref"], 4, 1e-3,
+                 train={"save_every": 2, "eval_every": None})
+    trainer = build_trainer(cut)
+    trainer.total_steps = 2
+    trainer.run()
+    cut.train.resume = "auto"
+    resumed = train(cut)
+    assert resumed.steps == 4
+    a = load_file(tmp_path / "full" / "dpo" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "dpo" / "adapter" / "adapter_model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    last = [r["loss"] for r in full.history if "loss" in r], [r["loss"] for r in resumed.history if "loss" in r]
+    assert last[0][-1] == last[1][-1]
+
+
+def test_ddp_two_processes_equal_one_for_dpo(task, tmp_path):
+    """torchrun with 2 gloo processes x 4 pairs gives the adapter of 1 process x 8 pairs."""
+    from safetensors.torch import load_file
+
+    common = ["method=dpo", f"model={task['sft']}", f"data={task['pref']}", "train.lr=1e-3", "train.max_steps=2",
+              "train.schedule=constant", "train.eval_every=2"]
+    train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyft.cli.main",
+         "train", *common, f"output={tmp_path / 'ddp'}", "train.batch_size=4"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "ddp" / "adapter" / "adapter_model.safetensors")
+    for k in a:
+        assert float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) <= 1e-5, k
+    single, ddp = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
+    for x, y in zip(single, ddp):
+        for key in ("loss", "rewards/margins", "eval_loss", "eval_rewards/accuracies"):
+            if key in x:
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), key
+
+
+def test_method_and_data_mismatches_are_config_errors(task, tmp_path):
+    with pytest.raises(ConfigError, match="holds preference data; method kto needs kto data"):
+        build_trainer(_align(task, tmp_path, "kto", task["sft"], task["pref"], 1, 1e-3))
+    with pytest.raises(ConfigError, match="holds kto data; method dpo needs preference data"):
+        build_trainer(_align(task, tmp_path, "dpo", task["sft"], task["kto"], 1, 1e-3))
+    with pytest.raises(ConfigError, match="holds preference data; SFT needs chat or text data"):
+        build_trainer(_align(task, tmp_path, "lora", task["sft"], task["pref"], 1, 1e-3))
+    with pytest.raises(ConfigError, match="train.batch_size: KTO estimates its KL term"):
+        _align(task, tmp_path, "kto", task["sft"], task["kto"], 1, 1e-3, train={"batch_size": 1})
+    with pytest.raises(ConfigError, match="align.loss_type: 'simpo' is not a dpo loss type"):
+        _align(task, tmp_path, "dpo", task["sft"], task["pref"], 1, 1e-3, align={"loss_type": "simpo"})
+    with pytest.raises(ConfigError, match="tuning: method lora already says the tuning"):
+        _align(task, tmp_path, "lora", task["sft"], task["pref"], 1, 1e-3, tuning="full")
