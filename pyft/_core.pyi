@@ -24,6 +24,7 @@ def prepare(
     train_on: str = "assistant",
     max_len: int = 2048,
     overlong: str = "truncate",
+    truncation: str = "keep_end",
     pack: bool = False,
     on_error: str = "fail",
     dedup: bool = False,

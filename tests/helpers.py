@@ -33,6 +33,13 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def assert_nothing_written(out: Path) -> None:
+    """A failed `pyft.data.prepare` left neither ``out`` nor its staging directory behind."""
+    assert not out.exists()
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    assert leftovers == []
+
+
 def perturb_adapters(model, seed: int = 1) -> None:
     """Give every LoRA-family adapter tensor non-trivial values (B starts at zero, so an untrained
     adapter would not change the output)."""

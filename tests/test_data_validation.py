@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import pyft.data
 from pyft.errors import ConfigError, DataError, TemplateError
 
-from helpers import write_jsonl
+from helpers import assert_nothing_written, write_jsonl
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 
@@ -37,12 +36,6 @@ CASES = [
 ]
 
 
-def _assert_nothing_written(tmp_path: Path, out: Path) -> None:
-    assert not out.exists()
-    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
-    assert leftovers == []
-
-
 @pytest.mark.parametrize("name,lines,fragment,line,field", CASES, ids=[c[0] for c in CASES])
 def test_bad_record_fails_with_location_and_writes_nothing(name, lines, fragment, line, field, tokenizer_dirs, tmp_path):
     first = GOOD
@@ -61,7 +54,7 @@ def test_bad_record_fails_with_location_and_writes_nothing(name, lines, fragment
         pyft.data.prepare(src, tokenizer_dirs["chatml"], out)
     assert str(exc.value) == f"{src}:{line}: {fragment}" or str(exc.value).startswith(f"{src}:{line}: {fragment}")
     assert exc.value.file == str(src) and exc.value.line == line and exc.value.field == field
-    _assert_nothing_written(tmp_path, out)
+    assert_nothing_written(out)
 
 
 def test_invalid_utf8_line(tokenizer_dirs, tmp_path):
@@ -70,7 +63,7 @@ def test_invalid_utf8_line(tokenizer_dirs, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid UTF-8"):
         pyft.data.prepare(src, tokenizer_dirs["chatml"], out)
-    _assert_nothing_written(tmp_path, out)
+    assert_nothing_written(out)
 
 
 def test_malformed_json_array_names_line(tokenizer_dirs, tmp_path):
@@ -88,7 +81,7 @@ def test_template_exception_is_a_record_error(tokenizer_dirs, tmp_path):
     with pytest.raises(DataError, match=r"c\.jsonl:2: .*alternate") as exc:
         pyft.data.prepare(src, tokenizer_dirs["alpaca"], tmp_path / "out", template="mistral")
     assert exc.value.line == 2
-    _assert_nothing_written(tmp_path, tmp_path / "out")
+    assert_nothing_written(tmp_path / "out")
 
 
 def test_skip_drops_and_reports(tokenizer_dirs, tmp_path):

@@ -51,6 +51,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-len", type=int, default=2048, metavar="N", help="max tokens per sequence / packed row (2048)")
     p.add_argument("--overlong", choices=["truncate", "drop", "split"], default="truncate",
                    help="policy for longer sequences (default truncate)")
+    p.add_argument("--truncation", choices=["keep_end", "keep_start"], default="keep_end",
+                   help="preference/KTO: which end of an overlong prompt to keep (default keep_end: drop its "
+                        "first tokens; keep_start: drop its last tokens); completions keep their start")
     p.add_argument("--pack", choices=["bfd", "none"], default="none",
                    help="bfd: best-fit-decreasing packing into max-len rows (padding-free training)")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
@@ -72,9 +75,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     info = prepare(
         args.inputs, args.tokenizer, args.out,
         mix=args.mix, format=args.format, template=args.template, train_on=args.train_on,
-        max_len=args.max_len, overlong=args.overlong, pack=args.pack, on_error=args.on_error,
-        dedup=args.dedup, val_ratio=args.val_ratio, seed=args.seed, system_prompt=args.system_prompt,
-        shard_tokens=args.shard_tokens, overwrite=args.overwrite, progress=None if not args.quiet else False,
+        max_len=args.max_len, overlong=args.overlong, truncation=args.truncation, pack=args.pack,
+        on_error=args.on_error, dedup=args.dedup, val_ratio=args.val_ratio, seed=args.seed,
+        system_prompt=args.system_prompt, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
+        progress=None if not args.quiet else False,
     )
     if not args.quiet:
         print(info.summary())

@@ -46,7 +46,8 @@ class PreparedInfo:
 
     @property
     def counts(self) -> dict[str, Any]:
-        """Records read, kept, dropped by reason, truncated, split."""
+        """Records read, kept, dropped by reason, truncated (and, for preference/KTO, whose prompt or
+        completion lost tokens), split."""
         return self.meta["counts"]
 
     @property
@@ -80,6 +81,13 @@ class PreparedInfo:
             f"duplicate {d['duplicate']:,}, overlong {d['overlong']:,}, no trainable tokens "
             f"{d['no_trainable_tokens']:,}  (truncated {c['truncated']:,}, split {c['split']:,})"
         )
+        # Older meta.json files lack the per-part counters.
+        cut_prompt, cut_completion = c.get("truncated_prompt", 0), c.get("truncated_completion", 0)
+        if cut_prompt or cut_completion or m["kind"] in ("preference", "kto"):
+            lines.append(
+                f"truncated: prompt {cut_prompt:,}, completion {cut_completion:,}  "
+                f"(truncation {m['options'].get('truncation', 'keep_end')})"
+            )
         if c.get("mask_methods"):
             lines.append("masks:     " + ", ".join(f"{k} {v:,}" for k, v in c["mask_methods"].items()))
         lines.append(f"tokens:    {m['tokens']:,}  trainable {m['trainable_tokens']:,}")
@@ -135,6 +143,7 @@ def prepare(
     train_on: str = "assistant",
     max_len: int = 2048,
     overlong: str = "truncate",
+    truncation: str = "keep_end",
     pack: str | bool = "none",
     on_error: str = "fail",
     dedup: bool = False,
@@ -164,6 +173,13 @@ def prepare(
         max_len: maximum tokens per sequence, and the row length when packing.
         overlong: ``truncate`` (default), ``drop`` or ``split`` (into ``max_len`` pieces) for longer
             sequences.
+        truncation: preference/KTO only: which end of an overlong prompt ``overlong="truncate"``
+            keeps. ``keep_end`` (default) drops the prompt's first tokens, so the last turn and the
+            generation prompt survive; ``keep_start`` drops its last tokens, so the system prompt
+            and first turns survive. Either way the prompt keeps at least
+            ``min(prompt_len, max_len // 2)`` tokens, and the completions are cut to make room,
+            keeping their start. ``meta.json`` counts the examples whose prompt
+            (``truncated_prompt``) and completion (``truncated_completion``) lost tokens.
         pack: ``bfd`` (best-fit-decreasing packing into ``max_len`` rows) or ``none``.
         on_error: ``fail`` (default: nothing is written) or ``skip`` (invalid records are
             dropped, counted and the first problems listed in ``meta.json``).
@@ -199,6 +215,7 @@ def prepare(
         train_on=train_on,
         max_len=max_len,
         overlong=overlong,
+        truncation=truncation,
         pack=pack == "bfd",
         on_error=on_error,
         dedup=dedup,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyft_core::data::encode::TrainOn;
 use pyft_core::data::formats::Format;
-use pyft_core::data::prepare::{prepare as core_prepare, Overlong, PrepareOptions, TemplateChoice};
+use pyft_core::data::prepare::{prepare as core_prepare, Overlong, PrepareOptions, TemplateChoice, Truncation};
 use pyft_core::data::template::{ChatTemplate, SpecialTokens};
 use pyft_core::data::tokenize::Tokenizer;
 
@@ -22,8 +22,8 @@ use crate::error::to_pyerr;
 ///     str: the content of the written meta.json.
 #[pyfunction]
 #[pyo3(signature = (inputs, tokenizer, out_dir, *, mix=Vec::new(), format=None, template="tokenizer", train_on="assistant",
-                    max_len=2048, overlong="truncate", pack=false, on_error="fail", dedup=false, val_ratio=0.0,
-                    seed=42, system_prompt=None, shard_tokens=1<<26, overwrite=false, progress=false))]
+                    max_len=2048, overlong="truncate", truncation="keep_end", pack=false, on_error="fail", dedup=false,
+                    val_ratio=0.0, seed=42, system_prompt=None, shard_tokens=1<<26, overwrite=false, progress=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn prepare(
     py: Python<'_>,
@@ -36,6 +36,7 @@ pub fn prepare(
     train_on: &str,
     max_len: usize,
     overlong: &str,
+    truncation: &str,
     pack: bool,
     on_error: &str,
     dedup: bool,
@@ -54,6 +55,7 @@ pub fn prepare(
         o.train_on = TrainOn::from_name(train_on)?;
         o.max_len = max_len;
         o.overlong = Overlong::from_name(overlong)?;
+        o.truncation = Truncation::from_name(truncation)?;
         o.pack = pack;
         o.skip_invalid = match on_error {
             "fail" => false,

@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 
 use crate::data::encode::{Encoded, Encoder, TrainOn};
 use crate::data::formats::{convert, Example, ExampleKind, Format};
-pub use crate::data::length::Overlong;
-use crate::data::length::{apply_length_policy, LengthCounts};
+pub use crate::data::length::{Overlong, Truncation};
+use crate::data::length::{apply_length_policy, LengthCounts, LengthPolicy};
 use crate::data::output::{write_split, LengthHistogram};
 use crate::data::progress::Progress;
 use crate::data::read::{read_file, RawRecord};
@@ -75,6 +75,8 @@ pub struct PrepareOptions {
     pub max_len: usize,
     /// Policy for longer sequences.
     pub overlong: Overlong,
+    /// Which end of an overlong preference/KTO prompt to keep (ignored for chat/text).
+    pub truncation: Truncation,
     /// Pack sequences with best-fit-decreasing.
     pub pack: bool,
     /// Drop invalid records (true) or fail on the first one (false, default).
@@ -108,6 +110,7 @@ impl PrepareOptions {
             train_on: TrainOn::Assistant,
             max_len: 2048,
             overlong: Overlong::Truncate,
+            truncation: Truncation::KeepEnd,
             pack: false,
             skip_invalid: false,
             dedup: false,
@@ -297,6 +300,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
     let progress = Progress::new("tokenizing", total, opts.progress);
     let done = AtomicUsize::new(0);
     let mut method_counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let policy = LengthPolicy { max_len: opts.max_len, overlong: opts.overlong, truncation: opts.truncation };
     let mut encode_split = |split: Vec<Item>, problems: &mut Vec<Error>, counts: &mut Counts| -> Vec<Encoded> {
         let encoded = crate::parallel::map(&split, |it| {
             let r = encoder.encode(&it.example).map_err(|e| locate(e, &it.location));
@@ -311,7 +315,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
                     if let Encoded::Sequence { method, .. } = &enc {
                         *method_counts.entry(method.name()).or_default() += 1;
                     }
-                    apply_length_policy(enc, opts.max_len, opts.overlong, &mut counts.length, &mut docs, &it.location, problems)
+                    apply_length_policy(enc, policy, &mut counts.length, &mut docs, &it.location, problems)
                 }
                 Err(e) => {
                     counts.invalid += 1;
@@ -374,6 +378,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
             "train_on": opts.train_on.name(),
             "max_len": opts.max_len,
             "overlong": opts.overlong.name(),
+            "truncation": opts.truncation.name(),
             "pack": if opts.pack { "bfd" } else { "none" },
             "on_error": if opts.skip_invalid { "skip" } else { "fail" },
             "dedup": opts.dedup,
@@ -393,6 +398,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
                 "no_trainable_tokens": counts.length.no_trainable,
             },
             "truncated": counts.length.truncated,
+            "truncated_prompt": counts.length.truncated_prompt,
+            "truncated_completion": counts.length.truncated_completion,
             "split": counts.length.split,
             "mix": counts.mix_requested.iter().map(|(k, (w, g))| (k.clone(), json!({"requested": w, "taken": g}))).collect::<serde_json::Map<_, _>>(),
             "mask_methods": method_counts,
