@@ -22,3 +22,14 @@ def hf_tokenizers(tokenizer_dirs: dict[str, Path]):
     from transformers import AutoTokenizer
 
     return {style: AutoTokenizer.from_pretrained(d) for style, d in tokenizer_dirs.items()}
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module: tiny models gain nothing from more, and lose a lot when the cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
