@@ -22,6 +22,8 @@ from pyft.testing import make_tiny_model
 from pyft.testing.preference import follows_rule, rule_task
 from pyft.train import build_trainer, load_config, train
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def task(tokenizer_dirs, tmp_path_factory) -> dict[str, Path]:
