@@ -266,7 +266,7 @@ class _PolicyReference(Reference):
 
     @torch.no_grad()
     def sequence_logps(self, model: nn.Module, batch) -> torch.Tensor:
-        return sequence_logps(model, batch, self.chunk_tokens).logps
+        return sequence_logps(model, batch, self.chunk_tokens, stats=False).logps
 
 
 def _precompute_rows(trainer: Trainer, reference: Reference, ds: PreparedDataset, split: str, rows: list[int],
