@@ -47,17 +47,18 @@ def target_masks(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sequence_logps(model: nn.Module, batch: dict[str, Any], chunk_tokens: int = 4096,
-                   extra: torch.Tensor | None = None) -> SequenceLogps:
+                   extra: torch.Tensor | None = None, stats: bool = True) -> SequenceLogps:
     """Run ``model`` on ``batch`` and score its completion tokens (plus the ``extra`` ``[R, T]`` positions).
 
     Only scored positions go through the output layer, in chunks (:func:`pyft.losses.token_logps`).
-    Gradients flow when grad mode is on.
+    Gradients flow when grad mode is on. ``stats=False`` skips the per-token metrics (reference
+    passes need only the log-probs).
     """
     completion, _ = target_masks(batch)
     targets = completion if extra is None else completion | extra
     labels = batch["input_ids"].masked_fill(~targets, IGNORE_INDEX)
     hidden, head = forward_hidden(model, model_inputs(batch))
-    tokens = token_logps(hidden, labels, head, chunk_tokens)
+    tokens = token_logps(hidden, labels, head, chunk_tokens, stats=stats)
     seq_ids = batch["seq_ids"][:, 1:]
     comp = completion[:, 1:]
     n = batch["n_seqs"]

@@ -198,7 +198,7 @@ class KtoObjective(Objective):
         if self.loss_type == "kto":
             kl_batch = batch["kl"]
             with torch.no_grad():
-                kl_logp = sequence_logps(model, kl_batch, self.chunk_tokens).logps
+                kl_logp = sequence_logps(model, kl_batch, self.chunk_tokens, stats=False).logps
             kl_ref = self.reference.sequence_logps(model, kl_batch).to(kl_logp)
             kl = float(kto_kl_estimate(kl_logp, kl_ref))
             if self.training:  # averaged over ranks as TRL does (evaluation keeps each rank's own estimate)

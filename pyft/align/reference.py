@@ -42,7 +42,7 @@ class AdapterDisabledReference(Reference):
     @torch.no_grad()
     def sequence_logps(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         with adapters_disabled(model):
-            return sequence_logps(model, batch, self.chunk_tokens).logps
+            return sequence_logps(model, batch, self.chunk_tokens, stats=False).logps
 
 
 class FrozenCopyReference(Reference):
@@ -56,7 +56,7 @@ class FrozenCopyReference(Reference):
 
     @torch.no_grad()
     def sequence_logps(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        return sequence_logps(self.model, batch, self.chunk_tokens).logps
+        return sequence_logps(self.model, batch, self.chunk_tokens, stats=False).logps
 
     def modules(self) -> list[nn.Module]:
         return [self.model]

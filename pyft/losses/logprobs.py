@@ -27,21 +27,27 @@ class TokenLogps:
         mean_logits: the mean over the vocabulary of the logits (no gradient; TRL's ``logits/*``).
         entropy: the entropy of the next-token distribution in nats (no gradient).
         top1: 1.0 where the label is the most likely token (no gradient).
+
+    The last three are None when computed with ``stats=False``.
     """
 
     logps: torch.Tensor
-    mean_logits: torch.Tensor
-    entropy: torch.Tensor
-    top1: torch.Tensor
+    mean_logits: torch.Tensor | None
+    entropy: torch.Tensor | None
+    top1: torch.Tensor | None
 
 
-def _chunk_stats(head: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, t: torch.Tensor):
+def _chunk_stats(head: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, t: torch.Tensor,
+                 stats: bool = True) -> tuple[torch.Tensor, ...]:
     logits = head(h).float()
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, t[:, None])[:, 0]
+    if not stats:
+        return (logp,)
     with torch.no_grad():
         mean_logits = logits.mean(-1)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        plogp = logp_all.exp().mul_(logp_all)  # in place: one [n, V] temporary, not two
+        entropy = -plogp.sum(-1)
         top1 = (logits.argmax(-1) == t).float()
     return logp, mean_logits, entropy, top1
 
@@ -51,6 +57,7 @@ def token_logps(
     labels: torch.Tensor,
     head: Callable[[torch.Tensor], torch.Tensor],
     chunk_tokens: int = 4096,
+    stats: bool = True,
 ) -> TokenLogps:
     """Log-probabilities of the labels at every target position.
 
@@ -59,6 +66,8 @@ def token_logps(
         labels: ``[R, T]`` int64, ``-100`` where there is no target.
         head: the output layer, ``[N, H] -> [N, V]`` logits.
         chunk_tokens: target positions projected at once (memory ``chunk_tokens × V × 4`` bytes).
+        stats: also compute ``mean_logits``, ``entropy`` and ``top1`` (metrics). Reference passes
+            skip them: they cost several passes over each chunk's ``[n, V]`` logits.
 
     Returns:
         :class:`TokenLogps` with ``[R, T-1]`` float32 tensors.
@@ -69,16 +78,16 @@ def token_logps(
     t = targets[keep]  # [N]
     parts: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, h.shape[0], chunk_tokens):
-        args = (h[start : start + chunk_tokens], t[start : start + chunk_tokens])
+        args = (h[start : start + chunk_tokens], t[start : start + chunk_tokens], stats)
         if torch.is_grad_enabled() and h.requires_grad:
             parts.append(torch.utils.checkpoint.checkpoint(_chunk_stats, head, *args, use_reentrant=False))
         else:
             parts.append(_chunk_stats(head, *args))
-    out = []
-    for i in range(4):
+    out: list[torch.Tensor | None] = [None] * 4
+    for i in range(4 if stats else 1):
         flat = torch.cat([p[i] for p in parts]) if parts else hidden.new_zeros(0, dtype=torch.float32)
         # masked_scatter keeps an all-masked batch connected to the graph (a zero with a gradient path).
-        out.append(torch.zeros(keep.shape, dtype=torch.float32, device=hidden.device).masked_scatter(keep, flat))
+        out[i] = torch.zeros(keep.shape, dtype=torch.float32, device=hidden.device).masked_scatter(keep, flat)
     return TokenLogps(*out)
 
 

@@ -39,7 +39,9 @@ def make_tiny_model(
         seed: torch seed for the random weights.
         max_position_embeddings: context length in tokens.
         dtype: ``float32``, ``bfloat16`` or ``float16``: the dtype the weights are saved in.
-        **overrides: config fields to change (e.g. ``num_hidden_layers=4``).
+        **overrides: config fields to change (e.g. ``num_hidden_layers=4``). ``vocab_size`` may
+            make the embedding table and output layer larger than the tokenizer's vocabulary (as
+            checkpoints pad theirs), e.g. for benchmarks whose output-layer cost should be realistic.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`. Same arguments give the same weights.
@@ -52,11 +54,15 @@ def make_tiny_model(
         raise ValueError(f"unknown arch {arch!r} (expected one of {sorted(TINY_SHAPES)})")
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     shape = {**TINY_SHAPES[arch], **overrides}
+    vocab_size = shape.pop("vocab_size", len(tok))
+    if vocab_size < len(tok):
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's vocabulary ({len(tok)})")
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     prefix = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
     config_cls = getattr(transformers, f"{prefix}Config")
     cls = getattr(transformers, f"{prefix}ForCausalLM")
-    config = config_cls(vocab_size=len(tok), max_position_embeddings=max_position_embeddings, **ids, **shape)
+    config = config_cls(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **ids,
+                        **shape)
     from transformers.utils import logging as hf_logging
 
     torch.manual_seed(seed)

@@ -240,7 +240,7 @@ def precompute_reference_logps(trainer: Trainer, config: TrainConfig) -> None:
 
         @torch.no_grad()
         def sequence_logps(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-            return sequence_logps(model, batch, config.train.chunk_tokens).logps
+            return sequence_logps(model, batch, config.train.chunk_tokens, stats=False).logps
 
     obj = trainer.objective
     live = obj.reference
