@@ -52,7 +52,7 @@ class PreparedDataset:
     - ``chat``/``text``: ``input_ids [L]``, ``labels [L]`` (-100 = no loss), ``position_ids [L]``
       (restarting at 0 for each document of a packed row) and ``seq_lengths [D]`` (the lengths
       of the row's D documents);
-    - ``preference``: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``;
+    - ``preference``: ``prompt``, ``chosen``, ``rejected`` (token ids);
     - ``kto``: ``prompt_ids``, ``completion_ids`` and ``label`` (a 0-d array, 1 = desirable).
 
     Works with ``torch.utils.data.DataLoader`` and the collators of :mod:`pyft.data.collate`.

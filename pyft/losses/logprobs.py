@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from pyft.losses.sft import IGNORE_INDEX
+from pyft.losses.sft import IGNORE_INDEX, chunk_rows
 
 
 @dataclass
@@ -65,7 +65,8 @@ def token_logps(
         hidden: final hidden states ``[R, T, H]`` (any float dtype).
         labels: ``[R, T]`` int64, ``-100`` where there is no target.
         head: the output layer, ``[N, H] -> [N, V]`` logits.
-        chunk_tokens: target positions projected at once (memory ``chunk_tokens × V × 4`` bytes).
+        chunk_tokens: target positions projected at once (memory ``chunk_tokens × V × 4`` bytes), at
+            most; see :func:`pyft.losses.sft.chunk_rows`.
         stats: also compute ``mean_logits``, ``entropy`` and ``top1`` (metrics). Reference passes
             skip them: they cost several passes over each chunk's ``[n, V]`` logits.
 
@@ -77,6 +78,7 @@ def token_logps(
     h = hidden[:, :-1][keep]  # [N, H]
     t = targets[keep]  # [N]
     parts: list[tuple[torch.Tensor, ...]] = []
+    chunk_tokens = chunk_rows(head, chunk_tokens)
     for start in range(0, h.shape[0], chunk_tokens):
         args = (h[start : start + chunk_tokens], t[start : start + chunk_tokens], stats)
         if torch.is_grad_enabled() and h.requires_grad:

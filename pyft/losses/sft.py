@@ -16,6 +16,19 @@ import torch.utils.checkpoint
 
 IGNORE_INDEX = -100
 
+#: Most bytes one chunk's float32 logits may take (the chunk shrinks for large vocabularies).
+CHUNK_LOGITS_BYTES = 512 << 20
+
+
+def chunk_rows(head: Callable[[torch.Tensor], torch.Tensor], chunk_tokens: int) -> int:
+    """Rows per chunk: ``chunk_tokens``, fewer when ``chunk_tokens × V × 4`` bytes of logits would pass
+    :data:`CHUNK_LOGITS_BYTES` (``V`` read from the head's weight when it has one)."""
+    weight = getattr(head, "weight", None)
+    vocab = int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 0
+    if vocab:
+        return max(1, min(chunk_tokens, CHUNK_LOGITS_BYTES // (vocab * 4)))
+    return max(1, chunk_tokens)
+
 
 def count_targets(labels: torch.Tensor) -> int:
     """Number of predicted tokens in ``labels`` (``[B, T]`` int64): non-ignored labels after the shift."""
@@ -34,7 +47,8 @@ def token_nll_sum(
         hidden: final hidden states ``[B, T, H]`` (any float dtype).
         labels: ``[B, T]`` int64, ``-100`` where there is no loss.
         head: the output layer, ``[N, H] -> [N, V]`` logits.
-        chunk_tokens: rows of logits computed at once (memory ``chunk_tokens × V × 4`` bytes).
+        chunk_tokens: rows of logits computed at once (memory ``chunk_tokens × V × 4`` bytes), at most;
+            see :func:`chunk_rows`.
 
     Returns:
         A float32 scalar: the summed negative log-likelihood (divide by the token count of the
@@ -48,6 +62,7 @@ def token_nll_sum(
         return F.cross_entropy(head(h_chunk).float(), t_chunk, reduction="sum")
 
     total = hidden.new_zeros((), dtype=torch.float32)
+    chunk_tokens = chunk_rows(head, chunk_tokens)
     for start in range(0, h.shape[0], chunk_tokens):
         args = (h[start : start + chunk_tokens], t[start : start + chunk_tokens])
         if torch.is_grad_enabled() and h.requires_grad:
