@@ -197,13 +197,16 @@ def test_lora_dpo_holds_one_copy_of_the_base_weights(task, tmp_path):
     assert isinstance(pre.objective.reference, PrecomputedReference) and pre.objective.reference.modules() == []
 
 
-def test_precomputed_reference_gives_the_same_run(task, tmp_path):
-    live = train(_align(task, tmp_path / "live", "dpo", task["sft"], task["pref"], 3, 1e-3))
-    pre = train(_align(task, tmp_path / "pre", "dpo", task["sft"], task["pref"], 3, 1e-3,
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_precomputed_reference_gives_the_same_run(task, tmp_path, method):
+    data = task["pref"] if method == "dpo" else task["kto"]
+    live = train(_align(task, tmp_path / "live", method, task["sft"], data, 3, 1e-3))
+    pre = train(_align(task, tmp_path / "pre", method, task["sft"], data, 3, 1e-3,
                        align={"precompute_ref": True}))
-    assert (tmp_path / "pre" / "dpo" / "reference_logps.safetensors").is_file()
+    assert (tmp_path / "pre" / method / "reference_logps.safetensors").is_file()
+    assert len(live.history) == len(pre.history)
     for a, b in zip(live.history, pre.history):
-        for key in ("loss", "eval_loss", "rewards/margins"):
+        for key in ("loss", "eval_loss", "rewards/margins", "kl"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
 
@@ -284,3 +287,17 @@ def test_shipped_configs_load(name, task, tmp_path):
     cfg = load_config(path, [f"model={task['sft']}", f"data={data}", f"output={tmp_path}", "train.max_steps=1"])
     trainer = build_trainer(cfg)
     assert trainer.cfg.objective == cfg.method
+
+
+def test_qlora_dpo_uses_the_4bit_base_as_reference(task, tmp_path):
+    from pyft.align.reference import AdapterDisabledReference
+    from pyft.quant import NF4Linear
+
+    trainer = build_trainer(_align(task, tmp_path, "dpo", task["sft"], task["pref"], 2, 1e-3, tuning="qlora",
+                                   train={"eval_every": None}))
+    assert isinstance(trainer.objective.reference, AdapterDisabledReference)
+    assert any(isinstance(m, NF4Linear) for m in trainer.model.modules())
+    result = trainer.run()
+    assert result.steps == 2 and result.history[0]["rewards/accuracies"] >= 0.0
+    assert 0 < result.history[0]["loss"] < 1.0  # starts at log 2 (policy == reference)
+    assert result.history[0]["loss"] == pytest.approx(0.6931, abs=1e-3)

@@ -185,9 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--index", type=int, default=0, help="row to show (0)")
     ins.add_argument("--split", default="train", help="train (default) or validation")
     ins.add_argument("--no-color", action="store_true", help="mark trainable tokens with [[ ]] instead of color")
-    tr = sub.add_parser("train", help="fine-tune a model from a YAML config (LoRA, rsLoRA, DoRA, full)",
-                        description="Fine-tune a causal LM. Example configs: pyft/configs/*.yaml.",
-                        epilog="example: pyft train lora_sft.yaml model=./my-model data=./prepared train.lr=1e-4")
+    tr = sub.add_parser("train", help="fine-tune or align a model from a YAML config (SFT, DPO, KTO, ORPO, SimPO, RM)",
+                        description="Fine-tune a causal LM (method lora, qlora, full) or align it on preference data "
+                                    "(method dpo, kto, orpo, simpo, cpo, rm; tuning lora, qlora or full). "
+                                    "Example configs: pyft/configs/*.yaml.",
+                        epilog="examples: pyft train lora_sft.yaml model=./my-model data=./prepared train.lr=1e-4\n"
+                               "          pyft train dpo.yaml model=./sft-model data=./pairs align.beta=0.1",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("config", nargs="?", help="YAML config file")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4 lora.r=32")
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
