@@ -43,6 +43,7 @@ def task(tokenizer_dirs, tmp_path_factory) -> dict[str, Path]:
                       train={"max_steps": 60, "batch_size": 8, "lr": 1e-2, "warmup": 0.1, "log_every": 1000})
     train(cfg)
     out["sft"] = root / "sft" / "model"
+    out["sft_data"] = root / "sft_data"
     return out
 
 
@@ -301,3 +302,41 @@ def test_qlora_dpo_uses_the_4bit_base_as_reference(task, tmp_path):
     assert result.steps == 2 and result.history[0]["rewards/accuracies"] >= 0.0
     assert 0 < result.history[0]["loss"] < 1.0  # starts at log 2 (policy == reference)
     assert result.history[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+
+
+def test_dpo_continues_an_sft_adapter_whose_start_is_the_reference(task, tmp_path):
+    """DPO on top of a LoRA SFT adapter (no merge): the policy starts as base + adapter, and the
+    reference is that starting adapter, not the bare base."""
+    from safetensors.torch import load_file
+
+    from pyft.align.forward import sequence_logps
+    from pyft.align.reference import StartingAdapterReference
+    from pyft.data.sequences import PreferenceCollator
+    from pyft.models import load_model
+
+    sft = load_config(None, model=str(task["base"]), data=str(task["sft_data"]), method="lora",
+                      output=str(tmp_path / "sft"), lora={"r": 8, "alpha": 16},
+                      train={"max_steps": 20, "batch_size": 8, "lr": 3e-3, "log_every": 1000})
+    train(sft)
+    start = tmp_path / "sft" / "adapter"
+    cfg = _align(task, tmp_path, "dpo", task["base"], task["pref"], 3, 1e-3, adapter=str(start),
+                 train={"eval_every": None})
+    trainer = build_trainer(cfg)
+    assert isinstance(trainer.objective.reference, StartingAdapterReference)
+    ds = trainer.train_ds
+    batch = PreferenceCollator(0, "packed")([ds[i] for i in range(4)])
+    ref = trainer.objective.reference.sequence_logps(trainer.model, batch)
+    with torch.no_grad():
+        expected = sequence_logps(load_model(task["base"], adapter=start), batch).logps
+        bare = sequence_logps(load_model(task["base"]), batch).logps
+    torch.testing.assert_close(ref, expected, rtol=1e-5, atol=1e-5)
+    assert (ref - bare).abs().max() > 1e-2
+    result = trainer.run()
+    assert result.history[0]["loss"] == pytest.approx(0.693147, abs=1e-5)  # policy == reference at the start
+    torch.testing.assert_close(trainer.objective.reference.sequence_logps(trainer.model, batch), ref)
+    from pyft.train.run import _save_final
+
+    _save_final(cfg, trainer.model, Path(cfg.model), trainer.train_ds)
+    before = load_file(start / "adapter_model.safetensors")
+    after = load_file(tmp_path / "dpo" / "adapter" / "adapter_model.safetensors")
+    assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)

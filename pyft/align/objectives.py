@@ -99,8 +99,9 @@ class DpoObjective(_PairObjective):
 
     def loss(self, model, batch, totals):
         b = batch["n_pairs"]
+        ref = self.reference.sequence_logps(model, batch).float()  # before the policy's graph exists
         out = sequence_logps(model, batch, self.chunk_tokens)
-        ref = self.reference.sequence_logps(model, batch).to(out.logps)
+        ref = ref.to(out.logps)
         lengths = batch["completion_lengths"].to(out.logps)
         sft_nll = None
         if "sft" in self.loss_types:
@@ -192,17 +193,18 @@ class KtoObjective(Objective):
 
     def loss(self, model, batch, totals):
         a = self.a
-        out = sequence_logps(model, batch, self.chunk_tokens)
-        ref = self.reference.sequence_logps(model, batch).to(out.logps)
+        ref = self.reference.sequence_logps(model, batch).float()  # before the policy's graph exists
         kl = 0.0
         if self.loss_type == "kto":
             kl_batch = batch["kl"]
+            kl_ref = self.reference.sequence_logps(model, kl_batch).float()
             with torch.no_grad():
                 kl_logp = sequence_logps(model, kl_batch, self.chunk_tokens, stats=False).logps
-            kl_ref = self.reference.sequence_logps(model, kl_batch).to(kl_logp)
-            kl = float(kto_kl_estimate(kl_logp, kl_ref))
+            kl = float(kto_kl_estimate(kl_logp, kl_ref.to(kl_logp)))
             if self.training:  # averaged over ranks as TRL does (evaluation keeps each rank's own estimate)
                 kl = self.rank_mean(kl)
+        out = sequence_logps(model, batch, self.chunk_tokens)
+        ref = ref.to(out.logps)
         losses, m = kto_loss(out.logps, ref, batch["desirable"].to(out.logps.device), kl, beta=a.beta,
                              desirable_weight=a.desirable_weight, undesirable_weight=a.undesirable_weight,
                              loss_type=self.loss_type)

@@ -2,6 +2,9 @@
 
 - :class:`AdapterDisabledReference`: the policy itself with its LoRA/QLoRA adapters switched off,
   so the base weights exist once (what TRL does for PEFT models without a ``ref_model``).
+- :class:`StartingAdapterReference`: the policy with the adapter it started from, when training
+  continues an existing (e.g. SFT) adapter: a snapshot of the adapter tensors is swapped in for the
+  reference pass (TRL's "ref" adapter copy), so the base weights still exist once.
 - :class:`FrozenCopyReference`: a frozen copy of the starting model (full fine-tuning).
 - :class:`PrecomputedReference`: log-probs computed in one pass before training and looked up by
   row (TRL's ``precompute_ref_log_probs``); no reference model is kept.
@@ -43,6 +46,33 @@ class AdapterDisabledReference(Reference):
     def sequence_logps(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         with adapters_disabled(model):
             return sequence_logps(model, batch, self.chunk_tokens, stats=False).logps
+
+
+class StartingAdapterReference(Reference):
+    """The policy with its adapter as it was when training started.
+
+    The reference pass points every adapter tensor at a snapshot of its starting values (a pointer
+    swap, no copy) and back afterwards. Objectives run the reference before the policy's forward,
+    so no autograd graph ever holds the swapped tensors.
+    """
+
+    def __init__(self, model: nn.Module, chunk_tokens: int) -> None:
+        from pyft.peft import adapter_tensors
+
+        self.tensors = list(adapter_tensors(model).values())
+        self.snapshot = [t.detach().clone() for t in self.tensors]
+        self.chunk_tokens = chunk_tokens
+
+    @torch.no_grad()
+    def sequence_logps(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        current = [t.data for t in self.tensors]
+        for t, start in zip(self.tensors, self.snapshot):
+            t.data = start
+        try:
+            return sequence_logps(model, batch, self.chunk_tokens, stats=False).logps
+        finally:
+            for t, now in zip(self.tensors, current):
+                t.data = now
 
 
 class FrozenCopyReference(Reference):

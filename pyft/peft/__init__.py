@@ -9,7 +9,7 @@
 HF ``peft`` is not imported: it is only a test oracle.
 """
 
-from pyft.peft.adapter_io import load_adapter, read_adapter_config, save_adapter
+from pyft.peft.adapter_io import adapter_tensors, load_adapter, read_adapter_config, save_adapter
 from pyft.peft.lora import (
     LoraConfig,
     LoraLinear,
@@ -32,6 +32,7 @@ __all__ = [
     "merge_lora",
     "save_adapter",
     "load_adapter",
+    "adapter_tensors",
     "read_adapter_config",
     "trainable_parameters",
     "trainable_parameters_report",

@@ -100,6 +100,12 @@ def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The live adapter parameters and buffers of ``model`` under PEFT's on-disk names (the tensors
+    themselves, not copies)."""
+    return _adapter_tensors(model)
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors of ``model`` under PEFT's on-disk names (detached, contiguous, CPU copies)."""
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in _adapter_tensors(model).items()}

@@ -8,7 +8,8 @@ number, got 'fast'``). Sections: ``model``, ``data``, ``method``, ``tuning``, ``
 ``method`` is what is optimised: supervised fine-tuning (``lora``, ``qlora``, ``full``, or ``sft``
 with ``tuning``) or an alignment objective (``dpo``, ``kto``, ``orpo``, ``simpo``, ``cpo``, ``rm``).
 ``tuning`` says which weights an alignment run (or ``sft``) trains: ``lora`` (default), ``qlora`` or
-``full``.
+``full``. ``adapter`` continues training an existing PEFT LoRA adapter (e.g. DPO on top of an SFT
+adapter; its starting weights are then DPO's/KTO's reference) instead of starting a new one.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ class TrainConfig:
     output: str = "pyft-output"
     method: str = "lora"
     tuning: str | None = None
+    adapter: str | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
     quant: QuantSection = field(default_factory=QuantSection)
     align: AlignSection = field(default_factory=AlignSection)
@@ -161,6 +163,11 @@ class TrainConfig:
         if self.method in ("lora", "qlora", "full") and self.tuning not in (None, self.method):
             raise ConfigError(f"tuning: method {self.method} already says the tuning; use method: sft with "
                               f"tuning: {self.tuning}")
+        if self.adapter is not None and self.tuning_kind not in ("lora", "qlora"):
+            raise ConfigError(f"adapter: continuing an adapter needs tuning lora or qlora, got {self.tuning_kind}")
+        if self.adapter is not None and self.method == "rm":
+            raise ConfigError("adapter: a reward model starts a new adapter with its score head; merge the adapter "
+                              "into the model first (pyft merge)")
         self._validate_align()
         t = self.train
         checks = [

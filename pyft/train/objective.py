@@ -33,7 +33,8 @@ class Objective:
         raise NotImplementedError
 
     def counts(self, batch: dict[str, Any]) -> dict[str, float]:
-        """Normalisers of one micro-batch (e.g. target tokens, pairs); summed over the step."""
+        """Normalisers of one micro-batch (e.g. target tokens, pairs), summed over the step; ``tokens``
+        (the tokens trained on) also gives the step's tokens/s."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: dict[str, Any], totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -44,10 +45,6 @@ class Objective:
     def finalize(self, sums: dict[str, float], totals: dict[str, float]) -> dict[str, float]:
         """Metrics to log from the step's (or evaluation's) summed metrics; must include ``loss``."""
         raise NotImplementedError
-
-    def tokens(self, batch: dict[str, Any]) -> int:
-        """Tokens the micro-batch trains on (for tokens/s)."""
-        return int(self.counts(batch).get("tokens", 0))
 
     def progress(self, record: dict[str, Any]) -> str:
         """Extra text for the progress line (e.g. reward margin and accuracy)."""

@@ -21,7 +21,7 @@ from pyft._atomic import atomic_directory
 from pyft.data import PreparedDataset
 from pyft.errors import ConfigError
 from pyft.models import check_model_dir, load_model, load_reward_model
-from pyft.peft import apply_lora, merge_lora, save_adapter, trainable_parameters_report
+from pyft.peft import apply_lora, load_adapter, merge_lora, save_adapter, trainable_parameters_report
 from pyft.train.config import ALIGN_METHODS, TrainConfig
 from pyft.train.loop import Trainer, TrainResult, resolve_precision, seed_everything
 from pyft.train.checkpoint import list_checkpoints
@@ -110,7 +110,9 @@ def build_trainer(config: TrainConfig) -> Trainer:
     check_data_matches_model(train_ds, model_dir, model.config.vocab_size, config.objective)
     if config.objective != "sft" and config.align.disable_dropout:
         disable_dropout(model)
-    if adapters:
+    if adapters and config.adapter:
+        load_adapter(model, config.adapter, trainable=True)
+    elif adapters:
         lora = config.lora
         if config.method == "rm":  # the new score head trains in full (PEFT's SEQ_CLS default)
             lora = dataclasses.replace(lora, modules_to_save=sorted(set(lora.modules_to_save or []) | {"score"}))
@@ -185,7 +187,8 @@ def disable_dropout(model: nn.Module) -> None:
 def build_objective(config: TrainConfig, model: nn.Module, pad: int, dist_info, device) -> Objective | None:
     """The objective of ``config.method`` (None for SFT: the loop's default)."""
     from pyft.align.objectives import CpoObjective, DpoObjective, KtoObjective, OrpoObjective, RewardObjective
-    from pyft.align.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
+    from pyft.align.reference import (AdapterDisabledReference, FrozenCopyReference, PrecomputedReference,
+                                      StartingAdapterReference)
 
     method, a, chunk = config.objective, config.align, config.train.chunk_tokens
     if method == "sft":
@@ -199,8 +202,10 @@ def build_objective(config: TrainConfig, model: nn.Module, pad: int, dist_info, 
     if method in ("simpo", "cpo"):
         return CpoObjective(a, method == "simpo", pad, layout, chunk)
     adapters = config.tuning_kind in ("lora", "qlora")
-    if a.reference == "auto" and adapters:
-        reference: Any = AdapterDisabledReference(chunk)
+    if a.reference == "auto" and adapters and config.adapter:
+        reference: Any = StartingAdapterReference(model, chunk)
+    elif a.reference == "auto" and adapters:
+        reference = AdapterDisabledReference(chunk)
     elif a.precompute_ref and method == "dpo":
         reference = PrecomputedReference({})  # filled by precompute_reference_logps; no model copy needed
     else:
