@@ -248,7 +248,7 @@ def test_bf16_autocast_on_cpu_and_fp16_needs_cuda(setup, tmp_path):
 
 
 def test_early_stopping_after_patience(setup, tmp_path, monkeypatch):
-    import pyft.train.objective as loop
+    import pyft.train.loop as loop
 
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
     monkeypatch.setattr(loop.Trainer, "evaluate", lambda self: next(losses))

@@ -54,7 +54,7 @@ def test_shipped_configs_parse():
     assert len(configs) >= 2
     for path in configs:
         cfg = load_config(path)
-        assert cfg.model and cfg.data and cfg.method in ("lora", "qlora", "full")
+        assert cfg.model and cfg.data and cfg.method in ("lora", "qlora", "full", "dpo", "kto", "orpo", "simpo", "rm")
         assert path.read_text().startswith("#")  # header with the exact command
 
 
