@@ -260,6 +260,39 @@ def test_ddp_two_processes_equal_one_for_dpo(task, tmp_path):
                 assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), key
 
 
+def test_ddp_kto_averages_the_kl_estimate_over_ranks(task, tmp_path):
+    """KTO under torchrun (the KL estimate is all-reduced inside the loss) runs to the end, with
+    evaluation on ranks holding different numbers of rows."""
+    common = ["method=kto", f"model={task['sft']}", f"data={task['kto']}", "train.lr=1e-3", "train.max_steps=2",
+              "train.eval_every=2", "train.batch_size=4", f"output={tmp_path / 'ddp'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyft.cli.main",
+         "train", *common], capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _metrics(tmp_path / "ddp")
+    steps = [x for x in rows if "loss" in x]
+    assert len(steps) == 2 and all(x["kl"] >= 0 and math.isfinite(x["loss"]) for x in steps)
+    assert "eval_kl" in rows[-1] and (tmp_path / "ddp" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_ddp_evaluation_when_one_rank_has_no_validation_rows(task, tmp_path):
+    """Ranks agree on the metric keys before reducing, so a rank without evaluation batches does not
+    hang the others."""
+    data = tmp_path / "one_val"
+    pyft.data.prepare(Path(task["base"]).parent / "task" / "pref.jsonl", task["base"], data, val_ratio=0.007, seed=0)
+    assert PreparedDataset(data).info.splits["validation"]["examples"] == 1
+    args = ["method=dpo", f"model={task['sft']}", f"data={data}", "train.max_steps=1", "train.eval_every=1",
+            "train.batch_size=2", f"output={tmp_path / 'ddp'}"]
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyft.cli.main",
+         "train", *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert any("eval_rewards/accuracies" in x for x in _metrics(tmp_path / "ddp"))
+
+
 def test_method_and_data_mismatches_are_config_errors(task, tmp_path):
     with pytest.raises(ConfigError, match="holds preference data; method kto needs kto data"):
         build_trainer(_align(task, tmp_path, "kto", task["sft"], task["pref"], 1, 1e-3))

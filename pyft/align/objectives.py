@@ -273,9 +273,7 @@ class RewardObjective(Objective):
         r = self.rewards(model, batch)
         losses, m = reward_model_loss(r[:b], r[b:], center_rewards_coefficient=self.a.center_rewards_coefficient)
         loss = losses.sum() / totals["pairs"]
-        sums = {"loss": float(loss.detach()), **{k: _sum(v) for k, v in m.items()}}
-        sums["min_reward"], sums["max_reward"] = float(r.detach().min()), float(r.detach().max())
-        return loss, sums
+        return loss, {"loss": float(loss.detach()), **{k: _sum(v) for k, v in m.items()}}
 
     def finalize(self, sums, totals):
         pairs = max(totals["pairs"], 1)

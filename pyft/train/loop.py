@@ -171,10 +171,14 @@ class Trainer:
         for b in batches:
             for k, v in self.objective.counts(b).items():
                 totals[k] = totals.get(k, 0) + v
-        return {k: all_reduce_sum(v, self.dist, self.device) for k, v in sorted(totals.items())}
+        return self._reduce_sums(totals)
 
     def _reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
-        return {k: all_reduce_sum(v, self.dist, self.device) for k, v in sorted(sums.items())}
+        """Sum each entry over ranks. Ranks agree on the keys first: one may hold no evaluation batch."""
+        if not self.dist.enabled:
+            return dict(sorted(sums.items()))
+        keys = sorted(set().union(*gather_objects(sorted(sums), self.dist)))
+        return {k: all_reduce_sum(sums.get(k, 0.0), self.dist, self.device) for k in keys}
 
     def accumulate_gradients(self) -> tuple[dict[str, float], int]:
         """Back-propagate one optimizer step's worth of micro-batches.
