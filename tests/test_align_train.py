@@ -373,3 +373,19 @@ def test_dpo_continues_an_sft_adapter_whose_start_is_the_reference(task, tmp_pat
     before = load_file(start / "adapter_model.safetensors")
     after = load_file(tmp_path / "dpo" / "adapter" / "adapter_model.safetensors")
     assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_disable_dropout_zeroes_modules_but_keeps_the_saved_config():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pyft.train.run import disable_dropout
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=64,
+                                         attention_dropout=0.1))
+    model.model.layers[0].mlp = torch.nn.Sequential(model.model.layers[0].mlp, torch.nn.Dropout(0.3))
+    disable_dropout(model)
+    attn = [m.attention_dropout for m in model.modules() if hasattr(m, "attention_dropout")]
+    assert attn and all(p == 0.0 for p in attn)
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert model.config.attention_dropout == 0.1

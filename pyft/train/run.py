@@ -178,10 +178,10 @@ def disable_dropout(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-    cfg = getattr(model, "config", None)
-    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
-        if cfg is not None and isinstance(getattr(cfg, key, None), float):
-            setattr(cfg, key, 0.0)
+        # transformers' attention layers apply dropout functionally from this attribute; the config
+        # (and so a saved model) is left as it was.
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
 
 
 def build_objective(config: TrainConfig, model: nn.Module, pad: int, dist_info, device) -> Objective | None:
