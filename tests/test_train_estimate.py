@@ -84,3 +84,22 @@ def test_8bit_and_paged_optimizer_estimates(llama8b):
     assert OPTIMIZERS == optim.OPTIMIZERS
     for name in OPTIMIZERS:  # `pyft estimate --optim` takes the names train.optim takes
         assert build_parser().parse_args(["estimate", "--model", "m", "--optim", name]).optim == name
+
+
+def test_alignment_objectives(llama8b):
+    sft = estimate(llama8b, "lora", 1024, 4)
+    dpo = estimate(llama8b, "lora", 1024, 4, objective="dpo")
+    assert dpo.reference == 0 and dpo.weights == sft.weights  # the base with adapters off, no copy
+    two_rows = estimate(llama8b, "lora", 1024, 8)
+    assert dpo.activations == two_rows.activations  # 4 pairs keep 8 sequences' activations
+    kto = estimate(llama8b, "lora", 1024, 4, objective="kto")
+    assert kto.activations == sft.activations  # the KL pass keeps nothing for backward
+    full = estimate(llama8b, "full", 1024, 4, objective="dpo")
+    assert full.reference == 4 * full.params and full.total == estimate(llama8b, "full", 1024, 8).total + full.reference
+    assert estimate(llama8b, "full", 1024, 4, objective="dpo", precompute_ref=True).reference == 0
+    assert estimate(llama8b, "full", 1024, 4, objective="orpo").reference == 0
+    report = format_report(llama8b, 1024, 4, ["full", "lora"], 16, False, None, None, objective="dpo")
+    assert "dpo: batch 4 pairs (chosen + rejected: 8 sequences)" in report and "ref." in report
+    assert "frozen copy (align.precompute_ref: true removes it)" in report
+    with pytest.raises(ValueError, match="unknown objective"):
+        estimate(llama8b, "lora", 1024, 4, objective="ppo")

@@ -116,7 +116,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
     methods = [args.method] if args.method else ["full", "lora", "qlora"]
     print(format_report(args.model, args.seq_len, args.batch, methods, args.r, args.gradient_checkpointing,
-                        args.gpu_memory, args.examples, args.optim))
+                        args.gpu_memory, args.examples, args.optim, args.align, args.precompute_ref))
     return 0
 
 
@@ -239,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--gradient-checkpointing", action="store_true")
     est.add_argument("--optim", choices=["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"], default="adamw",
                      help="optimizer, as train.optim (default adamw: 8 bytes of state per trained parameter)")
+    est.add_argument("--align", choices=["sft", "dpo", "kto", "orpo", "simpo", "cpo", "rm"], default="sft",
+                     help="training objective (default sft); for paired methods --batch counts pairs")
+    est.add_argument("--precompute-ref", action="store_true",
+                     help="dpo/kto: reference log-probs precomputed (no frozen copy under full fine-tuning)")
     est.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of your GPU, for the recommendation")
     est.add_argument("--examples", type=int, metavar="N", help="training examples, for the recommendation")
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded tiny model and bundled data",
