@@ -69,3 +69,17 @@ def demo_task(tmp_path: Path, tokenizer_dir: Path, n: int = 100) -> tuple[Path, 
     model = make_tiny_model(tmp_path / "m", tokenizer_dir, arch="llama", hidden_size=128, intermediate_size=352)
     pyft.data.prepare(src, model, tmp_path / "data", val_ratio=0.2, seed=0)
     return model, tmp_path / "data"
+
+
+def torchrun_train(args: list[str], nproc: int = 2, timeout: int = 300):
+    """Run ``pyft train ARGS`` under ``torchrun --standalone`` with ``nproc`` CPU processes (gloo, one
+    thread each); returns the ``subprocess.CompletedProcess``."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m",
+         "pyft.cli.main", "train", *args],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout,
+    )

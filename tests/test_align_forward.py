@@ -21,6 +21,7 @@ from pyft import load_model
 from pyft.align.forward import sequence_logps
 from pyft.data.sequences import LAYOUTS, KtoCollator, PreferenceCollator
 from pyft.testing import make_tiny_model
+from trl_oracle import trl_kl_rotation
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
 trl_kto = pytest.importorskip("trl.trainer.kto_trainer")
@@ -150,7 +151,7 @@ def test_kto_kl_logps_match_trl(models, layout):
              for i, r in enumerate(rows)]
     examples = [{"prompt_ids": it["prompt_ids"].tolist(), "completion_ids": it["completion_ids"].tolist(),
                  "label": it["label"]} for it in items]
-    kl = _trl_rotation()({"completion_ids": [e["completion_ids"] for e in examples]})["KL_completion_ids"]
+    kl = trl_kl_rotation()({"completion_ids": [e["completion_ids"] for e in examples]})["KL_completion_ids"]
     for e, k in zip(examples, kl):
         e["KL_completion_ids"] = k
     trl_batch = trl_kto.DataCollatorForUnpairedPreference(pad_token_id=pad)(examples)
@@ -162,21 +163,6 @@ def test_kto_kl_logps_match_trl(models, layout):
         ours_main = sequence_logps(model, batch).logps
     assert (ours - theirs).abs().max().item() <= 1e-5
     assert not torch.allclose(ours, ours_main)  # the KL pairs are not the examples themselves
-
-
-def _trl_rotation():
-    """TRL's ``add_kl_completion_ids``, defined inside ``KTOTrainer._prepare_dataset`` (it closes over nothing)."""
-
-    def find(code):
-        for c in code.co_consts:
-            if isinstance(c, types.CodeType):
-                if c.co_name == "add_kl_completion_ids":
-                    return c
-                if (found := find(c)) is not None:
-                    return found
-        return None
-
-    return types.FunctionType(find(trl_kto.KTOTrainer._prepare_dataset.__code__), {})
 
 
 def test_align_imports_first():

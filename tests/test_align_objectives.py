@@ -10,9 +10,7 @@ objective sees one micro-batch (its totals are that batch's counts).
 from __future__ import annotations
 
 import copy
-import inspect
 import types
-from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from pyft.align.objectives import CpoObjective, DpoObjective, KtoObjective, Orpo
 from pyft.align.reference import FrozenCopyReference
 from pyft.testing import make_tiny_model
 from pyft.train.config import AlignSection
+from trl_oracle import trainer_stub, trl_kl_rotation
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
 trl_kto = pytest.importorskip("trl.trainer.kto_trainer")
@@ -45,27 +44,6 @@ def models(tokenizer_dirs, tmp_path_factory):
     policy = load_model(make_tiny_model(base / "policy", tokenizer_dirs["chatml"], seed=0), dtype="float32")
     ref = load_model(make_tiny_model(base / "ref", tokenizer_dirs["chatml"], seed=1), dtype="float32")
     return policy, ref
-
-
-class _Accelerator:
-    device = torch.device("cpu")
-
-    @staticmethod
-    def gather(x):
-        return x
-
-    gather_for_metrics = gather
-
-
-def _stub(cls, methods=(), **attrs) -> types.SimpleNamespace:
-    """A stand-in trainer ``self``: the attributes TRL's loss code reads, and ``cls``'s ``methods`` bound to it."""
-    stub = types.SimpleNamespace(model=types.SimpleNamespace(training=True), accelerator=_Accelerator(),
-                                 _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1,
-                                 aux_loss_enabled=False, is_encoder_decoder=False, **attrs)
-    for name in methods:
-        attr = inspect.getattr_static(cls, name)
-        setattr(stub, name, attr.__func__ if isinstance(attr, staticmethod) else types.MethodType(attr, stub))
-    return stub
 
 
 def _fused(model, outputs=FUSED_OUTPUTS):
@@ -145,7 +123,7 @@ def test_dpo_objective_matches_trl(models, case):
                                  batch["completion_mask"])
     batch["ref_chosen_logps"], batch["ref_rejected_logps"] = ref_logps.chunk(2)
     types_ = [options["loss_type"]] if isinstance(options["loss_type"], str) else options["loss_type"]
-    stub = _stub(trl_dpo.DPOTrainer, beta=0.1, loss_types=types_,
+    stub = trainer_stub(trl_dpo.DPOTrainer, beta=0.1, loss_types=types_,
                  loss_weights=options.get("loss_weights", [1.0] * len(types_)),
                  label_smoothing=options.get("label_smoothing", 0.0),
                  f_divergence_type=options.get("f_divergence", "reverse_kl"), f_alpha_divergence_coef=1.0,
@@ -169,21 +147,6 @@ def test_dpo_objective_matches_trl(models, case):
 # --------------------------------------------------------------------------------------------------------------- KTO
 
 
-def _trl_kl_rotation():
-    """TRL's ``add_kl_completion_ids`` from ``KTOTrainer._prepare_dataset`` (it closes over nothing)."""
-
-    def find(code):
-        for c in code.co_consts:
-            if isinstance(c, types.CodeType):
-                if c.co_name == "add_kl_completion_ids":
-                    return c
-                if (found := find(c)) is not None:
-                    return found
-        return None
-
-    return types.FunctionType(find(trl_kto.KTOTrainer._prepare_dataset.__code__), {})
-
-
 @pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
 def test_kto_objective_matches_trl(models, loss_type):
     policy, ref = models
@@ -199,7 +162,7 @@ def test_kto_objective_matches_trl(models, loss_type):
                  "label": it["label"]} for it in items]
     calculate_kl = loss_type == "kto"
     if calculate_kl:
-        kl = _trl_kl_rotation()({"completion_ids": [e["completion_ids"] for e in examples]})["KL_completion_ids"]
+        kl = trl_kl_rotation()({"completion_ids": [e["completion_ids"] for e in examples]})["KL_completion_ids"]
         for e, k in zip(examples, kl):
             e["KL_completion_ids"] = k
     batch = trl_kto.DataCollatorForUnpairedPreference(pad_token_id=pad)(examples)
@@ -210,7 +173,7 @@ def test_kto_objective_matches_trl(models, loss_type):
         if calculate_kl:
             batch["ref_KL_logps"] = _fused_logps(fused_ref, batch["KL_input_ids"], batch["KL_attention_mask"],
                                                  batch["KL_completion_mask"])
-    stub = _stub(trl_kto.KTOTrainer, ["_compute_kl_logps"], beta=0.1, loss_type=loss_type, desirable_weight=3.0,
+    stub = trainer_stub(trl_kto.KTOTrainer, ["_compute_kl_logps"], beta=0.1, loss_type=loss_type, desirable_weight=3.0,
                  undesirable_weight=1.0, precompute_ref_logps=True, calculate_KL=calculate_kl)
     fused = _fused(policy)
     trl_loss = trl_kto.KTOTrainer._compute_loss(stub, fused, batch, False)
@@ -264,7 +227,7 @@ def test_orpo_objective_matches_trl(models, beta):
     policy, _ = models
     pad = policy.config.pad_token_id
     rows = _preference_rows(3, policy.config.vocab_size)
-    stub = _stub(trl_orpo.ORPOTrainer, ["concatenated_forward", "concatenated_inputs", "get_batch_logps",
+    stub = trainer_stub(trl_orpo.ORPOTrainer, ["concatenated_forward", "concatenated_inputs", "get_batch_logps",
                                         "odds_ratio_loss"], beta=beta, padding_value=pad)
     trl_loss, trl_metrics, trl_grads = _trl_metrics_step(trl_orpo.ORPOTrainer, stub, policy,
                                                          _trl_paired_batch(rows, pad))
@@ -292,7 +255,7 @@ def test_cpo_objective_matches_trl(models, case):
     policy, _ = models
     pad = policy.config.pad_token_id
     rows = _preference_rows(4, policy.config.vocab_size)
-    stub = _stub(trl_cpo.CPOTrainer, ["concatenated_forward", "concatenated_inputs", "get_batch_logps", "cpo_loss"],
+    stub = trainer_stub(trl_cpo.CPOTrainer, ["concatenated_forward", "concatenated_inputs", "get_batch_logps", "cpo_loss"],
                  beta=align.beta, loss_type="simpo" if simpo else align.loss_type,
                  label_smoothing=align.label_smoothing, simpo_gamma=align.simpo_gamma, alpha=align.alphapo,
                  cpo_alpha=align.cpo_alpha, pad_token_id=pad)
@@ -355,7 +318,7 @@ def test_reward_objective_matches_trl(tokenizer_dirs, tmp_path, center):
     examples = [{f"{side}_ids": np.concatenate([r["prompt"], r[side]]).tolist() for side in ("chosen", "rejected")}
                 for r in rows]
     inputs = trl_reward.DataCollatorForPreference(pad_token_id=pad)(examples)
-    stub = _stub(trl_reward.RewardTrainer, args=types.SimpleNamespace(center_rewards_coefficient=center))
+    stub = trainer_stub(trl_reward.RewardTrainer, args=types.SimpleNamespace(center_rewards_coefficient=center))
     model.zero_grad()
     trl_loss = trl_reward.RewardTrainer.compute_loss(stub, model, inputs)
     trl_loss.backward()

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from pyft.errors import ConfigError
 from pyft.testing import make_tiny_model
 from pyft.testing.preference import follows_rule, rule_task
 from pyft.train import build_trainer, load_config, train
+from helpers import torchrun_train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -240,12 +238,7 @@ def test_ddp_two_processes_equal_one_for_dpo(task, tmp_path):
     common = ["method=dpo", f"model={task['sft']}", f"data={task['pref']}", "train.lr=1e-3", "train.max_steps=2",
               "train.schedule=constant", "train.eval_every=2"]
     train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyft.cli.main",
-         "train", *common, f"output={tmp_path / 'ddp'}", "train.batch_size=4"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    r = torchrun_train([*common, f"output={tmp_path / 'ddp'}", "train.batch_size=4"])
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "ddp" / "adapter" / "adapter_model.safetensors")
@@ -265,11 +258,7 @@ def test_ddp_kto_averages_the_kl_estimate_over_ranks(task, tmp_path):
     evaluation on ranks holding different numbers of rows."""
     common = ["method=kto", f"model={task['sft']}", f"data={task['kto']}", "train.lr=1e-3", "train.max_steps=2",
               "train.eval_every=2", "train.batch_size=4", f"output={tmp_path / 'ddp'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyft.cli.main",
-         "train", *common], capture_output=True, text=True, env=env, timeout=300,
-    )
+    r = torchrun_train(common)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = _metrics(tmp_path / "ddp")
     steps = [x for x in rows if "loss" in x]
@@ -285,10 +274,7 @@ def test_ddp_evaluation_when_one_rank_has_no_validation_rows(task, tmp_path):
     assert PreparedDataset(data).info.splits["validation"]["examples"] == 1
     args = ["method=dpo", f"model={task['sft']}", f"data={data}", "train.max_steps=1", "train.eval_every=1",
             "train.batch_size=2", f"output={tmp_path / 'ddp'}"]
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyft.cli.main",
-         "train", *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
-    )
+    r = torchrun_train(args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert any("eval_rewards/accuracies" in x for x in _metrics(tmp_path / "ddp"))
 

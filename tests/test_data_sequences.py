@@ -3,13 +3,13 @@ masks; the padded layout is TRL's own preference batch; KTO's KL pairs are TRL's
 
 from __future__ import annotations
 
-import types
 
 import numpy as np
 import pytest
 import torch
 
 from pyft.data.sequences import LAYOUTS, KtoCollator, PreferenceCollator, build_sequence_batch
+from trl_oracle import trl_kl_rotation
 
 PAD = 0
 
@@ -117,22 +117,6 @@ def test_preference_collator_puts_chosen_first(layout):
         assert batch["input_ids"][row, cols].tolist() == [*prompt.tolist(), *completion.tolist()]
 
 
-def _trl_kl_rotation():
-    """TRL's ``add_kl_completion_ids`` from ``KTOTrainer._prepare_dataset`` (it closes over nothing)."""
-    trl_kto = pytest.importorskip("trl.trainer.kto_trainer")
-
-    def find(code):
-        for c in code.co_consts:
-            if isinstance(c, types.CodeType):
-                if c.co_name == "add_kl_completion_ids":
-                    return c
-                if (found := find(c)) is not None:
-                    return found
-        return None
-
-    return types.FunctionType(find(trl_kto.KTOTrainer._prepare_dataset.__code__), {})
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_kto_kl_sequences_are_trls_rotation(layout):
     """KL sequence i is prompt_i + completion_{i-1}: TRL's ``[y_n, y_1, ..., y_{n-1}]``."""
@@ -142,7 +126,7 @@ def test_kto_kl_sequences_are_trls_rotation(layout):
     batch = KtoCollator(PAD, layout)(items)
     assert batch["desirable"].tolist() == [True, False, True, False, True]
     assert batch["desirable"].dtype == torch.bool
-    kl_completions = _trl_kl_rotation()({"completion_ids": [it["completion_ids"].tolist() for it in items]})
+    kl_completions = trl_kl_rotation()({"completion_ids": [it["completion_ids"].tolist() for it in items]})
     kl = batch["kl"]
     for s, (it, completion) in enumerate(zip(items, kl_completions["KL_completion_ids"])):
         row, cols = _unpack(kl, s)

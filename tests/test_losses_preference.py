@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import types
-from collections import defaultdict
 
 import pytest
 import torch
@@ -26,6 +25,7 @@ from pyft.losses.preference import (
     orpo_loss,
     reward_model_loss,
 )
+from trl_oracle import CpuAccelerator, trainer_stub, trl_kl_rotation
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
 trl_kto = pytest.importorskip("trl.trainer.kto_trainer")
@@ -36,25 +36,6 @@ trl_reward = pytest.importorskip("trl.trainer.reward_trainer")
 PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                 "logps/rejected")
 ATOL = 1e-6
-
-
-class _Accelerator:
-    """One process on the CPU: gathers are the identity."""
-
-    device = torch.device("cpu")
-
-    @staticmethod
-    def gather(x):
-        return x
-
-    gather_for_metrics = gather
-
-
-def _trainer_stub(**attrs) -> types.SimpleNamespace:
-    """What the trainers' loss methods read from ``self`` besides their options."""
-    return types.SimpleNamespace(model=types.SimpleNamespace(training=True), accelerator=_Accelerator(),
-                                 _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1,
-                                 aux_loss_enabled=False, **attrs)
 
 
 class _FusedHeadLM:
@@ -131,7 +112,7 @@ def _run_dpo_both(batch, tok, *, beta=0.1, loss_types=("sigmoid",), loss_weights
     loss_types = list(loss_types)
     weights = [1.0] * len(loss_types) if loss_weights is None else list(loss_weights)
     tok_trl, tok_pyft = _leaf_pair(tok)
-    stub = _trainer_stub(beta=beta, loss_types=loss_types, loss_weights=weights, label_smoothing=label_smoothing,
+    stub = trainer_stub(beta=beta, loss_types=loss_types, loss_weights=weights, label_smoothing=label_smoothing,
                          f_divergence_type=f_divergence, f_alpha_divergence_coef=f_alpha, ld_alpha=None,
                          use_weighting=False, precompute_ref_logps=True, args=types.SimpleNamespace(discopop_tau=0.05))
     trl_loss = trl_dpo.DPOTrainer._compute_loss(stub, _FusedHeadLM((batch["input_ids"], tok_trl)), dict(batch), False)
@@ -206,7 +187,7 @@ def test_dpo_sigmoid_label_smoothing_is_cdpo():
     spec = (-torch.nn.functional.logsigmoid(beta * delta) * (1 - eps)
             - torch.nn.functional.logsigmoid(-beta * delta) * eps).mean()
     _assert_close(cdpo_loss.detach(), spec, what="cDPO vs spec")
-    stub = _trainer_stub(beta=beta, loss_type="sigmoid", label_smoothing=eps, simpo_gamma=0.5, alpha=0.0)
+    stub = trainer_stub(beta=beta, loss_type="sigmoid", label_smoothing=eps, simpo_gamma=0.5, alpha=0.0)
     cpo_losses, _, _ = trl_cpo.CPOTrainer.cpo_loss(stub, lr[:b], lr[b:])
     _assert_close(cdpo_loss.detach(), cpo_losses.mean(), what="cDPO vs TRL's label-smoothed sigmoid")
 
@@ -229,20 +210,8 @@ def test_dpo_rejects_bad_options():
 
 
 def _kto_kl_completions(examples: list[dict]) -> None:
-    """TRL's own KL pairing: the ``add_kl_completion_ids`` function ``KTOTrainer._prepare_dataset`` maps
-    over each batch (it closes over nothing, so its code object runs as is)."""
-
-    def find(code):
-        for c in code.co_consts:
-            if isinstance(c, types.CodeType):
-                if c.co_name == "add_kl_completion_ids":
-                    return c
-                if (found := find(c)) is not None:
-                    return found
-        return None
-
-    rotate = types.FunctionType(find(trl_kto.KTOTrainer._prepare_dataset.__code__), {})
-    kl = rotate({"completion_ids": [e["completion_ids"] for e in examples]})["KL_completion_ids"]
+    """Add TRL's own KL completions (:func:`trl_oracle.trl_kl_rotation`) to a batch of examples."""
+    kl = trl_kl_rotation()({"completion_ids": [e["completion_ids"] for e in examples]})["KL_completion_ids"]
     for e, k in zip(examples, kl):
         e["KL_completion_ids"] = k
 
@@ -281,7 +250,7 @@ def test_kto_matches_trl(case):
     batch, tok, kl_tok = _kto_case(5, labels, kl_shift)
     tok_trl, tok_pyft = _leaf_pair(tok)
 
-    stub = _trainer_stub(beta=beta, loss_type=loss_type, desirable_weight=desirable_weight, undesirable_weight=1.0,
+    stub = trainer_stub(beta=beta, loss_type=loss_type, desirable_weight=desirable_weight, undesirable_weight=1.0,
                          precompute_ref_logps=True, calculate_KL=loss_type == "kto")
     stub._compute_kl_logps = types.MethodType(trl_kto.KTOTrainer._compute_kl_logps, stub)
     model = _FusedHeadLM((batch["input_ids"], tok_trl), (batch["KL_input_ids"], kl_tok))
@@ -348,7 +317,7 @@ def test_orpo_matches_trl(beta):
     r_trl, r_pyft = _leaf_pair(avg[8:])
     assert (avg[:8] > -math.log(2)).any() and (avg[:8] < -math.log(2)).any()
 
-    stub = types.SimpleNamespace(beta=beta, accelerator=_Accelerator())
+    stub = types.SimpleNamespace(beta=beta, accelerator=CpuAccelerator())
     trl_losses, trl_rc, trl_rr, trl_ratio, trl_log_odds = trl_orpo.ORPOTrainer.odds_ratio_loss(stub, c_trl, r_trl)
     (-trl_losses.mean()).backward()  # TRL's total is nll − mean(losses)
     losses, metrics = orpo_loss(c_pyft, r_pyft, beta=beta)
@@ -393,7 +362,7 @@ def test_cpo_matches_trl(case):
     r_trl, r_pyft = _leaf_pair(logps[n:])
 
     stub = types.SimpleNamespace(beta=beta, loss_type=loss_type, label_smoothing=eps, simpo_gamma=gamma, alpha=alpha,
-                                 accelerator=_Accelerator())
+                                 accelerator=CpuAccelerator())
     trl_losses, trl_rc, trl_rr = trl_cpo.CPOTrainer.cpo_loss(stub, c_trl, r_trl)
     trl_losses.mean().backward()
     losses, metrics = cpo_loss(c_pyft, r_pyft, beta=beta, loss_type=loss_type, label_smoothing=eps,
@@ -443,7 +412,7 @@ def test_reward_model_matches_trl(with_margin, center):
         margin = torch.rand(n, generator=g) * 2.0
         inputs["margin"] = margin
 
-    stub = _trainer_stub(args=types.SimpleNamespace(center_rewards_coefficient=center))
+    stub = trainer_stub(args=types.SimpleNamespace(center_rewards_coefficient=center))
     trl_loss = trl_reward.RewardTrainer.compute_loss(stub, _ScalarHead(s_trl), inputs)
     trl_loss.backward()
     losses, metrics = reward_model_loss(s_pyft[:n, 0], s_pyft[n:, 0], margin=margin,

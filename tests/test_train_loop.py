@@ -12,7 +12,7 @@ from pyft.errors import ConfigError
 from pyft.testing import make_tiny_model
 from pyft.train import build_trainer, load_config, train
 
-from helpers import CONVERSATIONS, demo_task, write_jsonl
+from helpers import CONVERSATIONS, demo_task, torchrun_train, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -122,20 +122,11 @@ def test_config_errors_name_the_key(setup, tmp_path, tokenizer_dirs):
 
 def test_ddp_two_cpu_processes_equal_one_process(setup, tmp_path):
     """torchrun with 2 gloo processes x batch 4 gives the weights of 1 process x batch 8."""
-    import os
-    import subprocess
-    import sys
-
     common = ["model=" + str(setup["model"]), "data=" + str(setup["data"]), "lora.r=4", "lora.alpha=8",
               "lora.dropout=0.0", "train.lr=1e-3", "train.max_steps=3", "train.seed=3", "train.schedule=constant",
               "train.eval_every=3"]
     train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyft.cli.main",
-         "train", *common, f"output={tmp_path / 'ddp'}", "train.batch_size=4"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    r = torchrun_train([*common, f"output={tmp_path / 'ddp'}", "train.batch_size=4"])
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _adapter(tmp_path / "single"), _adapter(tmp_path / "ddp")
     for k in a:

@@ -30,6 +30,13 @@ def _sum(t: torch.Tensor) -> float:
     return float(t.detach().float().sum())
 
 
+def _with_rows(batch: dict[str, Any], rows, split: str) -> dict[str, Any]:
+    """Tag a batch with its dataset rows and split (for precomputed reference log-probs)."""
+    batch["rows"] = torch.tensor(list(rows), dtype=torch.int64)
+    batch["split"] = split
+    return batch
+
+
 class _PairObjective(Objective):
     """Shared parts of the paired objectives (DPO, ORPO, CPO/SimPO)."""
 
@@ -41,10 +48,7 @@ class _PairObjective(Objective):
         self.chunk_tokens = chunk_tokens
 
     def collate(self, items, rows, split):
-        batch = self.collator(items)
-        batch["rows"] = torch.tensor(list(rows), dtype=torch.int64)
-        batch["split"] = split
-        return batch
+        return _with_rows(self.collator(items), rows, split)
 
     def counts(self, batch):
         completion, whole = target_masks(batch)
@@ -177,10 +181,7 @@ class KtoObjective(Objective):
         self.rank_mean = rank_mean
 
     def collate(self, items, rows, split):
-        batch = self.collator(items)
-        batch["rows"] = torch.tensor(list(rows), dtype=torch.int64)
-        batch["split"] = split
-        return batch
+        return _with_rows(self.collator(items), rows, split)
 
     def counts(self, batch):
         completion, _ = target_masks(batch)
@@ -284,28 +285,6 @@ class RewardObjective(Objective):
 
     def progress(self, record):
         return f"margin {record['margin']:.3f}  acc {record['accuracy']:.2f}"
-
-
-def precompute_reference(objective: Objective, reference: Reference, model: nn.Module, dataset: Any, split: str,
-                         batch_size: int, to_device: Callable[[dict], dict], autocast: Callable[[], Any],
-                         columns: int) -> torch.Tensor:
-    """Reference log-probs of every row of ``dataset`` in one no-grad pass: ``[N, columns]`` float32
-    (preference: chosen, rejected; KTO: the completion), in row order."""
-    out = torch.zeros(len(dataset), columns, dtype=torch.float32)
-    model_was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(dataset), batch_size):
-            rows = list(range(start, min(start + batch_size, len(dataset))))
-            batch = to_device(objective.collate([dataset[i] for i in rows], rows, split))
-            batch.pop("kl", None)
-            with torch.no_grad(), autocast():
-                logps = reference.sequence_logps(model, batch).float().cpu()
-            out[rows] = logps.reshape(columns, len(rows)).t()
-    finally:
-        model.train(model_was_training)
-    return out
-
 
 
 def kto_weight_advice(n_desirable: int, n_undesirable: int, desirable_weight: float,

@@ -165,19 +165,20 @@ class Trainer:
         rows = self.stream.take(per_rank * self.dist.world)[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
         return self._batches(self.train_ds, rows, "train")
 
-    def _totals(self, batches: list[dict[str, Any]]) -> dict[str, float]:
+    def _totals(self, batches: list[dict[str, Any]], agree_keys: bool = False) -> dict[str, float]:
         """The objective's normalisers summed over ``batches`` and all ranks."""
         totals: dict[str, float] = {}
         for b in batches:
             for k, v in self.objective.counts(b).items():
                 totals[k] = totals.get(k, 0) + v
-        return self._reduce_sums(totals)
+        return self._reduce_sums(totals, agree_keys)
 
-    def _reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
-        """Sum each entry over ranks. Ranks agree on the keys first: one may hold no evaluation batch."""
+    def _reduce_sums(self, sums: dict[str, float], agree_keys: bool = False) -> dict[str, float]:
+        """Sum each entry over ranks. Training steps give every rank the same keys; in evaluation a rank
+        may hold no batch, so ``agree_keys`` first gathers the union of the keys."""
         if not self.dist.enabled:
             return dict(sorted(sums.items()))
-        keys = sorted(set().union(*gather_objects(sorted(sums), self.dist)))
+        keys = sorted(set().union(*gather_objects(sorted(sums), self.dist))) if agree_keys else sorted(sums)
         return {k: all_reduce_sum(sums.get(k, 0.0), self.dist, self.device) for k in keys}
 
     def accumulate_gradients(self) -> tuple[dict[str, float], int]:
@@ -254,14 +255,14 @@ class Trainer:
         self.objective.training = False
         mine = list(range(self.dist.rank, len(self.eval_ds), self.dist.world))
         batches = self._batches(self.eval_ds, mine, "validation")
-        totals = self._totals(batches)
+        totals = self._totals(batches, agree_keys=True)
         sums: dict[str, float] = {}
         for b in batches:
             with self._autocast():
                 _, part = self.objective.loss(self.model, b, totals)
             for k, v in part.items():
                 sums[k] = sums.get(k, 0.0) + v
-        return self.objective.finalize(self._reduce_sums(sums), totals)
+        return self.objective.finalize(self._reduce_sums(sums, agree_keys=True), totals)
 
     def evaluate(self) -> float | None:
         """Mean loss over the validation split (None without one); all metrics in :attr:`last_eval`."""

@@ -25,7 +25,7 @@ from pyft.peft import apply_lora, load_adapter, merge_lora, save_adapter, traina
 from pyft.train.config import ALIGN_METHODS, TrainConfig
 from pyft.train.loop import Trainer, TrainResult, resolve_precision, seed_everything
 from pyft.train.checkpoint import list_checkpoints
-from pyft.train.distributed import all_reduce_sum, barrier, gather_objects, init_distributed
+from pyft.train.distributed import all_reduce_sum, barrier, init_distributed
 from pyft.train.objective import Objective
 
 
@@ -139,8 +139,9 @@ def build_trainer(config: TrainConfig) -> Trainer:
     trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad, dist_info=dist_info,
                       progressive=progressive_frozen if config.freeze.unfreeze_every else None, objective=objective)
     if config.objective in ("dpo", "kto") and config.align.precompute_ref:
-        # Before any resume: the reference is the starting model.
-        precompute_reference_logps(trainer, config)
+        from pyft.align.precompute import precompute_reference_logps
+
+        precompute_reference_logps(trainer, config)  # before any resume: the reference is the starting model
     if t.resume:
         path = Path(t.resume)
         if t.resume == "auto":
@@ -218,87 +219,6 @@ def build_objective(config: TrainConfig, model: nn.Module, pad: int, dist_info, 
         return all_reduce_sum(x, dist_info, device) / world
 
     return KtoObjective(a, reference, pad, layout, chunk, rank_mean=rank_mean)
-
-
-def _reference_fingerprint(config: TrainConfig, trainer: Trainer) -> str:
-    h = hashlib.sha256()
-    for part in (str(Path(config.model).resolve()), config.method, config.tuning_kind, config.align.layout,
-                 (trainer.train_ds.info.out_dir / "meta.json").read_text(encoding="utf-8"), trainer.precision):
-        h.update(part.encode("utf-8") + b"\0")
-    for f in sorted(Path(config.model).glob("*.safetensors")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def precompute_reference_logps(trainer: Trainer, config: TrainConfig) -> None:
-    """Compute the reference log-probs of every train and validation row in one no-grad pass with the
-    starting model (cached in ``output/reference_logps.safetensors`` for resumes), then drop the
-    live reference for those sequences (KTO keeps it for its KL pairs)."""
-    from safetensors.torch import load_file, save_file
-
-    from pyft.align.forward import sequence_logps
-    from pyft.align.reference import PrecomputedReference, Reference
-
-    class PolicyReference(Reference):
-        """The model being trained, scored as it is (used once, before the first step)."""
-
-        @torch.no_grad()
-        def sequence_logps(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-            return sequence_logps(model, batch, config.train.chunk_tokens, stats=False).logps
-
-    obj = trainer.objective
-    live = obj.reference
-    if isinstance(live, PrecomputedReference):  # full fine-tuning: the policy itself is the starting model
-        live = PolicyReference()
-    cache = Path(config.output) / "reference_logps.safetensors"
-    fingerprint = _reference_fingerprint(config, trainer)
-    columns = 2 if config.objective == "dpo" else 1
-    splits = {"train": trainer.train_ds, **({"validation": trainer.eval_ds} if trainer.eval_ds is not None else {})}
-    table: dict[str, torch.Tensor] = {}
-    if cache.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(cache), "pt") as f:
-            if (f.metadata() or {}).get("fingerprint") == fingerprint:
-                table = load_file(str(cache))
-    if set(table) != set(splits):
-        table = {}
-        for name, ds in splits.items():
-            mine = list(range(trainer.dist.rank, len(ds), trainer.dist.world))
-            part = _precompute_rows(trainer, live, ds, name, mine, columns)
-            gathered = gather_objects((mine, part), trainer.dist)
-            full = torch.zeros(len(ds), columns, dtype=torch.float32)
-            for rows, values in gathered:
-                full[rows] = values
-            table[name] = full
-        if trainer.dist.is_main:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            save_file(table, str(tmp), metadata={"fingerprint": fingerprint})
-            tmp.replace(cache)
-        barrier(trainer.dist)
-    fallback = obj.reference if config.objective == "kto" else None
-    obj.reference = PrecomputedReference(table, fallback=fallback)
-
-
-def _precompute_rows(trainer: Trainer, reference: Any, ds: PreparedDataset, split: str, rows: list[int],
-                     columns: int) -> torch.Tensor:
-    model = trainer.model
-    out = torch.zeros(len(rows), columns, dtype=torch.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        for i in range(0, len(rows), trainer.t.batch_size):
-            chunk = rows[i : i + trainer.t.batch_size]
-            batch = trainer._to_device(trainer.objective.collate([ds[j] for j in chunk], chunk, split))
-            batch.pop("kl", None)
-            with torch.no_grad(), trainer._autocast():
-                logps = reference.sequence_logps(model, batch).float().cpu()
-            out[i : i + len(chunk)] = logps.reshape(columns, len(chunk)).t()
-    finally:
-        model.train(was_training)
-    return out
 
 
 def train(config: TrainConfig) -> TrainResult:
