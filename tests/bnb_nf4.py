@@ -7,6 +7,19 @@ backend), and the dense model bitsandbytes' own ``dequantize_4bit`` makes of the
   quantized weight replaced by ``bnb.functional.dequantize_4bit`` of its saved quant state
   (``QuantState.from_dict``, the loader transformers uses), every other tensor copied, the config
   without ``quantization_config``.
+* :func:`use_portable_cpu_kernels` makes bitsandbytes an oracle that is right on every CPU (the
+  test session applies it before any test runs; ``tests/test_quant_oracle.py`` checks it against
+  the NF4 definition).
+
+Why the last one: bitsandbytes 0.50.2's CPU backend runs C kernels that pick code paths by the
+CPU's features. On AVX-512 CPUs its ``dequantize_4bit`` is wrong whenever a quantization block spans
+two rows of a 2-D weight (max error 2.0 on a ``randn(48, 96)`` at blocksize 64; 1-D inputs, and
+every input on AVX2-only CPUs, are right), and on AVX512-BF16 CPUs ``Linear4bit`` repacks its weight
+at inference and computes through a bfloat16 ``gemv_4bit`` kernel. Routing those two ops to
+bitsandbytes' own portable PyTorch implementation (dequantize, then ``F.linear``) gives one oracle,
+with one answer, on every x86-64 CPU. Its quantization kernels (``quantize_4bit``,
+``quantize_blockwise`` with its lookup-table rounding of the double-quantized scales) stay as they
+are: pyft reproduces them byte for byte on the AVX2 and the AVX-512 machines the suite has run on.
 """
 
 from __future__ import annotations
@@ -20,8 +33,47 @@ import torch
 from safetensors.torch import load_file, save_file
 
 BLOB = ".quant_state.bitsandbytes__nf4"
+#: bitsandbytes ops whose CPU kernel gives CPU-dependent results (see the module docstring).
+PORTABLE_OPS = ("dequantize_4bit", "gemv_4bit")
 #: Files of a model directory that are neither weights nor config.
 _MODEL_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json"}
+
+
+def use_portable_cpu_kernels() -> list[str]:
+    """Route bitsandbytes' CPU-feature-specific kernels to its own portable implementation.
+
+    For each op in :data:`PORTABLE_OPS` with a separate CPU kernel, the CPU dispatch is replaced by
+    one that redispatches to the op's ``CompositeExplicitAutograd`` kernel (bitsandbytes' "default"
+    backend: the PyTorch code AVX2-only machines run), and ``Linear4bit`` no longer repacks weights
+    into the AVX512-BF16 layout. Idempotent. Returns the ops rerouted (empty on AVX2-only CPUs).
+    """
+    import bitsandbytes.nn.modules as bnb_modules
+
+    rerouted = []
+    fallback = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    for name in PORTABLE_OPS:
+        qualified = f"bitsandbytes::{name}"
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CPU"):
+            continue
+        op = getattr(torch.ops.bitsandbytes, name).default
+        if getattr(_PORTABLE, name, None) is op:
+            continue  # already rerouted
+        torch.library.register_kernel(qualified, "cpu", _redispatcher(op, fallback))
+        setattr(_PORTABLE, name, op)
+        rerouted.append(name)
+    bnb_modules.has_avx512bf16 = lambda: False
+    return rerouted
+
+
+class _PORTABLE:
+    """Which ops :func:`use_portable_cpu_kernels` has rerouted (attribute per op)."""
+
+
+def _redispatcher(op, keys):
+    def portable(*args, **kwargs):
+        return op.redispatch(keys, *args, **kwargs)
+
+    return portable
 
 
 def save_nf4(dense: Path, out: Path, *, double_quant: bool = True, storage: torch.dtype = torch.uint8,

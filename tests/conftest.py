@@ -1,12 +1,35 @@
-"""Shared fixtures: tokenizers trained once per session."""
+"""Shared fixtures: tokenizers trained once per session; the session's environment."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 from pyft.testing import make_tokenizer
+
+# Tests never download: transformers, huggingface_hub and `kernels` (which bitsandbytes asks for a
+# CPU kernel on AVX512-BF16 machines) stay off the network, here and in every subprocess.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """bitsandbytes, where installed, computes with its portable kernels on every CPU (see
+    ``tests/bnb_nf4.py``: its AVX-512 CPU kernels are wrong oracles)."""
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        import logging
+        import warnings
+
+        from bnb_nf4 import use_portable_cpu_kernels
+
+        for name in ("bitsandbytes", "kernels"):  # "failed to load ... from kernels-community" (offline)
+            logging.getLogger(name).setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its import-time notices
+            use_portable_cpu_kernels()
 
 
 @pytest.fixture(scope="session")

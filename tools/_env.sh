@@ -12,8 +12,11 @@ fi
 export VIRTUAL_ENV="$ROOT/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
 EXTRAS="${PYFT_EXTRAS:-train}"
-echo "[setup] installing dependencies (extras: $EXTRAS)"
-python -m pip install -q "maturin>=1.9.4,<2"
+# Exact versions from the lock (tools/lock_deps.py writes it); pyproject.toml keeps the ranges.
+LOCK="$ROOT/tools/requirements.lock"
+echo "[setup] installing dependencies (extras: $EXTRAS, versions from tools/requirements.lock)"
+mapfile -t REQUIREMENTS < <(python tools/lock_deps.py --requirements "$EXTRAS")
+python -m pip install -q -c "$LOCK" "${REQUIREMENTS[@]}"
 # A stale extension from an older build would shadow the fresh one.
 rm -f pyft/_core*.so pyft/_core*.pyd
 echo "[setup] building the Rust extension (release)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Optimizer memory and step time: torch AdamW against pyft's 8-bit and paged AdamW.
+"""Optimizer memory and step time: torch AdamW against pyft's 8-bit and paged AdamW (and bitsandbytes').
 
 The parameters are those of a random Llama built from a transformers config (default 98.9M:
 hidden 768, 12 layers, MLP 2048, vocab 32000, tied embeddings), float32, with random gradients:
@@ -10,10 +10,16 @@ for the paged ones), the peak memory the optimizer adds on top of parameters and
 with glibc's mmap threshold fixed at 1 MiB so that freed temporaries leave the RSS, which makes
 its steps slower) and the best step time of ``--steps`` after ``--warmup`` steps. On CPU the paged variants keep their states in ordinary memory (paging needs
 CUDA); on CUDA they hold at most two slices of state on the GPU. ``--bnb`` adds bitsandbytes'
-``AdamW8bit`` when it is installed. Prints a table and ends with one JSON line.
+``AdamW8bit`` (its CPU backend, or its fused CUDA kernel) and on CUDA its ``PagedAdamW8bit``, whose
+states are CUDA managed memory: counted as "managed" and invisible to ``max_memory_allocated``.
+Prints a table and ends with one JSON line.
 
-Usage: ``python tools/bench_optim.py [--hidden 768] [--layers 12] [--intermediate 2048]
-[--vocab 32000] [--steps 2] [--warmup 1] [--threads N] [--bnb]``.
+``--device cuda`` (the default when a GPU is there) runs every optimizer on the GPU; the Llama-3.2-1B
+shape is ``--hidden 2048 --layers 16 --intermediate 8192 --vocab 128256`` (1.24B parameters).
+``--device cpu --hidden 64 --layers 1 --intermediate 128 --vocab 512 --steps 1 --warmup 0`` is a smoke run.
+
+Usage: ``python tools/bench_optim.py [--device auto|cpu|cuda] [--hidden 768] [--layers 12]
+[--intermediate 2048] [--vocab 32000] [--steps 2] [--warmup 1] [--threads N] [--bnb] [--only a,b] [--no-rss]``.
 """
 
 from __future__ import annotations
@@ -50,8 +56,8 @@ def run_one(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
+    cuda = args.device == "cuda"
+    device = args.device
     gen = torch.Generator(device=device).manual_seed(0)
     # filled in place: no temporaries that would raise the peak before the optimizer runs
     model = torch.nn.ParameterList([torch.nn.Parameter(torch.empty(s, device=device).normal_(0, 0.02, generator=gen))
@@ -65,10 +71,11 @@ def run_one(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     else:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if args.run == "bnb_adamw_8bit":
+    if args.run.startswith("bnb_"):
         import bitsandbytes as bnb
 
-        opt = bnb.optim.AdamW8bit(model.parameters(), lr=1e-4, weight_decay=0.0)
+        cls = bnb.optim.PagedAdamW8bit if args.run == "bnb_paged_adamw_8bit" else bnb.optim.AdamW8bit
+        opt = cls(model.parameters(), lr=1e-4, weight_decay=0.0)
     else:
         opt = build_optimizer(model, 1e-4, 0.0, (0.9, 0.999), 1e-8, args.run)
     times = []
@@ -81,12 +88,14 @@ def run_one(args) -> dict:
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-    on_device = on_host = 0
+    on_device = on_host = managed = 0
     for state in opt.state.values():
         for v in state.values():
             if torch.is_tensor(v):
                 nbytes = v.numel() * v.element_size()
-                if v.device.type == "cpu" and cuda:
+                if getattr(v, "is_paged", False):  # bitsandbytes' paged states: CUDA managed memory
+                    managed += nbytes
+                elif v.device.type == "cpu" and cuda:
                     on_host += nbytes
                 else:
                     on_device += nbytes
@@ -95,18 +104,22 @@ def run_one(args) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     return {"params": n_params, "state_device_bytes": on_device, "state_host_bytes": on_host,
-            "peak_extra_bytes": peak, "step_ms": 1e3 * min(times)}
+            "state_managed_bytes": managed, "peak_extra_bytes": peak, "step_ms": 1e3 * min(times)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--intermediate", type=int, default=2048)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--steps", type=int, default=2, help="timed steps (the best one is reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed first steps (they allocate the states)")
-    ap.add_argument("--bnb", action="store_true", help="also bitsandbytes' AdamW8bit")
+    ap.add_argument("--bnb", action="store_true", help="also bitsandbytes' AdamW8bit (and PagedAdamW8bit on CUDA)")
+    ap.add_argument("--only", help="comma-separated optimizers to run (default: all; adamw always runs)")
+    ap.add_argument("--no-rss", action="store_true",
+                    help="CPU: skip the second process per optimizer that measures the peak RSS (peak = timing run's)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("--shapes", help=argparse.SUPPRESS)
@@ -117,15 +130,27 @@ def main() -> int:
 
     import torch
 
-    names = list(OPTIMIZERS) + (["bnb_adamw_8bit"] if args.bnb else [])
-    cuda = torch.cuda.is_available()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device", file=sys.stderr)
+        return 2
+    cuda = args.device == "cuda"
+    names = list(OPTIMIZERS) + (["bnb_adamw_8bit"] + (["bnb_paged_adamw_8bit"] if cuda else []) if args.bnb else [])
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - set(names)
+        if unknown:
+            print(f"--only: unknown optimizer(s) {sorted(unknown)} (choose from {names})", file=sys.stderr)
+            return 2
+        names = [n for n in names if n == "adamw" or n in wanted]
     param_shapes = json.dumps(shapes(args))
     results = {}
     for name in names:
         # CPU: time with the default allocator, then the peak RSS with every large block mmap'ed
-        for memory_run in (False, True) if not cuda else (False,):
+        for memory_run in (False, True) if not (cuda or args.no_rss) else (False,):
             cmd = [sys.executable, __file__, "--run", name, "--shapes", param_shapes] + [
-                f"--{k}={getattr(args, k)}" for k in ("steps", "warmup", "threads")]
+                f"--{k}={getattr(args, k)}" for k in ("steps", "warmup", "threads", "device")]
             env = {**os.environ, "PYTHONWARNINGS": "ignore"}
             if memory_run:  # the first step's peak: new states plus the update's temporaries
                 cmd += ["--steps=1", "--warmup=0"]
@@ -133,7 +158,7 @@ def main() -> int:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
-                print(proc.stderr[-4000:], file=sys.stderr)
+                print(f"the {name} run failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
                 return 1
             result = json.loads(line[-1][7:])
             if memory_run:
@@ -146,12 +171,13 @@ def main() -> int:
     mib = 2**20
     print(f"AdamW step over {params / 1e6:.1f}M float32 parameters (Llama h={args.hidden}, {args.layers} layers, "
           f"MLP {args.intermediate}, vocab {args.vocab}), best of {args.steps} steps, {device}")
-    print(f"{'optimizer':<18}{'states on ' + ('GPU' if cuda else 'CPU'):>16}{'pinned host':>14}{'B/param':>9}"
-          f"{'peak extra':>13}{'step ms':>10}   (MiB)")
+    print(f"{'optimizer':<22}{'states on ' + ('GPU' if cuda else 'CPU'):>16}{'pinned host':>14}{'managed':>10}"
+          f"{'B/param':>9}{'peak extra':>13}{'step ms':>10}   (MiB)")
     for name, r in results.items():
-        per = (r["state_device_bytes"] + r["state_host_bytes"]) / r["params"]
-        print(f"{name:<18}{r['state_device_bytes'] / mib:>16,.1f}{r['state_host_bytes'] / mib:>14,.1f}{per:>9.2f}"
-              f"{r['peak_extra_bytes'] / mib:>13,.1f}{r['step_ms']:>10,.1f}")
+        per = (r["state_device_bytes"] + r["state_host_bytes"] + r["state_managed_bytes"]) / r["params"]
+        print(f"{name:<22}{r['state_device_bytes'] / mib:>16,.1f}{r['state_host_bytes'] / mib:>14,.1f}"
+              f"{r['state_managed_bytes'] / mib:>10,.1f}{per:>9.2f}{r['peak_extra_bytes'] / mib:>13,.1f}"
+              f"{r['step_ms']:>10,.1f}")
     base = results["adamw"]
     for name, r in results.items():
         if name != "adamw" and (cuda or not name.startswith("paged")):
@@ -160,6 +186,8 @@ def main() -> int:
                   f"instead of {base['peak_extra_bytes'] / mib:,.1f}")
     if not cuda:
         print("paging needs CUDA: on CPU the paged optimizers keep their states in ordinary memory")
+    elif "bnb_paged_adamw_8bit" in results:
+        print("bitsandbytes' paged states are CUDA managed memory (the driver pages them): not in 'peak extra'")
     print(json.dumps({"bench": "optim", "device": device, "params": params,
                       **{f"{n}_{k}": v for n, r in results.items() for k, v in r.items() if k != "params"}}))
     return 0

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Fetch llama.cpp's Python converters (the test oracle) from the llama-cpp-python 0.3.36 sdist.
+"""Fetch llama.cpp's Python converters and real vocabularies (test oracles) from the llama-cpp-python 0.3.36 sdist.
 
 pyft's GGUF tests compare our files with what llama.cpp's own `convert_hf_to_gguf.py` and
 `convert_lora_to_gguf.py` write. Those scripts (with their `conversion/` package and the in-tree
 `gguf-py`) ship inside the llama-cpp-python source distribution, pinned here by SHA-256
-(ggml-org/llama.cpp@0c1e57098). This downloads the sdist from PyPI once, checks its hash and
-extracts only the converter files into `.cache/llama.cpp/` (git-ignored). Idempotent.
+(ggml-org/llama.cpp@0c1e57098). The same sdist carries real vocabularies of published models
+(`models/ggml-vocab-*.gguf`, with `.inp`/`.out` edge-case texts and their token ids) and about 70
+real chat templates (`models/templates/*.jinja`), which the tokenizer and template tests use.
+This downloads the sdist from PyPI once, checks its hash and extracts only those files into
+`.cache/llama.cpp/` (git-ignored). Idempotent.
 
 Usage: python tools/fetch_llama_cpp_src.py [--dest DIR]
 """
@@ -27,9 +30,10 @@ URL = ("https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21
 SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEST = ROOT / ".cache" / "llama.cpp"
-#: What the converters need, relative to `vendor/llama.cpp/` in the sdist.
-MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
-STAMP = f"llama-cpp-python-{VERSION}.ok"
+#: What the tests need, relative to `vendor/llama.cpp/` in the sdist.
+MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "models/")
+# Bumped when MEMBERS grows, so an older cache is refreshed.
+STAMP = f"llama-cpp-python-{VERSION}-models.ok"
 
 
 def fetch(dest: Path = DEFAULT_DEST) -> Path:

@@ -224,23 +224,34 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.t.max_grad_norm if self.t.max_grad_norm else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if not math.isfinite(loss_sum) or not math.isfinite(grad_norm):
+        # fp16: scaled gradients that overflow are what the loss scaler handles: it skips the update
+        # and halves the scale (as torch.amp and HF's Trainer do). Anything else non-finite stops.
+        overflow = self.scaler is not None and math.isfinite(loss_sum) and not math.isfinite(grad_norm)
+        if overflow and self.scaler.get_scale() < 1.0:
+            overflow = False  # the scale has collapsed: the gradients are non-finite themselves
+        if not overflow and (not math.isfinite(loss_sum) or not math.isfinite(grad_norm)):
             last = list_checkpoints(self.ckpt_root)
             where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
             raise TrainingError(
                 f"non-finite {'loss' if not math.isfinite(loss_sum) else 'gradient norm'} at step {self.step + 1}; "
                 f"training stopped before applying it ({where}). Lower train.lr or use fp32/bf16."
             )
-        self._gradient_health(grad_norm)
+        if not overflow:
+            self._gradient_health(grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         if self.scaler:
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)  # a no-op when the unscaled gradients hold inf/nan
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        if not overflow:  # the schedule advances with the updates actually applied
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if overflow:
+            print(f"[warning] step {self.step}: fp16 gradients overflowed; update skipped, loss scale lowered to "
+                  f"{self.scaler.get_scale():g}", file=sys.stderr)
+            return {**step_metrics, "lr": lr, "grad_norm": grad_norm, "skipped": 1.0, "tokens": n_tokens}
         return {**step_metrics, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens}
 
     @torch.no_grad()

@@ -150,8 +150,13 @@ class BlockwiseAdamW(torch.optim.Optimizer):
             return on_gpu, ready
 
         pending = upload(work[0])
+        returned = None  # the previous slice's copy back to the host
         for i, item in enumerate(work):
             on_gpu, ready = pending
+            if returned is not None:
+                # Keep the host at most one slice ahead of the GPU: without this wait it would queue
+                # every upload at once and the GPU would hold all the slices, not two.
+                returned.synchronize()
             if i + 1 < len(work):
                 pending = upload(work[i + 1])
             compute.wait_event(ready)
@@ -164,6 +169,8 @@ class BlockwiseAdamW(torch.optim.Optimizer):
             with torch.cuda.stream(copy):
                 for k, host in _slices(item[2], item[3], item[4]).items():
                     host.copy_(on_gpu[k], non_blocking=True)
+                returned = torch.cuda.Event()
+                returned.record(copy)
         copy.synchronize()
 
     # -- checkpoints -----------------------------------------------------------------------
