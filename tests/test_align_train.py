@@ -19,7 +19,7 @@ from pyft.errors import ConfigError
 from pyft.testing import make_tiny_model
 from pyft.testing.preference import follows_rule, rule_task
 from pyft.train import build_trainer, load_config, train
-from helpers import torchrun_train
+from helpers import reorder_tolerance, torchrun_train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -43,6 +43,15 @@ def task(tokenizer_dirs, tmp_path_factory) -> dict[str, Path]:
     out["sft"] = root / "sft" / "model"
     out["sft_data"] = root / "sft_data"
     return out
+
+
+def _reorder_tol(model_dir: Path, data_dir: Path, steps: int, rows: int) -> float:
+    """:func:`helpers.reorder_tolerance` for ``steps`` steps of ``rows`` sequences of this task's tiny
+    model (float32; chosen and rejected are two sequences per pair)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    longest = PreparedDataset(data_dir).info.meta["options"].get("max_len", 2048)  # an upper bound
+    return reorder_tolerance(steps=steps, tokens=rows * longest, matmuls=7 * config["num_hidden_layers"] + 1,
+                             width=max(config["vocab_size"], config["intermediate_size"]))
 
 
 def rule_rate(model, data_dir: Path) -> float:
@@ -204,10 +213,12 @@ def test_precomputed_reference_gives_the_same_run(task, tmp_path, method):
                        align={"precompute_ref": True}))
     assert (tmp_path / "pre" / method / "reference_logps.safetensors").is_file()
     assert len(live.history) == len(pre.history)
+    # The precompute pass batches the sequences differently from training: float32 reordering only.
+    tol = _reorder_tol(task["sft"], data, steps=3, rows=2 * 8)
     for a, b in zip(live.history, pre.history):
         for key in ("loss", "eval_loss", "rewards/margins", "kl"):
             if key in a:
-                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+                assert a[key] == pytest.approx(b[key], rel=tol, abs=1e-6), key
 
 
 def test_dpo_resume_is_exact(task, tmp_path):
@@ -242,15 +253,16 @@ def test_ddp_two_processes_equal_one_for_dpo(task, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "ddp" / "adapter" / "adapter_model.safetensors")
-    # 4-pair and 8-pair micro-batches pack differently, so float rounding differs slightly; Adam's
-    # first steps (update ~ lr * sign(g)) pass that on to near-zero gradient entries.
+    # 4-pair and 8-pair micro-batches pack differently and 2 ranks reduce in another order: float32
+    # reordering only (bound derived in helpers.reorder_tolerance).
+    tol = _reorder_tol(task["sft"], task["pref"], steps=2, rows=2 * 8)
     for k in a:
-        assert float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) <= 2e-4, k
+        assert float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) <= tol, k
     single, ddp = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
     for x, y in zip(single, ddp):
         for key in ("loss", "rewards/margins", "eval_loss", "eval_rewards/accuracies"):
             if key in x:
-                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), key
+                assert x[key] == pytest.approx(y[key], rel=tol, abs=1e-7), key
 
 
 def test_ddp_kto_averages_the_kl_estimate_over_ranks(task, tmp_path):
