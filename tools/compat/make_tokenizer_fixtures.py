@@ -10,20 +10,29 @@ Everything is generated here (no downloads): a deterministic multilingual traini
 - ``qwen2.json``: NFC normalizer, ``Split(Qwen2 regex)`` (single-digit ``\\p{N}``), ChatML specials and two
   non-special added tokens (one ``normalized=True``).
 - ``o200k.json``: a GPT-4o-style Split regex the fast path does not hand-scan (exercises the generic regex path).
-- ``spm_bpe.json``: SentencePiece-style Metaspace BPE with ``byte_fallback`` (HF fallback path).
+- ``spm_bpe.json``: SentencePiece-style BPE, ``Metaspace(prepend_scheme="first", split=True)`` pre-tokenizer,
+  ``byte_fallback``, ``<s> $A`` template.
+- ``spm_llama.json``: Llama-2 / Mistral-v0.1 style: the ``Sequence[Prepend("▁"), Replace(" ", "▁")]``
+  normalizer and no pre-tokenizer (each text piece is one word), whitespace-run merges (``▁▁``, ``▁▁▁▁``) and
+  byte-token merges, ``fuse_unk``, chat tokens with ``normalized=False``.
 - ``wordpiece.json``: BERT-style WordPiece (HF fallback path).
 
 Also writes ``edge_cases.json`` (a list of tricky strings), ``expected_ids.json`` (the Python package's ids for
 every fixture and edge case, so the Rust tests also check the Python package, not only the Rust crate) and
 ``chat_sample.txt`` (ChatML conversations, used by the parity test and the criterion bench).
 
-Run from the repo root:  /work/main/.venv/bin/python tools/compat/make_tokenizer_fixtures.py
+Run from the repo root:  /work/main/.venv/bin/python tools/compat/make_tokenizer_fixtures.py [NAME ...]
+
+Training is not bit-for-bit reproducible (the BPE trainer breaks ties differently from run to run), so the
+committed ``*.json`` files are the fixtures: name the ones to rewrite (e.g. ``spm_llama``);
+``edge_cases.json`` and ``expected_ids.json`` are always rewritten, from the fixture files on disk.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -152,10 +161,19 @@ EDGE_CASES = [
     "ß ẞ ﬀ ﬃ", "İstanbul ı", "ǅ ǈ ǋ", "ʰʲʷ", "ー〜", "ᄀᄁ", "ㄱㄴ", "ｶﾀｶﾅ", "ＡＢＣ１２３", "\u0600\u0601",
     "a\u0300\u0301\u0302", "\u0300start", "ā ē ī ō ū", "Tiếng Việt có dấu", "Ελληνικά και λατινικά mixed",
     "The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX!",
+    "▁", "▁▁x", "x▁ ▁y", " ▁", "<s>", "<s> hi</s>", "  <s>  x", "a<unk>b",
+    "<|user|>\nHi<|end|>\n<|assistant|>\n",
+    " <|user|> ", "\n\n  \n", "x\n y", "    four", "        eight spaces", "\t\tindent",
 ]
 
 
+#: Fixture names to write (all when empty); see the module docstring.
+ONLY: set[str] = set()
+
+
 def write(tok: Tokenizer, name: str, edit=None) -> None:
+    if ONLY and name not in ONLY:
+        return
     data = json.loads(tok.to_str())
     if edit is not None:
         edit(data)
@@ -252,6 +270,38 @@ def main() -> None:
     spm.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     write(spm, "spm_bpe")
 
+    # Llama-2 style: trained like spm_bpe (SentencePiece never merges across words), then saved with the
+    # normalizer that Llama-2 / Mistral-v0.1 / Phi-3 files carry, plus merges for runs of spaces and bytes.
+    llama2 = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    llama2.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    llama2.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=1800, min_frequency=2, show_progress=False,
+        special_tokens=["<unk>", "<s>", "</s>", *byte_tokens], limit_alphabet=150))
+    chat = ["<|user|>", "<|assistant|>", "<|end|>"]
+    llama2.add_special_tokens([AddedToken(t, normalized=False) for t in chat])
+    llama2.add_tokens([AddedToken("<tool>", normalized=False, special=False)])
+    llama2.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    llama2.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                        decoders.Strip(" ", 1, 0)])
+
+    def llama2_edit(data):
+        data["pre_tokenizer"] = None
+        data["normalizer"] = {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+        model = data["model"]
+        vocab, merges = model["vocab"], model["merges"]
+        extra = [("▁", "▁"), ("▁▁", "▁▁"), ("▁▁", "▁"), ("▁▁▁▁", "▁▁▁▁"), ("<0x0A>", "<0x0A>"),
+                 ("▁", "<0x0A>"), ("▁▁", "▁return"), ("<0xF0>", "<0x9F>")]
+        for a, b in extra:
+            for t in (a, b):
+                assert t in vocab, t
+            if a + b not in vocab:
+                vocab[a + b] = max(max(vocab.values()), *(t["id"] for t in data["added_tokens"])) + 1
+            merges.insert(len(merges) // 3, [a, b])
+
+    write(llama2, "spm_llama", llama2_edit)
+
     # BERT-style WordPiece (falls back to HF).
     wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wp.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -267,7 +317,7 @@ def main() -> None:
 
     (OUT / "edge_cases.json").write_text(json.dumps(EDGE_CASES, ensure_ascii=False, indent=0), encoding="utf-8")
     expected = {}
-    for name in ["gpt2", "llama3", "qwen2", "o200k", "spm_bpe", "wordpiece"]:
+    for name in ["gpt2", "llama3", "qwen2", "o200k", "spm_bpe", "spm_llama", "wordpiece"]:
         tok = Tokenizer.from_file(str(OUT / f"{name}.json"))
         expected[name] = {
             "with_special_tokens": [e.ids for e in tok.encode_batch(EDGE_CASES, add_special_tokens=True)],
@@ -280,4 +330,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    ONLY.update(sys.argv[1:])
     main()

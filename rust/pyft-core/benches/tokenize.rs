@@ -1,4 +1,4 @@
-//! Single-thread encode throughput: pyft's fast byte-level BPE path vs the `tokenizers` crate.
+//! Single-thread encode throughput: pyft's fast BPE paths vs the `tokenizers` crate.
 //!
 //! Input: `tests/data/tokenizers/chat_sample.txt` (ChatML conversations: English, code, numbers, some
 //! CJK / Arabic / emoji / accented Latin), encoded one conversation at a time with special tokens.
@@ -37,7 +37,9 @@ fn bench(c: &mut Criterion) {
     let bytes: usize = texts.iter().map(|t| t.len()).sum();
 
     // o200k: a Split regex without a hand-written scanner (runs on Oniguruma, BPE still fast).
-    for name in ["llama3", "qwen2", "gpt2", "o200k"] {
+    // spm_llama: SentencePiece-style (Llama 2) BPE, each text piece one word for HF, cut between words
+    // here. Real vocabularies: `tools/bench_tokenize.py`.
+    for name in ["llama3", "qwen2", "gpt2", "o200k", "spm_llama"] {
         let json = std::fs::read_to_string(data_dir().join(format!("{name}.json"))).expect("fixture");
         let start = Instant::now();
         let ours = Tokenizer::from_json(&json).expect("load");

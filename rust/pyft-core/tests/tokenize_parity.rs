@@ -17,12 +17,13 @@ fn data_dir() -> PathBuf {
 }
 
 /// Fixture name -> the backend it must get.
-const FIXTURES: [(&str, Backend); 6] = [
+const FIXTURES: [(&str, Backend); 7] = [
     ("gpt2", Backend::FastBpe),
     ("llama3", Backend::FastBpe),
     ("qwen2", Backend::FastBpe),
     ("o200k", Backend::FastBpe),
-    ("spm_bpe", Backend::Hf),
+    ("spm_bpe", Backend::FastBpe),
+    ("spm_llama", Backend::FastBpe),
     ("wordpiece", Backend::Hf),
 ];
 
@@ -33,6 +34,10 @@ struct Pair {
     hf: tokenizers::Tokenizer,
     /// Whether the post-processor trims offsets (then trimmed spaces are not covered).
     trims: bool,
+    /// Whether the normalizer includes NFC (then text that NFC changes is encoded by HF).
+    nfc: bool,
+    /// Chars whose byte-level token is missing (text with one is encoded by HF).
+    missing: Vec<char>,
 }
 
 impl Pair {
@@ -44,6 +49,8 @@ impl Pair {
             ours: Tokenizer::from_json(json).unwrap(),
             hf: tokenizers::Tokenizer::from_str(json).unwrap(),
             trims: post.contains("\"trim_offsets\":true"),
+            nfc: value["normalizer"].to_string().contains("\"NFC\""),
+            missing: vec![],
         }
     }
 
@@ -59,8 +66,9 @@ impl Pair {
             assert_eq!(ours.ids, hf.get_ids(), "{}: ids differ on {text:?} (add_special={add_special})", self.name);
             assert_eq!(ours.offsets.len(), ours.ids.len());
             // (Text that NFC changes is HF's even for a fast tokenizer: its offsets need not cover the input.)
-            let nfc_fallback = self.name.starts_with("qwen2") && !unicode_normalization::is_nfc(text);
-            if self.ours.backend() == Backend::FastBpe && !nfc_fallback {
+            let per_text_fallback =
+                self.nfc && !unicode_normalization::is_nfc(text) || text.contains(&self.missing[..]);
+            if self.ours.backend() == Backend::FastBpe && !per_text_fallback {
                 let hf_offsets: Vec<(u32, u32)> = hf.get_offsets().iter().map(|&(a, b)| (a as u32, b as u32)).collect();
                 assert_eq!(ours.offsets, hf_offsets, "{}: offsets differ on {text:?}", self.name);
                 self.check_consistent(text, &ours.ids, &ours.offsets);
@@ -116,6 +124,9 @@ fn edge_cases() -> Vec<String> {
             "\u{e9}\u{301}\u{302}x",
             "Ω Ω Å Å",
             "한\u{11a8}",
+            "м and мир 999 ¼ x²y 12½3456 ½6789 ٣٤٥",
+            "price: 12,345.67 (555) 123-4567 ext. 89...!? «quoted» ¿qué?",
+            "Hello <s>world a<s>b  </s>  x a b ab a  b during <s><s> <s>",
         ]
         .map(String::from),
     );
@@ -321,6 +332,25 @@ fn fast_variants_keep_parity() {
             }),
         ),
         (
+            "gpt2 with falcon's pre-tokenizer (punctuation, then digits and a split on the byte-level string)",
+            variant("gpt2", |v| {
+                v["pre_tokenizer"] = json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Punctuation", "behavior": "Contiguous"},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+                    {"type": "Digits", "individual_digits": false},
+                    {"type": "Split", "pattern": {"Regex": "[0-9][0-9][0-9]"}, "behavior": "Isolated",
+                     "invert": false}]});
+            }),
+        ),
+        (
+            "gpt2 with isolated punctuation and a prefix space",
+            variant("gpt2", |v| {
+                let byte_level = v["pre_tokenizer"].clone();
+                v["pre_tokenizer"] = json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Punctuation", "behavior": "Isolated"}, byte_level]});
+            }),
+        ),
+        (
             "gpt2 with contiguous digits",
             variant("gpt2", |v| {
                 let byte_level = v["pre_tokenizer"].clone();
@@ -373,12 +403,169 @@ fn fast_variants_keep_parity() {
         ),
     ];
     let cases = edge_cases();
-    for (what, pair) in &variants {
+    for (what, pair) in variants.iter().chain(&spm_variants()) {
         assert_eq!(pair.ours.backend(), Backend::FastBpe, "{what}: {:?}", pair.ours.fallback_reason());
         for text in &cases {
             pair.check(text);
         }
     }
+}
+
+/// A byte-level vocabulary without some byte tokens (StarCoder and Falcon lack a few) stays fast; a text
+/// holding such a byte goes to HF, which drops the byte (or emits the unknown token).
+#[test]
+fn missing_byte_tokens_fall_back_per_text() {
+    let drop_char = |v: &mut Value, c: &str| {
+        v["model"]["vocab"].as_object_mut().unwrap().remove(c);
+        let merges: Vec<Value> = v["model"]["merges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| !m[0].as_str().unwrap().contains(c) && !m[1].as_str().unwrap().contains(c))
+            .cloned()
+            .collect();
+        v["model"]["merges"] = json!(merges);
+    };
+    // "!" (0x21) and "\u{3}" (written as the byte-level char U+0103).
+    let no_bang = Pair { missing: vec!['!', '\u{3}'], ..variant("gpt2", |v| {
+        drop_char(v, "!");
+        drop_char(v, "\u{103}");
+    }) };
+    let with_unk = Pair { missing: vec!['!'], ..variant("llama3", |v| {
+        drop_char(v, "!");
+        v["model"]["unk_token"] = json!("<|end_of_text|>");
+    }) };
+    for pair in [no_bang, with_unk] {
+        assert_eq!(pair.ours.backend(), Backend::FastBpe, "{:?}", pair.ours.fallback_reason());
+        for text in edge_cases().iter().map(String::as_str).chain(["Hi!", "a\u{3}b c", "!!! x", "ok"]) {
+            pair.check(text);
+        }
+    }
+}
+
+/// Make `<s>`, `</s>` and `<|user|>` `normalized = true` and add `a b` and `ing` (as older Llama 2
+/// conversions have their specials).
+fn normalized_added_tokens(v: &mut Value) {
+    for token in v["added_tokens"].as_array_mut().unwrap() {
+        if ["<s>", "</s>", "<|user|>"].contains(&token["content"].as_str().unwrap()) {
+            token["normalized"] = json!(true);
+        }
+    }
+    for (id, content) in [(1900, "a b"), (1901, "ing")] {
+        v["added_tokens"].as_array_mut().unwrap().push(json!({"id": id, "content": content, "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": true, "special": false}));
+    }
+}
+
+/// SentencePiece-style variants that stay on the fast path (every shape a real file has).
+fn spm_variants() -> Vec<(&'static str, Pair)> {
+    let metaspace = |scheme: &str, split: bool| {
+        json!({"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": scheme, "split": split})
+    };
+    let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let with_pre = |pre: Value| {
+        move |v: &mut Value| {
+            v["normalizer"] = Value::Null;
+            v["pre_tokenizer"] = pre;
+        }
+    };
+    vec![
+        (
+            "spm_llama, newer conversion: Metaspace first, no split",
+            variant("spm_llama", with_pre(metaspace("first", false))),
+        ),
+        ("spm_llama with Metaspace always", variant("spm_llama", with_pre(metaspace("always", false)))),
+        ("spm_llama with Metaspace never", variant("spm_llama", with_pre(metaspace("never", false)))),
+        ("spm_llama with Metaspace always, split", variant("spm_llama", with_pre(metaspace("always", true)))),
+        (
+            "spm_llama with an old Metaspace (add_prefix_space)",
+            variant(
+                "spm_llama",
+                with_pre(json!({"type": "Metaspace", "replacement": "\u{2581}", "add_prefix_space": true})),
+            ),
+        ),
+        ("spm_llama gemma-style: Replace only", variant("spm_llama", |v| v["normalizer"] = replace.clone())),
+        (
+            "spm_llama with Replace before Prepend",
+            variant("spm_llama", |v| {
+                v["normalizer"] = json!({"type": "Sequence", "normalizers": [replace.clone(),
+                    {"type": "Prepend", "prepend": "\u{2581}"}]});
+            }),
+        ),
+        (
+            "spm_llama with a merge across words (no cutting)",
+            variant("spm_llama", |v| {
+                let n = v["model"]["vocab"].as_object().unwrap().len() + 100;
+                v["model"]["vocab"]["e\u{2581}"] = json!(n);
+                v["model"]["merges"].as_array_mut().unwrap().insert(0, json!(["e", "\u{2581}"]));
+            }),
+        ),
+        (
+            "spm_llama without byte fallback (unknown chars fused)",
+            variant("spm_llama", |v| v["model"]["byte_fallback"] = json!(false)),
+        ),
+        (
+            "spm_llama without fuse_unk",
+            variant("spm_llama", |v| {
+                v["model"]["byte_fallback"] = json!(false);
+                v["model"]["fuse_unk"] = json!(false);
+            }),
+        ),
+        (
+            "spm_llama with normalized added tokens (matched as \"\u{2581}<s>\" on the normalized text)",
+            variant("spm_llama", normalized_added_tokens),
+        ),
+        (
+            "spm_llama gemma-style with normalized added tokens",
+            variant("spm_llama", |v| {
+                normalized_added_tokens(v);
+                v["normalizer"] = replace.clone();
+            }),
+        ),
+        ("spm_bpe with NFC", variant("spm_bpe", |v| v["normalizer"] = json!({"type": "NFC"}))),
+        (
+            "spm_bpe with a normalized added token",
+            variant("spm_bpe", |v| {
+                v["added_tokens"].as_array_mut().unwrap().push(json!({"id": 1500, "content": "ing",
+                    "single_word": false, "lstrip": false, "rstrip": false, "normalized": true, "special": false}));
+            }),
+        ),
+        (
+            "spm_bpe with empty prefix and suffix (as transformers 5 saves)",
+            variant("spm_bpe", |v| {
+                v["model"]["continuing_subword_prefix"] = json!("");
+                v["model"]["end_of_word_suffix"] = json!("");
+            }),
+        ),
+    ]
+}
+
+/// The `spm_llama` fixture cuts its pieces into words (no merge crosses a `▁` after another char): HF's
+/// exact tokens on texts that stress the cuts.
+#[test]
+fn spm_cuts_keep_parity() {
+    let pair = PAIRS.iter().find(|p| p.name == "spm_llama").unwrap();
+    let texts = [
+        "Hello world",
+        " Hello",
+        "  Hello  ",
+        "\u{2581}Hello \u{2581}world\u{2581}",
+        "a\u{2581}\u{2581} \u{2581}b",
+        "    return x\n        return y",
+        "x\n\n  \n",
+        "😀 😀😀  😀",
+        "<s> hi</s> x",
+        "<|user|>\nHi there<|end|>\n<|assistant|>\n  Sure.<|end|>",
+        "<tool> call <tool>",
+        "\u{3000}全角 スペース",
+        "é\u{301} e\u{301}",
+    ];
+    for text in texts {
+        pair.check(text);
+    }
+    let long: String = (0..400).map(|i| format!("word{} ", i % 37)).collect();
+    pair.check(&long);
+    pair.check(&long.replace(' ', "  "));
 }
 
 /// An edit of a fixture's JSON.
@@ -409,24 +596,36 @@ fn unsupported_variants_fall_back() {
         ("qwen2", "NFKC", Box::new(|v| v["normalizer"] = json!({"type": "NFKC"}))),
         ("qwen2", "Removed", Box::new(|v| v["pre_tokenizer"]["pretokenizers"][0]["behavior"] = json!("Removed"))),
         ("qwen2", "invert", Box::new(|v| v["pre_tokenizer"]["pretokenizers"][0]["invert"] = json!(true))),
-        ("gpt2", "continuing_subword_prefix", Box::new(|v| v["model"]["continuing_subword_prefix"] = json!(""))),
+        ("gpt2", "end_of_word_suffix", Box::new(|v| v["model"]["end_of_word_suffix"] = json!("</w>"))),
+        ("gpt2", "pre_tokenizer", Box::new(|v| v["pre_tokenizer"] = json!({"type": "Whitespace"}))),
         (
-            "gpt2",
-            "byte 0x21",
+            "spm_llama",
+            "NFKC",
+            Box::new(|v| v["normalizer"]["normalizers"].as_array_mut().unwrap().insert(0, json!({"type": "NFKC"}))),
+        ),
+        (
+            "spm_llama",
+            "vanish",
             Box::new(|v| {
-                // Drop "!" from the vocabulary (and the merges that use it).
-                v["model"]["vocab"].as_object_mut().unwrap().remove("!");
-                let merges: Vec<Value> = v["model"]["merges"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|m| !m[0].as_str().unwrap().contains('!') && !m[1].as_str().unwrap().contains('!'))
-                    .cloned()
-                    .collect();
-                v["model"]["merges"] = json!(merges);
+                v["model"]["byte_fallback"] = json!(false);
+                v["model"]["unk_token"] = Value::Null;
             }),
         ),
-        ("gpt2", "pre_tokenizer", Box::new(|v| v["pre_tokenizer"] = json!({"type": "Whitespace"}))),
+        ("spm_bpe", "ignore_merges", Box::new(|v| v["model"]["ignore_merges"] = json!(true))),
+        (
+            "spm_bpe",
+            "Metaspace and other steps",
+            Box::new(|v| {
+                let pre = v["pre_tokenizer"].clone();
+                let digits = json!({"type": "Digits", "individual_digits": true});
+                v["pre_tokenizer"] = json!({"type": "Sequence", "pretokenizers": [pre, digits]});
+            }),
+        ),
+        (
+            "spm_bpe",
+            "Replace",
+            Box::new(|v| v["normalizer"] = json!({"type": "Replace", "pattern": {"String": "a"}, "content": "b"})),
+        ),
         (
             "gpt2",
             "post_processor",
@@ -460,6 +659,7 @@ fn mixed_text() -> impl Strategy<Value = String> {
             "مرحبا", "Ω", "\u{301}", "\u{a0}", "\u{3000}", "\u{85}", "\u{2028}", "1", "12", "123", "1234", "٣", "½",
             ".", ",", "!", "?", "...", "(", ")", "{", "}", "\"", "-", "_", "/", "\\", "#", "$", "%", "=", "==",
             "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<think>", "</tool_call>", "<|", "|>", "<",
+            "▁", "▁▁", "<s>", "</s>", "<unk>", "<|user|>", "<tool>", "    ", "\t\t", "return",
             "\u{0}", "\u{7f}", "\u{feff}", "\u{200b}", "\u{10ffff}",
         ]).prop_map(String::from),
         2 => "[a-zA-Z]{1,12}",

@@ -189,6 +189,13 @@ impl PyTokenizer {
         self.inner.backend().to_string()
     }
 
+    /// Why pyft's fast path does not encode this tokenizer (e.g. `model type "WordPiece"`), or
+    /// None when `backend` is `fast-bpe`.
+    #[getter]
+    fn fallback_reason(&self) -> Option<String> {
+        self.inner.fallback_reason().map(str::to_string)
+    }
+
     /// Vocabulary size including added tokens.
     #[getter]
     fn vocab_size(&self) -> usize {

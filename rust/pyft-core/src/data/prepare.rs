@@ -362,6 +362,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
             "sha256": bundle.sha256,
             "vocab_size": tok.vocab_size(),
             "backend": tok.backend().to_string(),
+            "fallback_reason": tok.fallback_reason(),
             "bos_token": special.get("bos_token"), "bos_token_id": id_of("bos_token"),
             "eos_token": special.get("eos_token"), "eos_token_id": id_of("eos_token"),
             "pad_token": special.get("pad_token"), "pad_token_id": id_of("pad_token"),

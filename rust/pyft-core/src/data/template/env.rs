@@ -7,7 +7,7 @@
 //! chat templates use are replaced here: `length`/`count` (0 for undefined),
 //! `first`/`last` (undefined for undefined), `string`
 //! and `join` (Python `str()` of items), `trim` (Python whitespace), `title` (Jinja2's
-//! word split), and the tests
+//! word split), `indent` (keeps a trailing newline, string widths), and the tests
 //! `sequence`/`iterable` (true for strings and dicts, as in Python).
 
 use minijinja::value::{Value, ValueKind};
@@ -57,6 +57,7 @@ pub(crate) fn build() -> Environment<'static> {
     env.add_filter("trim", trim);
     env.add_filter("title", title);
     env.add_filter("join", join);
+    env.add_filter("indent", indent);
     env.add_filter("first", |v: &Value| {
         if v.is_undefined() {
             Ok(Value::UNDEFINED)
@@ -152,6 +153,58 @@ fn join(v: &Value, d: Option<&str>, kwargs: minijinja::value::Kwargs) -> Result<
             None => item,
         };
         pyrepr::write_str(&mut out, &item)?;
+    }
+    Ok(Value::from(out))
+}
+
+/// `s|indent(width=4, first=False, blank=False)`: Jinja2's `do_indent`. Unlike
+/// minijinja's it keeps a trailing newline (`'{\n'|indent(4, true)` is `'    {\n'`),
+/// splits lines as Python's `str.splitlines` and takes a string `width` as the indent.
+fn indent(
+    s: &Value,
+    width: Option<Value>,
+    first: Option<Value>,
+    blank: Option<Value>,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<Value, Error> {
+    let width = width.or(kwargs.get("width")?);
+    let first = first.or(kwargs.get("first")?).is_some_and(|v| v.is_true());
+    let blank = blank.or(kwargs.get("blank")?).is_some_and(|v| v.is_true());
+    kwargs.assert_all_used()?;
+    let Some(s) = s.as_str() else {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("indent expects a string, not {}", s.kind()),
+        ));
+    };
+    let indention = match &width {
+        None => "    ".to_owned(),
+        Some(w) if w.as_str().is_some() => w.as_str().unwrap_or_default().to_owned(),
+        Some(w) => match i64::try_from(w.clone()) {
+            Ok(n) => " ".repeat(usize::try_from(n).unwrap_or(0)),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("indent width must be an integer or a string, not {}", w.kind()),
+                ))
+            }
+        },
+    };
+    // Jinja2 appends a newline before splitting, so a trailing newline survives.
+    let with_newline = format!("{s}\n");
+    let lines = pystr::splitlines(&with_newline, false);
+    let mut out = String::with_capacity(s.len() + indention.len() * lines.len());
+    if first {
+        out.push_str(&indention);
+    }
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+            if blank || !line.is_empty() {
+                out.push_str(&indention);
+            }
+        }
+        out.push_str(line);
     }
     Ok(Value::from(out))
 }

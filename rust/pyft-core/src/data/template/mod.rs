@@ -14,6 +14,7 @@
 mod builtins;
 mod env;
 mod generation;
+mod markup;
 mod pyjson;
 pub(crate) mod pyrepr;
 mod pystr;
@@ -56,6 +57,12 @@ const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning
 ///   (it guards Python internals that do not exist here).
 /// - Iterating over `none` (`{% for part in message.content %}` with a null content)
 ///   yields nothing; Jinja2 fails with "'NoneType' object is not iterable".
+/// - Jinja2's `Markup` strings (`x|safe`, `x|escape`) HTML-escape the other operand
+///   of `+` (`'a'|safe + value` escapes `value`), which minijinja does not. A template
+///   that combines `+` with those filters is refused for every conversation that reaches
+///   them (functionary-medium-v3.1 with tools; its plain chats render identically).
+/// - `map`, `select`, `reject`, ... give lists; Jinja2 gives generators, which
+///   transformers' `tojson` cannot serialize (it fails where pyft renders the list).
 /// - `x|attr(name)` also finds dict keys (Jinja2's only finds attributes, so on a
 ///   message dict it gives undefined).
 /// - `strftime_now` uses UTC, not the local time zone.
@@ -71,6 +78,9 @@ pub struct ChatTemplate {
     source: String,
     env: Environment<'static>,
     generation: bool,
+    /// The source combines `+` with `|safe`/`|escape` (see [`markup`]): renders that reach those
+    /// filters are refused.
+    markup_plus: bool,
 }
 
 /// The output of [`ChatTemplate::render`].
@@ -116,12 +126,17 @@ impl ChatTemplate {
         let generation = generation::has_markers(&normalized);
         let rewritten = generation::rewrite(&normalized).into_owned();
         let mut env = env::build();
+        let markup_plus = markup::has_markup_arithmetic(&normalized);
+        if markup_plus {
+            markup::track(&mut env);
+        }
         env.add_template_owned(NAME, rewritten.clone())
             .map_err(|e| template_error(&e, Some(&rewritten)))?;
         Ok(ChatTemplate {
             source: source.to_owned(),
             env,
             generation,
+            markup_plus,
         })
     }
 
@@ -281,9 +296,13 @@ impl ChatTemplate {
         let ctx: minijinja::Value = ctx.into_iter().collect();
 
         let template = self.env.get_template(NAME).map_err(|e| template_error(&e, None))?;
-        let raw = template
-            .render(ctx)
+        let captured = template
+            .render_captured(ctx)
             .map_err(|e| template_error(&e, Some(template.source())))?;
+        if self.markup_plus && markup::ran(captured.state()) {
+            return Err(Error::Template(markup::REFUSAL.to_owned()));
+        }
+        let raw = captured.into_output();
         if !self.generation {
             return Ok(Rendered {
                 text: raw,

@@ -264,7 +264,7 @@ fn split(s: &str, sep: Option<&str>, maxsplit: i64, from_right: bool) -> Result<
 
 /// `str.splitlines`: splits on `\n`, `\r`, `\r\n`, `\v`, `\f`, U+001C..U+001E, U+0085,
 /// U+2028 and U+2029.
-fn splitlines(s: &str, keepends: bool) -> Vec<&str> {
+pub(crate) fn splitlines(s: &str, keepends: bool) -> Vec<&str> {
     let mut lines = Vec::new();
     let mut start = 0;
     let mut iter = s.char_indices().peekable();

@@ -152,3 +152,38 @@ fn known_differences_from_jinja2() {
         "[1, \"a\"]0.0000001"
     );
 }
+
+#[test]
+fn indent_matches_jinja2() {
+    // Expected values from Jinja2 3.1's `do_indent`.
+    let cases = [
+        (r"{{ '{\n'|indent(4, first=true) }}", "    {\n"),
+        (r"{{ 'a\nb\n\nc'|indent(2) }}", "a\n  b\n\n  c"),
+        (r"{{ 'a\nb\n\nc\n'|indent(2, true, true) }}", "  a\n  b\n  \n  c\n  "),
+        ("{{ 'x\r\ny\u{2028}z'|indent('> ') }}", "x\n> y\n> z"),
+        (r"{{ ''|indent(first=true) }}|{{ 'q'|indent(width=3, blank=true) }}", "    |q"),
+    ];
+    for (src, want) in cases {
+        assert_eq!(render(src, serde_json::json!([])).unwrap().text, want, "{src}");
+    }
+    let err = render("{{ 5|indent }}", serde_json::json!([])).unwrap_err().to_string();
+    assert!(err.contains("indent expects a string"), "{err}");
+}
+
+#[test]
+fn markup_plus_is_refused_only_where_it_runs() {
+    // functionary-medium-v3.1's shape: Jinja2 would write `Use &#39;f&#39;`, minijinja `Use 'f'`.
+    let src = "{% if tools %}{% for t in tools %}{{ \"Use '\"|safe + t.name + \"'\"|safe }}{% endfor %}{% endif %}\
+               {% for m in messages %}{{ m.content }}{% endfor %}";
+    let template = ChatTemplate::new(src).unwrap();
+    let messages = serde_json::json!([{"role": "user", "content": "hi"}]);
+    let plain = template.render(&messages, false, &SpecialTokens::new(), None).unwrap();
+    assert_eq!(plain.text, "hi");
+    let mut extra = Map::new();
+    extra.insert("tools".into(), serde_json::json!([{"name": "f"}]));
+    let err = template.render(&messages, false, &SpecialTokens::new(), Some(&extra)).unwrap_err().to_string();
+    assert!(err.contains("Markup") && err.contains("refuses"), "{err}");
+    // `~` with a safe string prints the same in Jinja2: not refused.
+    let tilde = ChatTemplate::new("{{ '<a>' ~ (messages[0].content | safe) ~ '</a>' }}").unwrap();
+    assert_eq!(tilde.render(&messages, false, &SpecialTokens::new(), None).unwrap().text, "<a>hi</a>");
+}

@@ -2,8 +2,9 @@
 //!
 //! HF's `AddedVocabulary` matches in two passes, each leftmost-longest: first the tokens with
 //! `normalized = false` over the raw text, then the `normalized = true` tokens over each normalized
-//! remainder. The fast path only runs where normalization is the identity, so both passes work on the
-//! original text; the caller checks that between the passes.
+//! remainder. Where normalization is the identity (checked by the caller between the passes), both
+//! passes work on the original text; a SentencePiece-style space normalizer builds the normalized
+//! text for the second pass itself (`super::metaspace`).
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
@@ -97,6 +98,11 @@ impl AddedTokens {
             None if text.is_empty() => {}
             None => out.push(Piece::Text { start: 0, end: text.len() }),
         }
+    }
+
+    /// Whether there are `normalized = true` tokens (a second pass to run).
+    pub(crate) fn has_normalized(&self) -> bool {
+        self.normalized.is_some()
     }
 
     /// Second pass: split `text[start..end]` (normalized, i.e. unchanged) on the `normalized = true` tokens.

@@ -84,6 +84,8 @@ pub(crate) struct Buffers {
     pub word_ids: Vec<u32>,
     /// Byte lengths of `word_ids`.
     pub word_lens: Vec<u32>,
+    /// A word's cache key, when it is not the word's bytes.
+    pub key: Vec<u8>,
 }
 
 #[derive(Default)]

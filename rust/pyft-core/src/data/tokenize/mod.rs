@@ -1,26 +1,38 @@
-//! Tokenization with HF `tokenizers`' exact ids, faster for byte-level BPE.
+//! Tokenization with HF `tokenizers`' exact ids and offsets, faster for BPE.
 //!
 //! A [`Tokenizer`] loads a `tokenizer.json` twice: into the `tokenizers` crate (always, for decoding
-//! and as the fallback) and, when the file is a byte-level BPE that the fast path reproduces exactly
-//! (GPT-2 / Llama-3 / Qwen2 style), into a hand-optimized encoder. Which one encodes is decided at load
-//! time ([`Tokenizer::backend`], [`Tokenizer::fallback_reason`]); the one per-text exception is input
-//! that an NFC normalizer would change, which HF encodes.
+//! and as the fallback) and, when the file is a BPE that the fast path reproduces exactly, into a
+//! hand-optimized encoder. Which one encodes is decided at load time ([`Tokenizer::backend`],
+//! [`Tokenizer::fallback_reason`]); the per-text exceptions are input that an NFC normalizer would
+//! change and, for a byte-level vocabulary missing some byte tokens (StarCoder, Falcon), input holding
+//! such a byte: HF encodes those.
 //!
-//! Fast path (`Backend::FastBpe`): model `BPE` without dropout, subword prefix or suffix, with all 256
-//! byte tokens (`ignore_merges` supported); normalizer none or NFC; pre-tokenizer `ByteLevel`
-//! (any `add_prefix_space` / `use_regex`) optionally preceded by isolating `Split`s and `Digits` (the
-//! GPT-2, Llama-3 / cl100k, Qwen2 and Qwen3.5 regexes are hand-scanned, other regexes run on Oniguruma
-//! as in HF); added tokens
-//! without `single_word` / `lstrip` / `rstrip`; post-processor none, `TemplateProcessing`,
-//! `ByteLevel`, `BertProcessing`, `RobertaProcessing` or a `Sequence` of them; no truncation or padding.
-//! Everything else (`Backend::Hf`): SentencePiece-style BPE, Unigram, WordPiece, other normalizers, ...
+//! Fast path (`Backend::FastBpe`), for model `BPE` without dropout and with no subword prefix or suffix
+//! (`null` or `""`), no truncation or padding, added tokens without `single_word` / `lstrip` /
+//! `rstrip`, and post-processor none, `TemplateProcessing`, `ByteLevel`, `BertProcessing`,
+//! `RobertaProcessing` or a `Sequence` of them:
+//! - byte-level BPE (GPT-2, Llama 3, Qwen2 / Qwen3.5, DeepSeek, StarCoder, Falcon, ...): normalizer none
+//!   or NFC; pre-tokenizer one `ByteLevel` (any `add_prefix_space` / `use_regex`) with isolating
+//!   `Split`s, `Digits` and `Punctuation` before it and `Split`s / `Digits` after it (the GPT-2,
+//!   Llama-3 / cl100k, Qwen2 and Qwen3.5 regexes are hand-scanned, other regexes run on Oniguruma as in
+//!   HF); `ignore_merges` supported -- `byte_level.rs`, `bpe.rs`;
+//! - SentencePiece-style BPE (Llama 2, Mistral v0.1, Phi-3, Gemma, ...): `byte_fallback` / `fuse_unk` /
+//!   `unk_token` (but not unknown chars vanishing: no unknown token and an incomplete byte fallback);
+//!   either the `Metaspace` pre-tokenizer (any `prepend_scheme`, `split`) with normalizer none or NFC,
+//!   or the normalizer `Replace(" " -> "▁")` with an optional `Prepend("▁")` and no pre-tokenizer
+//!   (then no `normalized = true` added tokens); no `ignore_merges` -- `metaspace.rs`, `spm.rs`.
+//!
+//! Everything else (`Backend::Hf`): Unigram, WordPiece, other normalizers or pre-tokenizers, ...
 
 mod added;
 mod bpe;
+mod byte_level;
 mod cache;
 mod fast;
+mod metaspace;
 mod post;
 mod pretok;
+mod spm;
 mod unicode;
 
 use std::fmt;

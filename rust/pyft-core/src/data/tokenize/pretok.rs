@@ -4,12 +4,12 @@
 //! (Llama-3 / cl100k, Qwen2 / Qwen3, Qwen3.5) get hand-written scanners; they reproduce Oniguruma's
 //! leftmost-first alternation, greedy quantifiers and the `\s+(?!\S)` lookahead (the tests compare
 //! them with Oniguruma on random text). Any other `Split` pattern runs on Oniguruma itself
-//! ([`SysRegex`]), the engine HF uses, so the splits are the same by construction. HF's `Digits`
-//! pre-tokenizer is a plain character split.
+//! ([`SysRegex`]), the engine HF uses, so the splits are the same by construction. HF's `Digits` and
+//! `Punctuation` pre-tokenizers are plain character splits.
 
 use tokenizers::utils::SysRegex;
 
-use super::unicode::{ascii_classes, class_of, Class};
+use super::unicode::{ascii_classes, class_of, is_hf_punctuation, Class};
 
 /// The regex of HF's `ByteLevel` pre-tokenizer (`use_regex = true`).
 pub(crate) const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
@@ -72,6 +72,11 @@ pub(crate) enum Splitter {
         /// Each numeric char alone (`true`), or runs of them (`false`).
         individual: bool,
     },
+    /// HF's `Punctuation` pre-tokenizer (ASCII punctuation and Unicode `P*`, as HF tests them).
+    Punctuation {
+        /// Runs of punctuation (`Contiguous`) instead of each char alone (`Isolated`).
+        contiguous: bool,
+    },
 }
 
 impl Splitter {
@@ -95,27 +100,32 @@ impl Splitter {
                     out.push((prev, s.len()));
                 }
             }
-            Splitter::Digits { individual } => {
-                let (mut start, mut in_digits) = (0, false);
-                for (i, c) in s.char_indices() {
-                    let digit = c.is_numeric();
-                    if *individual && digit {
-                        if start < i {
-                            out.push((start, i));
-                        }
-                        start = i + c.len_utf8();
-                        out.push((i, start));
-                    } else if !*individual && digit != in_digits && start < i {
-                        out.push((start, i));
-                        start = i;
-                    }
-                    in_digits = digit;
-                }
-                if start < s.len() {
-                    out.push((start, s.len()));
-                }
-            }
+            Splitter::Digits { individual } => split_chars(s, char::is_numeric, *individual, out),
+            Splitter::Punctuation { contiguous } => split_chars(s, is_hf_punctuation, !*contiguous, out),
         }
+    }
+}
+
+/// HF's `NormalizedString::split` on a char predicate: each matching char alone (`isolated`, HF's
+/// `Isolated`) or runs of them (HF's `Contiguous`), and the runs of other chars between them.
+fn split_chars(s: &str, matches: impl Fn(char) -> bool, isolated: bool, out: &mut Vec<(usize, usize)>) {
+    let (mut start, mut in_run) = (0, false);
+    for (i, c) in s.char_indices() {
+        let hit = matches(c);
+        if isolated && hit {
+            if start < i {
+                out.push((start, i));
+            }
+            start = i + c.len_utf8();
+            out.push((i, start));
+        } else if !isolated && hit != in_run && start < i {
+            out.push((start, i));
+            start = i;
+        }
+        in_run = hit;
+    }
+    if start < s.len() {
+        out.push((start, s.len()));
     }
 }
 
@@ -432,6 +442,24 @@ mod tests {
         assert_eq!(split(false, "Hey 123 friend!"), ["Hey ", "123", " friend!"]);
         assert_eq!(split(false, "12a٣4"), ["12", "a", "٣4"]);
         assert_eq!(split(true, ""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn punctuation_splits_like_hf() {
+        use tokenizers::pre_tokenizers::punctuation::Punctuation;
+        use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior};
+        let behaviors = [(false, SplitDelimiterBehavior::Isolated), (true, SplitDelimiterBehavior::Contiguous)];
+        for (contiguous, behavior) in behaviors {
+            for s in ["Hey friend!     How are you?!?", "a...b--c «x» ¿y? 1,2", "", "!!", "日本。、x", "$+<=>^`|~"] {
+                let mut ours = vec![];
+                Splitter::Punctuation { contiguous }.split(s, &mut ours);
+                let mut hf = PreTokenizedString::from(s);
+                Punctuation::new(behavior).pre_tokenize(&mut hf).unwrap();
+                let splits = hf.get_splits(OffsetReferential::Original, OffsetType::Byte);
+                let hf: Vec<(usize, usize)> = splits.into_iter().map(|(_, o, _)| o).collect();
+                assert_eq!(ours, hf, "{s:?} contiguous={contiguous}");
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! `regex` crate's or Rust's `char` methods (different Unicode versions, a different `\s`). To give
 //! identical splits we ask the very same Oniguruma build (the one `tokenizers` links) which code points
 //! match each class, once per process, and store the answer in a two-level table (~40 KiB).
+//!
+//! HF's `Punctuation` pre-tokenizer tests chars in Rust instead (ASCII punctuation, or a general
+//! category `P*` from its own Unicode tables); [`is_hf_punctuation`] asks that very pre-tokenizer, once
+//! per process, and keeps a bitset (~136 KiB).
 
 use std::sync::LazyLock;
 
@@ -54,6 +58,49 @@ pub(crate) fn class_of(c: char) -> Class {
 /// The classes of the ASCII code points (index = byte value).
 pub(crate) fn ascii_classes() -> &'static [Class; 128] {
     &TABLE.ascii
+}
+
+/// Bit `cp` is set for each punctuation code point; `None` if HF's pre-tokenizer failed on the probe.
+static PUNCTUATION: LazyLock<Option<Vec<u64>>> = LazyLock::new(build_punctuation);
+
+/// Whether [`is_hf_punctuation`] is exact (checked when a tokenizer with a `Punctuation` step loads).
+pub(crate) fn punctuation_known() -> bool {
+    PUNCTUATION.is_some()
+}
+
+/// Whether HF's `Punctuation` pre-tokenizer splits at `c` (`false` for all if not
+/// [`punctuation_known`]).
+pub(crate) fn is_hf_punctuation(c: char) -> bool {
+    let cp = c as usize;
+    PUNCTUATION.as_ref().is_some_and(|bits| bits[cp / 64] >> (cp % 64) & 1 == 1)
+}
+
+/// Run HF's `Punctuation` (isolating) over every probed char, each between two `a`s: a piece that is
+/// one char other than `a` is a punctuation char.
+fn build_punctuation() -> Option<Vec<u64>> {
+    use tokenizers::pre_tokenizers::punctuation::Punctuation;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior};
+
+    let mut bits = vec![0u64; 0x11_0000 / 64];
+    let mut probe = String::with_capacity(1 << 21);
+    for &(lo, hi) in &PROBED {
+        for c in (lo..hi).filter_map(char::from_u32) {
+            probe.push('a');
+            probe.push(c);
+        }
+    }
+    probe.push('a');
+    let mut pieces = PreTokenizedString::from(probe.as_str());
+    Punctuation::new(SplitDelimiterBehavior::Isolated).pre_tokenize(&mut pieces).ok()?;
+    for (piece, _, _) in pieces.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+        let mut chars = piece.chars();
+        if let (Some(c), None) = (chars.next(), chars.next()) {
+            if c != 'a' {
+                bits[c as usize / 64] |= 1 << (c as usize % 64);
+            }
+        }
+    }
+    Some(bits)
 }
 
 /// Code point ranges probed with Oniguruma. Planes 4-13 are unassigned and planes 15-16 are private
@@ -123,6 +170,17 @@ mod tests {
         assert_eq!(class_of('\u{64b}'), Class::Mark);
         assert_eq!(class_of('😀'), Class::Other);
         assert_eq!(class_of('\u{10FFFF}'), Class::Other);
+    }
+
+    #[test]
+    fn punctuation_is_hf_punctuation() {
+        assert!(punctuation_known());
+        for c in ['!', '.', '$', '+', '~', '«', '¿', '。', '、', '‐'] {
+            assert!(is_hf_punctuation(c), "{c:?}");
+        }
+        for c in ['a', '1', ' ', '\n', '½', '€', '😀', '\u{10ffff}'] {
+            assert!(!is_hf_punctuation(c), "{c:?}");
+        }
     }
 
     #[test]
