@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::bpe::{byte_chars, BpeModel};
-use super::cache::{Buffers, WordCache};
+use super::cache::Sink;
 use super::fast::{ceil_char, floor_char};
 use super::pretok::{scan, Scheme, Splitter};
 
@@ -60,19 +60,15 @@ impl ByteLevel {
     }
 
     /// Pre-tokenize and BPE `text[start..end]` (no added tokens inside).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode_text(
         &self,
         text: &str,
         start: usize,
         end: usize,
-        words: &mut WordCache,
-        buffers: &mut Buffers,
-        ids: &mut Vec<u32>,
-        offsets: &mut Vec<(u32, u32)>,
+        out: &mut Sink<'_>,
     ) {
-        let mut splits = std::mem::take(&mut buffers.splits);
-        let mut next = std::mem::take(&mut buffers.splits_next);
+        let mut splits = std::mem::take(&mut out.buffers.splits);
+        let mut next = std::mem::take(&mut out.buffers.splits_next);
         splits.clear();
         splits.push((start, end));
         for splitter in &self.splits {
@@ -88,32 +84,28 @@ impl ByteLevel {
             std::mem::swap(&mut splits, &mut next);
         }
         for &(p0, p1) in &splits {
-            self.byte_level_piece(text, p0, p1, words, buffers, ids, offsets);
+            self.byte_level_piece(text, p0, p1, out);
         }
-        buffers.splits = splits;
-        buffers.splits_next = next;
+        out.buffers.splits = splits;
+        out.buffers.splits_next = next;
     }
 
     /// HF's `ByteLevel` pre-tokenizer on one piece `text[p0..p1]`, then BPE on each word.
-    #[allow(clippy::too_many_arguments)]
     fn byte_level_piece(
         &self,
         text: &str,
         p0: usize,
         p1: usize,
-        words: &mut WordCache,
-        buffers: &mut Buffers,
-        ids: &mut Vec<u32>,
-        offsets: &mut Vec<(u32, u32)>,
+        out: &mut Sink<'_>,
     ) {
         let piece = &text[p0..p1];
         let prefixed = self.add_prefix_space && !piece.starts_with(' ');
         if !prefixed && !self.use_regex {
-            self.word(text, piece.as_bytes(), Origin::Plain(p0), words, buffers, ids, offsets);
+            self.word(text, piece.as_bytes(), Origin::Plain(p0), out);
             return;
         }
-        let mut spaced = std::mem::take(&mut buffers.prefixed);
-        let mut ranges = std::mem::take(&mut buffers.words);
+        let mut spaced = std::mem::take(&mut out.buffers.prefixed);
+        let mut ranges = std::mem::take(&mut out.buffers.words);
         spaced.clear();
         if prefixed {
             spaced.push(' ');
@@ -131,40 +123,36 @@ impl ByteLevel {
                 (true, a) => Origin::Plain(p0 + a - 1),
                 (false, a) => Origin::Plain(p0 + a),
             };
-            self.word(text, &spaced.as_bytes()[a..b], origin, words, buffers, ids, offsets);
+            self.word(text, &spaced.as_bytes()[a..b], origin, out);
         }
-        buffers.prefixed = spaced;
-        buffers.words = ranges;
+        out.buffers.prefixed = spaced;
+        out.buffers.words = ranges;
     }
 
     /// BPE one word (through the cache) and append its tokens.
-    #[allow(clippy::too_many_arguments)]
     fn word(
         &self,
         text: &str,
         word: &[u8],
         origin: Origin,
-        words: &mut WordCache,
-        buffers: &mut Buffers,
-        ids: &mut Vec<u32>,
-        offsets: &mut Vec<(u32, u32)>,
+        out: &mut Sink<'_>,
     ) {
-        if let Some((word_ids, lens)) = words.get(word) {
-            push_tokens(text, word_ids, lens, origin, ids, offsets);
+        if let Some((word_ids, lens)) = out.words.get(word) {
+            push_tokens(text, word_ids, lens, origin, &mut out.ids, &mut out.offsets);
             return;
         }
-        buffers.word_ids.clear();
-        buffers.word_lens.clear();
+        out.buffers.word_ids.clear();
+        out.buffers.word_lens.clear();
         if self.after.is_empty() {
-            self.bpe.tokenize_word(word, &mut buffers.word_ids, &mut buffers.word_lens, &mut buffers.scratch);
+            self.bpe.tokenize_word(word, &mut out.buffers.word_ids, &mut out.buffers.word_lens, &mut out.buffers.scratch);
         } else {
             for (a, b) in self.split_after(word) {
                 let sub = &word[a..b];
-                self.bpe.tokenize_word(sub, &mut buffers.word_ids, &mut buffers.word_lens, &mut buffers.scratch);
+                self.bpe.tokenize_word(sub, &mut out.buffers.word_ids, &mut out.buffers.word_lens, &mut out.buffers.scratch);
             }
         }
-        words.insert(word, &buffers.word_ids, &buffers.word_lens);
-        push_tokens(text, &buffers.word_ids, &buffers.word_lens, origin, ids, offsets);
+        out.words.insert(word, &out.buffers.word_ids, &out.buffers.word_lens);
+        push_tokens(text, &out.buffers.word_ids, &out.buffers.word_lens, origin, &mut out.ids, &mut out.offsets);
     }
 
     /// The pieces of `word` (raw bytes) under the steps after `ByteLevel`, as byte ranges of `word`.

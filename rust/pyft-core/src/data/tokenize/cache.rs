@@ -88,6 +88,18 @@ pub(crate) struct Buffers {
     pub key: Vec<u8>,
 }
 
+/// One encode call in progress: the thread's word cache and buffers, and the tokens appended so far.
+pub(crate) struct Sink<'a> {
+    /// Tokenizations of the words this thread has seen.
+    pub words: &'a mut WordCache,
+    /// Working memory reused across calls.
+    pub buffers: &'a mut Buffers,
+    /// Token ids, in order.
+    pub ids: Vec<u32>,
+    /// Per token, the byte range `[start, end)` of the text it came from.
+    pub offsets: Vec<(u32, u32)>,
+}
+
 #[derive(Default)]
 struct Local {
     /// (instance id, its cache), most recently used last.

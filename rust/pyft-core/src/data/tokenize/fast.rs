@@ -21,7 +21,7 @@ use unicode_normalization::{is_nfc, is_nfc_quick, IsNormalized};
 
 use super::added::{AddedToken, AddedTokens, Piece};
 use super::byte_level::ByteLevel;
-use super::cache;
+use super::cache::{self, Sink};
 use super::metaspace::Metaspace;
 use super::post::{trim_counts, PostPlan, TrimTable};
 use super::Encoding;
@@ -111,18 +111,22 @@ impl FastEncoder {
             }
         }
         cache::with_local(self.instance, |words, buffers| {
-            let mut ids = Vec::with_capacity(text.len() / 3 + 4);
-            let mut offsets = Vec::with_capacity(text.len() / 3 + 4);
-            let mut pieces = std::mem::take(&mut buffers.pieces);
-            let mut sub_pieces = std::mem::take(&mut buffers.sub_pieces);
+            let mut out = Sink {
+                words,
+                buffers,
+                ids: Vec::with_capacity(text.len() / 3 + 4),
+                offsets: Vec::with_capacity(text.len() / 3 + 4),
+            };
+            let mut pieces = std::mem::take(&mut out.buffers.pieces);
+            let mut sub_pieces = std::mem::take(&mut out.buffers.sub_pieces);
             pieces.clear();
             self.added.split_raw(text, &mut pieces);
             let mut ok = true;
             for &piece in &pieces {
                 match piece {
                     Piece::Added { id, start, end } => {
-                        ids.push(id);
-                        offsets.push((start as u32, end as u32));
+                        out.ids.push(id);
+                        out.offsets.push((start as u32, end as u32));
                     }
                     Piece::Text { start, end } => {
                         if self.nfc && !is_nfc_fast(&text[start..end]) {
@@ -131,8 +135,7 @@ impl FastEncoder {
                         }
                         if let Model::Metaspace(m) = &self.model {
                             if m.by_normalizer() && self.added.has_normalized() {
-                                let (added, ids, offsets) = (&self.added, &mut ids, &mut offsets);
-                                m.encode_normalized(text, start, end, added, words, buffers, ids, offsets);
+                                m.encode_normalized(text, start, end, &self.added, &mut out);
                                 continue;
                             }
                         }
@@ -141,26 +144,22 @@ impl FastEncoder {
                         for &sub in &sub_pieces {
                             match sub {
                                 Piece::Added { id, start, end } => {
-                                    ids.push(id);
-                                    offsets.push((start as u32, end as u32));
+                                    out.ids.push(id);
+                                    out.offsets.push((start as u32, end as u32));
                                 }
                                 Piece::Text { start, end } => match &self.model {
-                                    Model::ByteLevel(b) => {
-                                        b.encode_text(text, start, end, words, buffers, &mut ids, &mut offsets)
-                                    }
-                                    Model::Metaspace(m) => {
-                                        m.encode_piece(text, start, end, words, buffers, &mut ids, &mut offsets)
-                                    }
+                                    Model::ByteLevel(b) => b.encode_text(text, start, end, &mut out),
+                                    Model::Metaspace(m) => m.encode_piece(text, start, end, &mut out),
                                 },
                             }
                         }
                     }
                 }
             }
-            buffers.pieces = pieces;
-            buffers.sub_pieces = sub_pieces;
+            out.buffers.pieces = pieces;
+            out.buffers.sub_pieces = sub_pieces;
             ok.then(|| {
-                let (ids, offsets) = self.post.apply(ids, offsets, add_special_tokens, &self.trim);
+                let (ids, offsets) = self.post.apply(out.ids, out.offsets, add_special_tokens, &self.trim);
                 Encoding { ids, offsets }
             })
         })

@@ -18,7 +18,7 @@
 use serde_json::Value;
 
 use super::added::{AddedTokens, Piece};
-use super::cache::{Buffers, WordCache};
+use super::cache::Sink;
 use super::spm::SpmModel;
 use super::fast::{ceil_char, floor_char};
 
@@ -124,17 +124,13 @@ impl Metaspace {
     /// normalizer rewrites it and `added` has `normalized = true` tokens: build the normalized text
     /// with each byte's original range (HF's alignments), split it on those tokens, and tokenize the
     /// stretches between them (a stretch at the start keeps the prepended `▁`).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode_normalized(
         &self,
         text: &str,
         start: usize,
         end: usize,
         added: &AddedTokens,
-        words: &mut WordCache,
-        buffers: &mut Buffers,
-        ids: &mut Vec<u32>,
-        offsets: &mut Vec<(u32, u32)>,
+        out: &mut Sink<'_>,
     ) {
         let meta = self.model.meta();
         let piece = &text[start..end];
@@ -153,14 +149,14 @@ impl Metaspace {
         for sub in pieces {
             match sub {
                 Piece::Added { id, start: a, end: b } => {
-                    ids.push(id);
-                    offsets.push((align[a].0 as u32, align[b - 1].1 as u32));
+                    out.ids.push(id);
+                    out.offsets.push((align[a].0 as u32, align[b - 1].1 as u32));
                 }
                 Piece::Text { start: a, end: b } => {
                     // A stretch that holds the prepended `▁` starts at the piece; it may be only that.
                     let from = if a < prefix_len { start } else { align[a].0 };
                     let to = if b <= prefix_len { start } else { align[b - 1].1 };
-                    self.encode_words(text, from, to, a < prefix_len, words, buffers, ids, offsets);
+                    self.encode_words(text, from, to, a < prefix_len, out);
                 }
             }
         }
@@ -174,16 +170,12 @@ impl Metaspace {
 
     /// Tokenize the piece `text[start..end]` (non-empty, no added tokens inside), appending ids and
     /// offsets (bytes of `text`).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode_piece(
         &self,
         text: &str,
         start: usize,
         end: usize,
-        words: &mut WordCache,
-        buffers: &mut Buffers,
-        ids: &mut Vec<u32>,
-        offsets: &mut Vec<(u32, u32)>,
+        out: &mut Sink<'_>,
     ) {
         let mut utf8 = [0u8; 4];
         let meta = self.model.meta().encode_utf8(&mut utf8).as_bytes();
@@ -194,22 +186,18 @@ impl Metaspace {
             Prepend::Always => !starts_with_meta,
             Prepend::Normalizer => true,
         };
-        self.encode_words(text, start, end, prefixed, words, buffers, ids, offsets);
+        self.encode_words(text, start, end, prefixed, out);
     }
 
     /// Cut `text[start..end]` (after a prepended `▁` if `prefixed`; empty only then) into words and
     /// tokenize them.
-    #[allow(clippy::too_many_arguments)]
     fn encode_words(
         &self,
         text: &str,
         start: usize,
         end: usize,
         prefixed: bool,
-        words: &mut WordCache,
-        buffers: &mut Buffers,
-        ids: &mut Vec<u32>,
-        offsets: &mut Vec<(u32, u32)>,
+        out: &mut Sink<'_>,
     ) {
         let mut utf8 = [0u8; 4];
         let meta = self.model.meta().encode_utf8(&mut utf8).as_bytes();
@@ -229,32 +217,28 @@ impl Metaspace {
                 }
                 let cut_here = self.cut == Cut::EveryMeta || !prev_meta;
                 if cut_here && i > word_start {
-                    self.word(text, word_start, i, prefixed && word_start == start, words, buffers, ids, offsets);
+                    self.word(text, word_start, i, prefixed && word_start == start, out);
                     word_start = i;
                 }
                 prev_meta = true;
                 i += n;
             }
         }
-        self.word(text, word_start, end, prefixed && word_start == start, words, buffers, ids, offsets);
+        self.word(text, word_start, end, prefixed && word_start == start, out);
     }
 
     /// Tokenize one word `text[start..end]` (after a prepended `▁` if `prefixed`) through the cache.
-    #[allow(clippy::too_many_arguments)]
     fn word(
         &self,
         text: &str,
         start: usize,
         end: usize,
         prefixed: bool,
-        words: &mut WordCache,
-        buffers: &mut Buffers,
-        ids: &mut Vec<u32>,
-        offsets: &mut Vec<(u32, u32)>,
+        out: &mut Sink<'_>,
     ) {
         let word = &text[start..end];
         // A prefixed word is cached under a key no UTF-8 text has: 0xFF then its bytes.
-        let mut prefixed_key = std::mem::take(&mut buffers.key);
+        let mut prefixed_key = std::mem::take(&mut out.buffers.key);
         let key = if prefixed {
             prefixed_key.clear();
             prefixed_key.push(0xFF);
@@ -263,16 +247,16 @@ impl Metaspace {
         } else {
             word.as_bytes()
         };
-        if let Some((word_ids, lens)) = words.get(key) {
-            push_tokens(text, start, word_ids, lens, ids, offsets);
+        if let Some((word_ids, lens)) = out.words.get(key) {
+            push_tokens(text, start, word_ids, lens, &mut out.ids, &mut out.offsets);
         } else {
-            buffers.word_ids.clear();
-            buffers.word_lens.clear();
-            self.model.tokenize(word, prefixed, &mut buffers.word_ids, &mut buffers.word_lens, &mut buffers.scratch);
-            words.insert(key, &buffers.word_ids, &buffers.word_lens);
-            push_tokens(text, start, &buffers.word_ids, &buffers.word_lens, ids, offsets);
+            out.buffers.word_ids.clear();
+            out.buffers.word_lens.clear();
+            self.model.tokenize(word, prefixed, &mut out.buffers.word_ids, &mut out.buffers.word_lens, &mut out.buffers.scratch);
+            out.words.insert(key, &out.buffers.word_ids, &out.buffers.word_lens);
+            push_tokens(text, start, &out.buffers.word_ids, &out.buffers.word_lens, &mut out.ids, &mut out.offsets);
         }
-        buffers.key = prefixed_key;
+        out.buffers.key = prefixed_key;
     }
 }
 
