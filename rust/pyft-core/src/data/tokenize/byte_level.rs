@@ -60,13 +60,7 @@ impl ByteLevel {
     }
 
     /// Pre-tokenize and BPE `text[start..end]` (no added tokens inside).
-    pub(crate) fn encode_text(
-        &self,
-        text: &str,
-        start: usize,
-        end: usize,
-        out: &mut Sink<'_>,
-    ) {
+    pub(crate) fn encode_text(&self, text: &str, start: usize, end: usize, out: &mut Sink<'_>) {
         let mut splits = std::mem::take(&mut out.buffers.splits);
         let mut next = std::mem::take(&mut out.buffers.splits_next);
         splits.clear();
@@ -91,13 +85,7 @@ impl ByteLevel {
     }
 
     /// HF's `ByteLevel` pre-tokenizer on one piece `text[p0..p1]`, then BPE on each word.
-    fn byte_level_piece(
-        &self,
-        text: &str,
-        p0: usize,
-        p1: usize,
-        out: &mut Sink<'_>,
-    ) {
+    fn byte_level_piece(&self, text: &str, p0: usize, p1: usize, out: &mut Sink<'_>) {
         let piece = &text[p0..p1];
         let prefixed = self.add_prefix_space && !piece.starts_with(' ');
         if !prefixed && !self.use_regex {
@@ -130,13 +118,7 @@ impl ByteLevel {
     }
 
     /// BPE one word (through the cache) and append its tokens.
-    fn word(
-        &self,
-        text: &str,
-        word: &[u8],
-        origin: Origin,
-        out: &mut Sink<'_>,
-    ) {
+    fn word(&self, text: &str, word: &[u8], origin: Origin, out: &mut Sink<'_>) {
         if let Some((word_ids, lens)) = out.words.get(word) {
             push_tokens(text, word_ids, lens, origin, &mut out.ids, &mut out.offsets);
             return;

@@ -170,13 +170,7 @@ impl Metaspace {
 
     /// Tokenize the piece `text[start..end]` (non-empty, no added tokens inside), appending ids and
     /// offsets (bytes of `text`).
-    pub(crate) fn encode_piece(
-        &self,
-        text: &str,
-        start: usize,
-        end: usize,
-        out: &mut Sink<'_>,
-    ) {
+    pub(crate) fn encode_piece(&self, text: &str, start: usize, end: usize, out: &mut Sink<'_>) {
         let mut utf8 = [0u8; 4];
         let meta = self.model.meta().encode_utf8(&mut utf8).as_bytes();
         let starts_with_meta = meta_len(&text.as_bytes()[..end], start, meta) > 0;
@@ -191,14 +185,7 @@ impl Metaspace {
 
     /// Cut `text[start..end]` (after a prepended `▁` if `prefixed`; empty only then) into words and
     /// tokenize them.
-    fn encode_words(
-        &self,
-        text: &str,
-        start: usize,
-        end: usize,
-        prefixed: bool,
-        out: &mut Sink<'_>,
-    ) {
+    fn encode_words(&self, text: &str, start: usize, end: usize, prefixed: bool, out: &mut Sink<'_>) {
         let mut utf8 = [0u8; 4];
         let meta = self.model.meta().encode_utf8(&mut utf8).as_bytes();
         let bytes = &text.as_bytes()[..end];
@@ -228,14 +215,7 @@ impl Metaspace {
     }
 
     /// Tokenize one word `text[start..end]` (after a prepended `▁` if `prefixed`) through the cache.
-    fn word(
-        &self,
-        text: &str,
-        start: usize,
-        end: usize,
-        prefixed: bool,
-        out: &mut Sink<'_>,
-    ) {
+    fn word(&self, text: &str, start: usize, end: usize, prefixed: bool, out: &mut Sink<'_>) {
         let word = &text[start..end];
         // A prefixed word is cached under a key no UTF-8 text has: 0xFF then its bytes.
         let mut prefixed_key = std::mem::take(&mut out.buffers.key);
