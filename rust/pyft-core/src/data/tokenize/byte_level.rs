@@ -65,18 +65,7 @@ impl ByteLevel {
         let mut next = std::mem::take(&mut out.buffers.splits_next);
         splits.clear();
         splits.push((start, end));
-        for splitter in &self.splits {
-            next.clear();
-            for &(p0, p1) in &splits {
-                let first = next.len();
-                splitter.split(&text[p0..p1], &mut next);
-                for range in &mut next[first..] {
-                    range.0 += p0;
-                    range.1 += p0;
-                }
-            }
-            std::mem::swap(&mut splits, &mut next);
-        }
+        apply_splits(&self.splits, text, &mut splits, &mut next);
         for &(p0, p1) in &splits {
             self.byte_level_piece(text, p0, p1, out);
         }
@@ -150,19 +139,23 @@ impl ByteLevel {
         }
         index[mapped.len()] = word.len();
         let mut pieces = vec![(0, mapped.len())];
-        let mut next = vec![];
-        for splitter in &self.after {
-            next.clear();
-            for &(p0, p1) in &pieces {
-                let first = next.len();
-                splitter.split(&mapped[p0..p1], &mut next);
-                for range in &mut next[first..] {
-                    *range = (range.0 + p0, range.1 + p0);
-                }
-            }
-            std::mem::swap(&mut pieces, &mut next);
-        }
+        apply_splits(&self.after, &mapped, &mut pieces, &mut vec![]);
         pieces.into_iter().map(|(a, b)| (index[a], index[b])).collect()
+    }
+}
+
+/// Refine `pieces` (byte ranges of `text`) by each splitter in turn; `next` is scratch space.
+fn apply_splits(splitters: &[Splitter], text: &str, pieces: &mut Vec<(usize, usize)>, next: &mut Vec<(usize, usize)>) {
+    for splitter in splitters {
+        next.clear();
+        for &(p0, p1) in pieces.iter() {
+            let first = next.len();
+            splitter.split(&text[p0..p1], next);
+            for range in &mut next[first..] {
+                *range = (range.0 + p0, range.1 + p0);
+            }
+        }
+        std::mem::swap(pieces, next);
     }
 }
 
