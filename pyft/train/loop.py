@@ -248,11 +248,12 @@ class Trainer:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        metrics = {**step_metrics, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens}
         if overflow:
             print(f"[warning] step {self.step}: fp16 gradients overflowed; update skipped, loss scale lowered to "
                   f"{self.scaler.get_scale():g}", file=sys.stderr)
-            return {**step_metrics, "lr": lr, "grad_norm": grad_norm, "skipped": 1.0, "tokens": n_tokens}
-        return {**step_metrics, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens}
+            metrics["skipped"] = 1.0
+        return metrics
 
     @torch.no_grad()
     def evaluate_metrics(self) -> dict[str, float]:
