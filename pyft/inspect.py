@@ -8,7 +8,9 @@ imported.
 - :func:`read_safetensors_header` — the validated header of one safetensors file.
 
 Every malformed input raises :class:`pyft.errors.DataError` naming the file (``.file``) and the
-defect; a missing path raises :class:`FileNotFoundError`.
+defect; a missing path raises :class:`FileNotFoundError`. Only regular files are read (symlinks
+followed): a FIFO or a device is refused before it is opened for reading, so nothing blocks or
+reads without end.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pyft.errors import DataError
+from pyft.io.files import check_adapter_config, check_regular, data_error, open_regular, read_json_object
 
 __all__ = ["inspect_path", "format_summary", "read_safetensors_header", "LLAMA_FILE_TYPES",
            "VLLM_MAX_LORA_RANKS"]
@@ -59,9 +62,7 @@ _CONFIG_KEYS = ("architectures", "model_type", "hidden_size", "intermediate_size
 
 
 def _bad(path: str | os.PathLike[str], message: str) -> DataError:
-    err = DataError(f"{path}: {message}")
-    err.file, err.line, err.field = str(path), None, None
-    return err
+    return data_error(path, message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,8 +83,8 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         DataError: the file is not a valid safetensors file (message names the file).
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
             raise _bad(path, f"not a valid safetensors file: {size} bytes, too short for the header length")
@@ -136,26 +137,18 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"metadata": metadata, "tensors": tensors, "file_size": size}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(path, f"malformed JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise _bad(path, "expected a JSON object")
-    return value
-
-
 def _detect(path: Path) -> str:
     if path.is_dir():
-        if (path / "adapter_config.json").is_file():
+        # `exists`, not `is_file`: a FIFO or device under one of these names is refused when read,
+        # not taken for a missing file.
+        if (path / "adapter_config.json").exists():
             return "adapter"
-        if ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
-                or (path / "config.json").is_file()):
+        if ((path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
+                or (path / "config.json").exists()):
             return "model"
         raise _bad(path, "unknown kind: a directory without adapter_config.json, config.json or "
                          "model.safetensors")
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         magic = f.read(4)
     if magic == b"GGUF" or path.suffix == ".gguf":
         return "gguf"
@@ -184,6 +177,8 @@ def inspect_path(path: str | os.PathLike[str], *, tensors: bool = False) -> dict
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
+    if not p.is_dir():
+        check_regular(p)  # before anything opens it: the GGUF reader too
     kind = _detect(p)
     summarise = {"gguf": _summarise_gguf, "safetensors": _summarise_safetensors, "model": _summarise_model,
                  "adapter": _summarise_adapter}[kind]
@@ -298,8 +293,8 @@ def _config_highlights(config: dict[str, Any]) -> dict[str, Any]:
 
 def _model_shards(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+    if index.exists():
+        weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
             raise _bad(index, "no `weight_map` object of tensor name -> file name")
         shards = []
@@ -307,18 +302,18 @@ def _model_shards(path: Path) -> list[Path]:
             if Path(name).is_absolute() or ".." in Path(name).parts:
                 raise _bad(index, f"shard {name!r} is outside the model directory")
             shard = path / name
-            if not shard.is_file():
+            if not shard.exists():
                 raise _bad(index, f"lists {name} which does not exist")
             shards.append(shard)
         return shards
-    if (path / "model.safetensors").is_file():
+    if (path / "model.safetensors").exists():
         return [path / "model.safetensors"]
     raise _bad(path, "no model.safetensors or model.safetensors.index.json")
 
 
 def _summarise_model(path: Path, with_tensors: bool) -> dict[str, Any]:
     config_path = path / "config.json"
-    config = _config_highlights(_read_json(config_path)) if config_path.is_file() else None
+    config = _config_highlights(read_json_object(config_path)) if config_path.exists() else None
     shards = _model_shards(path)
     tensors: list[dict[str, Any]] = []
     shard_info = []
@@ -328,8 +323,8 @@ def _summarise_model(path: Path, with_tensors: bool) -> dict[str, Any]:
         shard_info.append({"file": shard.name, "tensors": len(header["tensors"]),
                            "bytes": header["file_size"]})
     index = path / "model.safetensors.index.json"
-    if index.is_file():
-        listed = set(_read_json(index)["weight_map"])
+    if index.exists():
+        listed = set(read_json_object(index)["weight_map"])
         found = {t["name"] for t in tensors}
         if listed != found:
             missing, extra = sorted(listed - found), sorted(found - listed)
@@ -372,9 +367,10 @@ def _serving_targets(cfg: dict[str, Any], max_rank: int) -> dict[str, dict[str, 
 
 
 def _summarise_adapter(path: Path, with_tensors: bool) -> dict[str, Any]:
-    cfg = _read_json(path / "adapter_config.json")
+    cfg = read_json_object(path / "adapter_config.json")
+    check_adapter_config(cfg, path / "adapter_config.json")
     weights = path / "adapter_model.safetensors"
-    if not weights.is_file():
+    if not weights.exists():
         raise _bad(path, "no adapter_model.safetensors (only safetensors adapters can be inspected)")
     header = read_safetensors_header(weights)
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")

@@ -67,12 +67,14 @@ def load_model(
     Returns:
         A ``transformers`` ``PreTrainedModel`` in eval mode.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from pyft.quant.loader import read_model_config
 
     p = check_model_dir(path)
     if quantize not in (None, "nf4"):
         raise ValueError(f"unknown quantize {quantize!r} (expected None or 'nf4')")
-    config = AutoConfig.from_pretrained(str(p), local_files_only=True)
+    _, config = read_model_config(p)  # a regular file holding a JSON object with well-typed fields
     if quantize == "nf4" or getattr(config, "quantization_config", None) is not None:
         import torch
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import pytest
 
@@ -79,3 +81,82 @@ def test_mix_ratio(tokenizer_dirs, tmp_path):
     # 81 task examples in train; 10% of the final training set from general -> 9 records.
     assert info.splits["train"]["examples"] == 90 and info.splits["validation"]["examples"] == 9
     assert info.counts["mix"][str(general)] == {"requested": 9, "taken": 9}
+
+
+def _cli(*args: str, timeout: float = 60, memory_limit: int | None = None):
+    """Run ``pyft ARGS`` in a subprocess: a read that blocks or never ends fails the test at
+    ``timeout`` instead of hanging the run, and ``memory_limit`` (bytes of address space) makes
+    one that reads without end fail fast instead of filling memory."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        if memory_limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+    return subprocess.run([sys.executable, "-m", "pyft.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_prepare_refuses_a_fifo_and_dev_zero(tokenizer_dirs, tmp_path):
+    fifo = tmp_path / "chats.jsonl"
+    os.mkfifo(fifo)
+    r = _cli("data", "prepare", str(fifo), "--tokenizer", str(tokenizer_dirs["chatml"]), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "chats.jsonl: is a FIFO, not a regular file" in r.stderr, r.stderr
+    zero = tmp_path / "zero.jsonl"
+    zero.symlink_to("/dev/zero")
+    r = _cli("data", "prepare", str(zero), "--tokenizer", str(tokenizer_dirs["chatml"]), "--out", str(tmp_path / "o"),
+             memory_limit=3 << 30)
+    assert r.returncode == 1 and "zero.jsonl: is a character device, not a regular file" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_inspect_refuses_a_fifo_tokenizer(tokenizer_dirs, tmp_path):
+    src = write_jsonl(tmp_path / "c.jsonl", [{"messages": m} for m in CONVERSATIONS])
+    out = tmp_path / "o"
+    pyft.data.prepare(src, tokenizer_dirs["chatml"], out)
+    tok = out / "tokenizer" / "tokenizer.json"
+    tok.unlink()
+    os.mkfifo(tok)
+    r = _cli("data", "inspect", str(out))
+    assert r.returncode == 1 and "tokenizer.json: is a FIFO, not a regular file" in r.stderr, r.stderr
+
+
+def test_a_file_where_nothing_parses_reports_the_first_parse_error(tokenizer_dirs, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"^.*bad\.jsonl:1: malformed JSON: .*\(no record of the file could be read\)"):
+        pyft.data.prepare(bad, tokenizer_dirs["chatml"], tmp_path / "o")
+    # A pretty-printed JSON object is not an array of records, nor one record per line.
+    obj = tmp_path / "obj.json"
+    obj.write_text(json.dumps({"data": [{"text": "a"}]}, indent=2), encoding="utf-8")
+    with pytest.raises(DataError, match=r"obj\.json:1: malformed JSON: .*a \.json file holds one JSON array"):
+        pyft.data.prepare(obj, tokenizer_dirs["chatml"], tmp_path / "o")
+    arrays = write_jsonl(tmp_path / "arrays.jsonl", [[1, 2], [3]])  # type: ignore[list-item]
+    with pytest.raises(DataError, match=r"arrays\.jsonl:1: expected a JSON object, got an array; no record"):
+        pyft.data.prepare(arrays, tokenizer_dirs["chatml"], tmp_path / "o")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match=r"empty\.jsonl: no records found: the file is empty"):
+        pyft.data.prepare(empty, tokenizer_dirs["chatml"], tmp_path / "o")
+
+
+def test_utf16_input_is_named_and_utf8_bom_accepted(tokenizer_dirs, tmp_path):
+    records = [{"messages": m} for m in CONVERSATIONS]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    for name, encoding, what in [("le.jsonl", "utf-16", "UTF-16 (little-endian byte-order mark FF FE)"),
+                                 ("nobom.jsonl", "utf-16-le", "UTF-16 or UTF-32 without a byte-order mark")]:
+        (tmp_path / name).write_bytes(text.encode(encoding))
+        pattern = re.escape(f"{name}: the text is {what}") + ".*; pyft reads JSON and JSON Lines only as UTF-8"
+        with pytest.raises(DataError, match=pattern):
+            pyft.data.prepare(tmp_path / name, tokenizer_dirs["chatml"], tmp_path / "o")
+    # The UTF-8 byte-order mark (Windows editors write it) is accepted in .json arrays and .jsonl.
+    arr = tmp_path / "bom.json"
+    arr.write_bytes(json.dumps(records, ensure_ascii=False, indent=2).encode("utf-8-sig"))
+    lines = tmp_path / "bom.jsonl"
+    lines.write_bytes(text.encode("utf-8-sig"))
+    for src in (arr, lines):
+        info = pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp_path / src.suffix[1:])
+        assert info.counts["kept"] == len(CONVERSATIONS)
+    assert _all_ids(tmp_path / "json") == _all_ids(tmp_path / "jsonl")

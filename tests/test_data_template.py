@@ -83,3 +83,70 @@ def test_raise_exception_becomes_template_error():
     src = "{{ raise_exception('roles must alternate user/assistant/user/assistant/...') }}"
     with pytest.raises(TemplateError, match="roles must alternate"):
         _ours(src, CONVERSATIONS[0])
+
+
+# Two nested loops of 99999: about 10^10 steps, hours of work with no bound.
+RUNAWAY = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+
+
+def test_runaway_template_stops_within_a_second():
+    import subprocess
+    import sys
+
+    # In a subprocess, so that a render without bounds fails the test at the timeout.
+    code = (
+        "import json, time\n"
+        "from pyft import _core\n"
+        "t = time.perf_counter()\n"
+        "try:\n"
+        f"    _core.render_template({RUNAWAY!r}, '[]', False, '{{}}', None)\n"
+        "    print(json.dumps(['rendered', time.perf_counter() - t]))\n"
+        "except Exception as e:\n"
+        "    print(json.dumps([f'{type(e).__name__}: {e}', time.perf_counter() - t]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    outcome, seconds = json.loads(r.stdout)
+    assert outcome == ("TemplateError: chat template: the chat template ran past the limit of 10000000 steps "
+                       "for one conversation (a loop that does not end?)")
+    # 10 million steps take about 0.4 s in a release build; a debug build is several times slower.
+    assert seconds < (1.0 if _core.build_profile() == "release" else 10.0), seconds
+
+
+@pytest.mark.parametrize("source", [
+    "{% for i in range(17) %}{{ 'x' * 1048576 }}{% endfor %}",               # printed values
+    "{% for i in range(17408) %}" + "y" * 1024 + "{% endfor %}",             # the template's own text
+    "{% macro d(n) %}{% if n %}{% set x = d(n - 1) %}{{ x }}{{ x }}{% else %}x{% endif %}{% endmacro %}"
+    "{{ d(25) | length }}",                                                  # 32 MiB captured, not printed
+], ids=["values", "literal", "captured"])
+def test_huge_output_is_refused(source):
+    with pytest.raises(TemplateError, match="wrote more than 16 MiB of text for one conversation, the limit"):
+        _ours(source, CONVERSATIONS[0])
+
+
+def test_limit_errors_name_the_template_file_or_the_tokenizer(tokenizer_dirs, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    src = tmp_path / "c.jsonl"
+    src.write_text(json.dumps({"messages": CONVERSATIONS[0]}) + "\n", encoding="utf-8")
+    template = tmp_path / "loop.jinja"
+    template.write_text(RUNAWAY, encoding="utf-8")
+    tok = tmp_path / "tok"
+    shutil.copytree(tokenizer_dirs["chatml"], tok)
+    (tok / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((tok / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["chat_template"] = RUNAWAY
+    (tok / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+
+    def prepare(*extra):
+        return subprocess.run([sys.executable, "-m", "pyft.cli.main", "data", "prepare", str(src), "--tokenizer",
+                               str(tok), "--out", str(tmp_path / "o"), "--quiet", *extra],
+                              capture_output=True, text=True, timeout=120)
+
+    r = prepare("--template", str(template))
+    assert r.returncode == 1 and f"c.jsonl:1: chat template: {template} ran past the limit of 10000000 steps" in r.stderr, r.stderr
+    r = prepare()
+    want = f"c.jsonl:1: chat template: the tokenizer's chat_template ({tok / 'tokenizer_config.json'}) ran past the limit"
+    assert r.returncode == 1 and want in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()

@@ -29,8 +29,11 @@ CASES = [
     ("chosen_equals_rejected", [json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"})],
      "field `rejected`: identical to `chosen`", 2, "rejected"),
     ("empty_completion", [json.dumps({"prompt": "p", "chosen": "  ", "rejected": "r"})], "field `chosen`: empty", 2, "chosen"),
-    ("preference_missing", [json.dumps({"prompt": "p", "chosen": "c", "rejected": None})],
-     "field `rejected`: missing", 2, "rejected"),
+    ("preference_missing", [json.dumps({"prompt": "p", "chosen": "c"})], "field `rejected`: missing", 2, "rejected"),
+    ("preference_null", [json.dumps({"prompt": "p", "chosen": "c", "rejected": None})],
+     "field `rejected`: expected a string or a list of messages, got null", 2, "rejected"),
+    ("null_content", [json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]})],
+     "field `messages[1].content`: expected a string, got null", 2, "messages[1].content"),
     ("kto_label", [json.dumps({"prompt": "p", "completion": "c", "label": "yes"})],
      'field `label`: expected true or false, got "yes"', 2, "label"),
 ]
@@ -94,12 +97,25 @@ def test_skip_drops_and_reports(tokenizer_dirs, tmp_path):
     assert any(p.startswith(f"{src}:3: malformed JSON") for p in info.meta["problems"])
 
 
+
+def test_skip_that_drops_every_record_is_refused(tokenizer_dirs, tmp_path):
+    # `--on-error skip` used to exit 0 with an empty dataset when no record was valid.
+    src = tmp_path / "allbad.jsonl"
+    src.write_text("\n".join(["{oops", json.dumps({"messages": [{"role": "user", "content": "q"}]}), "[1"]) + "\n")
+    with pytest.raises(DataError) as exc:
+        pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp_path / "out", on_error="skip")
+    message = str(exc.value)
+    assert message.startswith(f"{src}: ") and "all 3 records were dropped (3 invalid)" in message, message
+    assert f"{src}:1: malformed JSON" in message and f"{src}:2: field `messages`" in message, message
+    assert exc.value.file == str(src)
+    assert_nothing_written(tmp_path / "out")
+
 def test_existing_output_is_never_half_overwritten(tokenizer_dirs, tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", [GOOD])
     out = tmp_path / "out"
     pyft.data.prepare(good, tokenizer_dirs["chatml"], out)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(DataError, match="already exists"):
+    with pytest.raises(FileExistsError, match="already exists.*--overwrite"):
         pyft.data.prepare(good, tokenizer_dirs["chatml"], out)
     bad = write_jsonl(tmp_path / "bad.jsonl", [GOOD, {"messages": []}])
     with pytest.raises(DataError, match=r"bad\.jsonl:2: field `messages`: empty"):
@@ -131,3 +147,12 @@ def test_bad_options(tokenizer_dirs, tmp_path):
         pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp_path / "o", template=str(bad))
     with pytest.raises(DataError, match="unsupported file extension `.csv`"):
         pyft.data.prepare(tmp_path / "x.csv", tokenizer_dirs["chatml"], tmp_path / "o")
+
+
+def test_several_invalid_records_name_the_cli_flag(tokenizer_dirs, tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text("\n".join([json.dumps(GOOD), "{oops", json.dumps({"messages": []})]) + "\n")
+    with pytest.raises(DataError) as exc:
+        pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp_path / "out")
+    assert str(exc.value).endswith("(and 1 more invalid records; pass --on-error skip to drop them)")
+    assert "on_error" not in str(exc.value)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyft import _core
-from pyft.errors import ConfigError
+from pyft.errors import ConfigError, DataError
 from pyft.export.chat import (
     default_system_prompt,
     end_of_turn_tokens,
@@ -160,7 +160,7 @@ def test_default_system_prompt(tmp_path: Path) -> None:
     (a / "pyft_run.json").write_text(json.dumps({"system_prompt": "Adapter\nprompt."}))
     assert default_system_prompt(a, b) == "Adapter\nprompt."
     (a / "pyft_run.json").write_text("{oops")
-    with pytest.raises(ConfigError, match="pyft_run.json"):
+    with pytest.raises(DataError, match=r"pyft_run\.json: malformed JSON at line 1, column 2"):
         default_system_prompt(a)
 
 

@@ -322,6 +322,6 @@ def test_dora_and_modules_to_save_have_no_gguf_lora_form(models, tmp_path):
 def test_existing_output_is_not_overwritten(models, tmp_path):
     out = tmp_path / "x.gguf"
     out.write_bytes(b"keep")
-    with pytest.raises(ConfigError, match="exists"):
+    with pytest.raises(FileExistsError, match="already exists.*--overwrite"):
         export_gguf(models["llama"], out)
     assert out.read_bytes() == b"keep"

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -468,3 +471,55 @@ def test_bad_paths_and_unknown_kinds(tmp_path, capsys):
     for args in (["inspect", str(tmp_path / "missing")], ["inspect", str(tmp_path / "notes.txt")]):
         assert main(args) == 1
         assert capsys.readouterr().err.startswith(f"pyft: error: {args[1]}")
+
+
+def test_adapter_config_fields_of_the_wrong_type(tiny_model, tmp_path, capsys):
+    out = _save_adapter(tiny_model, tmp_path / "lora", r=2, alpha=2, targets=["q_proj"])
+    config = json.loads((out / "adapter_config.json").read_text())
+    capsys.readouterr()  # the model loading's progress bar
+    for field, value, needle in [("modules_to_save", 3, "field `modules_to_save` must be an array of strings, got an integer 3"),
+                                 ("rank_pattern", ["q_proj"], "field `rank_pattern` must be an object, got an array"),
+                                 ("use_dora", "no", 'field `use_dora` must be true or false, got a string "no"')]:
+        (out / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+        with pytest.raises(DataError, match=needle) as info:
+            inspect_path(out)
+        assert (info.value.file, info.value.field) == (str(out / "adapter_config.json"), field)
+        assert main(["inspect", str(out)]) == 1
+        assert capsys.readouterr().err == f"pyft: error: {out / 'adapter_config.json'}: {needle}\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that are not regular files
+
+
+_GUARDED = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit})); "
+            "from pyft.cli.main import main; sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.mark.parametrize("inspected, special, kind", [
+    ("x.gguf", "x.gguf", "fifo"), ("x.safetensors", "x.safetensors", "fifo"),
+    ("z.gguf", "z.gguf", "zero"), ("z.safetensors", "z.safetensors", "zero"),
+    ("model", "model/config.json", "fifo"), ("model", "model/model.safetensors", "fifo"),
+    ("model", "model/model.safetensors", "zero"), ("model", "model/config.json", "zero"),
+    ("adapter", "adapter/adapter_config.json", "fifo"), ("adapter", "adapter/adapter_model.safetensors", "zero"),
+])
+def test_special_files_are_refused_without_blocking(tiny_model, tmp_path, inspected, special, kind):
+    """A FIFO used to block `pyft inspect` for ever, and files that are not regular were taken for
+    missing ones; they are refused, naming the path. Run in a subprocess with a timeout and a 2 GiB
+    address-space cap (`pyft inspect` imports no torch: about 30 MB), so the old behaviour fails the
+    test instead of hanging it or reading /dev/zero until memory runs out."""
+    if inspected == "model":
+        shutil.copytree(tiny_model, tmp_path / "model")
+    elif inspected == "adapter":
+        _save_adapter(tiny_model, tmp_path / "adapter", r=2, alpha=2, targets=["q_proj"])
+    path = tmp_path / special
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    r = subprocess.run([sys.executable, "-c", _GUARDED.format(limit=2 * 2**30), "inspect", str(tmp_path / inspected)],
+                       check=False, capture_output=True, text=True, timeout=60)
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    assert (r.returncode, r.stderr) == (1, (f"pyft: error: {path}: is {what}, not a regular file (pyft reads only "
+                                            "regular files; symlinks are followed to what they point at)\n"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -146,7 +148,7 @@ def test_pyft_merge_command(bases, tmp_path):
     assert "merged 14 modules" in r.stdout and (tmp_path / "m" / "model.safetensors").is_file()
     r = subprocess.run([sys.executable, "-m", "pyft.cli.merge", str(bases["llama"]), str(tmp_path / "adapter"),
                         str(tmp_path / "m")], capture_output=True, text=True)
-    assert r.returncode == 1 and "already exists" in r.stderr
+    assert r.returncode == 1 and "already exists (pass --overwrite" in r.stderr
 
 
 def test_merged_dir_gets_the_chat_template_and_every_end_of_turn_id(bases, tmp_path):
@@ -167,3 +169,85 @@ def test_merged_dir_gets_the_chat_template_and_every_end_of_turn_id(bases, tmp_p
     after_answer = rendered.split("yo", 1)[1]
     end_tokens = [t for t in tok.all_special_tokens if after_answer.startswith(t)]
     assert end_tokens and tok.convert_tokens_to_ids(end_tokens[0]) in eos
+
+
+def _set(field, value):
+    """Rewrite one field of a JSON file."""
+    def edit(path):
+        data = json.loads(path.read_text())
+        data[field] = value
+        path.write_text(json.dumps(data))
+    return edit
+
+
+# (directory, file, how it is spoiled, what the error says, the commands that read it)
+MALFORMED_JSON = [
+    ("base", "config.json", "[1, 2]", "expected a JSON object, got an array", ("merge", "gguf", "vllm-merge")),
+    ("base", "config.json", _set("num_hidden_layers", "2"),
+     r'field `num_hidden_layers` must be a positive integer, got a string "2"', ("merge", "gguf", "vllm-merge")),
+    ("base", "tokenizer_config.json", "[1, 2]", "expected a JSON object, got an array", ("merge", "gguf", "vllm-merge")),
+    ("base", "tokenizer_config.json", _set("added_tokens_decoder", ["<|im_end|>"]),
+     "field `added_tokens_decoder` must be an object, got an array", ("merge", "gguf", "vllm-merge")),
+    ("base", "generation_config.json", _set("eos_token_id", "</s>"),
+     r'field `eos_token_id` must be an integer or an array of integers, got a string "</s>"', ("merge", "vllm-merge")),
+    ("adapter", "adapter_config.json", "[1, 2]", "expected a JSON object, got an array",
+     ("merge", "gguf", "vllm", "vllm-merge")),
+    ("adapter", "adapter_config.json", _set("r", "4"), r'field `r` must be a positive integer, got a string "4"',
+     ("merge", "gguf", "vllm", "vllm-merge")),
+    ("adapter", "adapter_config.json", _set("rank_pattern", {"down_proj": None}),
+     "field `rank_pattern.down_proj` must be a positive integer, got null", ("merge", "gguf", "vllm", "vllm-merge")),
+]
+
+
+@pytest.mark.parametrize("where, name, spoil, needle, commands", MALFORMED_JSON,
+                         ids=[f"{m[1]}-{i}" for i, m in enumerate(MALFORMED_JSON)])
+def test_malformed_json_files_are_named(bases, tmp_path, capsys, where, name, spoil, needle, commands):
+    """A config that is not a JSON object, or has a field of the wrong type, is refused naming the file
+    and the field by every command that reads it (it used to end in an AttributeError traceback)."""
+    from pyft.cli.export import main as export_main
+    from pyft.cli.merge import main as merge_main
+
+    base = tmp_path / "base"
+    shutil.copytree(bases["llama"], base)
+    adapter = tmp_path / "adapter"
+    _adapter(base, adapter, "lora")
+    if not (base / "generation_config.json").exists():
+        (base / "generation_config.json").write_text('{"eos_token_id": 2}')
+    target = (base if where == "base" else adapter) / name
+    spoil(target) if callable(spoil) else target.write_text(spoil)
+    runs = {
+        "merge": lambda: merge_main([str(base), str(adapter), str(tmp_path / "out")]),
+        "gguf": lambda: export_main([str(base), "--adapter", str(adapter), "--to", "gguf", "--out",
+                                     str(tmp_path / "out.gguf")]),
+        "vllm": lambda: export_main([str(adapter), "--base", str(base), "--to", "vllm", "--out", str(tmp_path / "out")]),
+        "vllm-merge": lambda: export_main([str(adapter), "--base", str(base), "--to", "vllm", "--merge", "--out",
+                                           str(tmp_path / "out")]),
+    }
+    for command in commands:
+        assert runs[command]() == 1, command
+        err = capsys.readouterr().err
+        assert f": error: {target}: " in err and re.search(needle, err), (command, err)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "base"], command
+    with pytest.raises(DataError, match=needle) as info:
+        merge(base, adapter, tmp_path / "out")
+    assert info.value.file == str(target)
+
+
+def test_errors_name_the_command_line_flag(bases, tmp_path, capsys):
+    from pyft.cli.merge import main as merge_main
+
+    assert merge_main([str(bases["llama"]), str(tmp_path / "adapter"), str(tmp_path / "out"),
+                       "--max-shard-size", "lots"]) == 1
+    assert "--max-shard-size: cannot read 'lots' (examples: 5GB" in capsys.readouterr().err
+
+
+def test_chat_template_that_is_not_utf8_is_named(bases, tmp_path, capsys):
+    from pyft.cli.merge import main as merge_main
+
+    base = tmp_path / "base"
+    shutil.copytree(bases["llama"], base)
+    (base / "chat_template.jinja").write_bytes(b"{{ messages }}\xff")
+    assert merge_main([str(base), "--adapter", str(tmp_path / "none"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"pyft-merge: error: {base / 'chat_template.jinja'}: not UTF-8 text (byte 14: invalid start byte)\n"
+    assert not (tmp_path / "out").exists()

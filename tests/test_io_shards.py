@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pyft.errors import DataError
 from pyft.io.shards import SafetensorsShards
 
 
@@ -35,13 +36,36 @@ def test_read_and_map_equal_safetensors(tmp_path):
 
 
 def test_malformed_files_are_named(tmp_path):
+    """Headers are validated by the Rust core (the reader behind merge and export)."""
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
-    with pytest.raises(ValueError, match=r"model\.safetensors: header is not JSON"):
+    with pytest.raises(DataError, match=r"model\.safetensors: not a valid safetensors file: invalid JSON in header"):
         SafetensorsShards(tmp_path)
     header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
     (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
-    with pytest.raises(ValueError, match="tensor `w` has data offsets 0..16 outside the file"):
+    with pytest.raises(DataError, match="tensor `w` ends at byte 16 of the 8-byte data section"):
         SafetensorsShards(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError):
         SafetensorsShards(tmp_path)
+
+
+def test_index_is_checked(tmp_path):
+    """The index may only name shards inside the model directory, each tensor stored once."""
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "outside.safetensors"))
+    save_file({"a": torch.zeros(2)}, str(model / "one.safetensors"))
+    save_file({"a": torch.ones(2)}, str(model / "two.safetensors"))
+    index = model / "model.safetensors.index.json"
+    for weight_map, needle in [({"a": "../outside.safetensors"},
+                                r"field `weight_map\.a`: '\.\./outside\.safetensors' is not a file inside"),
+                               ({"a": str(tmp_path / "outside.safetensors")}, "is not a file inside"),
+                               ({"a": 3}, r"field `weight_map\.a` must be a file name"),
+                               ({"a": "one.safetensors", "b": "two.safetensors"},
+                                r"two\.safetensors: tensor `a` is also stored in one\.safetensors")]:
+        index.write_text(json.dumps({"weight_map": weight_map}))
+        with pytest.raises(DataError, match=needle):
+            SafetensorsShards(model)
+    index.write_text("[]")
+    with pytest.raises(DataError, match=r"index\.json: expected a JSON object, got an array"):
+        SafetensorsShards(model)

@@ -4,13 +4,18 @@ quantizing the same model themselves (CPU backend): identical tensors, config an
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import pyft
 from pyft.cli.main import main as cli
-from pyft.errors import ConfigError
+from pyft.errors import ConfigError, DataError
 from pyft.io.shards import SafetensorsShards
 from pyft.quant import NF4Linear
 from pyft.quant.checkpoint import quantize_checkpoint
@@ -107,3 +112,124 @@ def test_skip_modules_stay_dense(tmp_path, tok):
     assert isinstance(model.model.layers[0].mlp.up_proj, NF4Linear)
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "q", dtype=torch.bfloat16)
     assert torch.equal(logits(model), logits(ref))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile inputs: refused naming the file (and the tensor or field), exit 1, nothing written.
+
+
+def _split(path):
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _join(path, header, data, raw_header=None):
+    text = raw_header if raw_header is not None else json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def _overlap(d):
+    """Two same-sized tensors on the same bytes: a valid-looking file, a wrong model."""
+    header, data = _split(d / "model.safetensors")
+    header["model.layers.0.self_attn.v_proj.weight"]["data_offsets"] = \
+        header["model.layers.0.self_attn.k_proj.weight"]["data_offsets"]
+    _join(d / "model.safetensors", header, data)
+    return d / "model.safetensors", r"invalid offset for tensor `model\.layers\.0\.self_attn\.[kv]_proj\.weight`"
+
+
+def _negative_dim(d):
+    header, data = _split(d / "model.safetensors")
+    header["model.norm.weight"]["shape"] = [-1]
+    _join(d / "model.safetensors", header, data)
+    return d / "model.safetensors", r"tensor `model\.norm\.weight` has shape \[-1\]"
+
+
+def _size_mismatch(d):
+    header, data = _split(d / "model.safetensors")
+    header["model.layers.1.mlp.up_proj.weight"]["shape"] = [177, 64]
+    _join(d / "model.safetensors", header, data)
+    return d / "model.safetensors", (r"tensor `model\.layers\.1\.mlp\.up_proj\.weight`: F32\[177, 64\] needs 45312 "
+                                     r"bytes but data_offsets \[\d+, \d+\] hold 45056")
+
+
+def _shape_vs_config(d):
+    """A valid file whose tensor does not fit the model config.json describes."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(d / "model.safetensors"))
+    weights["model.layers.0.self_attn.q_proj.weight"] = weights["model.layers.0.self_attn.q_proj.weight"][:32].clone()
+    save_file(weights, str(d / "model.safetensors"), metadata={"format": "pt"})
+    return d / "model.safetensors", (r"tensor `model\.layers\.0\.self_attn\.q_proj\.weight` has shape \[32, 64\], "
+                                     r"but config\.json makes it \[64, 64\]")
+
+
+def _non_utf8_header(d):
+    header, data = _split(d / "model.safetensors")
+    _join(d / "model.safetensors", None, data, json.dumps(header).encode().replace(b"__metadata__", b"__meta\xffdata_"))
+    return d / "model.safetensors", "invalid UTF-8 in header"
+
+
+def _hidden_size_null(d):
+    config = json.loads((d / "config.json").read_text())
+    config["hidden_size"] = None
+    (d / "config.json").write_text(json.dumps(config))
+    return d / "config.json", "field `hidden_size` must be a positive integer, got null"
+
+
+def _config_array(d):
+    (d / "config.json").write_text("[1, 2]")
+    return d / "config.json", "expected a JSON object, got an array"
+
+
+HOSTILE = {f.__name__[1:]: f for f in (_overlap, _negative_dim, _size_mismatch, _shape_vs_config, _non_utf8_header,
+                                        _hidden_size_null, _config_array)}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tok, tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "m", tok)
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_inputs_are_refused_naming_the_file(tiny_model, tmp_path, capsys, case):
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model, model_dir)
+    culprit, needle = HOSTILE[case](model_dir)
+    assert cli(["quantize", str(model_dir), str(tmp_path / "q")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyft: error: {culprit}: ") and re.search(needle, err), err
+    with pytest.raises(DataError, match=needle) as info:
+        quantize_checkpoint(model_dir, tmp_path / "q")
+    assert info.value.file == str(culprit)
+    # The NF4 loader reads through the same checks.
+    with pytest.raises(DataError, match=needle):
+        pyft.load_model(model_dir, quantize="nf4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no output, no staging left
+
+
+_GUARDED = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit})); "
+            "from pyft.cli.main import main; sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.mark.parametrize("special, kind", [("config.json", "fifo"), ("config.json", "zero"),
+                                           ("model.safetensors", "fifo"), ("model.safetensors", "zero")])
+def test_special_files_are_refused_without_blocking(tiny_model, tmp_path, special, kind):
+    """A FIFO would block the reader for ever, a link to /dev/zero read until memory runs out: both
+    are refused before they are read. Run in a subprocess with a timeout and an address-space cap
+    (6 GiB: importing torch reserves about 3.2 GB of it), so the old behaviour fails the test instead
+    of hanging it or exhausting the machine."""
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model, model_dir)
+    (model_dir / special).unlink()
+    if kind == "fifo":
+        os.mkfifo(model_dir / special)
+    else:
+        (model_dir / special).symlink_to("/dev/zero")
+    r = subprocess.run([sys.executable, "-c", _GUARDED.format(limit=6 * 2**30), "quantize", str(model_dir),
+                        str(tmp_path / "q")], check=False, capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    assert r.returncode == 1 and f"pyft: error: {model_dir / special}: is {what}, not a regular file" in r.stderr, \
+        r.stderr[-2000:]
+    assert not (tmp_path / "q").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -284,3 +285,83 @@ def test_gradient_and_overfitting_warnings(setup, tmp_path, capsys):
                        {"step": 2, "eval_loss": 2.1}, {"step": 3, "loss": 1.0}, {"step": 3, "eval_loss": 2.2}]
     trainer._overfitting_alarm()
     assert "possible overfitting: eval loss rose for two evaluations (2.0000 -> 2.2000)" in capsys.readouterr().err
+
+
+def _run_files(out):
+    """Every file of a run directory with its bytes (checkpoints included)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_not_replaced_without_overwrite(setup, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(setup, out, save_every=1))
+    before = _run_files(out)
+    with pytest.raises(ConfigError, match=r"holds a training run .*--overwrite.*overwrite: true.*train\.resume") as e:
+        train(_cfg(setup, out, lr=5e-3))
+    assert str(out) in str(e.value)
+    assert _run_files(out) == before
+    from pyft.cli.main import main
+
+    args = ["train", f"model={setup['model']}", f"data={setup['data']}", f"output={out}", "lora.r=4",
+            "train.max_steps=1", "train.batch_size=8"]
+    assert main(args) == 1
+    assert _run_files(out) == before
+
+
+def test_overwrite_removes_the_old_run_first(setup, tmp_path, capsys):
+    """`--overwrite` starts from an empty run: none of the old run's checkpoints or metrics survive;
+    files that are not a run's are left alone."""
+    out = tmp_path / "run"
+    train(_cfg(setup, out, max_steps=3, save_every=1, keep_last=3, eval_every=1))
+    assert len(list((out / "checkpoints").iterdir())) == 3
+    (out / "notes.txt").write_text("mine")
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # what a killed --overwrite left
+    (out / f".checkpoints.pyft-stage-{dead_pid}-0" / "step-000001").mkdir(parents=True)
+    from pyft.cli.main import main
+
+    args = ["train", f"model={setup['model']}", f"data={setup['data']}", f"output={out}", "lora.r=4",
+            "lora.alpha=8", "lora.dropout=0.0", "train.lr=1e-2", "train.seed=3", "train.schedule=constant",
+            "train.max_steps=2", "train.batch_size=8", "train.save_every=2", "--overwrite"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 2]  # two steps and the final evaluation: nothing of the old run's
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    assert (out / "notes.txt").read_text() == "mine"
+    fresh = tmp_path / "fresh"
+    train(_cfg(setup, fresh, max_steps=2, save_every=2))
+    a, b = _adapter(fresh), _adapter(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_continues_in_place_and_refuses_overwrite_with_it(setup, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(setup, out, max_steps=1, save_every=1))
+    with pytest.raises(ConfigError, match=r"overwrite: .*train\.resume"):
+        load_config(model=str(setup["model"]), data=str(setup["data"]), output=str(out), overwrite=True,
+                    train={"resume": "auto"})
+    assert train(_cfg(setup, out, max_steps=2, save_every=1, resume="auto")).steps == 2
+    # resume=auto with no checkpoint to resume from is a new run like any other
+    bare = tmp_path / "bare"
+    train(_cfg(setup, bare, max_steps=1))
+    with pytest.raises(ConfigError, match=r"no checkpoint to resume from.*--overwrite"):
+        train(_cfg(setup, bare, max_steps=1, resume="auto"))
+
+
+def test_an_output_overlapping_an_input_is_refused(setup, tmp_path):
+    """What a run writes may not be, hold or lie inside the model or the data, even with overwrite; a
+    link planted where the run writes its model is resolved, never followed into the input."""
+    model_files = _run_files(setup["model"])
+    for out, relation in ((setup["model"], "lies inside"), (setup["data"] / "run", "lies inside"),
+                          (tmp_path / "linked", "is")):
+        if relation == "is":
+            out.mkdir()
+            (out / "model").symlink_to(setup["model"], target_is_directory=True)
+            (out / "metrics.jsonl").write_text("")
+        for overwrite in (False, True):
+            cfg = _cfg(setup, out)
+            cfg.overwrite = overwrite
+            with pytest.raises(ConfigError, match=rf"output {out}/\w+ {relation} the input"):
+                train(cfg)
+    assert _run_files(setup["model"]) == model_files
+    assert not (setup["data"] / "run").exists()

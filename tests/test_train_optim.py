@@ -14,6 +14,7 @@ import pyft.data
 from pyft.errors import ConfigError
 from pyft.testing import make_tiny_model
 from pyft.train import load_config, train
+from pyft.train.checkpoint import load_state
 from pyft.train.optim import build_optimizer, build_scheduler, parameter_groups, warmup_steps
 from pyft.train.optim8bit import AdamW8bit, PagedAdamW, PagedAdamW8bit
 
@@ -106,7 +107,7 @@ def test_adamw_8bit_resumes_exactly(run_setup, tmp_path):
     common = {"optim": "adamw_8bit", "max_steps": 8, "save_every": 4, "keep_last": 1}
     _run(run_setup, tmp_path / "straight", **common)
     _run(run_setup, tmp_path / "stopped", **{**common, "max_steps": 6})
-    state = torch.load(tmp_path / "stopped" / "checkpoints" / "step-000004" / "optimizer.pt", weights_only=False)
+    state = load_state(tmp_path / "stopped" / "checkpoints" / "step-000004", "optimizer")
     dtypes = {str(v["state1"].dtype) for v in state["state"].values()}
     assert dtypes == {"torch.uint8", "torch.float32"}
     result = _run(run_setup, tmp_path / "stopped", **{**common, "resume": "auto"})

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pyft._atomic import atomic_file
 from pyft.data import PreparedDataset
 from pyft.train.config import TrainConfig
 from pyft.train.distributed import barrier, gather_objects
@@ -75,10 +76,8 @@ def precompute_reference_logps(trainer: Trainer, config: TrainConfig) -> None:
                 full[rows] = values
             table[name] = full
         if trainer.dist.is_main:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            save_file(table, str(tmp), metadata={"fingerprint": fingerprint})
-            tmp.replace(cache)
+            with atomic_file(cache, overwrite=True) as tmp:
+                save_file(table, str(tmp), metadata={"fingerprint": fingerprint})
         barrier(trainer.dist)
     fallback = obj.reference if config.objective == "kto" else None
     obj.reference = PrecomputedReference(table, fallback=fallback)

@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed export command."""
+    from pyft.cli.merge import parse_weights
     from pyft.export import targets
 
     model, adapters = Path(args.model), [Path(a) for a in args.adapter]
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         model = targets.adapter_base(model, args.base)
     merge_options = {"method": args.method, "density": args.density, "seed": args.seed, "svd_rank": args.svd_rank}
     if args.weights:
-        merge_options["weights"] = [float(w) for w in args.weights.split(",")]
+        merge_options["weights"] = parse_weights(args.weights)
     if args.to == "gguf":
         result = targets.to_gguf(model, args.out, qtype=args.qtype or "f16", adapters=adapters, name=args.name,
                                  pre=args.pre, overwrite=args.overwrite, **merge_options)

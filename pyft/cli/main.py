@@ -100,7 +100,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     path, overrides = args.config, list(args.overrides)
     if path is not None and "=" in path and not os.path.isfile(path):  # no config file, only overrides
         path, overrides = None, [path, *overrides]
-    config = load_config(path, overrides)
+    config = load_config(path, overrides, **({"overwrite": True} if args.overwrite else {}))
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("config", nargs="?", help="YAML config file")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4 lora.r=32")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace the run already in the output directory (its adapter or model, metrics and "
+                         "checkpoints); without it such an output is refused unless train.resume continues it")
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     qz = sub.add_parser("quantize", help="write a 4-bit NF4 checkpoint (bitsandbytes format, loads in transformers)",
                         description="Quantize a model's decoder linear layers to NF4 (bit-identical to bitsandbytes) "

@@ -59,6 +59,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
 
+def parse_weights(text: str) -> list[float]:
+    """The adapter weights of ``--weights W1,W2,...``.
+
+    Raises:
+        ConfigError: a weight is not a number.
+    """
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights: cannot read {text!r} (example: 0.6,0.4)") from None
+
+
 def _resolve(args: argparse.Namespace) -> tuple[list[str], str, list[float] | None]:
     """Adapters, output directory and weights from the positional and ``--adapter`` forms."""
     from pyft.io import is_quantized
@@ -69,12 +81,7 @@ def _resolve(args: argparse.Namespace) -> tuple[list[str], str, list[float] | No
     if not adapters and not is_quantized(args.base):
         raise ConfigError("no adapter given: pass BASE ADAPTER OUT or --adapter DIR "
                           "(BASE OUT alone only dequantizes a 4-bit base)")
-    weights = None
-    if args.weights is not None:
-        try:
-            weights = [float(w) for w in args.weights.split(",")]
-        except ValueError:
-            raise ConfigError(f"--weights: cannot read {args.weights!r} (example: 0.6,0.4)") from None
+    weights = None if args.weights is None else parse_weights(args.weights)
     return adapters, args.paths[-1], weights
 
 

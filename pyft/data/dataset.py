@@ -8,40 +8,76 @@ the pages.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pyft import _core
 from pyft.data.prepare import PreparedInfo
+from pyft.errors import DataError
+from pyft.io.files import check_regular, child_path, data_error
 
 _DTYPES = {"I32": np.int32, "I64": np.int64, "U8": np.uint8}
 
 
 def read_safetensors_mmap(path: Path) -> dict[str, np.ndarray]:
-    """Memory-map every tensor of a safetensors file (read-only numpy arrays)."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-    base = 8 + header_len
+    """Memory-map every tensor of a safetensors file (read-only numpy arrays). The header is
+    validated by the Rust core (as for merge and export), so offsets and shapes can be trusted.
+
+    Raises:
+        DataError: not a regular file, a malformed header, or a dtype shards do not use.
+    """
+    check_regular(path)
+    _metadata, layout = _core.safetensors_layout(str(path))
     out: dict[str, np.ndarray] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(info["dtype"])
+    for name, dtype_name, shape, start, end in layout:
+        dtype = _DTYPES.get(dtype_name)
         if dtype is None:
-            raise ValueError(f"{path}: tensor `{name}` has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
+            raise data_error(path, f"tensor `{name}` has dtype {dtype_name}; token shards hold I32, I64 or U8")
         count = (end - start) // np.dtype(dtype).itemsize
         if count == 0:
-            out[name] = np.zeros(info["shape"], dtype=dtype)
+            out[name] = np.zeros(shape, dtype=dtype)
         else:
-            out[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=(count,)).reshape(info["shape"])
+            out[name] = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(count,)).reshape(shape)
     return out
+
+
+#: Per kind: (offsets tensor, the tensors its values index, whether they index another offsets tensor).
+_OFFSETS = {
+    "chat": [("row_offsets", ("doc_offsets",), True), ("doc_offsets", ("input_ids", "labels"), False)],
+    "preference": [(f"{p}_offsets", (f"{p}_ids",), False) for p in ("prompt", "chosen", "rejected")],
+    "kto": [(f"{p}_offsets", (f"{p}_ids",), False) for p in ("prompt", "completion")],
+}
+_OFFSETS["text"] = _OFFSETS["chat"]
+
+
+def _check_shard(shard: dict[str, np.ndarray], path: Path, kind: str, rows: int) -> None:
+    """Refuse a shard whose offsets do not index its tokens (so no row reads past them), naming the tensor."""
+    def bad(name: str, message: str) -> DataError:
+        return data_error(path, f"tensor `{name}` {message}", name)
+
+    needed = {n for o, targets, _ in _OFFSETS[kind] for n in (o, *targets)} | ({"label"} if kind == "kto" else set())
+    for name in sorted(needed):
+        if name not in shard:
+            raise bad(name, "is missing")
+        if shard[name].ndim != 1:
+            raise bad(name, f"has shape {list(shard[name].shape)}; shard tensors are 1-D")
+    for name, targets, of_offsets in _OFFSETS[kind]:
+        offsets = shard[name]
+        if len(offsets) == 0 or offsets[0] != 0 or (np.diff(offsets) < 0).any():
+            raise bad(name, "must start at 0 and never decrease")
+        limit = min(len(shard[t]) - (1 if of_offsets else 0) for t in targets)
+        if offsets[-1] > limit:
+            raise bad(name, f"ends at {int(offsets[-1])}, past the {limit} entries of `{targets[0]}`")
+    per_row = ["row_offsets"] if kind in ("chat", "text") else [o for o, _, _ in _OFFSETS[kind]]
+    for name in per_row:
+        if len(shard[name]) != rows + 1:
+            raise bad(name, f"holds {len(shard[name]) - 1} rows; meta.json says {rows}")
+    if kind == "kto" and len(shard["label"]) != rows:
+        raise bad("label", f"holds {len(shard['label'])} rows; meta.json says {rows}")
 
 
 class PreparedDataset:
@@ -65,7 +101,11 @@ class PreparedDataset:
         self.split = split
         self.kind = self.info.kind
         self.packed = self.info.meta["options"]["pack"] == "bfd"
-        self._shards = [read_safetensors_mmap(self.info.out_dir / s["file"]) for s in self.info.splits[split]["shards"]]
+        self._shards = []
+        for s in self.info.splits[split]["shards"]:
+            path = child_path(self.info.out_dir, s["file"], self.info.out_dir / "meta.json", f"splits.{split}.shards")
+            self._shards.append(read_safetensors_mmap(path))
+            _check_shard(self._shards[-1], path, self.kind, s["rows"])
         sizes = [s["rows"] for s in self.info.splits[split]["shards"]]
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64).tolist()
 

@@ -11,6 +11,8 @@ import numpy as np
 from pyft import _core
 from pyft.data.dataset import PreparedDataset
 from pyft.data.prepare import PreparedInfo
+from pyft.errors import ConfigError
+from pyft.io.files import data_error
 
 _ON, _OFF = "\x1b[1;32m", "\x1b[0m"
 
@@ -26,13 +28,27 @@ def render_example(out_dir: str | os.PathLike[str], index: int = 0, split: str =
     Trainable runs are shown in green when ``color`` (default: stdout is a terminal), else
     wrapped in ``[[`` ``]]``. Documents of a packed row are separated by a ``── document N ──``
     line. Preference/KTO rows show the prompt and the completion(s).
+
+    Raises:
+        ConfigError: ``index`` is not a row of the split (``--index``).
+        DataError: a damaged prepared directory (named by :class:`~pyft.data.PreparedDataset`).
     """
     ds = PreparedDataset(out_dir, split)
+    if not -len(ds) <= index < len(ds):
+        raise ConfigError(f"--index {index}: the {split} split of {out_dir} has {len(ds)} rows"
+                          + (" (every record was dropped when it was prepared)" if not len(ds) else ""))
     tok = _tokenizer(ds.info)
     if color is None:
         color = os.isatty(1)
     on, off = (_ON, _OFF) if color else ("[[", "]]")
     item = ds[index]
+    for name, ids in item.items():
+        if name not in ("labels", "position_ids", "seq_lengths", "label") and len(ids):
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= tok.vocab_size:
+                raise data_error(ds.info.out_dir, f"row {index} of the {split} split holds token id "
+                                                  f"{low if low < 0 else high} in `{name}`, outside the tokenizer's "
+                                                  f"{tok.vocab_size} ids", name)
     if ds.kind in ("chat", "text"):
         parts: list[str] = []
         start = 0

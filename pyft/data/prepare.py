@@ -14,8 +14,27 @@ from pathlib import Path
 from typing import Any
 
 from pyft import _core
+from pyft.io.files import check_fields, data_error, read_json_object
 
 PathLike = str | os.PathLike[str]
+
+
+#: The fields of ``meta.json`` that pyft reads back, and their types (see :func:`pyft.io.files.check_fields`).
+_META_FIELDS = {
+    "kind": "str", "tokens": "int", "trainable_tokens": "int", "system_prompt?": "str",
+    "tokenizer": {"path": "str", "backend": "str", "fallback_reason?": "str", "sha256?": "str",
+                  "vocab_size?": "positive_int"},
+    "template?": {"name": "str", "generation_markers": "bool", "source?": "str"},
+    "options": {"pack": "str", "truncation?": "str"},
+    "counts": {"read": "int", "kept": "int", "truncated": "int", "split": "int", "truncated_prompt?": "int",
+               "truncated_completion?": "int", "mask_methods?": {"*": "int"},
+               "dropped": {"invalid": "int", "duplicate": "int", "overlong": "int", "no_trainable_tokens": "int"}},
+    "splits": {"*": {"examples": "int", "rows": "int", "tokens": "int", "trainable_tokens": "int",
+                     "packing_efficiency?": "number", "padding_efficiency?": "number",
+                     "shards": [{"file": "str", "rows": "int"}]}},
+    "length_histogram": {"buckets": "list", "counts": "list", "max": "int"},
+    "problems?": ["str"],
+}
 
 
 @dataclass(frozen=True)
@@ -37,7 +56,12 @@ class PreparedInfo:
         meta_path = out / "meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{out}: not a prepared data directory (no meta.json)")
-        return cls(out, json.loads(meta_path.read_text(encoding="utf-8")))
+        meta = read_json_object(meta_path)
+        check_fields(meta, meta_path, _META_FIELDS)  # a damaged meta.json is named, not a KeyError later
+        if meta["kind"] not in ("chat", "text", "preference", "kto"):
+            raise data_error(meta_path, f"field `kind` is {meta['kind']!r}; expected chat, text, preference or kto",
+                             "kind")
+        return cls(out, meta)
 
     @property
     def kind(self) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from pyft import _core
 from pyft.errors import ConfigError
+from pyft.io.files import data_error, json_field, read_json_object, read_text
 
 PathLike = str | os.PathLike[str]
 
@@ -37,11 +38,9 @@ PROBE_USER = ("pyftUSR1", "pyftUSR2", "pyftUSR3")
 PROBE_ASSISTANT = ("pyftAST1", "pyftAST2", "pyftAST3")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+def _read_json(path: Path) -> dict[str, Any]:
+    """A model directory's JSON file, read by pyft's checked reader (a regular file holding an object)."""
+    return read_json_object(path)
 
 
 def _dump_json(obj: Any) -> bytes:
@@ -80,7 +79,7 @@ def load_chat_template(*dirs: PathLike) -> str | None:
     for d in map(Path, dirs):
         jinja = d / "chat_template.jinja"
         if jinja.is_file():
-            return jinja.read_text(encoding="utf-8")
+            return read_text(jinja)
         for name in ("tokenizer_config.json", "chat_template.json"):
             path = d / name
             if path.is_file():
@@ -129,19 +128,30 @@ class _Vocab:
         tj = d / "tokenizer.json"
         if tj.is_file():
             data = _read_json(tj)
-            for tok in data.get("added_tokens") or []:
-                self.added.setdefault(tok["content"], int(tok["id"]))
-            vocab = (data.get("model") or {}).get("vocab")
+            for i, tok in enumerate(json_field(data, tj, "added_tokens", "list", [])):
+                if not (isinstance(tok, dict) and isinstance(tok.get("content"), str) and _is_id(tok.get("id"))):
+                    raise data_error(tj, f"field `added_tokens[{i}]` must be an object with a string `content` and "
+                                         "an integer `id`", f"added_tokens[{i}]")
+                self.added.setdefault(tok["content"], tok["id"])
+            vocab = json_field(json_field(data, tj, "model", "object", {}), tj, "vocab", "object_or_list",
+                               prefix="model.")
             if isinstance(vocab, dict):
-                self.vocab = {k: int(v) for k, v in vocab.items()}
+                if not all(_is_id(v) for v in vocab.values()):
+                    raise data_error(tj, "field `model.vocab` must map tokens to integer ids", "model.vocab")
+                self.vocab = dict(vocab)
             elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+                if not all(isinstance(e, list) and e and isinstance(e[0], str) for e in vocab):
+                    raise data_error(tj, "field `model.vocab` must be a list of [piece, score] pairs", "model.vocab")
                 self.vocab = {entry[0]: i for i, entry in enumerate(vocab)}
         tc = d / "tokenizer_config.json"
         if tc.is_file():
-            decoder = _read_json(tc).get("added_tokens_decoder") or {}
+            decoder = json_field(_read_json(tc), tc, "added_tokens_decoder", "object", {})
             for sid, tok in decoder.items():
                 text = _token_text(tok)
                 if text is not None:
+                    if not sid.isdigit():
+                        raise data_error(tc, f"field `added_tokens_decoder`: key {sid!r} is not a token id",
+                                         "added_tokens_decoder")
                     self.added.setdefault(text, int(sid))
 
     def id(self, text: str) -> int | None:
@@ -238,10 +248,16 @@ def _first_with(dirs: list[Path], *names: str) -> Path | None:
     return None
 
 
-def _ids(value: Any) -> list[int]:
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _ids(data: dict[str, Any], path: Path, key: str) -> list[int]:
+    """``data[key]``: a token id or a list of them (``eos_token_id``), checked."""
+    value = json_field(data, path, key, "int_or_int_list")
     if value is None:
         return []
-    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+    return value if isinstance(value, list) else [value]
 
 
 def serving_files(model_dirs: list[PathLike]) -> dict[str, bytes]:
@@ -270,17 +286,19 @@ def serving_files(model_dirs: list[PathLike]) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
 
     gen_dir = _first_with(dirs, "generation_config.json")
-    gen: dict[str, Any] = _read_json(gen_dir / "generation_config.json") if gen_dir else {}
+    gen_path = gen_dir / "generation_config.json" if gen_dir else Path("generation_config.json")
+    gen: dict[str, Any] = _read_json(gen_path) if gen_dir else {}
     cfg_dir = _first_with(dirs, "config.json")
-    model_cfg: dict[str, Any] = _read_json(cfg_dir / "config.json") if cfg_dir else {}
+    cfg_path = cfg_dir / "config.json" if cfg_dir else Path("config.json")
+    model_cfg: dict[str, Any] = _read_json(cfg_path) if cfg_dir else {}
 
-    eos = _ids(gen.get("eos_token_id"))
+    eos = _ids(gen, gen_path, "eos_token_id")
     if template is not None and tok_dir is not None:
         eot = [tid for _, tid in end_of_turn_tokens(template, tok_dir)]
     elif vocab is not None and "eos_token" in tokens and vocab.id(tokens["eos_token"]) is not None:
         eot = [vocab.id(tokens["eos_token"])]  # type: ignore[list-item]
     else:
-        eot = _ids(model_cfg.get("eos_token_id"))
+        eot = _ids(model_cfg, cfg_path, "eos_token_id")
     eos += [i for i in eot if i not in eos]
     if eos:
         gen["eos_token_id"] = eos[0] if len(eos) == 1 else eos

@@ -20,6 +20,7 @@ from typing import Any
 
 from pyft import _core
 from pyft.export.chat import end_of_turn_tokens, load_chat_template, special_tokens
+from pyft.io.files import check_model_files
 
 PathLike = str | os.PathLike[str]
 
@@ -91,7 +92,7 @@ def export_gguf(
         model: HF model directory (``config.json``, safetensors, tokenizer files). Llama/Mistral,
             Qwen2 and Qwen3 architectures. A bitsandbytes NF4 base is dequantized exactly as
             bitsandbytes does, then written as ``qtype``.
-        out: the ``.gguf`` file to write (staged as ``<out>.partial``, renamed at the end).
+        out: the ``.gguf`` file to write (staged under a unique new name beside it, renamed at the end).
         qtype: one of :data:`QTYPES`. ``q8_0`` and the float types match
             ``convert_hf_to_gguf.py --outtype``; ``q4_0``/``q4_k_m``/``q5_k_m``/``q6_k`` match
             ``llama-quantize`` (no imatrix) applied to a float GGUF of the same model.
@@ -103,6 +104,7 @@ def export_gguf(
     """
     model = Path(model)
     adapter_dirs = [Path(a) for a in adapters]
+    check_model_files(model, adapter_dirs)
     search = [*adapter_dirs, model]
     template = load_chat_template(*search)
     eot: int | None = None
@@ -141,6 +143,7 @@ def export_gguf_lora(
         name: ``general.name`` (default: the adapter folder's name).
         overwrite: replace an existing ``out``.
     """
+    check_model_files(base, [adapter])
     report = _core.export_gguf_lora(os.fspath(adapter), os.fspath(base), os.fspath(out), dtype=dtype, name=name,
                                     overwrite=overwrite)
     return GgufReport.from_json(report)

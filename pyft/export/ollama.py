@@ -22,11 +22,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyft._atomic import atomic_file
 from pyft.errors import ConfigError, TemplateError
 from pyft.export.chat import (
     PROBE_ASSISTANT,
@@ -381,7 +381,7 @@ def write_modelfile(
     num_ctx: int | None = None,
     parameters: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an Ollama Modelfile atomically (temporary file in the same directory, then rename).
+    """Write an Ollama Modelfile atomically (staged beside it, then renamed).
 
     Args:
         path: the Modelfile to write.
@@ -420,15 +420,8 @@ def write_modelfile(
         quoted = f'"{text}"' if name == "stop" and _parsed_value(f'"{text}"') == text else _modelfile_value(name, text)
         lines.append(f"PARAMETER {name} {quoted}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
     return path
 
 

@@ -14,13 +14,12 @@ Each returns an :class:`ExportResult` listing the files written and the commands
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyft._atomic import atomic_directory
+from pyft._atomic import atomic_directory, check_output_disjoint
 from pyft.errors import ConfigError
 from pyft.export.chat import default_system_prompt
 from pyft.export.gguf import GgufReport, export_gguf, export_gguf_lora
@@ -31,6 +30,7 @@ from pyft.export.vllm import (
     vllm_adapter_error_message,
     vllm_serve_command,
 )
+from pyft.io.files import json_field, read_json_object
 
 PathLike = str | os.PathLike[str]
 
@@ -63,10 +63,7 @@ def adapter_base(adapter: PathLike, base: PathLike | None = None) -> Path:
     if base is not None:
         return Path(base)
     cfg_path = Path(adapter) / "adapter_config.json"
-    try:
-        name = json.loads(cfg_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{cfg_path}: cannot read the adapter config ({e})") from e
+    name = json_field(read_json_object(cfg_path), cfg_path, "base_model_name_or_path", "str")
     if name and (Path(name) / "config.json").is_file():
         return Path(name)
     raise ConfigError(f"{cfg_path}: base_model_name_or_path {name!r} is not a local model directory; "
@@ -112,6 +109,7 @@ def to_ollama(model: PathLike, out_dir: PathLike, *, qtype: str = "q8_0", adapte
         system = default_system_prompt(*search)
     name = model_name or Path(out_dir).resolve().name
     result = ExportResult()
+    check_output_disjoint(out_dir, [model, *adapters])
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         if adapters and not merge:
             if len(adapters) > 1:
@@ -149,6 +147,7 @@ def to_vllm(model: PathLike, out_dir: PathLike, *, adapters: list[PathLike] | No
     if adapters and not merge:
         if len(adapters) > 1:
             raise ConfigError("vLLM serves each adapter by name: export them one at a time, or pass --merge")
+        check_output_disjoint(out, [model, *adapters])
         problems = check_vllm_adapter(adapters[0])
         if problems:
             raise ConfigError(vllm_adapter_error_message(problems, adapters[0]))

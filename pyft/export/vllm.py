@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pyft.errors import ConfigError
+from pyft.io.files import check_adapter_config, read_json_object
 
 PathLike = str | os.PathLike[str]
 
@@ -36,12 +37,8 @@ def _config(adapter_dir: PathLike) -> dict[str, Any]:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.is_file():
         raise ConfigError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter directory)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
+    cfg = read_json_object(path)
+    check_adapter_config(cfg, path)
     return cfg
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pyft import _core
+from pyft.errors import PyftError
+from pyft.io.files import check_model_files, read_json_object
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -36,17 +38,17 @@ def parse_size(size: int | str) -> int:
         return size
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", size.upper())
     if not m:
-        raise _core.ConfigError(f"max_shard_size: cannot read {size!r} (examples: 5GB, 500MB, 2GiB)")
+        raise _core.ConfigError(f"--max-shard-size: cannot read {size!r} (examples: 5GB, 500MB, 2GiB)")
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
 def is_quantized(model_dir: str | os.PathLike[str]) -> bool:
     """Whether ``model_dir``'s ``config.json`` has a ``quantization_config`` (e.g. a 4-bit NF4 base)."""
     try:
-        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = read_json_object(Path(model_dir) / "config.json")
+    except (OSError, PyftError):
         return False  # the merge itself reports the unreadable config
-    return isinstance(config, dict) and bool(config.get("quantization_config"))
+    return bool(config.get("quantization_config"))
 
 
 def nf4_note(report: Mapping[str, Any]) -> str | None:
@@ -123,6 +125,7 @@ def merge(
             a broken quant state (names the tensor and the file). Nothing is written then.
     """
     adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter)
+    check_model_files(base, adapters)
     if extra_files is None:
         from pyft.export.chat import serving_files
 

@@ -6,18 +6,23 @@ set until the file is closed, so streaming a model through it still "uses" the w
 peak memory is what the caller keeps plus one tensor; :meth:`SafetensorsShards.map` gives a tensor
 that stays backed by the file (copy-on-write), resident only where it is touched, for tensors kept
 as stored (as transformers loads them).
+
+Headers are validated by the Rust core (:func:`pyft._core.safetensors_layout`, the reader behind
+merge and export): overlapping or gapped offsets, sizes that disagree with shapes, negative
+dimensions and non-UTF-8 headers are refused naming the file, before a byte of data is read.
 """
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from pyft import _core
+from pyft.io.files import check_regular, child_path, data_error, json_field, open_regular, read_json_object
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "U8": torch.uint8,
            "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "F64": torch.float64,
@@ -40,15 +45,15 @@ class SafetensorsShards:
 
     Raises:
         FileNotFoundError: no safetensors weights in ``model_dir``.
-        ValueError: a malformed header, naming the file.
+        DataError: a malformed header or index, a shard outside ``model_dir``, a tensor stored
+            twice, or a file that is not a regular file; the message names the file.
     """
 
     def __init__(self, model_dir: str | os.PathLike[str]) -> None:
         d = Path(model_dir)
         index = d / "model.safetensors.index.json"
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            paths = [d / f for f in files]
+        if index.exists():
+            paths = _index_shards(d, index)
         else:
             paths = sorted(d.glob("*.safetensors"))
         if not paths:
@@ -57,7 +62,10 @@ class SafetensorsShards:
         self._maps: dict[Path, mmap.mmap] = {}
         self.entries: dict[str, TensorEntry] = {}
         for p in paths:
-            self.entries.update(_read_header(p))
+            for name, entry in _read_header(p).items():
+                if name in self.entries:
+                    raise data_error(p, f"tensor `{name}` is also stored in {self.entries[name].path.name}")
+                self.entries[name] = entry
 
     def keys(self) -> list[str]:
         """Tensor names in file order."""
@@ -70,14 +78,13 @@ class SafetensorsShards:
         """The tensor ``name`` (a fresh CPU tensor of its stored dtype and shape)."""
         e = self.entries[name]
         buf = bytearray(e.end - e.start)
-        with open(e.path, "rb") as f:
+        with open_regular(e.path) as f:
             f.seek(e.start)
             if f.readinto(buf) != len(buf):
-                raise ValueError(f"{e.path}: tensor `{name}` is truncated")
+                raise data_error(e.path, f"tensor `{name}` is truncated (the file changed while it was read)")
         if not buf:
             return torch.empty(e.shape, dtype=e.dtype)
         return torch.frombuffer(buf, dtype=e.dtype).reshape(e.shape)
-
 
     def map(self, name: str) -> torch.Tensor:
         """The tensor ``name`` backed by a private (copy-on-write) mapping of its file: pages are
@@ -88,35 +95,36 @@ class SafetensorsShards:
             return torch.empty(e.shape, dtype=e.dtype)
         m = self._maps.get(e.path)
         if m is None:
-            with open(e.path, "rb") as f:
+            with open_regular(e.path) as f:
                 m = self._maps[e.path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         count = (e.end - e.start) // torch.empty((), dtype=e.dtype).element_size()
         return torch.frombuffer(m, dtype=e.dtype, count=count, offset=e.start).reshape(e.shape)
 
 
+def _index_shards(model_dir: Path, index: Path) -> list[Path]:
+    """The shard files of ``model.safetensors.index.json``: names inside ``model_dir`` only."""
+    weight_map = json_field(read_json_object(index), index, "weight_map", "object", required=True)
+    names = set()
+    for tensor, name in weight_map.items():
+        if not isinstance(name, str):
+            raise data_error(index, f"field `weight_map.{tensor}` must be a file name, got {name!r}",
+                             f"weight_map.{tensor}")
+        child_path(model_dir, name, index, f"weight_map.{tensor}")
+        if not (model_dir / name).exists():
+            raise data_error(index, f"lists {name}, which does not exist", f"weight_map.{tensor}")
+        names.add(name)
+    return [model_dir / n for n in sorted(names)]
+
+
 def _read_header(path: Path) -> dict[str, TensorEntry]:
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-        (n,) = struct.unpack("<Q", head)
-        size = path.stat().st_size
-        if n > size - 8:
-            raise ValueError(f"{path}: header length {n} runs past the end of the file")
-        try:
-            header = json.loads(f.read(n))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: header is not JSON ({e})") from None
-    base = 8 + n
+    """The tensors of ``path`` from its header, as validated by the Rust core."""
+    check_regular(path)  # a FIFO or device is refused here instead of blocking the reader
+    _metadata, layout = _core.safetensors_layout(str(path))
     out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(info.get("dtype"))
+    for name, dtype_name, shape, start, end in layout:
+        dtype = _DTYPES.get(dtype_name)
         if dtype is None:
-            raise ValueError(f"{path}: tensor `{name}` has unsupported dtype {info.get('dtype')!r}")
-        start, end = info["data_offsets"]
-        if not 0 <= start <= end <= size - base:
-            raise ValueError(f"{path}: tensor `{name}` has data offsets {start}..{end} outside the file")
-        out[name] = TensorEntry(path, dtype, tuple(info["shape"]), base + start, base + end)
+            raise data_error(path, f"tensor `{name}` has dtype {dtype_name}, which pyft does not read "
+                                   f"(expected one of {', '.join(_DTYPES)})")
+        out[name] = TensorEntry(path, dtype, tuple(shape), start, end)
     return out

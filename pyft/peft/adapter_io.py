@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pyft._atomic import atomic_directory
+from pyft.io.files import check_adapter_config, read_json_object
 from pyft.peft.lora import LoraConfig, ModulesToSave, apply_lora, lora_modules
 
 PREFIX = "base_model.model."
@@ -152,10 +153,8 @@ def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> LoraConfig:
     path = Path(adapter_dir) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: not an adapter directory (no {CONFIG_NAME})")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed JSON: {e}") from None
+    raw = read_json_object(path)  # DataError naming the file: not a regular file, not a JSON object
+    check_adapter_config(raw, path)
     if raw.get("peft_type") != "LORA":
         raise ValueError(f"{path}: field `peft_type` is {raw.get('peft_type')!r}; pyft loads LORA adapters")
     for key, ok in _UNSUPPORTED:

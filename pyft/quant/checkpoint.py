@@ -7,6 +7,10 @@ other tensors in the load dtype, and a ``quantization_config`` block in ``config
 with ``AutoModelForCausalLM.from_pretrained`` when bitsandbytes is installed, and with
 :func:`pyft.load_model`. Tensors are read one at a time; each input shard becomes one output
 shard, held in memory in its quantized form only. The directory is staged and renamed into place.
+
+The input is validated before anything is written (see :mod:`pyft.quant.loader`): ``config.json``
+(a JSON object with well-typed model fields), every safetensors header (by the Rust core, as for
+merge and export) and every tensor's shape against the model the config describes.
 """
 
 from __future__ import annotations
@@ -20,10 +24,17 @@ from pathlib import Path
 
 import torch
 
-from pyft._atomic import atomic_directory
+from pyft._atomic import atomic_directory, check_output_disjoint
 from pyft.errors import ConfigError
+from pyft.io.files import data_error
 from pyft.io.shards import SafetensorsShards
-from pyft.quant.loader import _skeleton, bnb_4bit_settings, quantized_linear_names
+from pyft.quant.loader import (
+    bnb_4bit_settings,
+    build_skeleton,
+    check_tensor_shapes,
+    quantized_linear_names,
+    read_model_config,
+)
 from pyft.quant.nf4 import quantize_nf4
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -72,22 +83,32 @@ def quantize_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.Pat
             is. When given they are written as ``llm_int8_skip_modules`` (with the output layer).
 
     Raises:
-        FileExistsError: ``out_dir`` exists. ConfigError: the input is already quantized.
+        FileExistsError: ``out_dir`` exists. ConfigError: the input is already quantized, or
+            ``out_dir`` is, contains or lies inside ``model_dir``.
+        DataError: a malformed ``config.json`` or safetensors file, or a tensor whose shape or
+            type does not fit the config; named with its file. Nothing is written then.
         ValueError: a non-finite weight (named with its file).
     """
-    from transformers import AutoConfig
-
     src, dst = Path(model_dir), Path(out_dir)
+    check_output_disjoint(dst, [src])
     if dst.exists():
         raise FileExistsError(f"{dst}: already exists (pyft never overwrites)")
-    config = AutoConfig.from_pretrained(str(src), local_files_only=True)
+    raw_config, config = read_model_config(src)
     if bnb_4bit_settings(config) is not None:
         raise ConfigError(f"{src}: already a bitsandbytes 4-bit checkpoint")
-    model = _skeleton(config, dtype, None)
+    model = build_skeleton(config, dtype, None, src / "config.json")
     targets = {f"{n}.weight" for n in quantized_linear_names(model, skip_modules)}
     output = model.get_output_embeddings()
     output_name = next((n for n, m in model.named_modules() if m is output), "lm_head")
     shards = SafetensorsShards(src)
+    check_tensor_shapes(model, shards)
+    for name in sorted(targets & set(shards.keys())):
+        if not shards.entries[name].dtype.is_floating_point:
+            raise data_error(shards.entries[name].path, f"tensor `{name}` is {shards.entries[name].dtype}, "
+                                                        "not a floating-point weight to quantize", name)
+    missing = targets - set(shards.keys())
+    if missing:
+        raise ValueError(f"{src}: tensors missing from the checkpoint: {', '.join(sorted(missing)[:5])}")
     index_path = src / "model.safetensors.index.json"
     by_file: dict[Path, list[str]] = {}
     for name in shards.keys():
@@ -115,15 +136,12 @@ def quantize_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.Pat
             save_file(tensors, str(stage / path.name), metadata={"format": "pt"})
             bytes_out += (stage / path.name).stat().st_size
             weight_map.update({k: path.name for k in tensors})
-        missing = targets - set(shards.keys())
-        if missing:
-            raise ValueError(f"{src}: tensors missing from the checkpoint: {', '.join(sorted(missing)[:5])}")
         if index_path.is_file():
             total = sum((stage / f).stat().st_size for f in set(weight_map.values()))
             (stage / index_path.name).write_text(json.dumps(
                 {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
         skip = [*skip_modules, output_name] if skip_modules else None
-        cfg = json.loads((src / "config.json").read_text())
+        cfg = dict(raw_config)
         cfg["quantization_config"] = quantization_config(compute_dtype or dtype, double_quant, skip)
         cfg["dtype"] = _DTYPE_NAMES[dtype]
         cfg.pop("torch_dtype", None)

@@ -6,6 +6,11 @@ on the target device before the next is read, so peak memory is the NF4 model pl
 Embeddings, norms and the output layer keep the load dtype (as bitsandbytes + transformers do).
 Checkpoints already saved in bitsandbytes' 4-bit format (``quantization_config`` with
 ``load_in_4bit``) load their packed weights and quant states as they are.
+
+Inputs are checked before anything is built or written: ``config.json`` by
+:func:`read_model_config`, the safetensors headers by the Rust core (through
+:class:`~pyft.io.shards.SafetensorsShards`), and every tensor's shape against the model the
+config describes (:func:`check_tensor_shapes`); each refusal names the file and the field or tensor.
 """
 
 from __future__ import annotations
@@ -20,9 +25,80 @@ import torch
 from torch import nn
 
 from pyft.errors import ConfigError
+from pyft.io.files import check_model_config, data_error, read_json_object
 from pyft.io.shards import SafetensorsShards
 from pyft.quant.linear import NF4Linear
 from pyft.quant.nf4 import BLOB_KEY, quantize_nf4
+
+
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """What transformers raises for a config it cannot use (its strict dataclass checks included)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # huggingface_hub < 0.35
+        return (ValueError, TypeError, KeyError, AttributeError)
+    return (ValueError, TypeError, KeyError, AttributeError, StrictDataclassError)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (transformers' validation errors span several)."""
+    return " ".join(str(e).split())
+
+
+def read_model_config(model_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], Any]:
+    """``model_dir/config.json``, validated, as a dict and as a transformers config.
+
+    The file is read by :func:`pyft.io.files.read_json_object` (a regular file holding a JSON
+    object) and its model fields checked (:func:`pyft.io.files.check_model_config`) before
+    transformers sees it; what transformers still refuses is reported naming the file.
+
+    Raises:
+        DataError: not a regular file, not a JSON object, a field of the wrong type, or refused
+            by transformers.
+        FileNotFoundError: no ``config.json``.
+    """
+    from transformers import AutoConfig
+
+    path = Path(model_dir) / "config.json"
+    raw = read_json_object(path)
+    check_model_config(raw, path)
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    except _config_errors() as e:
+        raise data_error(path, f"transformers cannot read it: {_one_line(e)}") from e
+    return raw, config
+
+
+def build_skeleton(config: Any, dtype: torch.dtype, attn_implementation: str | None,
+                   config_path: str | os.PathLike[str]) -> nn.Module:
+    """The model ``config`` describes, on the meta device (no memory).
+
+    Raises:
+        DataError: transformers cannot build it (sizes that do not fit together), naming
+            ``config_path``.
+    """
+    try:
+        return _skeleton(config, dtype, attn_implementation)
+    except (*_config_errors(), RuntimeError) as e:
+        raise data_error(config_path, f"transformers cannot build the model it describes: {_one_line(e)}") from e
+
+
+def check_tensor_shapes(model: nn.Module, shards: SafetensorsShards, names: Sequence[str] | None = None) -> None:
+    """Refuse a stored tensor whose shape differs from the one ``model`` (the skeleton the config
+    describes) gives it. Tensors the model does not have are not checked.
+
+    Args:
+        names: the tensors to check (default: every stored tensor).
+
+    Raises:
+        DataError: naming the file, the tensor and both shapes.
+    """
+    expected = {n: tuple(t.shape) for n, t in (*model.named_parameters(), *model.named_buffers())}
+    for name in shards.keys() if names is None else names:
+        entry = shards.entries.get(name)
+        if entry is not None and name in expected and entry.shape != expected[name]:
+            raise data_error(entry.path, f"tensor `{name}` has shape {list(entry.shape)}, but config.json "
+                                         f"makes it {list(expected[name])}", name)
 
 
 def bnb_4bit_settings(config: Any) -> dict[str, Any] | None:
@@ -121,19 +197,22 @@ def load_nf4_model(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.b
 
     Raises:
         ConfigError: an unsupported quantization in the checkpoint's config.
+        DataError: a malformed ``config.json`` or safetensors file, or a tensor whose shape does
+            not fit the config (named with the file).
         ValueError: a tensor missing from the checkpoint (named), or a non-finite weight.
     """
-    from transformers import AutoConfig
-
     device = torch.device(device or "cpu")
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    where = Path(path)
+    _, config = read_model_config(where)
     prequantized = bnb_4bit_settings(config)
     if prequantized is not None:
         skip_modules = list(skip_modules) + list(prequantized.get("llm_int8_skip_modules") or [])
         del config.quantization_config
-    model = _skeleton(config, dtype, attn_implementation)
+    model = build_skeleton(config, dtype, attn_implementation, where / "config.json")
     shards = SafetensorsShards(path)
-    where = Path(path)
+    # A pre-quantized checkpoint stores packed weights (shapes of the packing, not of the layer).
+    check_tensor_shapes(model, shards, None if prequantized is None else
+                        [n for n in shards.keys() if f"{n}.{BLOB_KEY}" not in shards])
     for name in quantized_linear_names(model, skip_modules):
         weight_key = f"{name}.weight"
         if weight_key not in shards:

@@ -10,6 +10,7 @@ with ``tuning``) or an alignment objective (``dpo``, ``kto``, ``orpo``, ``simpo`
 ``tuning`` says which weights an alignment run (or ``sft``) trains: ``lora`` (default), ``qlora`` or
 ``full``. ``adapter`` continues training an existing PEFT LoRA adapter (e.g. DPO on top of an SFT
 adapter; its starting weights are then DPO's/KTO's reference) instead of starting a new one.
+``overwrite: true`` (``pyft train --overwrite``) replaces a run already in ``output``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pyft.errors import ConfigError
+from pyft.io.files import read_text
 from pyft.peft.lora import LoraConfig
 from pyft.train.optim import ALIASES, OPTIMIZERS
 
@@ -135,11 +137,17 @@ class AlignSection:
 
 @dataclass
 class TrainConfig:
-    """A whole training run."""
+    """A whole training run.
+
+    ``overwrite``: ``output`` may hold an earlier run (its adapter or model, metrics, checkpoints):
+    that run's files are deleted before training starts. Without it such an output is refused,
+    unless ``train.resume`` continues that run.
+    """
 
     model: str = ""
     data: str = ""
     output: str = "pyft-output"
+    overwrite: bool = False
     method: str = "lora"
     tuning: str | None = None
     adapter: str | None = None
@@ -170,6 +178,9 @@ class TrainConfig:
                               "into the model first (pyft merge)")
         self._validate_align()
         t = self.train
+        if self.overwrite and t.resume:
+            raise ConfigError(f"overwrite: true starts the run in `output` again and deletes its checkpoints; it "
+                              f"cannot go with train.resume={t.resume} (drop one of them)")
         checks = [
             (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
             (t.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
@@ -377,7 +388,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(read_text(p)) or {}  # DataError naming the file when not UTF-8
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: invalid YAML: {e}") from None
     for k, v in values.items():

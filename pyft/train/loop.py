@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyft._atomic import atomic_file
 from pyft.data import PreparedDataset
 from pyft.errors import ConfigError, TrainingError
 from pyft.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -100,6 +101,26 @@ class RowStream:
     def position(self) -> dict[str, int]:
         """Where the stream is (for checkpoints)."""
         return {"epoch": self.epoch, "offset": self.offset}
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Keep only the records of ``path`` (metrics JSONL) logged at or before ``step``.
+
+    A run resumed from checkpoint ``step`` logs the later steps again; the records a killed run wrote
+    past its last checkpoint (and a line cut short by the kill) must go, or curves would hold two runs.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text("".join(kept), encoding="utf-8")
 
 
 class Trainer:
@@ -312,7 +333,11 @@ class Trainer:
                 self.tb = SummaryWriter(str(self.output / "tensorboard"))
             except ImportError:
                 self.tb = None
-        metrics = open(self.output / "metrics.jsonl", "a", encoding="utf-8") if main else open(os.devnull, "w")
+        if main and self.step > 0:
+            drop_metrics_after(self.output / "metrics.jsonl", self.step)
+        # Line-buffered: a killed run loses no record of a step its checkpoints hold.
+        metrics = (open(self.output / "metrics.jsonl", "a", encoding="utf-8", buffering=1) if main
+                   else open(os.devnull, "w"))
         t0, tokens_since = time.perf_counter(), 0
         last: dict[str, float] = {}
         stopped_early = False

@@ -1,7 +1,8 @@
 """``pyft.train.train``: set up model, method and data from a :class:`TrainConfig`, run, save.
 
-Everything that can be checked is checked before the first step: the model directory, the
-prepared data (kind, tokenizer identity, vocabulary), the method options.
+Everything that can be checked is checked before the first step: the output (it must not overlap
+an input, nor hold an earlier run unless that run is resumed or ``overwrite`` is set), the model
+directory, the prepared data (kind, tokenizer identity, vocabulary), the method options.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,14 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyft._atomic import atomic_directory
+from pyft._atomic import atomic_directory, check_output_disjoint, discard_directory
 from pyft.data import PreparedDataset
 from pyft.errors import ConfigError
+from pyft.io.files import read_json_object
 from pyft.models import check_model_dir, load_model, load_reward_model
 from pyft.peft import apply_lora, load_adapter, merge_lora, save_adapter, trainable_parameters_report
 from pyft.train.config import ALIGN_METHODS, TrainConfig
 from pyft.train.loop import Trainer, TrainResult, resolve_precision, seed_everything
-from pyft.train.checkpoint import list_checkpoints
+from pyft.train.checkpoint import list_checkpoints, remove_stale_staging
 from pyft.train.distributed import all_reduce_sum, barrier, init_distributed
 from pyft.train.objective import Objective
 
@@ -52,6 +55,58 @@ def check_data_matches_model(ds: PreparedDataset, model_dir: Path, vocab_size: i
     if meta["tokenizer"]["vocab_size"] > vocab_size:
         raise ConfigError(f"data: tokenizer vocabulary ({meta['tokenizer']['vocab_size']}) is larger than the model's "
                           f"embedding table ({vocab_size})")
+
+
+#: The directories a run writes into its output directory, and all it writes there: finding one of
+#: them means the output holds a run.
+RUN_DIRS = ("adapter", "model", "checkpoints", "tensorboard")
+RUN_ENTRIES = (*RUN_DIRS, "metrics.jsonl", "loss.png", "rewards.png", "reference_logps.safetensors")
+
+
+def check_output(config: TrainConfig) -> list[Path]:
+    """Check that ``config.output`` may take this run; return the earlier run's entries to delete first.
+
+    Every entry the run writes (:data:`RUN_ENTRIES`) must be disjoint from the model, data and adapter
+    directories: not one of them, inside one, or holding one. (The output directory itself may hold
+    the inputs beside the run, as ``pyft demo`` lays them out.) An output that already holds a run
+    is refused unless ``train.resume`` continues it or ``overwrite`` replaces it.
+
+    Raises:
+        ConfigError: an entry overlaps an input, or the output holds a run that would be replaced.
+    """
+    out = Path(config.output)
+    for name in RUN_ENTRIES:
+        check_output_disjoint(out / name, [config.model, config.data, config.adapter])
+    found = [out / name for name in RUN_ENTRIES if os.path.lexists(out / name)]
+    resume = config.train.resume
+    if config.overwrite:
+        return found
+    if not found or (resume and resume != "auto"):  # nothing to replace, or a checkpoint named to continue from
+        return []
+    if resume == "auto" and list_checkpoints(out / "checkpoints"):
+        return []
+    listing = ", ".join(p.name for p in found)
+    if resume == "auto":
+        raise ConfigError(f"output: {out} already holds a training run ({listing}) but no checkpoint to resume from "
+                          f"(train.resume=auto); pass --overwrite (config: overwrite: true) to start it again")
+    raise ConfigError(f"output: {out} already holds a training run ({listing}); pass --overwrite (config: "
+                      f"overwrite: true) to replace it, or train.resume=auto to continue it from its last checkpoint")
+
+
+def remove_run(entries: list[Path]) -> None:
+    """Delete an earlier run's entries (what :func:`check_output` returned under ``overwrite``).
+
+    Links are removed, never followed; directories are renamed aside before they are deleted, so a
+    crash never leaves a half-deleted ``checkpoints/step-*`` that looks complete.
+    """
+    for path in entries:
+        if path.is_dir() and not path.is_symlink():
+            discard_directory(path)
+        else:
+            path.unlink()
+    if entries:
+        print(f"[train] overwrite: removed the earlier run in {entries[0].parent} "
+              f"({', '.join(p.name for p in entries)})", file=sys.stderr)
 
 
 def apply_freezing(model: nn.Module, config: TrainConfig) -> None:
@@ -82,6 +137,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     t = config.train
     model_dir = check_model_dir(config.model)
     train_ds = PreparedDataset(config.data, "train")
+    earlier_run = check_output(config)
     eval_ds = PreparedDataset(config.data, "validation") if "validation" in train_ds.info.splits else None
     device = torch.device(t.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dist_info = init_distributed(device.type)
@@ -108,6 +164,10 @@ def build_trainer(config: TrainConfig) -> Trainer:
     else:
         model = load_model(model_dir, dtype=dtype, device=device)
     check_data_matches_model(train_ds, model_dir, model.config.vocab_size, config.objective)
+    if earlier_run:  # overwrite: only now that model and data are known good
+        if dist_info.is_main:
+            remove_run(earlier_run)
+        barrier(dist_info)
     if config.objective != "sft" and config.align.disable_dropout:
         disable_dropout(model)
     if adapters and config.adapter:
@@ -151,6 +211,9 @@ def build_trainer(config: TrainConfig) -> Trainer:
             if not (path / "state.json").is_file():
                 raise ConfigError(f"train.resume: {path} is not a checkpoint directory")
             trainer.resume(path)
+    if dist_info.is_main:  # what a killed run left while writing checkpoints or deleting a directory
+        remove_stale_staging(Path(config.output), RUN_DIRS)
+        remove_stale_staging(trainer.ckpt_root)
     return trainer
 
 
@@ -265,7 +328,7 @@ def _save_serving_info(dest: Path, ds: PreparedDataset) -> None:
     if source:
         (dest / "chat_template.jinja").write_text(source, encoding="utf-8")
         tc_path = dest / "tokenizer_config.json"
-        tc = json.loads(tc_path.read_text(encoding="utf-8")) if tc_path.is_file() else {}
+        tc = read_json_object(tc_path) if tc_path.is_file() else {}
         tc["chat_template"] = source
         tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     run_info = {"template": template.get("name"), "system_prompt": ds.info.meta.get("system_prompt")}

@@ -4,6 +4,7 @@
 //! for Python. Modules:
 //! - [`data`]: reading conversation files, validation, chat templating, tokenization,
 //!   loss masks, packing and the token-shard writer.
+//! - [`guard`]: panics in third-party parsers (parquet, tokenizers, minijinja) as typed errors.
 //! - [`gguf`]: GGUF files for llama.cpp/Ollama: writer, reader, quantizers, export.
 //! - [`io`]: safetensors reading (validated, memory-mapped) and streaming writing.
 //! - [`merge`]: folding LoRA-family adapters into base weights, tensor by tensor.
@@ -14,6 +15,7 @@
 pub mod data;
 pub mod error;
 pub mod gguf;
+pub mod guard;
 pub mod io;
 pub mod merge;
 pub mod nf4;

@@ -5,9 +5,10 @@
 //!              ├─ `TemplateError` (chat template compile/render failures)
 //!              ├─ `TokenizerError`
 //!              └─ `ConfigError` (invalid options)
-//! I/O failures become `OSError` with the path in the message; unusable tensor values `ValueError`.
+//! I/O failures become `OSError` with the path in the message (`FileExistsError` for an output that
+//! exists without `--overwrite`); unusable tensor values `ValueError`.
 
-use pyo3::exceptions::{PyException, PyOSError, PyValueError};
+use pyo3::exceptions::{PyException, PyFileExistsError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyft_core::Error;
 
@@ -21,6 +22,9 @@ pyo3::create_exception!(pyft._core, ConfigError, PyftError, "An option or config
 pub fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
     let message = err.to_string();
     match err {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            PyFileExistsError::new_err(message)
+        }
         Error::Io { .. } => PyOSError::new_err(message),
         Error::Record { location, field, .. } => {
             let e = DataError::new_err(message);

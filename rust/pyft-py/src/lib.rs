@@ -10,6 +10,8 @@ mod inspect;
 mod gguf_vocab;
 mod merge;
 mod nf4;
+mod staging;
+mod safetensors;
 
 use pyo3::prelude::*;
 
@@ -34,6 +36,10 @@ mod _core {
     use super::merge::merge;
     #[pymodule_export]
     use super::nf4::{nf4_double_quantize, nf4_quantize, nf4_state_json};
+    #[pymodule_export]
+    use super::safetensors::safetensors_layout;
+    #[pymodule_export]
+    use super::staging::{check_output_disjoint, discard_dir, remove_stale_staging, PyStagingDir, PyStagingFile};
     #[pymodule_export]
     use super::error::{ConfigError, DataError, PyftError, TemplateError, TokenizerError};
 

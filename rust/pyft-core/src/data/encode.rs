@@ -157,7 +157,7 @@ impl Encoder<'_> {
     fn template(&self) -> Result<&ChatTemplate> {
         self.template.ok_or_else(|| {
             Error::Template(
-                "the tokenizer has no chat template: pass a built-in template name (e.g. chatml) or a template file"
+                "the tokenizer has no chat template: pass --template with a built-in name (e.g. chatml) or a template file"
                     .into(),
             )
         })
@@ -353,7 +353,7 @@ impl Encoder<'_> {
             if !text.starts_with(&before) || !text.starts_with(&through) || through.len() < before.len() {
                 return Err(Error::Template(format!(
                     "cannot locate assistant message {i}: the template renders earlier turns differently once later \
-                     turns follow; use a template with {{% generation %}} markers or train_on=all"
+                     turns follow; use a template with {{% generation %}} markers or --train-on all"
                 )));
             }
             spans.push(before.len()..through.len());

@@ -196,11 +196,11 @@ impl Ctx<'_> {
         Error::Record { location: self.location.clone(), field: None, message: message.into() }
     }
 
+    /// The value at `key`, which must be present; a `null` is returned too, for the caller's type
+    /// check to report as "got null" (not "missing", which would send the user looking for a key
+    /// that is there).
     fn required<'v>(&self, obj: &'v Map<String, Value>, key: &str) -> Result<&'v Value> {
-        match obj.get(key) {
-            None | Some(Value::Null) => Err(self.err(key, "missing")),
-            Some(v) => Ok(v),
-        }
+        obj.get(key).ok_or_else(|| self.err(key, "missing"))
     }
 
     /// A required, non-blank string at `path`.
@@ -268,7 +268,7 @@ fn validate_messages(ctx: &Ctx, v: &Value, path: &str, need_assistant: bool) -> 
             .as_object()
             .ok_or_else(|| ctx.err(&here, format!("expected a message object, got {}", json_kind(m))))?;
         let role = match obj.get("role") {
-            None | Some(Value::Null) => return Err(ctx.err(format!("{here}.role"), "missing")),
+            None => return Err(ctx.err(format!("{here}.role"), "missing")),
             Some(Value::String(r)) => r.as_str(),
             Some(other) => return Err(ctx.err(format!("{here}.role"), format!("expected a string, got {}", json_kind(other)))),
         };
@@ -283,7 +283,7 @@ fn validate_messages(ctx: &Ctx, v: &Value, path: &str, need_assistant: bool) -> 
             Some(Value::String(s)) if !s.trim().is_empty() => {}
             None | Some(Value::Null) if has_tool_calls => {}
             Some(Value::String(_)) if has_tool_calls => {}
-            None | Some(Value::Null) => return Err(ctx.err(format!("{here}.content"), "missing")),
+            None => return Err(ctx.err(format!("{here}.content"), "missing")),
             Some(Value::String(_)) => return Err(ctx.err(format!("{here}.content"), "empty")),
             Some(other) => {
                 return Err(ctx.err(format!("{here}.content"), format!("expected a string, got {}", json_kind(other))))
@@ -552,6 +552,37 @@ mod tests {
         let Example::Preference { prompt, chosen, .. } = implicit else { panic!() };
         assert_eq!(prompt, Part::Messages(json!([{"role": "user", "content": "q"}])));
         assert_eq!(chosen, Part::Messages(json!([{"role": "assistant", "content": "good"}])));
+    }
+
+    #[test]
+    fn null_is_reported_as_null_not_missing() {
+        let user = json!({"role": "user", "content": "q"});
+        assert_eq!(
+            err(json!({"messages": [user, {"role": "assistant", "content": null}]}), Format::Messages),
+            "d.jsonl:7: field `messages[1].content`: expected a string, got null"
+        );
+        assert_eq!(
+            err(json!({"messages": [{"role": null, "content": "q"}]}), Format::Messages),
+            "d.jsonl:7: field `messages[0].role`: expected a string, got null"
+        );
+        assert_eq!(
+            err(json!({"instruction": "i", "output": null}), Format::Alpaca),
+            "d.jsonl:7: field `output`: expected a string, got null"
+        );
+        assert_eq!(
+            err(json!({"prompt": "p", "chosen": "c", "rejected": null}), Format::Preference),
+            "d.jsonl:7: field `rejected`: expected a string or a list of messages, got null"
+        );
+        assert_eq!(err(json!({"messages": null}), Format::Messages), "d.jsonl:7: field `messages`: expected a list of messages, got null");
+        assert_eq!(err(json!({"text": null}), Format::Text), "d.jsonl:7: field `text`: expected a string, got null");
+        // Absent stays "missing"; a null content next to tool calls is fine.
+        assert_eq!(
+            err(json!({"messages": [user, {"role": "assistant"}]}), Format::Messages),
+            "d.jsonl:7: field `messages[1].content`: missing"
+        );
+        let call = json!({"role": "assistant", "content": null, "tool_calls": [{"function": {"name": "f"}}]});
+        let answer = json!({"role": "assistant", "content": "a"});
+        assert!(convert(&json!({"messages": [user, call, answer]}), Format::Messages, &loc()).is_ok());
     }
 
     #[test]

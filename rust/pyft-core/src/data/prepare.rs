@@ -14,13 +14,14 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::data::encode::{Encoded, Encoder, TrainOn};
-use crate::data::formats::{convert, Example, ExampleKind, Format};
+use crate::data::formats::{convert, json_kind, Example, ExampleKind, Format};
 pub use crate::data::length::{Overlong, Truncation};
 use crate::data::length::{apply_length_policy, LengthCounts, LengthPolicy};
 use crate::data::output::{write_split, LengthHistogram};
 use crate::data::progress::Progress;
-use crate::data::read::{read_file, RawRecord};
-use crate::data::shards::StagingDir;
+use crate::data::read::{read_file, FileRecords, RawRecord};
+use crate::io::paths::check_output_disjoint;
+use crate::io::staging::{check_target, StagingDir};
 use crate::data::split::{sample_without_replacement, split_indices};
 use crate::data::template::{ChatTemplate, SpecialTokens};
 use crate::data::tokenize::Tokenizer;
@@ -141,14 +142,14 @@ pub fn load_tokenizer(path: &Path) -> Result<TokenizerBundle> {
     let (dir, file) = if path.is_dir() { (path.to_path_buf(), path.join("tokenizer.json")) } else {
         (path.parent().map(Path::to_path_buf).unwrap_or_default(), path.to_path_buf())
     };
-    if !file.is_file() {
+    if !file.exists() {
         return Err(Error::Tokenizer(format!("{}: no tokenizer.json found", path.display())));
     }
-    let json = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+    let json = crate::io::file::read_to_string(&file)?;
     let tokenizer = Tokenizer::from_json(&json).map_err(|e| Error::Tokenizer(format!("{}: {e}", file.display())))?;
     let cfg_path = dir.join("tokenizer_config.json");
-    let cfg: Value = if cfg_path.is_file() {
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let cfg: Value = if cfg_path.exists() {
+        let text = crate::io::file::read_to_string(&cfg_path)?;
         serde_json::from_str(&text).map_err(|e| Error::File { path: cfg_path.clone(), message: format!("malformed JSON: {e}") })?
     } else {
         Value::Object(Default::default())
@@ -185,11 +186,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
     let (chosen_template, template_name) = match &opts.template {
         TemplateChoice::Tokenizer => (None, "tokenizer".to_string()),
         TemplateChoice::Builtin(name) => (Some(ChatTemplate::builtin(name)?), name.clone()),
-        TemplateChoice::File(path) => {
-            let src = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let t = ChatTemplate::new(&src).map_err(|e| Error::Template(format!("{}: {e}", path.display())))?;
-            (Some(t), path.display().to_string())
-        }
+        TemplateChoice::File(path) => (Some(ChatTemplate::from_file(path)?), path.display().to_string()),
     };
     let template: Option<&ChatTemplate> = match &opts.template {
         TemplateChoice::Tokenizer => bundle.template.as_ref(),
@@ -213,11 +210,11 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
         let read = read_file(path)?;
         counts.read += read.records.len() + read.problems.len();
         counts.invalid += read.problems.len();
-        problems.extend(read.problems);
         let format = match opts.format {
             Some(f) => f,
-            None => detect_file_format(path, &read.records)?,
+            None => detect_file_format(path, &read)?,
         };
+        problems.extend(read.problems);
         match &kind {
             None => kind = Some((format.kind(), path.clone())),
             Some((k, first)) if *k != format.kind() => {
@@ -330,6 +327,9 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
     progress.finish();
     if !problems.is_empty() && !opts.skip_invalid {
         return Err(invalid(problems));
+    }
+    if train_docs.is_empty() && val_docs.is_empty() {
+        return Err(nothing_kept(&all_files, &counts, &problems));
     }
 
     // 6-7. Pack and write.
@@ -456,37 +456,58 @@ fn validate_options(opts: &PrepareOptions) -> Result<()> {
     if opts.shard_tokens == 0 || opts.shard_tokens > (1 << 30) {
         return Err(Error::Option(format!("shard_tokens must be in 1..=2^30, got {}", opts.shard_tokens)));
     }
-    // Never let the output replace a directory holding an input.
-    let out = std::fs::canonicalize(&opts.out_dir).ok();
-    for input in opts.inputs.iter().chain(opts.mix.iter().map(|(p, _)| p)).chain([&opts.tokenizer]) {
-        if let (Some(out), Ok(inp)) = (&out, std::fs::canonicalize(input)) {
-            if inp.starts_with(out) {
-                return Err(Error::Option(format!(
-                    "output directory {} contains the input {}; choose another output",
-                    opts.out_dir.display(),
-                    input.display()
-                )));
-            }
-        }
-    }
+    let inputs: Vec<&Path> =
+        opts.inputs.iter().chain(opts.mix.iter().map(|(p, _)| p)).chain([&opts.tokenizer]).map(PathBuf::as_path).collect();
+    check_output_disjoint(&opts.out_dir, &inputs)?;
+    check_target(&opts.out_dir, opts.overwrite, true)?;
     Ok(())
 }
 
-fn detect_file_format(path: &Path, records: &[RawRecord]) -> Result<Format> {
-    let first = records.iter().find(|r| r.value.is_object());
-    match first {
-        None => Err(Error::File { path: path.to_path_buf(), message: "no records found".into() }),
-        Some(r) => Format::detect(&r.value).ok_or_else(|| {
-            let keys: Vec<&String> = r.value.as_object().map(|o| o.keys().collect()).unwrap_or_default();
-            Error::Record {
-                location: r.location.clone(),
-                field: None,
-                message: format!(
-                    "cannot detect the format from keys {keys:?} (expected messages, conversations, \
-                     instruction+output, prompt+chosen+rejected, prompt+completion+label or text); pass a format"
-                ),
-            }
-        }),
+/// The format of a file from its first record that is a JSON object. A file without one is an
+/// error that says why: empty, no line parses (the first parse error, located), or no record is
+/// an object (the first record, located).
+fn detect_file_format(path: &Path, read: &FileRecords) -> Result<Format> {
+    let Some(r) = read.records.iter().find(|r| r.value.is_object()) else {
+        return Err(no_object_records(path, read));
+    };
+    Format::detect(&r.value).ok_or_else(|| {
+        let keys: Vec<&String> = r.value.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+        Error::Record {
+            location: r.location.clone(),
+            field: None,
+            message: format!(
+                "cannot detect the format from keys {keys:?} (expected messages, conversations, \
+                 instruction+output, prompt+chosen+rejected, prompt+completion+label or text); pass --format"
+            ),
+        }
+    })
+}
+
+/// Why `read` holds no JSON object to detect a format from.
+fn no_object_records(path: &Path, read: &FileRecords) -> Error {
+    let json_hint = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        " (a .json file holds one JSON array of records, or one record per line)"
+    } else {
+        ""
+    };
+    if let Some(first) = read.records.first() {
+        return Error::Record {
+            location: first.location.clone(),
+            field: None,
+            message: format!(
+                "expected a JSON object, got {}; no record of the file is an object{json_hint}",
+                json_kind(&first.value)
+            ),
+        };
+    }
+    match read.problems.first() {
+        Some(Error::Record { location, field, message }) => Error::Record {
+            location: location.clone(),
+            field: field.clone(),
+            message: format!("{message} (no record of the file could be read{json_hint})"),
+        },
+        Some(other) => Error::File { path: path.to_path_buf(), message: other.to_string() },
+        None => Error::File { path: path.to_path_buf(), message: "no records found: the file is empty".into() },
     }
 }
 
@@ -495,6 +516,31 @@ fn locate(e: Error, location: &Location) -> Error {
         Error::Record { .. } => e,
         other => Error::Record { location: location.clone(), field: None, message: other.to_string() },
     }
+}
+
+/// The refusal of an empty dataset: every record read was dropped (with `--on-error skip`, or by
+/// the length policy or dedup). Names the inputs, what dropped the records and the first
+/// problems, rather than writing a dataset with no examples and exiting 0.
+fn nothing_kept(files: &[(PathBuf, Option<usize>)], counts: &Counts, problems: &[Error]) -> Error {
+    let reasons = [
+        ("invalid", counts.invalid + counts.length.empty_completion),
+        ("duplicate", counts.duplicate),
+        ("overlong", counts.length.overlong),
+        ("with no trainable tokens", counts.length.no_trainable),
+    ];
+    let reasons: Vec<String> = reasons.iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{n} {what}")).collect();
+    let mut message = format!("all {} records were dropped ({}); no dataset is written", counts.read, reasons.join(", "));
+    if files.len() > 1 {
+        let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+        message = format!("{message} (inputs: {})", names.join(", "));
+    }
+    if !problems.is_empty() {
+        let first: Vec<String> = problems.iter().take(3).map(Error::to_string).collect();
+        let more = problems.len().saturating_sub(3);
+        let more = if more > 0 { format!("; and {more} more") } else { String::new() };
+        message = format!("{message}. First problems: {}{more}", first.join("; "));
+    }
+    Error::File { path: files[0].0.clone(), message }
 }
 
 fn invalid(mut problems: Vec<Error>) -> Error {
@@ -507,7 +553,7 @@ fn invalid(mut problems: Vec<Error>) -> Error {
         Error::Record { location, field, message } => Error::Record {
             location,
             field,
-            message: format!("{message} (and {} more invalid records; use on_error=skip to drop them)", n - 1),
+            message: format!("{message} (and {} more invalid records; pass --on-error skip to drop them)", n - 1),
         },
         other => other,
     }

@@ -1,5 +1,5 @@
-//! Token shards: int32 arrays in safetensors files, written into a staging directory that
-//! replaces the output directory only once everything is written.
+//! Token shards: int32 arrays in safetensors files, written into a staging directory
+//! ([`crate::io::staging::StagingDir`]) that replaces the output directory only once everything is written.
 //!
 //! Layout of an output directory (see also `meta.json`, written by the pipeline):
 //! ```text
@@ -18,7 +18,7 @@
 //! `[N]` (1 desirable, 0 undesirable).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
@@ -68,83 +68,6 @@ pub struct ShardInfo {
     pub tokens: u64,
 }
 
-/// A directory being built next to its final location and moved into place by
-/// [`StagingDir::commit`]. Dropped without commit, it is deleted: a failed run leaves nothing.
-#[derive(Debug)]
-pub struct StagingDir {
-    tmp: PathBuf,
-    target: PathBuf,
-    committed: bool,
-}
-
-impl StagingDir {
-    /// Create a fresh staging directory beside `target`. Fails if `target` exists and is not a
-    /// directory, or exists and `overwrite` is false.
-    pub fn new(target: &Path, overwrite: bool) -> Result<StagingDir> {
-        if target.exists() {
-            if !target.is_dir() {
-                return Err(Error::File { path: target.to_path_buf(), message: "exists and is not a directory".into() });
-            }
-            if !overwrite {
-                return Err(Error::File {
-                    path: target.to_path_buf(),
-                    message: "output directory already exists (pass overwrite to replace it)".into(),
-                });
-            }
-        }
-        let name = target
-            .file_name()
-            .ok_or_else(|| Error::File { path: target.to_path_buf(), message: "not a valid output directory".into() })?
-            .to_string_lossy()
-            .to_string();
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        }
-        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(StagingDir { tmp, target: target.to_path_buf(), committed: false })
-    }
-
-    /// The directory to write into.
-    pub fn path(&self) -> &Path {
-        &self.tmp
-    }
-
-    /// Move the staged directory to its target. An existing target is first moved aside and
-    /// deleted only after the new one is in place.
-    pub fn commit(mut self) -> Result<()> {
-        let old = self.tmp.with_extension("old");
-        let had_old = self.target.exists();
-        if had_old {
-            std::fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
-        }
-        if let Err(e) = std::fs::rename(&self.tmp, &self.target) {
-            if had_old {
-                let _ = std::fs::rename(&old, &self.target);
-            }
-            return Err(Error::io(&self.target, e));
-        }
-        self.committed = true;
-        if had_old {
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
-    }
-}
-
 /// Convert a count to int32 for a shard column.
 pub fn to_i32(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Option(format!("{what} {v} does not fit in int32; lower the shard size")))
@@ -155,32 +78,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn staging_commit_and_abort() {
+    fn shard_columns_round_trip_through_safetensors() {
         let base = std::env::temp_dir().join(format!("pyft-shards-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let target = base.join("out");
-        {
-            let st = StagingDir::new(&target, false).unwrap();
-            std::fs::write(st.path().join("a"), b"1").unwrap();
-            // dropped without commit
-        }
-        assert!(!target.exists());
-        assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0, "staging dir left behind");
-        let st = StagingDir::new(&target, false).unwrap();
+        std::fs::create_dir_all(&base).unwrap();
         let mut cols = ShardColumns::default();
         cols.push("input_ids", vec![1, 2, 3]);
-        cols.write(&st.path().join("s.safetensors"), None).unwrap();
-        st.commit().unwrap();
-        let bytes = std::fs::read(target.join("s.safetensors")).unwrap();
+        cols.write(&base.join("s.safetensors"), None).unwrap();
+        let bytes = std::fs::read(base.join("s.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let t = st.tensor("input_ids").unwrap();
         assert_eq!(t.dtype(), Dtype::I32);
         assert_eq!(t.shape(), &[3]);
-        assert!(StagingDir::new(&target, false).unwrap_err().to_string().contains("already exists"));
-        let st = StagingDir::new(&target, true).unwrap();
-        std::fs::write(st.path().join("b"), b"2").unwrap();
-        st.commit().unwrap();
-        assert!(target.join("b").exists() && !target.join("s.safetensors").exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -23,7 +23,9 @@ use crate::gguf::mix::{tensor_type, QType};
 use crate::gguf::quant::{quantize_row, quantize_rows};
 use crate::gguf::value::GgufValue;
 use crate::gguf::writer::{GgufWriter, TensorPlan};
+use crate::io::paths::check_output_disjoint;
 use crate::io::safetensors::{populate_pages, release_pages};
+use crate::io::staging::check_target;
 use crate::tensor::{decode_into, DType};
 
 /// Values per chunk when an untouched tensor is streamed (16 MiB of f32).
@@ -54,9 +56,16 @@ pub trait TensorSource: Sync {
     fn dequantized_nf4(&self) -> usize {
         0
     }
+    /// The files and directories the tensors are read from (the output must stay clear of them).
+    fn inputs(&self) -> Vec<&Path> {
+        Vec::new()
+    }
 }
 
 impl TensorSource for crate::merge::source::MergedModel {
+    fn inputs(&self) -> Vec<&Path> {
+        self.input_dirs()
+    }
     fn config(&self) -> &Value {
         crate::merge::source::MergedModel::config(self)
     }
@@ -86,7 +95,7 @@ impl TensorSource for crate::merge::source::MergedModel {
 /// Options of [`export_gguf`].
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// Output `.gguf` path (written as `<path>.partial`, then renamed).
+    /// Output `.gguf` path (staged under a unique name beside it, then renamed).
     pub out: PathBuf,
     /// Requested type or mix.
     pub qtype: QType,
@@ -288,9 +297,8 @@ fn encode(source: &dyn TensorSource, item: &Item, emit: &mut dyn FnMut(Vec<u8>) 
 /// [`crate::gguf::vocab`]), appended after the model keys as llama.cpp's converter does.
 pub fn export_gguf(source: &dyn TensorSource, tokenizer_kvs: Vec<(String, GgufValue)>, opts: &ExportOptions)
                    -> Result<ExportReport> {
-    if opts.out.exists() && !opts.overwrite {
-        return Err(Error::Option(format!("{} exists (pass overwrite to replace it)", opts.out.display())));
-    }
+    check_output_disjoint(&opts.out, &source.inputs())?;
+    check_target(&opts.out, opts.overwrite, false)?;
     let config = source.config();
     let arch = Arch::from_config(config)?;
     let hp = HParams::from_config(config)?;
@@ -310,7 +318,7 @@ pub fn export_gguf(source: &dyn TensorSource, tokenizer_kvs: Vec<(String, GgufVa
     for p in &plan {
         *types.entry(p.ggml_type.name().to_string()).or_insert(0) += 1;
     }
-    let mut writer = GgufWriter::create(&opts.out, &kvs, plan)?;
+    let mut writer = GgufWriter::create(&opts.out, &kvs, plan, opts.overwrite)?;
     // Encode the next piece while the previous one is written; at most two pieces wait.
     enum Piece {
         Data(usize, Vec<u8>),

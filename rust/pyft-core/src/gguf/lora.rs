@@ -27,6 +27,8 @@ use crate::gguf::ggml_type::GgmlType;
 use crate::gguf::quant::quantize_rows;
 use crate::gguf::value::GgufValue;
 use crate::gguf::writer::{GgufWriter, TensorPlan};
+use crate::io::paths::check_output_disjoint;
+use crate::io::staging::check_target;
 use crate::merge::lora::LoraAdapter;
 use crate::tensor::to_f32;
 
@@ -52,8 +54,12 @@ fn bad(path: &Path, message: impl Into<String>) -> Error {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| bad(path, format!("malformed JSON: {e}")))
+    let text = crate::io::file::read_to_string(path)?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| bad(path, format!("malformed JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(bad(path, "not a JSON object"));
+    }
+    Ok(value)
 }
 
 /// The file-wide `adapter.lora.alpha`: `lora_alpha`, times `√r` for rsLoRA.
@@ -79,9 +85,8 @@ pub fn export_lora_gguf(opts: &LoraExportOptions) -> Result<ExportReport> {
             "GGUF LoRA tensors must be F32, F16 or BF16, not {} (quantized LoRA tensors lose most of their effect)",
             opts.dtype.name())));
     }
-    if opts.out.exists() && !opts.overwrite {
-        return Err(Error::Option(format!("{} exists (pass overwrite to replace it)", opts.out.display())));
-    }
+    check_output_disjoint(&opts.out, &[&opts.adapter, &opts.base])?;
+    check_target(&opts.out, opts.overwrite, false)?;
     let config = read_json(&opts.base.join("config.json"))?;
     let arch = Arch::from_config(&config)?;
     let hp = HParams::from_config(&config)?;
@@ -168,7 +173,7 @@ pub fn export_lora_gguf(opts: &LoraExportOptions) -> Result<ExportReport> {
         plan.push(TensorPlan::from_torch_shape(format!("{}.lora_a", p.gguf), &p.a_shape, opts.dtype));
         plan.push(TensorPlan::from_torch_shape(format!("{}.lora_b", p.gguf), &p.b_shape, opts.dtype));
     }
-    let mut writer = GgufWriter::create(&opts.out, &kvs, plan)?;
+    let mut writer = GgufWriter::create(&opts.out, &kvs, plan, opts.overwrite)?;
     let mut types = BTreeMap::new();
     for p in &pairs {
         for (suffix, data, shape) in [("lora_a", &p.a, p.a_shape), ("lora_b", &p.b, p.b_shape)] {

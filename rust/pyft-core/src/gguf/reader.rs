@@ -17,7 +17,6 @@
 //! Layout reference: `shared/specs/gguf.md` §1.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -216,11 +215,7 @@ impl GgufFile {
     /// file and the defect when it is not a valid GGUF v3 file.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if !meta.is_file() {
-            return Err(bad(path, "not a regular file"));
-        }
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::io::file::open_regular(path)?;
         // SAFETY: the map is read-only; pyft never writes to its inputs while reading them.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let header = GgufHeader::parse(path, &mmap)?;

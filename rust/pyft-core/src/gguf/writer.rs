@@ -6,8 +6,9 @@
 //! bytes zero-padded to 32. Offsets are the running padded sum, so the header is written first and
 //! tensors are streamed one at a time in plan order: memory stays at one tensor.
 //!
-//! The file is written to `<path>.partial` and renamed into place by [`GgufWriter::finish`]; a
-//! writer dropped before `finish` removes the partial file.
+//! The file is written under a unique staging name created exclusively beside `path`
+//! ([`crate::io::staging::StagingFile`]) and renamed into place by [`GgufWriter::finish`]; a writer
+//! dropped before `finish` removes the staged file.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::gguf::ggml_type::GgmlType;
 use crate::gguf::value::{GgufArray, GgufValue};
 use crate::io::safetensors::preallocate;
+use crate::io::staging::StagingFile;
 
 /// GGUF magic bytes.
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -157,8 +159,9 @@ pub fn encode_header(kvs: &[(String, GgufValue)], tensors: &[TensorPlan]) -> Res
 /// A GGUF file being written: header first, then tensors in plan order.
 pub struct GgufWriter {
     out: Option<BufWriter<File>>,
-    partial: PathBuf,
-    path: PathBuf,
+    staging: Option<StagingFile>,
+    /// The final path, named in write errors (the staging name would only puzzle a user).
+    target: PathBuf,
     plan: Vec<TensorPlan>,
     sizes: Vec<usize>,
     next: usize,
@@ -167,19 +170,18 @@ pub struct GgufWriter {
 }
 
 impl GgufWriter {
-    /// Create `path` (via `<path>.partial`) and write the header, KVs and tensor infos.
-    pub fn create(path: &Path, kvs: &[(String, GgufValue)], plan: Vec<TensorPlan>) -> Result<GgufWriter> {
+    /// Create `path` (staged under a unique new name, see [`StagingFile`]; an existing `path` is
+    /// replaced at [`GgufWriter::finish`] only with `overwrite`) and write the header, KVs and tensor infos.
+    pub fn create(path: &Path, kvs: &[(String, GgufValue)], plan: Vec<TensorPlan>, overwrite: bool)
+                  -> Result<GgufWriter> {
         let header = encode_header(kvs, &plan)?;
         let sizes = plan.iter().map(TensorPlan::nbytes).collect::<Result<Vec<_>>>()?;
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
-        let file = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
+        let (staging, file) = StagingFile::create(path, overwrite)?;
         let total = header.len() + sizes.iter().map(|&n| pad(n)).sum::<usize>();
         preallocate(&file, total);
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&header).map_err(|e| Error::io(&partial, e))?;
-        Ok(GgufWriter { out: Some(out), partial, path: path.to_path_buf(), plan, sizes, next: 0, pending: 0 })
+        out.write_all(&header).map_err(|e| Error::io(path, e))?;
+        Ok(GgufWriter { out: Some(out), staging: Some(staging), target: path.to_path_buf(), plan, sizes, next: 0, pending: 0 })
     }
 
     /// The plan the header declared.
@@ -216,10 +218,10 @@ impl GgufWriter {
         let out = self.out.as_mut().expect("writer is open until finish");
         if bytes.len() >= LARGE_WRITE {
             // Large pieces go straight to the file: no copy through the buffer.
-            out.flush().map_err(|e| Error::io(&self.partial, e))?;
-            return out.get_mut().write_all(bytes).map_err(|e| Error::io(&self.partial, e));
+            out.flush().map_err(|e| Error::io(&self.target, e))?;
+            return out.get_mut().write_all(bytes).map_err(|e| Error::io(&self.target, e));
         }
-        out.write_all(bytes).map_err(|e| Error::io(&self.partial, e))
+        out.write_all(bytes).map_err(|e| Error::io(&self.target, e))
     }
 
     /// Finish the current tensor: check its size and write the padding.
@@ -229,7 +231,7 @@ impl GgufWriter {
             return Err(Error::Option(format!("tensor `{}`: {} bytes missing", self.plan[self.next].name, self.pending)));
         }
         let out = self.out.as_mut().expect("writer is open until finish");
-        out.write_all(&[0u8; ALIGNMENT][..pad(size) - size]).map_err(|e| Error::io(&self.partial, e))?;
+        out.write_all(&[0u8; ALIGNMENT][..pad(size) - size]).map_err(|e| Error::io(&self.target, e))?;
         self.next += 1;
         Ok(())
     }
@@ -241,18 +243,9 @@ impl GgufWriter {
                                              self.next, self.plan.len())));
         }
         let out = self.out.take().expect("writer is open until finish");
-        let file = out.into_inner().map_err(|e| Error::io(&self.partial, e.into_error()))?;
+        let file = out.into_inner().map_err(|e| Error::io(&self.target, e.into_error()))?;
         drop(file);
-        std::fs::rename(&self.partial, &self.path).map_err(|e| Error::io(&self.path, e))?;
-        Ok(self.path.clone())
-    }
-}
-
-impl Drop for GgufWriter {
-    fn drop(&mut self) {
-        if self.out.take().is_some() {
-            let _ = std::fs::remove_file(&self.partial);
-        }
+        self.staging.take().expect("staged until finish").commit()
     }
 }
 
@@ -311,7 +304,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.gguf");
         let plan = vec![TensorPlan::from_torch_shape("a", &[3], GgmlType::F32)];
-        let mut w = GgufWriter::create(&path, &kvs(), plan.clone()).unwrap();
+        let mut w = GgufWriter::create(&path, &kvs(), plan.clone(), false).unwrap();
         assert!(w.write_tensor("b", &[0; 12]).is_err());
         w.write_tensor("a", &[1; 12]).unwrap();
         assert!(!path.exists());
@@ -323,9 +316,10 @@ mod tests {
         // An unfinished writer leaves nothing behind.
         let path2 = dir.join("u.gguf");
         {
-            let _w = GgufWriter::create(&path2, &[], plan).unwrap();
+            let _w = GgufWriter::create(&path2, &[], plan, false).unwrap();
         }
-        assert!(!path2.exists() && !dir.join("u.gguf.partial").exists());
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["t.gguf"], "an unfinished writer leaves nothing behind");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use memmap2::Mmap;
 use serde_json::{json, Value};
@@ -69,6 +69,62 @@ fn bad(path: &Path, message: impl Into<String>) -> Error {
     Error::File { path: path.to_path_buf(), message: message.into() }
 }
 
+/// `; tensor `NAME` ...`: the tensor at fault, for the `safetensors` crate's errors that name none
+/// (a shape it cannot read, an unknown dtype, a size that disagrees with the shape, data offsets
+/// past the end of the file); empty otherwise. Only called for errors raised after the crate has
+/// checked the header's length, so the parse here is bounded.
+fn culprit(err: &::safetensors::SafeTensorError, buf: &[u8]) -> String {
+    use ::safetensors::SafeTensorError as E;
+    if !matches!(err, E::InvalidHeaderDeserialization(_) | E::TensorInvalidInfo | E::MisalignedSlice
+                      | E::ValidationOverflow | E::MetadataIncompleteBuffer) {
+        return String::new();
+    }
+    let Some((n, header)) = buf
+        .get(..8)
+        .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok())
+        .and_then(|n| Some((n, serde_json::from_slice::<serde_json::Map<String, Value>>(buf.get(8..n.checked_add(8)?)?).ok()?)))
+    else {
+        return String::new();
+    };
+    let mut entries = header.iter().filter(|(name, _)| name.as_str() != "__metadata__");
+    if matches!(err, E::MetadataIncompleteBuffer) {
+        let data_len = buf.len() - 8 - n; // the crate checked that the header fits in the file
+        let last = entries.filter_map(|(name, info)| Some((name, info["data_offsets"].get(1)?.as_u64()?)))
+            .max_by_key(|&(_, end)| end);
+        return match last {
+            Some((name, end)) if end > data_len as u64 => {
+                format!("; tensor `{name}` ends at byte {end} of the {data_len}-byte data section")
+            }
+            Some((_, end)) => format!("; the tensors cover {end} of the {data_len} data bytes"),
+            None => String::new(),
+        };
+    }
+    entries.find_map(|(name, info)| tensor_problem(name, info)).map(|p| format!("; tensor `{p}")).unwrap_or_default()
+}
+
+/// What is wrong with one header entry (`NAME` ...), if [`culprit`] can tell.
+fn tensor_problem(name: &str, info: &Value) -> Option<String> {
+    let shape = info.get("shape")?;
+    let Some(dims) = shape.as_array().and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>()) else {
+        return Some(format!("{name}` has shape {shape}; dimensions are non-negative integers"));
+    };
+    let dtype_value = info.get("dtype")?;
+    let Ok(dtype) = serde_json::from_value::<::safetensors::Dtype>(dtype_value.clone()) else {
+        return Some(format!("{name}` has unknown dtype {dtype_value}"));
+    };
+    let offsets = info.get("data_offsets")?.as_array()?;
+    let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+    let bits = dims.iter().try_fold(dtype.bitsize() as u128, |acc, &d| acc.checked_mul(u128::from(d)));
+    match bits {
+        None => Some(format!("{name}` has shape {dims:?}, too large")),
+        Some(b) if b % 8 != 0 => Some(format!("{name}`: {dtype}{dims:?} is {b} bits, not whole bytes")),
+        Some(_) if end < start => Some(format!("{name}` has data_offsets [{start}, {end}], which end before they start")),
+        Some(b) if b / 8 != u128::from(end - start) => Some(format!(
+            "{name}`: {dtype}{dims:?} needs {} bytes but data_offsets [{start}, {end}] hold {}", b / 8, end - start)),
+        Some(_) => None,
+    }
+}
+
 impl SafetensorsFile {
     /// Map and validate `path`; a tensor of a type other than F32, F16 or BF16 is an error.
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
@@ -81,13 +137,13 @@ impl SafetensorsFile {
     }
 
     fn open_inner(path: &Path, any_type: bool) -> Result<SafetensorsFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::io::file::open_regular(path)?;
         // SAFETY: the map is read-only; pyft never writes to its inputs while reading them.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         #[cfg(unix)]
         let _ = mmap.advise(memmap2::Advice::Sequential); // read-ahead: tensors are consumed in order
         let (header_len, meta) = ::safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
+            .map_err(|e| bad(path, format!("not a valid safetensors file: {e}{}", culprit(&e, &mmap))))?;
         let data_start = 8 + header_len;
         let (mut tensors, mut others) = (Vec::new(), Vec::new());
         for (name, info) in meta.tensors() {
@@ -99,8 +155,10 @@ impl SafetensorsFile {
                 Err(e) => return Err(bad(path, e.to_string())),
             }
         }
-        tensors.sort_by_key(|t| t.range.0);
-        others.sort_by_key(|t| t.range.0);
+        // Data order; ties (zero-size tensors share an offset) broken by range end, then name, so
+        // the order does not depend on the header map's iteration order.
+        tensors.sort_by(|a, b| (a.range, &a.name).cmp(&(b.range, &b.name)));
+        others.sort_by(|a, b| (a.range, &a.name).cmp(&(b.range, &b.name)));
         let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
         Ok(SafetensorsFile { path: path.to_path_buf(), mmap, data_start, tensors, others, metadata })
     }
@@ -108,6 +166,11 @@ impl SafetensorsFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The absolute byte offset of the data section in the file (where `range` offsets count from).
+    pub fn data_start(&self) -> usize {
+        self.data_start
     }
 
     /// The raw little-endian bytes of a tensor.
@@ -146,24 +209,46 @@ impl SafetensorsFile {
 /// `model.safetensors.index.json`), in a stable order.
 pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+    if index.exists() {
+        let text = crate::io::file::read_to_string(&index)?;
         let v: Value = serde_json::from_str(&text).map_err(|e| bad(&index, format!("malformed JSON: {e}")))?;
         let map = v["weight_map"].as_object().ok_or_else(|| bad(&index, "no `weight_map`"))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        let mut files = Vec::with_capacity(map.len());
+        for (tensor, file) in map {
+            // A shard is a file of the model directory: a name that leaves it (`../x`, `/etc/x`)
+            // would make a hostile index read files from elsewhere.
+            match file.as_str() {
+                // `./a` and `a` are one shard.
+                Some(f) if is_plain_relative(f) => {
+                    files.push(Path::new(f).components().filter(|c| c != &Component::CurDir).collect::<PathBuf>())
+                }
+                Some(f) => return Err(bad(&index, format!("`weight_map` entry `{tensor}` names `{f}`, which is not a \
+                                                           file inside {}", dir.display()))),
+                None => return Err(bad(&index, format!("`weight_map` entry `{tensor}` is not a file name"))),
+            }
+        }
         files.sort();
         files.dedup();
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
-        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+        if let Some(missing) = paths.iter().find(|p| !p.exists()) {
             return Err(bad(&index, format!("lists {} which does not exist", missing.display())));
         }
         return Ok(paths);
     }
     let single = dir.join("model.safetensors");
-    if single.is_file() {
+    if single.exists() {
         return Ok(vec![single]);
     }
     Err(bad(dir, "no model.safetensors or model.safetensors.index.json"))
+}
+
+/// Whether `name` is a non-empty relative path that stays inside its directory (no `..`, no
+/// root, no NUL).
+fn is_plain_relative(name: &str) -> bool {
+    let path = Path::new(name);
+    !name.contains('\0')
+        && path.components().any(|c| matches!(c, Component::Normal(_)))
+        && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// A planned output tensor: name, type and shape (its bytes come later, in plan order).
@@ -255,7 +340,7 @@ impl StreamWriter {
             Some(left) if *left >= len => *left -= len,
             _ => return Err(bad(&self.path, "more bytes than the tensor holds")),
         }
-        let mut file = File::open(src).map_err(|e| Error::io(src, e))?;
+        let mut file = crate::io::file::open_regular(src)?;
         file.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(src, e))?;
         self.out.flush().map_err(|e| Error::io(&self.path, e))?;
         let copied = std::io::copy(&mut file.take(len as u64), self.out.get_mut()).map_err(|e| Error::io(&self.path, e))?;
@@ -360,6 +445,72 @@ mod tests {
         assert_eq!(f.tensors.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), vec!["b", "a"]);
         assert_eq!(crate::tensor::to_f32(f.bytes(&f.tensors[0]), DType::F32), vec![1.0, 2.0]);
         assert_eq!(f.metadata.get("format").map(String::as_str), Some("pt"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    fn raw_file(header: &str, data: &[u8]) -> Vec<u8> {
+        [(header.len() as u64).to_le_bytes().to_vec(), header.as_bytes().to_vec(), data.to_vec()].concat()
+    }
+
+    #[test]
+    fn tensors_sharing_an_offset_keep_one_order() {
+        // Zero-size tensors start where the next tensor starts; the header map's iteration order
+        // used to decide between them, so two opens of one file could list them differently.
+        let d = tmp("ties");
+        let p = d.join("ties.safetensors");
+        let names = ["e", "c", "a", "d", "b"];
+        let entries: Vec<String> = names.iter().map(|n| format!(r#""{n}":{{"dtype":"F32","shape":[0],"data_offsets":[4,4]}}"#))
+            .collect();
+        let header = format!(r#"{{"z":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}},{},"y":{{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}}}"#,
+                             entries.join(","));
+        std::fs::write(&p, raw_file(&header, &[0; 8])).unwrap();
+        for _ in 0..8 {
+            let f = SafetensorsFile::open(&p).unwrap();
+            let order: Vec<&str> = f.tensors.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(order, ["z", "a", "b", "c", "d", "e", "y"]);
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn index_shards_stay_inside_the_model_directory() {
+        let d = tmp("index");
+        let model = d.join("model");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(d.join("outside.safetensors"), b"").unwrap();
+        std::fs::write(model.join("a.safetensors"), b"").unwrap();
+        let index = model.join("model.safetensors.index.json");
+        for (shard, expected) in [(r#""../outside.safetensors""#, "names `../outside.safetensors`, which is not a file inside"),
+                                  (r#""/etc/hostname""#, "names `/etc/hostname`"),
+                                  (r#""x/../../outside.safetensors""#, "which is not a file inside"),
+                                  ("3", "`weight_map` entry `t` is not a file name")] {
+            std::fs::write(&index, format!(r#"{{"weight_map":{{"t":{shard}}}}}"#)).unwrap();
+            let err = model_files(&model).unwrap_err().to_string();
+            assert!(err.contains("model.safetensors.index.json") && err.contains(expected), "{err}");
+        }
+        std::fs::write(&index, r#"{"weight_map":{"t":"a.safetensors","u":"./a.safetensors"}}"#).unwrap();
+        assert_eq!(model_files(&model).unwrap(), vec![model.join("a.safetensors")]); // `./a` is `a`
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn header_errors_name_the_tensor() {
+        let d = tmp("culprit");
+        let p = d.join("c.safetensors");
+        let ok = r#""a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#;
+        for (entry, data, expected) in [
+            (r#""b":{"dtype":"F32","shape":[-1],"data_offsets":[4,8]}"#, 8, "tensor `b` has shape [-1]"),
+            (r#""b":{"dtype":"F32","shape":[3],"data_offsets":[4,8]}"#, 8,
+             "tensor `b`: F32[3] needs 12 bytes but data_offsets [4, 8] hold 4"),
+            (r#""b":{"dtype":"F17","shape":[1],"data_offsets":[4,8]}"#, 8, "tensor `b` has unknown dtype \"F17\""),
+            (r#""b":{"dtype":"F4","shape":[3],"data_offsets":[4,6]}"#, 6, "tensor `b`: F4[3] is 12 bits"),
+            (r#""b":{"dtype":"F32","shape":[4],"data_offsets":[4,20]}"#, 8, "tensor `b` ends at byte 20 of the 8-byte"),
+            (r#""b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}"#, 12, "the tensors cover 8 of the 12 data bytes"),
+        ] {
+            std::fs::write(&p, raw_file(&format!("{{{ok},{entry}}}"), &vec![0; data])).unwrap();
+            let err = SafetensorsFile::open(&p).unwrap_err().to_string();
+            assert!(err.contains("c.safetensors: not a valid safetensors file") && err.contains(expected), "{err}");
+        }
         std::fs::remove_dir_all(d).unwrap();
     }
 

@@ -79,8 +79,11 @@ impl LoraAdapter {
     /// Open `dir` (`adapter_config.json` + `adapter_model.safetensors`) and index its tensors.
     pub fn open(dir: &Path) -> Result<LoraAdapter> {
         let cfg_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let text = crate::io::file::read_to_string(&cfg_path)?;
         let cfg: Value = serde_json::from_str(&text).map_err(|e| bad(&cfg_path, format!("malformed JSON: {e}")))?;
+        if !cfg.is_object() {
+            return Err(bad(&cfg_path, "not a JSON object (an adapter config is {\"peft_type\": ...})"));
+        }
         if cfg["peft_type"] != "LORA" {
             return Err(bad(&cfg_path, format!("field `peft_type` is {}; only LORA adapters merge", cfg["peft_type"])));
         }

@@ -17,7 +17,8 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 
 use serde_json::{json, Value};
 
-use crate::data::shards::StagingDir;
+use crate::io::paths::check_output_disjoint;
+use crate::io::staging::{check_target, StagingDir};
 use crate::error::{Error, Result};
 use crate::io::safetensors::{PlannedTensor, StreamWriter};
 use crate::merge::source::{set_config_dtype, AdapterInput, Combine, MergedModel};
@@ -84,6 +85,9 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
     for (name, _) in &opts.extra_files {
         check_extra_name(name)?;
     }
+    let inputs: Vec<&Path> = std::iter::once(opts.base.as_path()).chain(opts.adapters.iter().map(|a| a.dir.as_path())).collect();
+    check_output_disjoint(&opts.out, &inputs)?;
+    check_target(&opts.out, opts.overwrite, true)?;
     let model = MergedModel::open(&opts.base, &opts.adapters, opts.method)?;
     let plan: Vec<PlannedTensor> = model.tensors().iter()
         .map(|t| PlannedTensor { name: t.name.clone(), dtype: opts.dtype.unwrap_or(t.dtype), shape: t.shape.clone() })

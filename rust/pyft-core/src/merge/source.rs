@@ -149,6 +149,7 @@ struct Entry {
 /// A base model plus adapters, combined lazily per tensor. See the module docs.
 #[derive(Debug)]
 pub struct MergedModel {
+    base: PathBuf,
     config: Value,
     files: Vec<SafetensorsFile>,
     nf4: Vec<Nf4Weight>,
@@ -178,6 +179,11 @@ pub(crate) fn set_config_dtype(config: &mut Value, dtype: DType) {
 }
 
 impl MergedModel {
+    /// The directories this model is read from: the base, then each adapter.
+    pub fn input_dirs(&self) -> Vec<&Path> {
+        std::iter::once(self.base.as_path()).chain(self.adapters.iter().map(|a| a.dir.as_path())).collect()
+    }
+
     /// Open `base` (config.json + safetensors) and `adapters` (may be empty), combined by `method`,
     /// and validate that everything fits. No tensor data is read except PEFT's copies of embedding
     /// base weights, compared with the base.
@@ -187,9 +193,12 @@ impl MergedModel {
             return Err(Error::Option(format!("weight {} of adapter {} is not finite", a.weight, a.dir.display())));
         }
         let cfg_path = base.join("config.json");
-        let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let cfg_text = crate::io::file::read_to_string(&cfg_path)?;
         let mut config: Value = serde_json::from_str(&cfg_text)
             .map_err(|e| file_err(&cfg_path, format!("malformed JSON: {e}")))?;
+        if !config.is_object() {
+            return Err(file_err(&cfg_path, "not a JSON object (a model config is {\"model_type\": ...})".into()));
+        }
         let nf4_base = check_config(&config, &cfg_path)?;
         let files: Vec<SafetensorsFile> =
             model_files(base)?.iter().map(|p| SafetensorsFile::open_any(p)).collect::<Result<_>>()?;
@@ -317,7 +326,7 @@ impl MergedModel {
                 entries[i].deltas.push((ai, module.clone()));
             }
         }
-        Ok(MergedModel { config, files, nf4, adapters: opened, weights: adapters.iter().map(|a| a.weight).collect(),
+        Ok(MergedModel { base: base.to_path_buf(), config, files, nf4, adapters: opened, weights: adapters.iter().map(|a| a.weight).collect(),
                          method, tensors, entries })
     }
 
@@ -607,6 +616,21 @@ mod tests {
             assert!(matches!(Combine::from_name(m, d, 0, r), Err(Error::Option(_))), "{m} {d:?} {r:?}");
         }
         assert_eq!(Combine::Ties { density: 0.7 }.density(), 0.7);
+    }
+
+    #[test]
+    fn configs_that_are_not_json_objects_are_named() {
+        let dir = std::env::temp_dir().join(format!("pyft-merge-array-config-{}", std::process::id()));
+        let (base, adapter) = (dir.join("base"), dir.join("adapter"));
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::create_dir_all(&adapter).unwrap();
+        std::fs::write(base.join("config.json"), "[1, 2]").unwrap();
+        let e = MergedModel::open(&base, &[], Combine::Linear).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("not a JSON object"), "{e}");
+        std::fs::write(adapter.join("adapter_config.json"), "[]").unwrap();
+        let e = LoraAdapter::open(&adapter).unwrap_err().to_string();
+        assert!(e.contains("adapter_config.json") && e.contains("not a JSON object"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The minijinja environment, set up like transformers' `_compile_jinja_template`:
 //! `trim_blocks`, `lstrip_blocks`, loop controls, no auto-escaping, the globals
 //! `raise_exception` and `strftime_now`, transformers' `tojson`, Python method
-//! semantics, and Python's `str()` when printing values.
+//! semantics, and Python's `str()` when printing values; plus pyft's bounds on one render
+//! (steps and printed text, see [`limits`]).
 //!
 //! Jinja2 filters and tests whose minijinja versions behave differently on the values
 //! chat templates use are replaced here: `length`/`count` (0 for undefined),
@@ -13,7 +14,7 @@
 use minijinja::value::{Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind};
 
-use super::{generation, pyjson, pyrepr, pystr, strftime};
+use super::{generation, limits, pyjson, pyrepr, pystr, strftime};
 
 /// The message of a `raise_exception(...)` call, attached as the source of the
 /// minijinja error so that it can be reported as the template wrote it.
@@ -37,10 +38,19 @@ pub(crate) fn build() -> Environment<'static> {
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_debug(false);
     env.set_unknown_method_callback(pystr::method_callback);
+    env.set_fuel(Some(limits::FUEL));
     env.set_formatter(|out, _state, value| {
         match value.as_str() {
-            Some(s) => out.write_str(s)?,
-            None => pyrepr::write_str(out, value)?,
+            Some(s) => {
+                limits::count_formatted(s.len())?;
+                out.write_str(s)?;
+            }
+            None => {
+                let mut s = String::new();
+                pyrepr::write_str(&mut s, value)?;
+                limits::count_formatted(s.len())?;
+                out.write_str(&s)?;
+            }
         }
         Ok(())
     });

@@ -9,11 +9,15 @@
 //! byte ranges they produced, which is what `return_assistant_tokens_mask` is built
 //! from.
 //!
+//! Every render is bounded ([`limits`]): at most 10 million steps and 16 MiB of text per
+//! conversation, so a template cannot run forever or fill memory by printing.
+//!
 //! Differences from Jinja2 that remain are listed in the [`ChatTemplate`] docs.
 
 mod builtins;
 mod env;
 mod generation;
+mod limits;
 mod markup;
 mod pyjson;
 pub(crate) mod pyrepr;
@@ -74,8 +78,12 @@ const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning
 /// - The rewrite of `{% generation %}` tags is textual, so the tag is also rewritten
 ///   inside `{% raw %}` blocks.
 /// - `continue_final_message` is not a render option (trim the rendered text instead).
+/// - A render stops with an error after 10 million steps or 16 MiB of text (Jinja2 has no
+///   bound); the real templates tested use a few thousand steps.
 pub struct ChatTemplate {
     source: String,
+    /// What the template is, for errors: its file, "the tokenizer's chat_template (...)", ...
+    name: String,
     env: Environment<'static>,
     generation: bool,
     /// The source combines `+` with `|safe`/`|escape` (see [`markup`]): renders that reach those
@@ -96,6 +104,7 @@ pub struct Rendered {
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatTemplate")
+            .field("name", &self.name)
             .field("source_bytes", &self.source.len())
             .field("generation", &self.generation)
             .finish()
@@ -103,11 +112,18 @@ impl std::fmt::Debug for ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// Compiles a Jinja chat template.
+    /// Compiles a Jinja chat template, named "the chat template" in errors (see
+    /// [`ChatTemplate::with_name`]).
     ///
     /// Errors ([`Error::Template`]) on syntax errors, naming the line, and on sources
-    /// holding U+FDD0 or U+FDD1 (reserved to track generation blocks).
+    /// holding U+FDD0 or U+FDD1 (reserved to track generation blocks); a panic in minijinja
+    /// while compiling is reported as a malformed template.
     pub fn new(source: &str) -> Result<ChatTemplate> {
+        let malformed = |panic: &str| Error::Template(format!("malformed template (minijinja failed: {panic})"));
+        crate::guard::catch(malformed, || ChatTemplate::compile(source))
+    }
+
+    fn compile(source: &str) -> Result<ChatTemplate> {
         if let Some(line) = source
             .lines()
             .position(|l| l.contains([generation::OPEN, generation::CLOSE]))
@@ -134,10 +150,23 @@ impl ChatTemplate {
             .map_err(|e| template_error(&e, Some(&rewritten)))?;
         Ok(ChatTemplate {
             source: source.to_owned(),
+            name: "the chat template".to_owned(),
             env,
             generation,
             markup_plus,
         })
+    }
+
+    /// The same template, named `name` in errors about rendering it (its file, "the
+    /// tokenizer's chat_template", ...).
+    pub fn with_name(mut self, name: impl Into<String>) -> ChatTemplate {
+        self.name = name.into();
+        self
+    }
+
+    /// What the template is called in errors.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The built-in template `name` (see [`ChatTemplate::builtin_names`]).
@@ -148,7 +177,12 @@ impl ChatTemplate {
                 builtins::NAMES.join(", ")
             ))
         })?;
-        ChatTemplate::new(source)
+        Ok(ChatTemplate::new(source)?.with_name(format!("the built-in template `{name}`")))
+    }
+
+    /// The Jinja file `path`, named by its path in errors; compile errors name it too.
+    pub fn from_file(path: &Path) -> Result<ChatTemplate> {
+        compile_named(&read(path)?, &path.display().to_string())
     }
 
     /// Names of the built-in templates: chatml, llama3, alpaca, mistral, gemma, zephyr.
@@ -166,11 +200,16 @@ impl ChatTemplate {
     /// else `chat_template` in `tokenizer_config.json` (a string, or a list of
     /// `{name, template}`). With several named templates, the one named `default` is
     /// used; there being none is an error. `Ok(None)` when the directory has no template.
+    ///
+    /// Errors name the template by its file, or as "the tokenizer's chat_template
+    /// (`DIR/tokenizer_config.json`)". A template file that is there but not a regular file
+    /// (a FIFO, a device) is an error, not skipped.
     pub fn from_tokenizer_dir(dir: &Path) -> Result<Option<ChatTemplate>> {
-        let mut named: Vec<(String, String)> = Vec::new();
+        // (template name, source, what errors call it)
+        let mut named: Vec<(String, String, String)> = Vec::new();
         let main = dir.join("chat_template.jinja");
-        if main.is_file() {
-            named.push(("default".into(), read(&main)?));
+        if main.exists() {
+            named.push(("default".into(), read(&main)?, main.display().to_string()));
         }
         let extra_dir = dir.join("chat_templates");
         if extra_dir.is_dir() {
@@ -182,29 +221,34 @@ impl ChatTemplate {
                     .and_then(|n| n.to_str())
                     .and_then(|n| n.strip_suffix(".jinja"))
                 {
-                    named.push((stem.to_owned(), read(&path)?));
+                    named.push((stem.to_owned(), read(&path)?, path.display().to_string()));
                 }
             }
         }
         if named.is_empty() {
             let cfg_path = dir.join("tokenizer_config.json");
-            if !cfg_path.is_file() {
+            if !cfg_path.exists() {
                 return Ok(None);
             }
             let cfg: Value = serde_json::from_str(&read(&cfg_path)?).map_err(|e| Error::File {
                 path: cfg_path.clone(),
                 message: format!("invalid json: {e}"),
             })?;
+            let label = format!("the tokenizer's chat_template ({})", cfg_path.display());
             match cfg.get("chat_template") {
                 None | Some(Value::Null) => return Ok(None),
-                Some(Value::String(s)) => return ChatTemplate::new(s).map(Some),
+                Some(Value::String(s)) => return compile_named(s, &label).map(Some),
                 Some(Value::Array(items)) => {
                     for item in items {
                         match (
                             item.get("name").and_then(Value::as_str),
                             item.get("template").and_then(Value::as_str),
                         ) {
-                            (Some(n), Some(t)) => named.push((n.to_owned(), t.to_owned())),
+                            (Some(n), Some(t)) => named.push((
+                                n.to_owned(),
+                                t.to_owned(),
+                                format!("the tokenizer's chat_template `{n}` ({})", cfg_path.display()),
+                            )),
                             _ => {
                                 return Err(Error::File {
                                     path: cfg_path,
@@ -223,10 +267,10 @@ impl ChatTemplate {
                 }
             }
         }
-        match named.iter().rev().find(|(n, _)| n == "default") {
-            Some((_, src)) => ChatTemplate::new(src).map(Some),
+        match named.iter().rev().find(|(n, _, _)| n == "default") {
+            Some((_, src, label)) => compile_named(src, label).map(Some),
             None => {
-                let mut names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+                let mut names: Vec<&str> = named.iter().map(|(n, _, _)| n.as_str()).collect();
                 names.sort_unstable();
                 Err(Error::Template(format!(
                     "{} has several chat templates and none named `default` (names: {})",
@@ -261,9 +305,25 @@ impl ChatTemplate {
     ///
     /// Raises: [`Error::Template`] when `messages` is not an array of objects, `extra`
     /// sets `messages` or `add_generation_prompt`, the template fails (the message of
-    /// `raise_exception`, or minijinja's, with the template line), or, for templates
-    /// with generation blocks, an input string holds U+FDD0 or U+FDD1.
+    /// `raise_exception`, or minijinja's, with the template line), the render runs into one
+    /// of its [`limits`] (naming the template and the limit), or, for templates with
+    /// generation blocks, an input string holds U+FDD0 or U+FDD1; a panic in minijinja
+    /// (e.g. `seq[::-1]` on an empty list in minijinja 2.24) is reported as this template
+    /// failing on this conversation.
     pub fn render(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+        special: &SpecialTokens,
+        extra: Option<&Map<String, Value>>,
+    ) -> Result<Rendered> {
+        let failed = |panic: &str| {
+            Error::Template(format!("{} failed on this conversation (minijinja failed: {panic})", self.name))
+        };
+        crate::guard::catch(failed, || self.render_unguarded(messages, add_generation_prompt, special, extra))
+    }
+
+    fn render_unguarded(
         &self,
         messages: &Value,
         add_generation_prompt: bool,
@@ -296,13 +356,19 @@ impl ChatTemplate {
         let ctx: minijinja::Value = ctx.into_iter().collect();
 
         let template = self.env.get_template(NAME).map_err(|e| template_error(&e, None))?;
-        let captured = template
-            .render_captured(ctx)
-            .map_err(|e| template_error(&e, Some(template.source())))?;
+        let mut out = limits::Output::default();
+        limits::start();
+        let captured = template.render_captured_to(ctx, &mut out).map_err(|e| {
+            let limit = if out.full { Some(limits::Limit::Text) } else { limits::hit(&e) };
+            match limit {
+                Some(limit) => Error::Template(format!("{} {limit}", self.name)),
+                None => template_error(&e, Some(template.source())),
+            }
+        })?;
         if self.markup_plus && markup::ran(captured.state()) {
             return Err(Error::Template(markup::REFUSAL.to_owned()));
         }
-        let raw = captured.into_output();
+        let raw = String::from_utf8(out.bytes).expect("minijinja writes UTF-8 text");
         if !self.generation {
             return Ok(Rendered {
                 text: raw,
@@ -314,9 +380,18 @@ impl ChatTemplate {
     }
 }
 
-/// Reads a whole text file.
+/// Reads a whole template or config file (a regular file: a FIFO would block, a device never end).
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    crate::io::file::read_to_string(path)
+}
+
+/// Compiles `source`, named `label` in errors (compile errors start with it too).
+fn compile_named(source: &str, label: &str) -> Result<ChatTemplate> {
+    let template = ChatTemplate::new(source).map_err(|e| match e {
+        Error::Template(m) => Error::Template(format!("{label}: {m}")),
+        other => other,
+    })?;
+    Ok(template.with_name(label))
 }
 
 /// Checks that `messages` is an array of objects and applies transformers' reasoning
@@ -413,7 +488,8 @@ fn template_error(err: &minijinja::Error, source: Option<&str>) -> Error {
         (Some(line), _) => msg.push_str(&format!(" (line {line})")),
         _ => {}
     }
-    Error::Template(msg)
+    // One line, whatever the template holds: control characters (a quoted newline) are escaped.
+    Error::Template(msg.chars().flat_map(|c| if c.is_control() { c.escape_debug().collect() } else { vec![c] }).collect())
 }
 
 #[cfg(test)]

@@ -187,3 +187,120 @@ fn markup_plus_is_refused_only_where_it_runs() {
     let tilde = ChatTemplate::new("{{ '<a>' ~ (messages[0].content | safe) ~ '</a>' }}").unwrap();
     assert_eq!(tilde.render(&messages, false, &SpecialTokens::new(), None).unwrap().text, "<a>hi</a>");
 }
+
+/// Runs `f` on its own thread and fails the test when it has not returned within `limit`, so
+/// that a render without bounds fails the run instead of hanging it.
+fn within<T: Send + 'static>(limit: std::time::Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("the render did not stop within {limit:?}"))
+}
+
+#[test]
+fn runaway_loops_run_out_of_fuel() {
+    // 99999² iterations: hours of work without a bound. The loops print nothing, so only the
+    // step limit can stop them (the output limit never triggers).
+    let src = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}";
+    let err = within(std::time::Duration::from_secs(60), move || {
+        render(src, serde_json::json!([])).unwrap_err().to_string()
+    });
+    assert!(err.contains("the chat template") && err.contains("steps"), "{err}");
+}
+
+/// The error of a render expected to fail (without printing megabytes when it succeeds).
+fn render_err(src: &str) -> String {
+    match render(src, serde_json::json!([])) {
+        Ok(r) => panic!("rendered {} bytes instead of failing", r.text.len()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn output_beyond_the_limit_is_refused() {
+    // Printed values: 17 × 1 MiB.
+    let err = render_err("{% for i in range(17) %}{{ 'x' * 1048576 }}{% endfor %}");
+    assert!(err.contains("16 MiB"), "{err}");
+    // Template text: 17 × 1024 × 1 KiB.
+    let raw = format!("{{% for i in range(17408) %}}{}{{% endfor %}}", "y".repeat(1024));
+    let err = render_err(&raw);
+    assert!(err.contains("16 MiB"), "{err}");
+    // Text that a macro captures and doubles 25 times (32 MiB) before printing only its length.
+    let doubling = "{% macro d(n) %}{% if n %}{% set x = d(n - 1) %}{{ x }}{{ x }}{% else %}x{% endif %}\
+                    {% endmacro %}{{ d(25) | length }}";
+    let err = render_err(doubling);
+    assert!(err.contains("16 MiB"), "{err}");
+    // Just under the limit renders.
+    let ok = render("{% for i in range(15) %}{{ 'x' * 1048576 }}{% endfor %}", serde_json::json!([])).unwrap();
+    assert_eq!(ok.text.len(), 15 << 20);
+}
+
+#[test]
+fn limit_errors_name_the_template_and_the_limit() {
+    let dir = temp_dir("names");
+    let runaway = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}";
+    let render_err = |t: ChatTemplate| {
+        t.render(&serde_json::json!([]), false, &SpecialTokens::new(), None).unwrap_err().to_string()
+    };
+    let cfg = dir.join("tokenizer_config.json");
+    std::fs::write(&cfg, serde_json::json!({"chat_template": runaway}).to_string()).unwrap();
+    let err = render_err(ChatTemplate::from_tokenizer_dir(&dir).unwrap().unwrap());
+    assert_eq!(
+        err,
+        format!(
+            "chat template: the tokenizer's chat_template ({}) ran past the limit of 10000000 steps for one \
+             conversation (a loop that does not end?)",
+            cfg.display()
+        )
+    );
+    let jinja = dir.join("chat_template.jinja");
+    std::fs::write(&jinja, "{% for i in range(17) %}{{ 'x' * 1048576 }}{% endfor %}").unwrap();
+    let err = render_err(ChatTemplate::from_tokenizer_dir(&dir).unwrap().unwrap());
+    assert_eq!(
+        err,
+        format!("chat template: {} wrote more than 16 MiB of text for one conversation, the limit", jinja.display())
+    );
+    let file = dir.join("mine.jinja");
+    std::fs::write(&file, runaway).unwrap();
+    let err = render_err(ChatTemplate::from_file(&file).unwrap());
+    assert!(err.starts_with(&format!("chat template: {} ran past the limit", file.display())), "{err}");
+    std::fs::write(&file, "{% if %}").unwrap();
+    let err = ChatTemplate::from_file(&file).unwrap_err().to_string();
+    assert!(err.starts_with(&format!("chat template: {}: syntax error", file.display())), "{err}");
+    assert_eq!(ChatTemplate::builtin("chatml").unwrap().name(), "the built-in template `chatml`");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn template_files_that_are_not_regular_are_refused() {
+    let dir = temp_dir("fifo");
+    crate::io::file::mkfifo(&dir.join("chat_template.jinja"));
+    let d = dir.clone();
+    let err = within(std::time::Duration::from_secs(20), move || {
+        ChatTemplate::from_tokenizer_dir(&d).unwrap_err().to_string()
+    });
+    assert!(err.contains("chat_template.jinja") && err.contains("a FIFO"), "{err}");
+    std::fs::remove_file(dir.join("chat_template.jinja")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("tokenizer_config.json")).unwrap();
+    let err = ChatTemplate::from_tokenizer_dir(&dir).unwrap_err().to_string();
+    assert!(err.contains("tokenizer_config.json") && err.contains("a character device"), "{err}");
+    let zero = dir.join("tokenizer_config.json");
+    let err = ChatTemplate::from_file(&zero).unwrap_err().to_string();
+    assert!(err.contains("a character device"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn minijinja_panics_are_template_errors_naming_the_template() {
+    // minijinja 2.24 panics on `seq[::-1]` of an empty list and on `{% break %}` inside a
+    // generation block (which pyft rewrites into a call block).
+    for src in ["{% for m in messages[::-1] %}{{ m }}{% endfor %}",
+                "{% for m in [1] %}{% generation %}{% break %}{% endgeneration %}{% endfor %}"] {
+        let template = ChatTemplate::new(src).map(|t| t.with_name("`t.jinja`"));
+        let err = template.and_then(|t| t.render(&serde_json::json!([]), false, &SpecialTokens::new(), None)).unwrap_err();
+        assert!(matches!(&err, Error::Template(m) if m.contains("`t.jinja` failed on this conversation")), "{src}: {err}");
+    }
+}

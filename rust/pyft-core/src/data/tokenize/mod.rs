@@ -106,7 +106,7 @@ impl Tokenizer {
     /// Errors: [`Error::Io`] if the file cannot be read, [`Error::Tokenizer`] (naming the file) if the
     /// `tokenizers` crate rejects it.
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
-        let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let json = crate::io::file::read_to_string(path)?;
         Self::load(&json, path.display().to_string())
     }
 
@@ -117,9 +117,18 @@ impl Tokenizer {
         Self::load(json, "tokenizer json".to_owned())
     }
 
+    /// Loads, with a panic in the `tokenizers` crate reported as a malformed file.
     fn load(json: &str, name: String) -> Result<Tokenizer> {
-        let hf = tokenizers::Tokenizer::from_str(json).map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
         let root: Value = serde_json::from_str(json).map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
+        check_subword_prefix(&root).map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
+        let malformed = |panic: &str| {
+            Error::Tokenizer(format!("{name}: malformed tokenizer.json (the tokenizers library failed: {panic})"))
+        };
+        crate::guard::catch(malformed, || Self::build(json, &root, name.clone()))
+    }
+
+    fn build(json: &str, root: &Value, name: String) -> Result<Tokenizer> {
+        let hf = tokenizers::Tokenizer::from_str(json).map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
 
         let mut added: Vec<(u32, tokenizers::AddedToken)> = hf.get_added_tokens_decoder().into_iter().collect();
         added.sort_by_key(|(id, _)| *id);
@@ -127,7 +136,7 @@ impl Tokenizer {
         let tokens: FxHashMap<u32, String> = ids.into_iter().filter_map(|id| Some((id, hf.id_to_token(id)?))).collect();
         let special = added.iter().filter(|(_, token)| token.special).map(|(id, _)| *id).collect();
 
-        let (fast, fallback_reason) = match FastEncoder::from_json(&root, &added, &tokens) {
+        let (fast, fallback_reason) = match FastEncoder::from_json(root, &added, &tokens) {
             Ok(fast) => (Some(fast), None),
             Err(reason) => (None, Some(reason)),
         };
@@ -137,7 +146,8 @@ impl Tokenizer {
     /// Encode `text`. `add_special_tokens` runs the post-processor's templates (BOS/EOS, ...) as HF does.
     ///
     /// Errors: [`Error::Tokenizer`] if the text is 4 GiB or more (offsets are `u32`) or the
-    /// `tokenizers` crate fails (fallback path only).
+    /// `tokenizers` crate fails (fallback path only) or panics (e.g. a `tokenizer.json` regex that
+    /// backtracks past Oniguruma's retry limit on this text).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Encoding> {
         if u32::try_from(text.len()).is_err() {
             return Err(Error::Tokenizer(format!(
@@ -146,6 +156,10 @@ impl Tokenizer {
                 text.len()
             )));
         }
+        crate::guard::catch(|panic| self.failed("encode", panic), || self.encode_unguarded(text, add_special_tokens))
+    }
+
+    fn encode_unguarded(&self, text: &str, add_special_tokens: bool) -> Result<Encoding> {
         if let Some(encoding) = self.fast.as_ref().and_then(|f| f.encode(text, add_special_tokens)) {
             return Ok(encoding);
         }
@@ -157,6 +171,11 @@ impl Tokenizer {
             ids: enc.get_ids().to_vec(),
             offsets: enc.get_offsets().iter().map(|&(a, b)| (a as u32, b as u32)).collect(),
         })
+    }
+
+    /// The error for a panic in the `tokenizers` crate (or the regex engine under it) during `what`.
+    fn failed(&self, what: &str, panic: &str) -> Error {
+        Error::Tokenizer(format!("{}: {what}: the tokenizers library failed on this tokenizer: {panic}", self.name))
     }
 
     /// The id of `token` (added tokens first, then the model's vocabulary).
@@ -198,8 +217,58 @@ impl Tokenizer {
     ///
     /// Errors: [`Error::Tokenizer`] if the decoder fails.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.hf.decode(ids, skip_special_tokens).map_err(|e| Error::Tokenizer(format!("{}: decode: {e}", self.name)))
+        crate::guard::catch(
+            |panic| self.failed("decode", panic),
+            || {
+                self.hf
+                    .decode(ids, skip_special_tokens)
+                    .map_err(|e| Error::Tokenizer(format!("{}: decode: {e}", self.name)))
+            },
+        )
     }
+}
+
+/// Refuses a BPE model whose `continuing_subword_prefix` does not end on a character boundary of
+/// every merge's second token. The `tokenizers` crate cuts that many bytes off the token and
+/// treats the rest as UTF-8 without checking (`BpeBuilder::build`, `from_utf8_unchecked`): a
+/// shorter token, or a cut inside a multi-byte character, would be a panic or invalid UTF-8 in a
+/// `str` (undefined behaviour) there.
+fn check_subword_prefix(root: &Value) -> std::result::Result<(), String> {
+    let model = &root["model"];
+    if model["type"].as_str().is_some_and(|t| t != "BPE") {
+        return Ok(());
+    }
+    let Some(prefix) = model["continuing_subword_prefix"].as_str().filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let Some(merges) = model["merges"].as_array() else { return Ok(()) };
+    for (i, merge) in merges.iter().enumerate() {
+        // A merge is `"a b"` or `["a", "b"]`; other shapes are left to the crate to refuse.
+        let second = match merge {
+            Value::String(s) if s.starts_with("#version") => continue, // skipped by the crate too
+            Value::String(s) => {
+                let parts: Vec<&str> = s.split(' ').collect();
+                if parts.len() != 2 {
+                    continue;
+                }
+                parts[1]
+            }
+            Value::Array(pair) if pair.len() == 2 => match pair[1].as_str() {
+                Some(s) => s,
+                None => continue,
+            },
+            _ => continue,
+        };
+        if !second.is_char_boundary(prefix.len()) {
+            return Err(format!(
+                "model.merges[{i}]: cutting the {}-byte continuing_subword_prefix {prefix:?} off the second \
+                 token {second:?} does not leave whole characters (the token is shorter, or a character \
+                 straddles the cut)",
+                prefix.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -217,6 +286,42 @@ mod tests {
     fn backend_display() {
         assert_eq!(Backend::FastBpe.to_string(), "fast-bpe");
         assert_eq!(Backend::Hf.to_string(), "hf");
+    }
+
+    fn corpus(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/tokenizer").join(name)
+    }
+
+    #[test]
+    fn a_subword_prefix_that_cuts_a_merge_token_is_refused() {
+        // The prefix `<unk>` (5 bytes) is longer than the merge's second token `b`: the crate
+        // underflowed (a panic in debug builds, a wrapped length in release ones).
+        let path = corpus("subword-prefix-overflow.json");
+        let err = Tokenizer::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("subword-prefix-overflow.json") && err.contains("model.merges[0]"), "{err}");
+        // A cut inside a multi-byte character: invalid UTF-8 handed on as `str` by the crate.
+        let json = r###"{"model": {"type": "BPE", "continuing_subword_prefix": "x", "vocab": {"a": 0, "éb": 1},
+                      "merges": [["a", "éb"]]}}"###;
+        let err = Tokenizer::from_json(json).unwrap_err().to_string();
+        assert!(err.contains("model.merges[0]") && err.contains("\"éb\""), "{err}");
+        // A prefix every merge's second token can lose is fine (`##b` -> `b`).
+        let json = r###"{"model": {"type": "BPE", "continuing_subword_prefix": "##", "vocab": {"a": 0, "##b": 1, "ab": 2},
+                      "merges": ["a ##b"]}}"###;
+        Tokenizer::from_json(json).unwrap();
+    }
+
+    #[test]
+    fn panics_in_the_tokenizers_crate_are_tokenizer_errors() {
+        // A regex that backtracks past Oniguruma's retry limit panics inside `encode`.
+        let path = corpus("split-backtracking-regex.json");
+        let tokenizer = Tokenizer::from_file(&path).unwrap();
+        let text = "a".repeat(40) + "!";
+        let err = tokenizer.encode(&text, false).unwrap_err();
+        assert!(matches!(&err, Error::Tokenizer(m) if m.contains("split-backtracking-regex.json: encode")), "{err}");
+        // An empty `Prepend` normalizer panics in the crate.
+        let path = corpus("prepend-empty.json");
+        let err = Tokenizer::from_file(&path).and_then(|t| t.encode("hello world", false)).unwrap_err();
+        assert!(matches!(&err, Error::Tokenizer(m) if m.contains("prepend-empty.json")), "{err}");
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub fn tokenizer_metadata(model_dir: &Path, arch: &str, opts: &VocabOptions) -> 
     let tj_path = model_dir.join("tokenizer.json");
     let pre;
     let source_file;
-    if spm_path.is_file() {
+    if spm_path.exists() {
         if opts.pre_override.as_deref().is_some_and(|p| p != "default") {
             warnings.push("pre-tokenizer override ignored: SentencePiece models always use `default`".into());
         }
@@ -385,12 +385,13 @@ pub(crate) fn config_int(config: &Value, key: &str) -> Option<usize> {
     config.get(key).and_then(Value::as_u64).and_then(|n| usize::try_from(n).ok())
 }
 
-/// Parse the JSON file at `path`; `Ok(None)` when it is not a file.
+/// Parse the JSON file at `path`; `Ok(None)` when there is none (one that is there but not a
+/// regular file, such as a FIFO, is an error rather than absent).
 pub(crate) fn read_json(path: &Path) -> Result<Option<Value>> {
-    if !path.is_file() {
+    if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::file::read_to_string(path)?;
     serde_json::from_str(&text).map(Some).map_err(|e| Error::File {
         path: path.to_path_buf(),
         message: format!("not valid JSON: {e}"),

@@ -116,10 +116,10 @@ impl SpecialVocab {
 
     fn load_merges_txt(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join("merges.txt");
-        if !path.is_file() {
+        if !path.exists() {
             return Ok(());
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = crate::io::file::read_to_string(&path)?;
         let mut lines = text.lines().enumerate().peekable();
         if lines.peek().is_some_and(|(_, l)| l.trim().starts_with('#')) {
             lines.next();
@@ -371,8 +371,8 @@ impl SpecialVocab {
         let jinja = dir.join("chat_template.jinja");
         let json = dir.join("chat_template.json");
         let mut alt = Value::Null;
-        if jinja.is_file() {
-            let text = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
+        if jinja.exists() {
+            let text = crate::io::file::read_to_string(&jinja)?;
             alt = Value::String(text);
             let extra_dir = dir.join("additional_chat_templates");
             let mut extra: Vec<_> = std::fs::read_dir(&extra_dir)
@@ -384,7 +384,7 @@ impl SpecialVocab {
             if !extra.is_empty() {
                 let mut list = vec![serde_json::json!({"name": "default", "template": alt})];
                 for p in extra {
-                    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+                    let text = crate::io::file::read_to_string(&p)?;
                     let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                     list.push(serde_json::json!({"name": name, "template": text}));
                 }

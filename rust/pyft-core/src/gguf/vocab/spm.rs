@@ -36,7 +36,7 @@ pub(crate) struct Piece {
 
 /// Read the pieces of the SentencePiece model at `path`.
 pub(crate) fn read_model(path: &Path) -> Result<Vec<Piece>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::io::file::read(path)?;
     parse_model(&bytes).map_err(|message| Error::File {
         path: path.to_path_buf(),
         message: format!("not a SentencePiece model: {message}"),
