@@ -17,6 +17,16 @@ from pathlib import Path
 from pyft import _core
 
 
+def _staged(staging: _core.StagingDir | _core.StagingFile) -> Iterator[Path]:
+    """Yield the staging path; commit it after the body, discard it if the body raises."""
+    try:
+        yield Path(staging.path)
+    except BaseException:
+        staging.discard()
+        raise
+    staging.commit()
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh staging directory next to ``target``; on success it replaces ``target``.
@@ -29,14 +39,7 @@ def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) ->
         FileExistsError: ``target`` exists and ``overwrite`` is False.
         DataError: ``target`` exists and is not a directory.
     """
-    target = Path(target)
-    staging = _core.StagingDir(str(target), overwrite)
-    try:
-        yield Path(staging.path)
-    except BaseException:
-        staging.discard()
-        raise
-    staging.commit()
+    yield from _staged(_core.StagingDir(str(target), overwrite))
 
 
 @contextlib.contextmanager
@@ -50,15 +53,8 @@ def atomic_file(target: str | os.PathLike[str], overwrite: bool = False) -> Iter
         FileExistsError: ``target`` exists and ``overwrite`` is False.
         DataError: ``target`` is a directory.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _core.StagingFile(str(target), overwrite)
-    try:
-        yield Path(staging.path)
-    except BaseException:
-        staging.discard()
-        raise
-    staging.commit()
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    yield from _staged(_core.StagingFile(str(target), overwrite))
 
 
 def check_output_disjoint(out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]) -> None:

@@ -12,9 +12,9 @@
 mod fuzz_support;
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use fuzz_support::{mutate_bytes, Campaign, Check, Outcome, Rng};
+use fuzz_support::{mutate_bytes, Campaign, Outcome, Rng};
 use pyft_core::data::formats::{convert, Example, Format};
 use pyft_core::data::read::{read_file, read_json_array, read_jsonl, FileRecords};
 use pyft_core::data::template::{ChatTemplate, SpecialTokens};
@@ -180,6 +180,25 @@ fn check_records(path: &Path, max_line: usize, got: &FileRecords) -> Result<(), 
 }
 
 /// `read_jsonl` on the bytes and `read_file` on the file (both must agree), then the records.
+/// The outcome of `read_file(path)`: its records keep the contract of [`check_records`] (lines up to
+/// `max_line(records)`) and a whole-file refusal names the file.
+fn read_outcome(path: &Path, max_line: impl FnOnce(&FileRecords) -> usize) -> Result<Outcome, String> {
+    match read_file(path) {
+        Ok(got) => {
+            check_records(path, max_line(&got), &got)?;
+            Ok(match got.problems.first() {
+                Some(e) => Outcome::Refused(e.to_string()),
+                None => Outcome::Accepted,
+            })
+        }
+        Err(e) => {
+            let message = e.to_string();
+            fuzz_support::names_file(&message, path)?;
+            Ok(Outcome::Refused(message))
+        }
+    }
+}
+
 fn check_jsonl(path: &Path, bytes: &[u8]) -> Result<Outcome, String> {
     let got = read_jsonl(path, bytes);
     check_records(path, lines(bytes), &got)?;
@@ -214,44 +233,17 @@ fn check_json(path: &Path, bytes: &[u8]) -> Result<Outcome, String> {
             other => return Err(format!("array error not located in the file: {other}")),
         }
     }
-    match read_file(path) {
-        Ok(got) => {
-            check_records(path, lines(bytes), &got)?;
-            Ok(match got.problems.first() {
-                Some(e) => Outcome::Refused(e.to_string()),
-                None => Outcome::Accepted,
-            })
-        }
-        Err(e) => {
-            let message = e.to_string();
-            fuzz_support::names_file(&message, path)?;
-            Ok(Outcome::Refused(message))
-        }
-    }
+    read_outcome(path, |_| lines(bytes))
 }
 
 #[test]
 fn fuzz_jsonl() {
-    let mut c = Campaign::new("jsonl", "jsonl", 1500);
-    let check: Arc<Check> = Arc::new(check_jsonl);
-    c.replay_corpus(check.clone());
-    while let Some(i) = c.next_case() {
-        let input = generate_json(&mut c.rng(i), false);
-        c.run(i, input, check.clone());
-    }
-    c.finish();
+    Campaign::new("jsonl", "jsonl", 1500).fuzz(check_jsonl, |rng| generate_json(rng, false));
 }
 
 #[test]
 fn fuzz_json() {
-    let mut c = Campaign::new("json", "json", 1500);
-    let check: Arc<Check> = Arc::new(check_json);
-    c.replay_corpus(check.clone());
-    while let Some(i) = c.next_case() {
-        let input = generate_json(&mut c.rng(i), true);
-        c.run(i, input, check.clone());
-    }
-    c.finish();
+    Campaign::new("json", "json", 1500).fuzz(check_json, |rng| generate_json(rng, true));
 }
 
 /// Damage a Parquet file: mostly inside the footer (thrift metadata) and its length field, else
@@ -290,27 +282,12 @@ fn damage_parquet(rng: &mut Rng, file: &mut Vec<u8>) {
 /// (`abort-footer-list-10gb-allocation.parquet`, refused by parquet 60 before it allocates),
 /// page headers claiming hundreds of MiB (`memory-390mib.parquet`).
 fn check_parquet(path: &Path, _bytes: &[u8]) -> Result<Outcome, String> {
-    match read_file(path) {
-        Ok(got) => {
-            check_records(path, got.records.len() + got.problems.len(), &got)?;
-            Ok(match got.problems.first() {
-                Some(e) => Outcome::Refused(e.to_string()),
-                None => Outcome::Accepted,
-            })
-        }
-        Err(e) => {
-            let message = e.to_string();
-            fuzz_support::names_file(&message, path)?;
-            Ok(Outcome::Refused(message))
-        }
-    }
+    read_outcome(path, |got| got.records.len() + got.problems.len())
 }
 
 #[test]
 fn fuzz_parquet() {
-    let mut c = Campaign::new("parquet", "parquet", 1500);
-    let check: Arc<Check> = Arc::new(check_parquet);
-    c.replay_corpus(check.clone());
+    let c = Campaign::new("parquet", "parquet", 1500);
     let dir = c.corpus_dir();
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir).unwrap()
         .map(|e| e.unwrap().path())
@@ -320,13 +297,11 @@ fn fuzz_parquet() {
         .collect();
     seeds.sort();
     assert!(!seeds.is_empty(), "no valid-*.parquet seeds in {}", dir.display());
-    while let Some(i) = c.next_case() {
-        let mut rng = c.rng(i);
+    c.fuzz(check_parquet, move |rng| {
         let mut input = rng.pick(&seeds).clone();
         for _ in 0..rng.range(1, 2) {
-            damage_parquet(&mut rng, &mut input);
+            damage_parquet(rng, &mut input);
         }
-        c.run(i, input, check.clone());
-    }
-    c.finish();
+        input
+    });
 }

@@ -10,9 +10,8 @@
 mod fuzz_support;
 
 use std::path::Path;
-use std::sync::Arc;
 
-use fuzz_support::{interesting_u64, mutate_bytes, Campaign, Check, Outcome, Rng};
+use fuzz_support::{interesting_u64, mutate_bytes, Campaign, Outcome, Rng};
 use pyft_core::gguf::{dequantize_row, GgmlType, GgufFile, GgufHeader};
 
 /// Writes little-endian fields, replacing each with a hostile value with probability `p`.
@@ -234,12 +233,5 @@ fn check(path: &Path, bytes: &[u8]) -> Result<Outcome, String> {
 
 #[test]
 fn fuzz_gguf() {
-    let mut c = Campaign::new("gguf", "gguf", 3000);
-    let check: Arc<Check> = Arc::new(check);
-    c.replay_corpus(check.clone());
-    while let Some(i) = c.next_case() {
-        let input = generate(&mut c.rng(i));
-        c.run(i, input, check.clone());
-    }
-    c.finish();
+    Campaign::new("gguf", "gguf", 3000).fuzz(check, generate);
 }

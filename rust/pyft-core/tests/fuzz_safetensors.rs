@@ -10,9 +10,8 @@
 mod fuzz_support;
 
 use std::path::{Component, Path};
-use std::sync::Arc;
 
-use fuzz_support::{interesting_u64, mutate_bytes, names_file, Campaign, Check, Outcome, Rng};
+use fuzz_support::{interesting_u64, mutate_bytes, names_file, Campaign, Outcome, Rng};
 use pyft_core::io::safetensors::{model_files, SafetensorsFile};
 
 /// One header entry, each field raw JSON text.
@@ -219,14 +218,7 @@ fn check_file(path: &Path, bytes: &[u8]) -> Result<Outcome, String> {
 
 #[test]
 fn fuzz_safetensors_files() {
-    let mut c = Campaign::new("safetensors", "safetensors", 3000);
-    let check: Arc<Check> = Arc::new(check_file);
-    c.replay_corpus(check.clone());
-    while let Some(i) = c.next_case() {
-        let input = generate(&mut c.rng(i));
-        c.run(i, input, check.clone());
-    }
-    c.finish();
+    Campaign::new("safetensors", "safetensors", 3000).fuzz(check_file, generate);
 }
 
 /// Shard names an index may hold: plain names, paths that leave the directory, odd types.
@@ -292,12 +284,5 @@ fn check_index(path: &Path, bytes: &[u8]) -> Result<Outcome, String> {
 
 #[test]
 fn fuzz_safetensors_index() {
-    let mut c = Campaign::new("safetensors_index", "json", 400);
-    let check: Arc<Check> = Arc::new(check_index);
-    c.replay_corpus(check.clone());
-    while let Some(i) = c.next_case() {
-        let input = generate_index(&mut c.rng(i));
-        c.run(i, input, check.clone());
-    }
-    c.finish();
+    Campaign::new("safetensors_index", "json", 400).fuzz(check_index, generate_index);
 }

@@ -17,7 +17,7 @@ mod fuzz_support;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use fuzz_support::{mutate_bytes, Campaign, Check, Outcome, Rng};
+use fuzz_support::{mutate_bytes, Campaign, Outcome, Rng};
 use pyft_core::data::template::{ChatTemplate, SpecialTokens};
 use pyft_core::error::Error;
 use serde_json::{json, Map, Value};
@@ -291,14 +291,7 @@ fn fuzz_template() {
     // A render that uses up the renderer's 10 million steps takes about 3 s unoptimised (1 s in
     // release, `data/template/limits.rs`); a case stops rendering at its first such refusal.
     let bound = if cfg!(debug_assertions) { 8.0 } else { 2.0 };
-    let mut c = Campaign::new("template", "jinja", 600).with_case_bound(bound);
-    let check: Arc<Check> = Arc::new(check);
-    c.replay_corpus(check.clone());
-    while let Some(i) = c.next_case() {
-        let input = generate(&mut c.rng(i));
-        c.run(i, input, check.clone());
-    }
-    c.finish();
+    Campaign::new("template", "jinja", 600).with_case_bound(bound).fuzz(check, generate);
 }
 
 /// The one known limit left (`known-failures/abort-double-string.jinja`): a string doubled in a

@@ -14,9 +14,9 @@
 mod fuzz_support;
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use fuzz_support::{mutate_bytes, Campaign, Check, Outcome, Rng};
+use fuzz_support::{mutate_bytes, Campaign, Outcome, Rng};
 use pyft_core::data::tokenize::Tokenizer;
 use pyft_core::error::Error;
 use serde_json::{json, Value};
@@ -204,12 +204,5 @@ fn check(path: &Path, bytes: &[u8]) -> Result<Outcome, String> {
 
 #[test]
 fn fuzz_tokenizer() {
-    let mut c = Campaign::new("tokenizer", "json", 120);
-    let check: Arc<Check> = Arc::new(check);
-    c.replay_corpus(check.clone());
-    while let Some(i) = c.next_case() {
-        let input = generate(&mut c.rng(i));
-        c.run(i, input, check.clone());
-    }
-    c.finish();
+    Campaign::new("tokenizer", "json", 120).fuzz(check, generate);
 }

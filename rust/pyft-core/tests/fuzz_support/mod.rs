@@ -498,6 +498,19 @@ impl Campaign {
         }
     }
 
+    /// The whole campaign: replay the corpus, then run `check` on the cases `generate` makes from
+    /// each case's own random stream, then report.
+    pub fn fuzz(mut self, check: impl Fn(&Path, &[u8]) -> Result<Outcome, String> + Send + Sync + 'static,
+                mut generate: impl FnMut(&mut Rng) -> Vec<u8>) {
+        let check: Arc<Check> = Arc::new(check);
+        self.replay_corpus(check.clone());
+        while let Some(i) = self.next_case() {
+            let input = generate(&mut self.rng(i));
+            self.run(i, input, check.clone());
+        }
+        self.finish();
+    }
+
     /// Run generated case `index` on `input` through `check`.
     pub fn run(&mut self, index: usize, input: Vec<u8>, check: Arc<Check>) {
         CURRENT_CASE.store(index as u64, Ordering::Relaxed);
