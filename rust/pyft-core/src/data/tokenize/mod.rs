@@ -167,6 +167,16 @@ impl Tokenizer {
             .hf
             .encode(text, add_special_tokens)
             .map_err(|e| Error::Tokenizer(format!("{}: encode: {e}", self.name)))?;
+        // A malformed tokenizer.json (e.g. an `end_of_word_suffix` the normalizer's alignments do not
+        // cover) makes the library report offsets beyond the text; the masks built from them would be wrong.
+        if let Some(&(a, b)) = enc.get_offsets().iter().find(|&&(a, b)| a > b || b > text.len()) {
+            return Err(Error::Tokenizer(format!(
+                "{}: encode: the tokenizers library reported the span {a}..{b} for a {}-byte text; this \
+                 tokenizer.json is inconsistent",
+                self.name,
+                text.len()
+            )));
+        }
         Ok(Encoding {
             ids: enc.get_ids().to_vec(),
             offsets: enc.get_offsets().iter().map(|&(a, b)| (a as u32, b as u32)).collect(),
