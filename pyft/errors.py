@@ -6,12 +6,24 @@
 - :class:`TemplateError` — a chat template failed to compile or render.
 - :class:`TokenizerError` — a tokenizer could not be loaded or used.
 - :class:`ConfigError` — an invalid option value.
+- :class:`ShapeError` — tensor shapes or buffer sizes that do not fit together (a tensor that
+  disagrees with ``config.json``, rows that are not whole quantization blocks); names the tensor.
+- :class:`InternalError` — pyft broke one of its own invariants: a bug in pyft, never bad input;
+  the message asks for a report.
 - :class:`TrainingError` — training cannot go on (e.g. a non-finite loss or gradient).
 
 File-system failures are raised as :class:`OSError`.
 """
 
-from pyft._core import ConfigError, DataError, PyftError, TemplateError, TokenizerError
+from pyft._core import (
+    ConfigError,
+    DataError,
+    InternalError,
+    PyftError,
+    ShapeError,
+    TemplateError,
+    TokenizerError,
+)
 
 
 
@@ -19,4 +31,5 @@ class TrainingError(PyftError):
     """Training stopped: the message says why and where the last good checkpoint is."""
 
 
-__all__ = ["PyftError", "DataError", "TemplateError", "TokenizerError", "ConfigError", "TrainingError"]
+__all__ = ["PyftError", "DataError", "TemplateError", "TokenizerError", "ConfigError", "ShapeError", "InternalError",
+           "TrainingError"]

@@ -1,7 +1,7 @@
 """Summaries of model files for ``pyft inspect``: GGUF files, safetensors files, HF model directories
 and PEFT adapter directories. Pure I/O and formatting: tensor data is never loaded (GGUF headers are
-parsed and validated by ``_core.gguf_read_metadata``, safetensors headers here), and torch is not
-imported.
+parsed and validated by ``_core.gguf_read_metadata``, safetensors headers and model indexes by
+:mod:`pyft.io.safetensors`), and torch is not imported.
 
 - :func:`inspect_path` — detect what ``path`` is and return a JSON-serialisable summary.
 - :func:`format_summary` — the human-readable text of such a summary.
@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
 from pyft.errors import DataError
 from pyft.io.files import check_adapter_config, check_regular, data_error, open_regular, read_json_object
+from pyft.io.safetensors import model_files, read_header
 
 __all__ = ["inspect_path", "format_summary", "read_safetensors_header", "LLAMA_FILE_TYPES",
            "VLLM_MAX_LORA_RANKS"]
@@ -46,16 +46,6 @@ VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 #: modules_to_save entries vLLM can serve (the output head); anything else is rejected.
 _VLLM_HEADS = frozenset({"lm_head"})
 
-#: Bits per element of each safetensors dtype.
-_SAFETENSORS_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16,
-    "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64, "U64": 64, "C64": 64, "F4": 4,
-    "F6_E2M3": 6, "F6_E3M2": 6,
-}
-
-#: The safetensors crate refuses larger headers; so do we.
-_MAX_SAFETENSORS_HEADER = 100_000_000
-
 _CONFIG_KEYS = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
                 "max_position_embeddings", "rope_theta", "tie_word_embeddings", "dtype")
@@ -70,11 +60,8 @@ def _bad(path: str | os.PathLike[str], message: str) -> DataError:
 
 
 def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The validated header of a safetensors file, without reading tensor data.
-
-    Checks what the ``safetensors`` crate checks: header length within the file (and at most
-    100 MB), a JSON object, known dtypes, non-negative integer shapes, ``data_offsets`` that match
-    the shapes and tile the data section exactly (no gaps, no overlaps).
+    """The validated header of a safetensors file, without reading tensor data (validated by the
+    Rust core through :func:`pyft.io.safetensors.read_header`, as merge and export validate it).
 
     Returns:
         ``{"metadata": {...}, "tensors": [{"name", "dtype", "shape", "nbytes"}, ...] (data order),
@@ -83,58 +70,10 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         DataError: the file is not a valid safetensors file (message names the file).
     """
-    with open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-        if len(head) < 8:
-            raise _bad(path, f"not a valid safetensors file: {size} bytes, too short for the header length")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            raise _bad(path, f"not a valid safetensors file: header length {n} exceeds the file "
-                             f"({size} bytes)")
-        if n > _MAX_SAFETENSORS_HEADER:
-            raise _bad(path, f"not a valid safetensors file: header length {n} is over 100 MB")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(path, f"not a valid safetensors file: header is not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise _bad(path, "not a valid safetensors file: header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise _bad(path, "not a valid safetensors file: `__metadata__` is not an object")
-    data_len = size - 8 - n
-    tensors = []
-    for name, info in header.items():
-        where = f"not a valid safetensors file: tensor `{name}`"
-        if not isinstance(info, dict):
-            raise _bad(path, f"{where} is not an object")
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in _SAFETENSORS_BITS:
-            raise _bad(path, f"{where} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise _bad(path, f"{where} has invalid shape {shape!r}")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1] <= data_len):
-            raise _bad(path, f"{where} has data_offsets {offsets!r} outside the {data_len}-byte data section")
-        bits = math.prod(shape) * _SAFETENSORS_BITS[dtype]
-        if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
-            raise _bad(path, f"{where}: data_offsets {offsets} hold {offsets[1] - offsets[0]} bytes but "
-                             f"{dtype}{shape} needs {bits / 8:g}")
-        tensors.append({"name": name, "dtype": dtype, "shape": shape, "nbytes": bits // 8,
-                        "_start": offsets[0]})
-    tensors.sort(key=lambda t: (t["_start"], t["nbytes"]))
-    end = 0
-    for t in tensors:
-        start = t.pop("_start")
-        if start != end:
-            raise _bad(path, f"not a valid safetensors file: tensor `{t['name']}` starts at {start}, "
-                             f"expected {end} (tensors must tile the data section)")
-        end += t["nbytes"]
-    if end != data_len:
-        raise _bad(path, f"not a valid safetensors file: tensors cover {end} of the {data_len} data bytes")
-    return {"metadata": metadata, "tensors": tensors, "file_size": size}
+    header = read_header(path)
+    return {"metadata": header.metadata, "file_size": header.file_size,
+            "tensors": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "nbytes": t.nbytes}
+                        for t in header.tensors]}
 
 
 def _detect(path: Path) -> str:
@@ -291,30 +230,10 @@ def _config_highlights(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model_shards(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = read_json_object(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
-            raise _bad(index, "no `weight_map` object of tensor name -> file name")
-        shards = []
-        for name in sorted(set(weight_map.values())):
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise _bad(index, f"shard {name!r} is outside the model directory")
-            shard = path / name
-            if not shard.exists():
-                raise _bad(index, f"lists {name} which does not exist")
-            shards.append(shard)
-        return shards
-    if (path / "model.safetensors").exists():
-        return [path / "model.safetensors"]
-    raise _bad(path, "no model.safetensors or model.safetensors.index.json")
-
-
 def _summarise_model(path: Path, with_tensors: bool) -> dict[str, Any]:
     config_path = path / "config.json"
     config = _config_highlights(read_json_object(config_path)) if config_path.exists() else None
-    shards = _model_shards(path)
+    shards = model_files(path)
     tensors: list[dict[str, Any]] = []
     shard_info = []
     for shard in shards:

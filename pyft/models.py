@@ -1,4 +1,4 @@
-"""``pyft.load_model``: a transformers causal LM from a local directory, optionally with an adapter."""
+"""``pyft.load_model``: a transformers causal LM from a local directory or Hub id, optionally with an adapter."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+from pyft.io.dtypes import parse_float, torch_dtype
 
 
 def _resolve_dtype(dtype: Any) -> Any:
@@ -15,14 +14,22 @@ def _resolve_dtype(dtype: Any) -> Any:
 
     if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
         return dtype or "auto"
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return getattr(torch, _DTYPES[dtype])
+    row = parse_float(dtype)
+    if row is not None:
+        return torch_dtype(row)
     raise ValueError(f"unknown dtype {dtype!r} (expected auto, float32, float16 or bfloat16)")
 
 
-def check_model_dir(path: str | os.PathLike[str]) -> Path:
-    """Check that ``path`` is a local transformers model directory; name what is missing."""
-    p = Path(path)
+def check_model_dir(path: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """Check that ``path`` is a transformers model directory; name what is missing.
+
+    ``path`` may also be a Hugging Face Hub id (``owner/name``, ``owner/name@revision``; ``revision``
+    pins it too): its config, tokenizer and safetensors weights are fetched into the Hub cache (see
+    :mod:`pyft.hub`) and the snapshot directory is checked and returned. A local path wins.
+    """
+    from pyft.hub import resolve_model
+
+    p = resolve_model(path, revision, kind="model")
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: model directory not found")
     if not (p / "config.json").is_file():
@@ -46,10 +53,11 @@ def load_model(
     quant_blocksize: int = 64,
     double_quant: bool = True,
 ):
-    """Load a causal LM from a local directory (nothing is downloaded).
+    """Load a causal LM from a local directory or a Hugging Face Hub id.
 
     Args:
-        path: a transformers model directory (``config.json`` + safetensors weights).
+        path: a transformers model directory (``config.json`` + safetensors weights), or a Hub id
+            (``owner/name[@revision]``) fetched into the Hub cache (safetensors only, see :mod:`pyft.hub`).
         dtype: ``auto`` (the checkpoint's dtype), ``float32``, ``float16``/``fp16``,
             ``bfloat16``/``bf16`` or a ``torch.dtype``.
         device: where to put the model (e.g. ``"cuda"``); default CPU.

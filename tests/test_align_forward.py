@@ -1,4 +1,4 @@
-"""pyft.align.forward: sequence log-probs against TRL 1.16's fused LM head on TRL-collated batches.
+"""pyft.losses.forward: sequence log-probs against TRL 1.16's fused LM head on TRL-collated batches.
 
 The oracle is what ``DPOTrainer._compute_loss`` / ``KTOTrainer._compute_kl_logps`` do: TRL's collator
 pads the sequences, ``add_fused_lm_head`` patches a copy of the model, and the summed per-token
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pyft import load_model
-from pyft.align.forward import sequence_logps
+from pyft.losses.forward import sequence_logps
 from pyft.data.sequences import LAYOUTS, KtoCollator, PreferenceCollator
 from pyft.testing import make_tiny_model
 from trl_oracle import trl_kl_rotation
@@ -167,6 +167,6 @@ def test_kto_kl_logps_match_trl(models, layout):
 
 def test_align_imports_first():
     """``pyft.align`` imports in a fresh interpreter before ``pyft.train`` (it used to be a circular import)."""
-    proc = subprocess.run([sys.executable, "-c", "import pyft.align.forward"], check=False, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", "import pyft.align.objectives"], check=False, capture_output=True,
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr

@@ -16,6 +16,7 @@ import pyft
 import pyft.data
 from pyft.data import PreparedDataset
 from pyft.errors import ConfigError
+from pyft.methods import METHODS
 from pyft.testing import make_tiny_model
 from pyft.testing.preference import follows_rule, rule_task
 from pyft.train import build_trainer, load_config, train
@@ -296,7 +297,7 @@ def test_method_and_data_mismatches_are_config_errors(task, tmp_path):
         build_trainer(_align(task, tmp_path, "kto", task["sft"], task["pref"], 1, 1e-3))
     with pytest.raises(ConfigError, match="holds kto data; method dpo needs preference data"):
         build_trainer(_align(task, tmp_path, "dpo", task["sft"], task["kto"], 1, 1e-3))
-    with pytest.raises(ConfigError, match="holds preference data; SFT needs chat or text data"):
+    with pytest.raises(ConfigError, match="holds preference data; method sft needs chat or text data"):
         build_trainer(_align(task, tmp_path, "lora", task["sft"], task["pref"], 1, 1e-3))
     with pytest.raises(ConfigError, match="train.batch_size: KTO estimates its KL term"):
         _align(task, tmp_path, "kto", task["sft"], task["kto"], 1, 1e-3, train={"batch_size": 1})
@@ -311,18 +312,16 @@ def test_shipped_configs_load(name, task, tmp_path):
     """Every example config validates and, with model/data pointed at the fixtures, builds a trainer."""
     path = Path(pyft.__file__).parent / "configs" / name
     cfg = load_config(path)
-    data = {"preference": task["pref"], "kto": task["kto"]}.get(
-        {"dpo": "preference", "orpo": "preference", "simpo": "preference", "cpo": "preference", "rm": "preference",
-         "kto": "kto"}.get(cfg.method, "chat"))
+    data = {"preference": task["pref"], "kto": task["kto"]}.get(cfg.objective.data_kinds[0])
     if data is None:
         return  # SFT configs are covered by the training-loop tests
     cfg = load_config(path, [f"model={task['sft']}", f"data={data}", f"output={tmp_path}", "train.max_steps=1"])
     trainer = build_trainer(cfg)
-    assert trainer.cfg.objective == cfg.method
+    assert trainer.config.objective is METHODS[cfg.method]
 
 
 def test_qlora_dpo_uses_the_4bit_base_as_reference(task, tmp_path):
-    from pyft.align.forward import sequence_logps
+    from pyft.losses.forward import sequence_logps
     from pyft.align.reference import AdapterDisabledReference
     from pyft.data.sequences import PreferenceCollator
     from pyft.models import load_model
@@ -349,7 +348,7 @@ def test_dpo_continues_an_sft_adapter_whose_start_is_the_reference(task, tmp_pat
     reference is that starting adapter, not the bare base."""
     from safetensors.torch import load_file
 
-    from pyft.align.forward import sequence_logps
+    from pyft.losses.forward import sequence_logps
     from pyft.align.reference import StartingAdapterReference
     from pyft.data.sequences import PreferenceCollator
     from pyft.models import load_model
@@ -385,7 +384,7 @@ def test_dpo_continues_an_sft_adapter_whose_start_is_the_reference(task, tmp_pat
 def test_disable_dropout_zeroes_modules_but_keeps_the_saved_config():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pyft.train.run import disable_dropout
+    from pyft.train.dropout import disable_dropout
 
     model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2, vocab_size=64,

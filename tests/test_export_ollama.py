@@ -14,7 +14,7 @@ import pytest
 
 from pyft import _core
 from pyft.errors import ConfigError
-from pyft.export.chat import render
+from pyft.io.serving import render
 from pyft.export.ollama import (
     SUPPORTED_FAMILIES,
     ollama_create_command,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pyft.errors import ConfigError
 from pyft.train.estimate import GIB, NF4_BITS, OPTIMIZERS, estimate, format_report, optimizer_bytes, recommend
 
 
@@ -88,18 +89,18 @@ def test_8bit_and_paged_optimizer_estimates(llama8b):
 
 def test_alignment_objectives(llama8b):
     sft = estimate(llama8b, "lora", 1024, 4)
-    dpo = estimate(llama8b, "lora", 1024, 4, objective="dpo")
+    dpo = estimate(llama8b, "lora", 1024, 4, method="dpo")
     assert dpo.reference == 0 and dpo.weights == sft.weights  # the base with adapters off, no copy
     two_rows = estimate(llama8b, "lora", 1024, 8)
     assert dpo.activations == two_rows.activations  # 4 pairs keep 8 sequences' activations
-    kto = estimate(llama8b, "lora", 1024, 4, objective="kto")
+    kto = estimate(llama8b, "lora", 1024, 4, method="kto")
     assert kto.activations == sft.activations  # the KL pass keeps nothing for backward
-    full = estimate(llama8b, "full", 1024, 4, objective="dpo")
+    full = estimate(llama8b, "full", 1024, 4, method="dpo")
     assert full.reference == 4 * full.params and full.total == estimate(llama8b, "full", 1024, 8).total + full.reference
-    assert estimate(llama8b, "full", 1024, 4, objective="dpo", precompute_ref=True).reference == 0
-    assert estimate(llama8b, "full", 1024, 4, objective="orpo").reference == 0
-    report = format_report(llama8b, 1024, 4, ["full", "lora"], 16, False, None, None, objective="dpo")
+    assert estimate(llama8b, "full", 1024, 4, method="dpo", precompute_ref=True).reference == 0
+    assert estimate(llama8b, "full", 1024, 4, method="orpo").reference == 0
+    report = format_report(llama8b, 1024, 4, ["full", "lora"], 16, False, None, None, method="dpo")
     assert "dpo: batch 4 pairs (chosen + rejected: 8 sequences)" in report and "ref." in report
     assert "frozen copy (align.precompute_ref: true removes it)" in report
-    with pytest.raises(ValueError, match="unknown objective"):
-        estimate(llama8b, "lora", 1024, 4, objective="ppo")
+    with pytest.raises(ConfigError, match="method: unknown method 'ppo'"):
+        estimate(llama8b, "lora", 1024, 4, method="ppo")

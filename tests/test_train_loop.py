@@ -150,17 +150,17 @@ def test_ddp_two_cpu_processes_equal_one_process(setup, tmp_path):
 
 
 def test_non_finite_loss_stops_with_last_checkpoint(setup, tmp_path, monkeypatch):
-    import pyft.train.objective as loop
+    import pyft.objectives.sft as sft
     from pyft.errors import TrainingError
 
     trainer = build_trainer(_cfg(setup, tmp_path / "nan", max_steps=5, batch_size=2, save_every=2))
-    real = loop.batch_loss_sum
+    real = sft.sft_loss_sum
 
-    def poisoned(model, batch, chunk):
-        value = real(model, batch, chunk)
+    def poisoned(model, batch, chunk, label_smoothing=0.0):
+        value = real(model, batch, chunk, label_smoothing)
         return value * float("nan") if trainer.step >= 3 else value
 
-    monkeypatch.setattr(loop, "batch_loss_sum", poisoned)
+    monkeypatch.setattr(sft, "sft_loss_sum", poisoned)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     with pytest.raises(TrainingError, match=r"non-finite loss at step 4; training stopped before applying it "
                                             r"\(the last good checkpoint is .*step-000002\)"):
@@ -251,9 +251,44 @@ def test_early_stopping_after_patience(setup, tmp_path, monkeypatch):
     import pyft.train.loop as loop
 
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
-    monkeypatch.setattr(loop.Trainer, "evaluate", lambda self: next(losses))
-    result = train(_cfg(setup, tmp_path / "es", max_steps=10, eval_every=1, early_stopping_patience=2))
-    assert result.stopped_early and result.steps == 3  # evals at steps 0..3: 3.0, 2.0, 2.5 (1 bad), 2.6 (2 bad)
+    monkeypatch.setattr(loop.Trainer, "evaluate", lambda self: {"loss": next(losses)})
+    result = train(_cfg(setup, tmp_path / "es", max_steps=10, eval_every=1, early_stopping_patience=2,
+                        load_best=False))
+    assert result.stopped_early and result.steps == 3  # evals at steps 0..3: 3.0 (baseline), 2.0, 2.5 (1 bad), 2.6 (2 bad)
+    assert result.best_step is None and result.eval_loss == 2.6
+
+
+def _saved_adapter_as_params(out):
+    """The saved adapter's tensors under the model's parameter names (PEFT keys add ``base_model.model.``)."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    return {k.removeprefix("base_model.model."): v for k, v in saved.items()}
+
+
+def test_early_stopping_keeps_and_saves_the_best_evaluated_weights(setup, tmp_path, monkeypatch, capsys):
+    """Eval loss is lowest at step 2 and rises after: the run stops at step 4 and keeps step 2's weights,
+    bit-equal to checkpoint step 2, which ``keep_last: 1`` would otherwise have pruned."""
+    import pyft.train.loop as loop
+    from safetensors.torch import load_file
+
+    losses = iter([3.0, 2.0, 1.5, 2.5, 2.6, 2.7])
+    monkeypatch.setattr(loop.Trainer, "evaluate", lambda self: {"loss": next(losses)})
+    out = tmp_path / "best"
+    result = train(_cfg(setup, out, max_steps=10, eval_every=1, early_stopping_patience=2, save_every=1,
+                        keep_last=1))
+    assert result.stopped_early and result.steps == 4 and result.best_step == 2 and result.eval_loss == 1.5
+    assert "kept the weights of step 2 (best eval loss 1.5000) instead of step 4's" in capsys.readouterr().err
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step-000002", "step-000004"]  # the best one survives keep_last: 1
+    best = load_file(str(out / "checkpoints" / "step-000002" / "trainable.safetensors"))
+    last = load_file(str(out / "checkpoints" / "step-000004" / "trainable.safetensors"))
+    saved = _saved_adapter_as_params(out)
+    assert set(saved) == set(best)
+    assert all(torch.equal(saved[k], best[k]) for k in best)
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # the last step's weights really differ
+    state = json.loads((out / "checkpoints" / "step-000004" / "state.json").read_text())
+    assert state["best_step"] == 2 and state["best_eval"] == 1.5
 
 
 def test_l2sp_pulls_toward_pretrained_weights(setup, tmp_path):
@@ -271,19 +306,22 @@ def test_l2sp_pulls_toward_pretrained_weights(setup, tmp_path):
     assert distance(50.0) < 0.5 * distance(0.0)
 
 
-def test_gradient_and_overfitting_warnings(setup, tmp_path, capsys):
-    trainer = build_trainer(_cfg(setup, tmp_path / "w"))
-    for step in range(12):
-        trainer.step = step
-        trainer._gradient_health(1.0)
-    trainer._gradient_health(50.0)
-    assert "exploding gradients: norm 50 is 50x the recent average" in capsys.readouterr().err
-    trainer.step, trainer._last_grad_warning = 80, -(10**9)
-    trainer._gradient_health(1e-12)
-    assert "vanishing gradients" in capsys.readouterr().err
-    trainer.history = [{"step": 1, "loss": 3.0}, {"step": 1, "eval_loss": 2.0}, {"step": 2, "loss": 2.0},
-                       {"step": 2, "eval_loss": 2.1}, {"step": 3, "loss": 1.0}, {"step": 3, "eval_loss": 2.2}]
-    trainer._overfitting_alarm()
+def test_gradient_and_overfitting_warnings(capsys):
+    from pyft.train.monitor import GradientAlarm, OverfittingAlarm
+
+    alarm = GradientAlarm()
+    for step in range(1, 13):
+        alarm.on_step({"step": step, "grad_norm": 1.0, "grad_norm/layers.0": 1.0, "grad_norm/head": 0.5})
+    alarm.on_step({"step": 13, "grad_norm": 50.0, "grad_norm/layers.0": 50.0, "grad_norm/head": 0.5})
+    assert "exploding gradients in layers.0: norm 50 is 50x its recent average" in capsys.readouterr().err
+    alarm.on_step({"step": 80, "grad_norm": 1e-12, "grad_norm/layers.0": 1e-12, "grad_norm/head": 0.5})
+    assert "vanishing gradients in layers.0" in capsys.readouterr().err
+    alarm.on_step({"step": 81, "grad_norm": 1e-12, "skipped": 1.0, "grad_norm/layers.0": 1e-12})  # fp16 overflow
+    assert capsys.readouterr().err == ""
+    overfit = OverfittingAlarm()
+    for step, loss, eval_loss in [(1, 3.0, 2.0), (2, 2.0, 2.1), (3, 1.0, 2.2)]:
+        overfit.on_step({"step": step, "loss": loss})
+        overfit.on_eval({"step": step, "eval_loss": eval_loss})
     assert "possible overfitting: eval loss rose for two evaluations (2.0000 -> 2.2000)" in capsys.readouterr().err
 
 
@@ -365,3 +403,28 @@ def test_an_output_overlapping_an_input_is_refused(setup, tmp_path):
                 train(cfg)
     assert _run_files(setup["model"]) == model_files
     assert not (setup["data"] / "run").exists()
+
+
+def test_regularisation_options_reach_the_run(setup, tmp_path):
+    """train.label_smoothing, model_dropout and min_lr_ratio are wired into the objective, the model and
+    the schedule; every step logs per-group gradient norms whose squares sum to the global norm."""
+    import math
+
+    from pyft.train.optim import lr_factor
+
+    trainer = build_trainer(_cfg(setup, tmp_path / "reg", max_steps=4, schedule="cosine", label_smoothing=0.1,
+                                 model_dropout=0.2, min_lr_ratio=0.1))
+    assert trainer.objective.label_smoothing == 0.1
+    rates = {m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout) and "lora" not in type(m).__module__}
+    attn = [m.attention_dropout for m in trainer.model.modules() if isinstance(getattr(m, "attention_dropout", None), float)]
+    assert attn and set(attn) == {0.2}
+    assert rates <= {0.2, 0.0}
+    assert lr_factor(4, 4, 0, "cosine", 0.1) == pytest.approx(0.1)
+    metrics = trainer.train_step()
+    groups = {k: v for k, v in metrics.items() if k.startswith("grad_norm/")}
+    assert {"grad_norm/layers.0", "grad_norm/layers.1"} <= set(groups)
+    # fp32 norms of a few dozen tensors: the sums of squares agree to a few float32 ulps.
+    assert math.sqrt(sum(v * v for v in groups.values())) == pytest.approx(metrics["grad_norm"], rel=1e-5)
+    result = trainer.run()
+    assert result.steps == 4
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(0.1 * 1e-2)  # the floor, not 0

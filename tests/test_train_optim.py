@@ -128,3 +128,86 @@ def test_adamw_8bit_trains_like_adamw(run_setup, tmp_path):
     assert len(fp32) == len(q8) == 20
     assert sum(q8[-5:]) < sum(q8[:5]) - 5 * 2.5  # learns: measured 8.1 -> 4.3 nats
     assert abs(sum(q8[-5:]) - sum(fp32[-5:])) < 0.01 * sum(fp32[-5:]), (fp32[-5:], q8[-5:])
+
+
+def _lrs(scheduler, optimizer, steps):
+    """The learning rate of each of ``steps`` updates."""
+    out = []
+    for _ in range(steps):
+        out.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("total,warm", [(50, 5), (37, 0), (20, 19)])
+def test_cosine_min_lr_ratio_matches_transformers(ratio, total, warm):
+    """The floor equals transformers' ``cosine_with_min_lr`` at every step, past the end too."""
+    import transformers
+
+    ours_opt = build_optimizer(torch.nn.Linear(2, 2), 1e-3, 0.0, (0.9, 0.999), 1e-8)
+    ref_opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    ours = build_scheduler(ours_opt, total, warm, "cosine", min_lr_ratio=ratio)
+    ref = transformers.get_cosine_with_min_lr_schedule_with_warmup(ref_opt, num_warmup_steps=warm,
+                                                                  num_training_steps=total, min_lr_rate=ratio)
+    # Same formula in the same order of float64 operations: equal to the last bit, hence abs=1e-15·lr.
+    assert _lrs(ours, ours_opt, total + 5) == pytest.approx(_lrs(ref, ref_opt, total + 5), abs=1e-18, rel=1e-15)
+    assert min(_lrs(build_scheduler(ours_opt, total, warm, "cosine", ratio), ours_opt, total)[warm:]) >= ratio * 1e-3
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5])
+def test_linear_min_lr_ratio_matches_wsd_decay(ratio):
+    """transformers has no linear schedule with a floor; its WSD schedule with no stable phase and a
+    linear decay is one past warmup (its warmup starts at the floor, ours at 0 as ``cosine_with_min_lr``)."""
+    import transformers
+
+    total, warm = 40, 6
+    ours_opt = build_optimizer(torch.nn.Linear(2, 2), 1e-3, 0.0, (0.9, 0.999), 1e-8)
+    ref_opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    ours = _lrs(build_scheduler(ours_opt, total, warm, "linear", min_lr_ratio=ratio), ours_opt, total + 5)
+    ref = _lrs(transformers.get_wsd_schedule(ref_opt, num_warmup_steps=warm, num_decay_steps=total - warm,
+                                             num_stable_steps=0, decay_type="linear", min_lr_ratio=ratio),
+               ref_opt, total + 5)
+    assert ours[warm:] == pytest.approx(ref[warm:], abs=1e-18, rel=1e-15)
+    assert ours[:warm] == pytest.approx([1e-3 * s / warm for s in range(warm)], abs=1e-18, rel=1e-15)
+    # and the formula: floor + (1 - floor)·(1 - progress)
+    assert ours[warm + 17] == pytest.approx(1e-3 * (ratio + (1 - ratio) * (1 - 17 / (total - warm))), rel=1e-15)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_min_lr_ratio_zero_is_bit_identical(schedule):
+    """``min_lr_ratio=0`` gives the schedule without a floor, bit for bit (formula as before the floor)."""
+    import math
+
+    from pyft.train.optim import lr_factor
+
+    def before(step, total, warmup):
+        if step < warmup:
+            return step / max(1, warmup)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    for total, warm in ((50, 5), (37, 0), (3, 3)):
+        for step in range(total + 4):
+            assert lr_factor(step, total, warm, schedule, 0.0) == before(step, total, warm)
+            assert lr_factor(step, total, warm, schedule) == before(step, total, warm)
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        build_scheduler(build_optimizer(torch.nn.Linear(2, 2), 1e-3, 0.0, (0.9, 0.999), 1e-8), 10, 0, "cosine", 1.5)
+
+
+@pytest.mark.parametrize("key,value", [("label_smoothing", "1.0"), ("label_smoothing", "-0.1"),
+                                       ("model_dropout", "1"), ("model_dropout", "-0.5"),
+                                       ("min_lr_ratio", "1.5"), ("min_lr_ratio", "-0.1")])
+def test_regularisation_keys_are_validated(key, value):
+    cfg = load_config(model="m", data="d")
+    assert (cfg.train.label_smoothing, cfg.train.model_dropout, cfg.train.min_lr_ratio) == (0.0, None, 0.0)
+    ok = load_config(model="m", data="d", overrides=["train.label_smoothing=0.1", "train.model_dropout=0.2",
+                                                     "train.min_lr_ratio=0.1"])
+    assert (ok.train.label_smoothing, ok.train.model_dropout, ok.train.min_lr_ratio) == (0.1, 0.2, 0.1)
+    with pytest.raises(ConfigError, match=rf"train\.{key}: must be in"):
+        load_config(model="m", data="d", overrides=[f"train.{key}={value}"])

@@ -89,8 +89,8 @@ def _tokens_of_last_step(trainer, before: dict) -> int:
     """Input tokens (without padding) of the rows the last step consumed."""
     from pyft.train.loop import RowStream
 
-    stream = RowStream(len(trainer.train_ds), trainer.t.seed, before["epoch"], before["offset"])
-    rows = stream.take(trainer.t.batch_size * trainer.t.grad_accum)
+    stream = RowStream(len(trainer.train_ds), trainer.options.seed, before["epoch"], before["offset"])
+    rows = stream.take(trainer.options.batch_size * trainer.options.grad_accum)
     return sum(len(trainer.train_ds[i]["input_ids"]) for i in rows)
 
 

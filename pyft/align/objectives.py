@@ -14,12 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyft.align.forward import sequence_logps, target_masks
+from pyft.align.config import AlignSection
 from pyft.align.reference import Reference
 from pyft.data.sequences import KtoCollator, PreferenceCollator
+from pyft.losses.forward import sequence_logps, target_masks
 from pyft.losses.preference import cpo_loss, dpo_loss, kto_kl_estimate, kto_loss, orpo_loss, reward_model_loss
-from pyft.train.config import AlignSection
-from pyft.train.objective import Objective
 
 #: Per-pair metrics averaged over pairs.
 PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -37,13 +36,13 @@ def _with_rows(batch: dict[str, Any], rows, split: str) -> dict[str, Any]:
     return batch
 
 
-class _PairObjective(Objective):
+class _PairObjective:
     """Shared parts of the paired objectives (DPO, ORPO, CPO/SimPO)."""
 
-    data_kinds = ("preference",)
+    training = True  # set by the loop
 
     def __init__(self, align: AlignSection, pad_token_id: int, layout: str, chunk_tokens: int) -> None:
-        self.a = align
+        self.align = align
         self.collator = PreferenceCollator(pad_token_id, layout)
         self.chunk_tokens = chunk_tokens
 
@@ -112,7 +111,7 @@ class DpoObjective(_PairObjective):
             # The chosen completions' NLL as a mean over the step's chosen tokens, spread over the pairs.
             nll_sum = -out.logps[:b].sum()
             sft_nll = nll_sum / max(totals["chosen_tokens"], 1) * totals["pairs"] / b
-        a = self.a
+        a = self.align
         losses, per_pair = dpo_loss(out.logps[:b], out.logps[b:], ref[:b], ref[b:], beta=a.beta,
                                     loss_type=self.loss_types, loss_weights=a.loss_weights,
                                     label_smoothing=a.label_smoothing, f_divergence=a.f_divergence, f_alpha=a.f_alpha,
@@ -132,7 +131,7 @@ class OrpoObjective(_PairObjective):
         chosen_whole = whole & (batch["seq_ids"] < b)
         out = sequence_logps(model, batch, self.chunk_tokens, extra=chosen_whole)
         avg = out.logps / out.scored.clamp(min=1)
-        losses, per_pair = orpo_loss(avg[:b], avg[b:], beta=self.a.beta)
+        losses, per_pair = orpo_loss(avg[:b], avg[b:], beta=self.align.beta)
         nll_sum = -(out.tokens.logps * chosen_whole[:, 1:]).sum()
         loss = nll_sum / max(totals["chosen_all_tokens"], 1) + losses.sum() / totals["pairs"]
         sums = self._metrics(loss, per_pair, out, b)
@@ -153,7 +152,7 @@ class CpoObjective(_PairObjective):
         b = batch["n_pairs"]
         out = sequence_logps(model, batch, self.chunk_tokens)
         logps = out.logps / out.scored.clamp(min=1) if self.loss_type in ("ipo", "simpo") else out.logps
-        a = self.a
+        a = self.align
         losses, per_pair = cpo_loss(logps[:b], logps[b:], beta=a.beta, loss_type=self.loss_type,
                                     label_smoothing=a.label_smoothing, simpo_gamma=a.simpo_gamma, alpha=a.alphapo)
         loss = losses.sum() / totals["pairs"]
@@ -165,15 +164,15 @@ class CpoObjective(_PairObjective):
         return loss, sums
 
 
-class KtoObjective(Objective):
+class KtoObjective:
     """KTO on unpaired desirable/undesirable examples, with the batch KL estimate from mismatched
     pairs (completions rotated by one within each micro-batch), averaged over ranks."""
 
-    data_kinds = ("kto",)
+    training = True  # set by the loop
 
     def __init__(self, align: AlignSection, reference: Reference, pad_token_id: int, layout: str, chunk_tokens: int,
                  rank_mean: Callable[[float], float] = lambda x: x) -> None:
-        self.a = align
+        self.align = align
         self.loss_type = align.loss_type or "kto"
         self.collator = KtoCollator(pad_token_id, layout, with_kl=self.loss_type == "kto")
         self.reference = reference
@@ -193,7 +192,7 @@ class KtoObjective(Objective):
                 "rejected_tokens": int((completion & ~chosen_seq & (batch["seq_ids"] >= 0)).sum())}
 
     def loss(self, model, batch, totals):
-        a = self.a
+        a = self.align
         ref = self.reference.sequence_logps(model, batch).float()  # before the policy's graph exists
         kl = 0.0
         if self.loss_type == "kto":
@@ -247,15 +246,15 @@ class KtoObjective(Objective):
         return "  ".join(parts)
 
 
-class RewardObjective(Objective):
+class RewardObjective:
     """Bradley-Terry reward model: a sequence-classification model with one label scores
     ``prompt + chosen`` above ``prompt + rejected``. Rows are right-padded with an attention mask,
     so the score is read at the last real token as transformers' classifier does at inference."""
 
-    data_kinds = ("preference",)
+    training = True  # set by the loop
 
     def __init__(self, align: AlignSection, pad_token_id: int) -> None:
-        self.a = align
+        self.align = align
         self.collator = PreferenceCollator(pad_token_id, "padded")
 
     def collate(self, items, rows, split):
@@ -272,7 +271,7 @@ class RewardObjective(Objective):
     def loss(self, model, batch, totals):
         b = batch["n_pairs"]
         r = self.rewards(model, batch)
-        losses, m = reward_model_loss(r[:b], r[b:], center_rewards_coefficient=self.a.center_rewards_coefficient)
+        losses, m = reward_model_loss(r[:b], r[b:], center_rewards_coefficient=self.align.center_rewards_coefficient)
         loss = losses.sum() / totals["pairs"]
         return loss, {"loss": float(loss.detach()), **{k: _sum(v) for k, v in m.items()}}
 

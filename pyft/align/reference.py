@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyft.align.forward import sequence_logps
+from pyft.losses.forward import sequence_logps
 from pyft.peft import adapters_disabled
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from pyft.errors import PyftError
 
@@ -31,7 +30,8 @@ examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The export options (shared by ``pyft export`` and ``pyft-export``)."""
     p.add_argument("model", metavar="MODEL_OR_ADAPTER",
-                   help="HF model directory, or a PEFT adapter directory (its base: --base or base_model_name_or_path)")
+                   help="HF model directory, or a PEFT adapter directory (its base: --base or base_model_name_or_path); "
+                        "either may be a Hub id owner/name[@revision]")
     p.add_argument("--to", required=True, choices=["gguf", "gguf-lora", "ollama", "vllm"], help="target")
     p.add_argument("--out", required=True, metavar="PATH", help="output file (gguf, gguf-lora) or directory")
     p.add_argument("--qtype", default=None, metavar="TYPE",
@@ -61,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     """Run a parsed export command."""
     from pyft.cli.merge import parse_weights
     from pyft.export import targets
+    from pyft.hub import resolve_model
 
-    model, adapters = Path(args.model), [Path(a) for a in args.adapter]
+    # Hub ids (owner/name[@revision]) are fetched into the HF cache; a local path wins (pyft.hub).
+    model, adapters = resolve_model(args.model, kind="auto"), [resolve_model(a, kind="adapter") for a in args.adapter]
     if targets.is_adapter_dir(model):
         adapters.insert(0, model)
         model = targets.adapter_base(model, args.base)

@@ -15,9 +15,10 @@ import pyft
 from pyft.errors import PyftError
 
 _PREPARE_EPILOG = """\
-formats (auto-detected per file from the first record):
+formats (detected per record from its keys, so one file may mix chat formats):
   messages    {"messages": [{"role": "system|user|assistant|tool", "content": ...}, ...]}
   sharegpt    {"conversations": [{"from": "human|gpt|system", "value": ...}, ...], "system"?}
+              (either list may hold either kind of turn: {role, content} or {from, value})
   alpaca      {"instruction", "input"?, "output", "system"?, "history"?: [[q, a], ...]}
   text        {"text": ...}
   preference  {"prompt"?, "chosen", "rejected"}   (strings or message lists)
@@ -26,10 +27,18 @@ formats (auto-detected per file from the first record):
 example:
   pyft data prepare chats.jsonl --tokenizer ./my-model --out ./prepared \\
       --max-len 2048 --pack bfd --val-ratio 0.05 --mix general.jsonl:0.1
+  pyft data prepare qa.jsonl --tokenizer ./my-model --out ./qa --columns instruction=question,output=answer
+  pyft data prepare tatsu-lab/alpaca --tokenizer Qwen/Qwen2.5-0.5B-Instruct --out ./alpaca
+  pyft data prepare HuggingFaceH4/ultrachat_200k:train_sft[:2000] --tokenizer ./my-model --out ./chat
+
+Hub ids take @REVISION (branch, tag or commit); HF_TOKEN, HF_HOME and HF_HUB_OFFLINE apply.
 """
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    # The defaults (and "default ..." in the help) come from the Rust core, as pyft.data.prepare's.
+    from pyft.data.prepare import PREPARE_DEFAULTS as d
+
     p = sub.add_parser(
         "prepare",
         help="validate, template, tokenize, mask and pack data files into token shards",
@@ -37,35 +46,51 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         epilog=_PREPARE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="data files (.jsonl, .json, .parquet)")
-    p.add_argument("--tokenizer", required=True, metavar="PATH",
-                   help="HF tokenizer directory (or model directory) or tokenizer.json file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="data files (.jsonl, .json, .parquet) or Hub datasets owner/name[@revision][:[subset/]split] "
+                        "(split train by default; needs `pip install datasets`)")
+    p.add_argument("--tokenizer", required=True, metavar="PATH|ID",
+                   help="HF tokenizer directory (or model directory), tokenizer.json file, or Hub id owner/name[@rev]")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     p.add_argument("--format", choices=["alpaca", "sharegpt", "messages", "text", "preference", "kto"],
-                   help="force the input format (default: detect per file)")
-    p.add_argument("--template", default="tokenizer", metavar="NAME|FILE",
-                   help="chat template: 'tokenizer' (default: the tokenizer's own), a built-in name "
-                        "(chatml, llama3, alpaca, mistral, gemma, zephyr) or a Jinja file")
-    p.add_argument("--train-on", choices=["assistant", "last", "all"], default="assistant",
-                   help="tokens with loss: every assistant turn + end-of-turn token (default), the last one, or all")
-    p.add_argument("--max-len", type=int, default=2048, metavar="N", help="max tokens per sequence / packed row (2048)")
-    p.add_argument("--overlong", choices=["truncate", "drop", "split"], default="truncate",
-                   help="policy for longer sequences (default truncate)")
-    p.add_argument("--truncation", choices=["keep_end", "keep_start"], default="keep_end",
-                   help="preference/KTO: which end of an overlong prompt to keep (default keep_end: drop its "
-                        "first tokens; keep_start: drop its last tokens); completions keep their start")
-    p.add_argument("--pack", choices=["bfd", "none"], default="none",
-                   help="bfd: best-fit-decreasing packing into max-len rows (padding-free training)")
-    p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                   help="fail (default, nothing written) or skip invalid records (counted, first ones reported)")
-    p.add_argument("--dedup", action="store_true", help="drop exact duplicate records")
-    p.add_argument("--val-ratio", type=float, default=0.0, metavar="R", help="share held out for validation (0)")
-    p.add_argument("--seed", type=int, default=42, help="seed for the split and mixing (42)")
+                   default=d["format"],
+                   help="convert every record as this format (default: detect per record from its keys)")
+    p.add_argument("--columns", action="append", default=[], metavar="PYFT=YOURS,...",
+                   help="map your key names to pyft's before detection, e.g. instruction=question,output=answer or "
+                        "messages=dialog,role=speaker,content=text,user=human,assistant=bot (record fields, message "
+                        "keys role/content, role values user/assistant/system_tag/tool, as LLaMA-Factory's "
+                        "columns and tags)")
+    p.add_argument("--template", default=d["template"], metavar="NAME|FILE",
+                   help="chat template: 'tokenizer' (the tokenizer's own), a built-in name "
+                        "(chatml, llama3, alpaca, mistral, gemma, zephyr) or a Jinja file (default %(default)s)")
+    p.add_argument("--train-on", choices=["assistant", "last", "all"], default=d["train_on"],
+                   help="tokens with loss: every assistant turn + end-of-turn token, the last one, or all "
+                        "(default %(default)s)")
+    p.add_argument("--max-len", type=int, default=d["max_len"], metavar="N",
+                   help="max tokens per sequence / packed row (default %(default)s)")
+    p.add_argument("--overlong", choices=["truncate", "drop", "split"], default=d["overlong"],
+                   help="policy for longer sequences (default %(default)s)")
+    p.add_argument("--truncation", choices=["keep_end", "keep_start"], default=d["truncation"],
+                   help="preference/KTO: which end of an overlong prompt to keep (keep_end: drop its first tokens; "
+                        "keep_start: drop its last tokens; default %(default)s); completions keep their start")
+    p.add_argument("--pack", choices=["bfd", "none"], default=d["pack"],
+                   help="bfd: best-fit-decreasing packing into max-len rows (padding-free training; default "
+                        "%(default)s)")
+    p.add_argument("--on-error", choices=["fail", "skip"], default=d["on_error"],
+                   help="fail (nothing written) or skip invalid records (counted, first ones reported); "
+                        "default %(default)s")
+    p.add_argument("--dedup", action="store_true", default=d["dedup"], help="drop exact duplicate records")
+    p.add_argument("--val-ratio", type=float, default=d["val_ratio"], metavar="R",
+                   help="share held out for validation (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed for the split and mixing (default %(default)s)")
     p.add_argument("--mix", action="append", default=[], metavar="FILE:RATIO",
                    help="mix general data into training; RATIO in (0,1) is its share of the training examples")
-    p.add_argument("--system-prompt", metavar="TEXT", help="system message for conversations without one")
-    p.add_argument("--shard-tokens", type=int, default=1 << 26, metavar="N", help="tokens per shard file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--system-prompt", metavar="TEXT", default=d["system_prompt"],
+                   help="system message for conversations without one")
+    p.add_argument("--shard-tokens", type=int, default=d["shard_tokens"], metavar="N",
+                   help="tokens per shard file (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", default=d["overwrite"],
+                   help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress line and no summary")
 
 
@@ -74,7 +99,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     info = prepare(
         args.inputs, args.tokenizer, args.out,
-        mix=args.mix, format=args.format, template=args.template, train_on=args.train_on,
+        mix=args.mix, format=args.format, columns=args.columns, template=args.template, train_on=args.train_on,
         max_len=args.max_len, overlong=args.overlong, truncation=args.truncation, pack=args.pack,
         on_error=args.on_error, dedup=args.dedup, val_ratio=args.val_ratio, seed=args.seed,
         system_prompt=args.system_prompt, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
@@ -105,29 +130,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     result = train(config)
+    kept = f" (kept step {result.best_step}: the best evaluation)" if result.best_step not in (None, result.steps) else ""
     print(f"trained {result.steps} steps: final train loss {result.train_loss:.4f}"
-          + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
+          + (f", eval loss {result.eval_loss:.4f}{kept}" if result.eval_loss is not None else "")
           + f"\npeak memory {result.peak_memory_bytes / 2**30:.2f} GiB; outputs in {result.output}")
     return 0
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
+    from pyft.errors import ConfigError
+    from pyft.hub import resolve_model
+    from pyft.methods import TUNINGS, get_method
     from pyft.train.estimate import format_report
 
-    methods = [args.method] if args.method else ["full", "lora", "qlora"]
-    print(format_report(args.model, args.seq_len, args.batch, methods, args.r, args.gradient_checkpointing,
-                        args.gpu_memory, args.examples, args.optim, args.align, args.precompute_ref))
+    # The config's vocabulary: --method lora is sft with tuning lora; --tuning picks one tuning.
+    tuning = args.tuning or (args.method if args.method in TUNINGS else None)
+    if args.tuning and args.method in TUNINGS and args.tuning != args.method:
+        raise ConfigError(f"--tuning: method {args.method} already says the tuning; use --method sft --tuning "
+                          f"{args.tuning}")
+    method = get_method(args.method)
+    tunings = [tuning] if tuning else [t for t in TUNINGS if t in method.tunings]
+    model = resolve_model(args.model, kind="config")  # a Hub id: only its config.json is fetched
+    print(format_report(model, args.seq_len, args.batch, tunings, args.r, args.gradient_checkpointing,
+                        args.gpu_memory, args.examples, args.optim, method.name, args.precompute_ref))
     return 0
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
+    from pyft.hub import resolve_model
+    from pyft.io.dtypes import FLOATS, torch_dtype
     from pyft.quant.checkpoint import quantize_checkpoint
 
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    dtypes: dict[str | None, torch.dtype] = {d.short: torch_dtype(d) for d in FLOATS}
     try:
-        report = quantize_checkpoint(args.model_dir, args.out_dir, dtype=dtypes[args.dtype],
+        report = quantize_checkpoint(resolve_model(args.model_dir), args.out_dir, dtype=dtypes[args.dtype],
                                      compute_dtype=dtypes[args.compute_dtype] if args.compute_dtype else None,
                                      blocksize=args.blocksize, double_quant=not args.no_double_quant,
                                      skip_modules=args.skip or (), compat=args.compat)
@@ -154,9 +192,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_inspect_model(args: argparse.Namespace) -> int:
     import json
 
+    from pyft.hub import resolve_model
     from pyft.inspect import format_summary, inspect_path
 
-    summary = inspect_path(args.path, tensors=args.tensors)
+    summary = inspect_path(resolve_model(args.path, kind="auto"), tensors=args.tensors)
     print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else format_summary(summary))
     return 0
 
@@ -169,6 +208,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pyft.methods import METHODS, OPTIMIZERS, SFT, TUNINGS, method_names
+
     parser = argparse.ArgumentParser(
         prog="pyft",
         description="pyft: Rust-accelerated fine-tuning, from conversation data to servable models.",
@@ -185,10 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--index", type=int, default=0, help="row to show (0)")
     ins.add_argument("--split", default="train", help="train (default) or validation")
     ins.add_argument("--no-color", action="store_true", help="mark trainable tokens with [[ ]] instead of color")
-    tr = sub.add_parser("train", help="fine-tune or align a model from a YAML config (SFT, DPO, KTO, ORPO, SimPO, RM)",
-                        description="Fine-tune a causal LM (method lora, qlora, full) or align it on preference data "
-                                    "(method dpo, kto, orpo, simpo, cpo, rm; tuning lora, qlora or full). "
-                                    "Example configs: pyft/configs/*.yaml.",
+    methods = "\n".join(f"  {m.name:<6} {m.summary} (data: {m.data_kind_text})" for m in METHODS.values())
+    tr = sub.add_parser("train", help=f"fine-tune or align a model from a YAML config ({', '.join(METHODS)})",
+                        description=f"Fine-tune or align a causal LM. `method` picks what is optimised:\n{methods}\n"
+                                    f"`tuning` which weights train: {', '.join(TUNINGS)} (method: lora is short for "
+                                    f"method: {SFT} with tuning: lora). Example configs: pyft/configs/*.yaml.",
                         epilog="examples: pyft train lora_sft.yaml model=./my-model data=./prepared train.lr=1e-4\n"
                                "          pyft train dpo.yaml model=./sft-model data=./pairs align.beta=0.1",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -202,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Quantize a model's decoder linear layers to NF4 (bit-identical to bitsandbytes) "
                                     "and write a checkpoint transformers + bitsandbytes and pyft load as 4-bit. "
                                     "Embeddings, norms and the output layer stay 16-bit.")
-    qz.add_argument("model_dir", metavar="MODEL_DIR", help="transformers model directory (safetensors)")
+    qz.add_argument("model_dir", metavar="MODEL_DIR", help="transformers model directory (safetensors) or Hub id")
     qz.add_argument("out_dir", metavar="OUT_DIR", help="directory to create")
     qz.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
                     help="dtype before quantization and of the unquantized tensors (bf16)")
@@ -228,24 +270,28 @@ def build_parser() -> argparse.ArgumentParser:
     insp = sub.add_parser("inspect", help="summarise a GGUF file, safetensors file, HF model or PEFT adapter",
                           description="Summarise a model file or directory without loading its tensors: a .gguf "
                                       "file, a .safetensors file, an HF model directory or a PEFT adapter directory.")
-    insp.add_argument("path", metavar="PATH", help=".gguf or .safetensors file, model or adapter directory")
+    insp.add_argument("path", metavar="PATH",
+                      help=".gguf or .safetensors file, model or adapter directory, or Hub id owner/name[@revision]")
     insp.add_argument("--tensors", action="store_true", help="also list every tensor (name, type, shape)")
     insp.add_argument("--json", action="store_true", help="print the machine-readable summary as JSON")
     est = sub.add_parser("estimate", help="training memory per method, and which method to use",
                          description="Estimate training memory (weights, gradients, optimizer, activations) and "
                                      "recommend full fine-tuning, LoRA or QLoRA.")
-    est.add_argument("--model", required=True, metavar="DIR", help="transformers model directory (config.json)")
-    est.add_argument("--method", choices=["full", "lora", "qlora"], help="one method (default: all three)")
+    est.add_argument("--model", required=True, metavar="DIR|ID",
+                     help="transformers model directory (config.json) or Hub id owner/name[@revision]")
+    est.add_argument("--method", choices=method_names(), default=SFT, metavar="METHOD",
+                     help=f"as the config's method: {', '.join(method_names())} (default {SFT}; "
+                          f"lora/qlora/full mean sft with that tuning); for paired methods --batch counts pairs")
+    est.add_argument("--tuning", choices=TUNINGS, help="one tuning (default: every tuning the method supports)")
     est.add_argument("--seq-len", type=int, default=2048, metavar="N")
     est.add_argument("--batch", type=int, default=8, metavar="B", help="rows per micro-batch")
     est.add_argument("--r", type=int, default=16, help="LoRA rank")
     est.add_argument("--gradient-checkpointing", action="store_true")
-    est.add_argument("--optim", choices=["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"], default="adamw",
+    est.add_argument("--optim", choices=OPTIMIZERS, default="adamw",
                      help="optimizer, as train.optim (default adamw: 8 bytes of state per trained parameter)")
-    est.add_argument("--align", choices=["sft", "dpo", "kto", "orpo", "simpo", "cpo", "rm"], default="sft",
-                     help="training objective (default sft); for paired methods --batch counts pairs")
     est.add_argument("--precompute-ref", action="store_true",
-                     help="dpo/kto: reference log-probs precomputed (no frozen copy under full fine-tuning)")
+                     help=f"{'/'.join(m.name for m in METHODS.values() if m.needs_reference)}: reference "
+                          f"log-probs precomputed (no frozen copy under full fine-tuning)")
     est.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of your GPU, for the recommendation")
     est.add_argument("--examples", type=int, metavar="N", help="training examples, for the recommendation")
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded tiny model and bundled data",

@@ -33,6 +33,7 @@ adapter, `pyft-merge NF4_BASE OUT` only dequantizes.
 
 examples:
   pyft-merge ./base ./adapter ./merged --dtype bf16
+  pyft-merge Qwen/Qwen2.5-0.5B-Instruct ./adapter ./merged   (Hub id: fetched into the HF cache, safetensors only)
   pyft-merge ./base-nf4 ./qlora-adapter ./merged        (16-bit output, dtype from the quant state)
   pyft-merge ./base --adapter ./a --adapter ./b --weights 0.6,0.4 --method ties --density 0.5 ./merged
 """
@@ -42,10 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The merge options (shared by ``pyft merge`` and ``pyft-merge``)."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    p.add_argument("base", metavar="BASE", help="base model directory (config.json + safetensors)")
+    p.add_argument("base", metavar="BASE",
+                   help="base model directory (config.json + safetensors) or Hub id owner/name[@revision]")
     p.add_argument("paths", nargs="+", metavar="[ADAPTER] OUT",
-                   help="a PEFT LoRA adapter directory (or use --adapter), then the output model directory")
-    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="a PEFT LoRA adapter directory or Hub id (or use --adapter), then the output model directory")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR|ID",
                    help="an adapter to merge (repeat for several; after a positional ADAPTER if both are given)")
     p.add_argument("--weights", metavar="W1,W2,...", help="one weight per adapter, comma-separated (default 1.0 each)")
     p.add_argument("--method", choices=METHODS, default="linear", help="how several adapters combine (linear)")
@@ -71,26 +73,29 @@ def parse_weights(text: str) -> list[float]:
         raise ConfigError(f"--weights: cannot read {text!r} (example: 0.6,0.4)") from None
 
 
-def _resolve(args: argparse.Namespace) -> tuple[list[str], str, list[float] | None]:
-    """Adapters, output directory and weights from the positional and ``--adapter`` forms."""
+def _resolve(args: argparse.Namespace) -> tuple[str, list[str], str, list[float] | None]:
+    """Base, adapters, output directory and weights from the positional and ``--adapter`` forms
+    (Hub ids of base and adapters fetched into the Hub cache, see :mod:`pyft.hub`)."""
+    from pyft.hub import resolve_model
     from pyft.io import is_quantized
 
     if len(args.paths) > 2:
         raise ConfigError(f"expected BASE [ADAPTER] OUT, got {len(args.paths) + 1} paths (use --adapter for several)")
-    adapters = args.paths[:-1] + args.adapter
-    if not adapters and not is_quantized(args.base):
+    base = str(resolve_model(args.base))
+    adapters = [str(resolve_model(a, kind="adapter")) for a in args.paths[:-1] + args.adapter]
+    if not adapters and not is_quantized(base):
         raise ConfigError("no adapter given: pass BASE ADAPTER OUT or --adapter DIR "
                           "(BASE OUT alone only dequantizes a 4-bit base)")
     weights = None if args.weights is None else parse_weights(args.weights)
-    return adapters, args.paths[-1], weights
+    return base, adapters, args.paths[-1], weights
 
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed merge command."""
     from pyft.io import merge, nf4_note
 
-    adapters, out, weights = _resolve(args)
-    report = merge(args.base, adapters, out, weights=weights, method=args.method, density=args.density,
+    base, adapters, out, weights = _resolve(args)
+    report = merge(base, adapters, out, weights=weights, method=args.method, density=args.density,
                    seed=args.seed, svd_rank=args.svd_rank, dtype=args.dtype, max_shard_size=args.max_shard_size,
                    overwrite=args.overwrite)
     size = f"{report['tensors']} tensors, {report['total_bytes'] / 1e9:.2f} GB in {len(report['shards'])} shard(s)"

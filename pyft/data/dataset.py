@@ -15,33 +15,35 @@ from typing import Any
 
 import numpy as np
 
-from pyft import _core
 from pyft.data.prepare import PreparedInfo
 from pyft.errors import DataError
-from pyft.io.files import check_regular, child_path, data_error
+from pyft.io.dtypes import by_safetensors
+from pyft.io.files import child_path, data_error
+from pyft.io.safetensors import read_header
 
-_DTYPES = {"I32": np.int32, "I64": np.int64, "U8": np.uint8}
+#: The safetensors dtypes token shards use.
+_SHARD_DTYPES = ("I32", "I64", "U8")
 
 
 def read_safetensors_mmap(path: Path) -> dict[str, np.ndarray]:
     """Memory-map every tensor of a safetensors file (read-only numpy arrays). The header is
-    validated by the Rust core (as for merge and export), so offsets and shapes can be trusted.
+    validated by the Rust core (:func:`pyft.io.safetensors.read_header`, as for merge and export),
+    so offsets and shapes can be trusted.
 
     Raises:
         DataError: not a regular file, a malformed header, or a dtype shards do not use.
     """
-    check_regular(path)
-    _metadata, layout = _core.safetensors_layout(str(path))
     out: dict[str, np.ndarray] = {}
-    for name, dtype_name, shape, start, end in layout:
-        dtype = _DTYPES.get(dtype_name)
-        if dtype is None:
-            raise data_error(path, f"tensor `{name}` has dtype {dtype_name}; token shards hold I32, I64 or U8")
-        count = (end - start) // np.dtype(dtype).itemsize
-        if count == 0:
-            out[name] = np.zeros(shape, dtype=dtype)
+    for t in read_header(path).tensors:
+        row = by_safetensors(t.dtype)
+        if t.dtype not in _SHARD_DTYPES or row is None or row.numpy is None:
+            raise data_error(path, f"tensor `{t.name}` has dtype {t.dtype}; token shards hold I32, I64 or U8")
+        dtype = np.dtype(row.numpy)
+        if t.nbytes == 0:
+            out[t.name] = np.zeros(t.shape, dtype=dtype)
         else:
-            out[name] = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(count,)).reshape(shape)
+            out[t.name] = np.memmap(path, dtype=dtype, mode="r", offset=t.start,
+                                    shape=(t.nbytes // dtype.itemsize,)).reshape(t.shape)
     return out
 
 

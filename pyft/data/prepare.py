@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ _META_FIELDS = {
     "tokenizer": {"path": "str", "backend": "str", "fallback_reason?": "str", "sha256?": "str",
                   "vocab_size?": "positive_int"},
     "template?": {"name": "str", "generation_markers": "bool", "source?": "str"},
-    "options": {"pack": "str", "truncation?": "str"},
+    "options": {"pack": "str", "truncation?": "str", "columns?": {"*": "str"}},
     "counts": {"read": "int", "kept": "int", "truncated": "int", "split": "int", "truncated_prompt?": "int",
                "truncated_completion?": "int", "mask_methods?": {"*": "int"},
                "dropped": {"invalid": "int", "duplicate": "int", "overlong": "int", "no_trainable_tokens": "int"}},
@@ -116,6 +117,8 @@ class PreparedInfo:
         ]
         if m.get("template"):
             lines.append(f"template:  {m['template']['name']} (generation markers: {m['template']['generation_markers']})")
+        if m["options"].get("columns"):  # --columns: the file's names for pyft's
+            lines.append("columns:   " + ", ".join(f"{yours} -> {ours}" for ours, yours in m["options"]["columns"].items()))
         lines.append(
             f"records:   read {c['read']:,}  kept {c['kept']:,}  dropped: invalid {d['invalid']:,}, "
             f"duplicate {d['duplicate']:,}, overlong {d['overlong']:,}, no trainable tokens "
@@ -152,6 +155,24 @@ class PreparedInfo:
         return "\n".join(lines)
 
 
+#: Default option values of :func:`prepare`, from the Rust core (``PrepareOptions::new``): the one
+#: source that this signature, the ``pyft data prepare`` flags and their help text all read.
+PREPARE_DEFAULTS: dict[str, Any] = json.loads(_core.prepare_defaults())
+_D = PREPARE_DEFAULTS
+
+
+def _parse_columns(columns: str | Sequence[str] | Mapping[str, str] | None) -> list[str]:
+    """``--columns`` items (``"pyft_name=your_name"``, comma lists allowed) from a string, a list
+    of them, or a ``{pyft_name: your_name}`` mapping."""
+    if columns is None:
+        return []
+    if isinstance(columns, str):
+        return [columns]
+    if isinstance(columns, Mapping):
+        return [f"{k}={v}" for k, v in columns.items()]
+    return [str(c) for c in columns]
+
+
 def _parse_mix(mix: Iterable[str | tuple[PathLike, float]] | Mapping[PathLike, float] | None) -> list[tuple[str, float]]:
     if mix is None:
         return []
@@ -178,34 +199,49 @@ def prepare(
     out_dir: PathLike,
     *,
     mix: Iterable[str | tuple[PathLike, float]] | Mapping[PathLike, float] | None = None,
-    format: str | None = None,
-    template: str = "tokenizer",
-    train_on: str = "assistant",
-    max_len: int = 2048,
-    overlong: str = "truncate",
-    truncation: str = "keep_end",
-    pack: str | bool = "none",
-    on_error: str = "fail",
-    dedup: bool = False,
-    val_ratio: float = 0.0,
-    seed: int = 42,
-    system_prompt: str | None = None,
-    shard_tokens: int = 1 << 26,
-    overwrite: bool = False,
+    format: str | None = _D["format"],
+    columns: str | Sequence[str] | Mapping[str, str] | None = None,
+    template: str = _D["template"],
+    train_on: str = _D["train_on"],
+    max_len: int = _D["max_len"],
+    overlong: str = _D["overlong"],
+    truncation: str = _D["truncation"],
+    pack: str | bool = _D["pack"],
+    on_error: str = _D["on_error"],
+    dedup: bool = _D["dedup"],
+    val_ratio: float = _D["val_ratio"],
+    seed: int = _D["seed"],
+    system_prompt: str | None = _D["system_prompt"],
+    shard_tokens: int = _D["shard_tokens"],
+    overwrite: bool = _D["overwrite"],
     progress: bool | None = None,
 ) -> PreparedInfo:
     """Prepare training data into token shards.
 
     Args:
-        inputs: one or more ``.jsonl``/``.json``/``.parquet`` files.
-        tokenizer: an HF tokenizer directory (``tokenizer.json`` + ``tokenizer_config.json``) or a
-            ``tokenizer.json`` file.
+        inputs: one or more ``.jsonl``/``.json``/``.parquet`` files, or Hugging Face Hub datasets
+            ``[hub:]owner/name[@revision][:[subset/]split]`` (split ``train`` by default; read with
+            the ``datasets`` library from the repository's data files, never a dataset script; see
+            :mod:`pyft.hub`). A local path wins over a Hub id.
+        tokenizer: an HF tokenizer directory (``tokenizer.json`` + ``tokenizer_config.json``), a
+            ``tokenizer.json`` file, or a Hub id (``owner/name[@revision]``: its tokenizer files).
         out_dir: output directory; written to a temporary sibling and renamed at the end.
         mix: general data mixed into the training split, as ``"FILE:RATIO"`` strings or
-            ``(file, ratio)`` pairs; ``RATIO`` in (0, 1) is the share of the final training
-            examples taken from that file (sampled with ``seed``).
+            ``(file, ratio)`` pairs (a file may be a Hub dataset, as ``inputs``); ``RATIO`` in
+            (0, 1) is the share of the final training examples taken from that file (sampled with ``seed``).
         format: force ``alpaca``, ``sharegpt``, ``messages``, ``text``, ``preference`` or ``kto``
-            (default: detected per file from the first record's keys).
+            for every record (a record that is not in that format is an error naming it). Default:
+            detected per record from its keys, so one file may mix alpaca, sharegpt and messages
+            records (all records must be of one kind: chat, text, preference or KTO).
+        columns: your key names mapped to pyft's, applied to every record before detection, as
+            ``"instruction=question,output=answer"``, a list of such items or a
+            ``{"instruction": "question"}`` mapping. Targets: record fields (``instruction``,
+            ``input``, ``output``, ``system``, ``history``, ``messages``, ``conversations``,
+            ``tools``, ``text``, ``prompt``, ``chosen``, ``rejected``, ``completion``, ``label``),
+            message keys (``role``, ``content``) and role values (``user``, ``assistant``,
+            ``system_tag``, ``tool``), as LLaMA-Factory's ``dataset_info.json`` ``columns`` and
+            ``tags``. Errors name a mapped field as your file spells it; ``meta.json`` records the
+            mapping under ``options.columns``.
         template: ``tokenizer`` (the tokenizer's own ``chat_template``), a built-in name
             (``chatml``, ``llama3``, ``alpaca``, ``mistral``, ``gemma``, ``zephyr``) or a Jinja file.
         train_on: ``assistant`` (every assistant turn and its end-of-turn token), ``last`` (the
@@ -238,6 +274,8 @@ def prepare(
         DataError: invalid records or files (the message names ``file:line`` and the field).
         TemplateError, TokenizerError, ConfigError: see :mod:`pyft.errors`.
     """
+    from pyft import hub
+
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if isinstance(pack, bool):
         pack = "bfd" if pack else "none"
@@ -245,25 +283,33 @@ def prepare(
         raise _core.ConfigError(f"unknown pack strategy {pack!r} (expected bfd or none)")
     if progress is None:
         progress = os.isatty(2)
-    meta = _core.prepare(
-        [os.fspath(p) for p in paths],
-        os.fspath(tokenizer),
-        os.fspath(out_dir),
-        mix=_parse_mix(mix),
-        format=format,
-        template=template,
-        train_on=train_on,
-        max_len=max_len,
-        overlong=overlong,
-        truncation=truncation,
-        pack=pack == "bfd",
-        on_error=on_error,
-        dedup=dedup,
-        val_ratio=val_ratio,
-        seed=seed,
-        system_prompt=system_prompt,
-        shard_tokens=shard_tokens,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    mixes = _parse_mix(mix)
+    tokenizer = hub.resolve_model(tokenizer, kind="tokenizer")
+    with tempfile.TemporaryDirectory(prefix="pyft-hub-data-") as tmp:
+        # Hub datasets are read by `datasets` and handed to the Rust reader as Parquet files named after them.
+        def local(ref: PathLike) -> str:
+            return os.fspath(hub.write_dataset(ref, Path(tmp)) if hub.dataset_ref(ref) else ref)
+
+        meta = _core.prepare(
+            [local(p) for p in paths],
+            os.fspath(tokenizer),
+            os.fspath(out_dir),
+            mix=[(local(f), r) for f, r in mixes],
+            format=format,
+            columns=_parse_columns(columns),
+            template=template,
+            train_on=train_on,
+            max_len=max_len,
+            overlong=overlong,
+            truncation=truncation,
+            pack=pack == "bfd",
+            on_error=on_error,
+            dedup=dedup,
+            val_ratio=val_ratio,
+            seed=seed,
+            system_prompt=system_prompt,
+            shard_tokens=shard_tokens,
+            overwrite=overwrite,
+            progress=progress,
+        )
     return PreparedInfo(Path(out_dir), json.loads(meta))

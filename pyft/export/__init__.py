@@ -1,6 +1,6 @@
 """``pyft.export``: what serving a fine-tuned model needs beyond its weights.
 
-- :mod:`pyft.export.chat` — chat template lookup, end-of-turn tokens, ``generation_config.json`` /
+- :mod:`pyft.io.serving` (re-exported here) — chat template lookup, end-of-turn tokens, ``generation_config.json`` /
   ``tokenizer_config.json`` / ``chat_template.jinja`` for a merged model directory.
 - :mod:`pyft.export.ollama` — Jinja chat template to Ollama Go ``TEMPLATE`` + stops; Modelfile writer.
 - :mod:`pyft.export.vllm` — what vLLM would refuse in an adapter; the ``vllm serve`` command.
@@ -8,13 +8,6 @@
 - :mod:`pyft.export.targets` — ``pyft-export``'s targets: gguf, gguf-lora, ollama, vllm.
 """
 
-from pyft.export.chat import (
-    default_system_prompt,
-    end_of_turn_tokens,
-    load_chat_template,
-    serving_files,
-    special_tokens,
-)
 from pyft.export.gguf import LORA_DTYPES, QTYPES, GgufReport, export_gguf, export_gguf_lora
 from pyft.export.ollama import (
     SUPPORTED_FAMILIES,
@@ -30,6 +23,13 @@ from pyft.export.vllm import (
     required_max_lora_rank,
     vllm_adapter_error_message,
     vllm_serve_command,
+)
+from pyft.io.serving import (
+    default_system_prompt,
+    end_of_turn_tokens,
+    load_chat_template,
+    serving_files,
+    special_tokens,
 )
 
 __all__ = [

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pyft import _core
-from pyft.export.chat import end_of_turn_tokens, load_chat_template, special_tokens
 from pyft.io.files import check_model_files
+from pyft.io.serving import end_of_turn_tokens, load_chat_template, special_tokens
 
 PathLike = str | os.PathLike[str]
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from pyft._atomic import atomic_file
 from pyft.errors import ConfigError, TemplateError
-from pyft.export.chat import (
+from pyft.io.serving import (
     PROBE_ASSISTANT,
     PROBE_SYSTEM,
     PROBE_USER,
@@ -284,7 +284,7 @@ def translate_template(
         template: Jinja chat template source (as in ``tokenizer_config.json``).
         bos_token: the tokenizer's BOS text (rendered by ``{{ bos_token }}``; a leading one is dropped).
         eos_token: the tokenizer's EOS text (``{{ eos_token }}``, e.g. ``</s>`` in Mistral/Alpaca/Zephyr).
-        end_of_turn: extra stop texts (e.g. from :func:`pyft.export.chat.end_of_turn_tokens`).
+        end_of_turn: extra stop texts (e.g. from :func:`pyft.io.serving.end_of_turn_tokens`).
 
     Returns:
         An :class:`OllamaTemplate`.

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from pyft._atomic import atomic_directory, check_output_disjoint
 from pyft.errors import ConfigError
-from pyft.export.chat import default_system_prompt
 from pyft.export.gguf import GgufReport, export_gguf, export_gguf_lora
 from pyft.export.ollama import ollama_create_command, template_for, write_modelfile
 from pyft.export.vllm import (
@@ -31,6 +30,7 @@ from pyft.export.vllm import (
     vllm_serve_command,
 )
 from pyft.io.files import json_field, read_json_object
+from pyft.io.serving import default_system_prompt
 
 PathLike = str | os.PathLike[str]
 
@@ -59,15 +59,24 @@ def is_adapter_dir(path: PathLike) -> bool:
 
 def adapter_base(adapter: PathLike, base: PathLike | None = None) -> Path:
     """The base model directory of ``adapter``: ``base`` if given, else its ``base_model_name_or_path``
-    when that is a local directory."""
+    when that is a local directory or a Hugging Face Hub id (fetched at the adapter's ``revision``,
+    see :mod:`pyft.hub`)."""
+    from pyft.hub import hub_ref, resolve_model
+
     if base is not None:
-        return Path(base)
+        return resolve_model(base)
     cfg_path = Path(adapter) / "adapter_config.json"
-    name = json_field(read_json_object(cfg_path), cfg_path, "base_model_name_or_path", "str")
+    cfg = read_json_object(cfg_path)
+    name = json_field(cfg, cfg_path, "base_model_name_or_path", "str")
     if name and (Path(name) / "config.json").is_file():
         return Path(name)
-    raise ConfigError(f"{cfg_path}: base_model_name_or_path {name!r} is not a local model directory; "
-                      "pass the base model with --base")
+    found = hub_ref(name) if name else None
+    if found is not None:
+        repo_id, inline = found
+        # PEFT records the base model's revision in `revision`.
+        return resolve_model(repo_id, revision=inline or json_field(cfg, cfg_path, "revision", "str"))
+    raise ConfigError(f"{cfg_path}: base_model_name_or_path {name!r} is neither a local model directory nor a "
+                      "Hub id; pass the base model with --base")
 
 
 def _notes(report: GgufReport) -> list[str]:

@@ -9,15 +9,14 @@ Only ``adapter_config.json`` and the safetensors header are read: no torch, no w
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import struct
 from pathlib import Path
 from typing import Any
 
 from pyft.errors import ConfigError
 from pyft.io.files import check_adapter_config, read_json_object
+from pyft.io.safetensors import read_header
 
 PathLike = str | os.PathLike[str]
 
@@ -48,19 +47,12 @@ def _max_rank(cfg: dict[str, Any]) -> int:
 
 
 def safetensors_names(path: PathLike) -> list[str]:
-    """Tensor names in a safetensors file, read from its JSON header."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ConfigError(f"{path}: not a safetensors file (truncated header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 * 2**20:
-            raise ConfigError(f"{path}: not a safetensors file (header of {n} bytes)")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not a safetensors file ({e})") from None
-    return [k for k in header if k != "__metadata__"]
+    """Tensor names in a safetensors file, in data order, from its header as the Rust core validates it.
+
+    Raises:
+        DataError: not a valid safetensors file (``.file`` and the message name ``path``).
+    """
+    return read_header(path).names()
 
 
 def _tensor_problems(adapter_dir: Path) -> list[str]:
@@ -92,7 +84,9 @@ def check_vllm_adapter(adapter_dir: PathLike) -> list[str]:
         ``--max-lora-rank`` at least :func:`required_max_lora_rank`).
 
     Raises:
-        ConfigError: ``adapter_config.json`` is missing or not JSON.
+        ConfigError: ``adapter_config.json`` is missing.
+        DataError: ``adapter_config.json`` is not JSON, or ``adapter_model.safetensors`` is not a valid
+            safetensors file (the message names the file).
     """
     d = Path(adapter_dir)
     cfg = _config(d)

@@ -27,6 +27,7 @@ from typing import Any
 from pyft import _core
 from pyft.errors import PyftError
 from pyft.io.files import check_model_files, read_json_object
+from pyft.io.serving import serving_files
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -108,7 +109,7 @@ def merge(
         overwrite: replace an existing ``out``.
         extra_files: ``{name: bytes}`` written into ``out`` after the base's tokenizer and
             generation files are copied (replacing them). Default: the serving files of
-            :func:`pyft.export.chat.serving_files` (the chat template the adapter was trained with,
+            :func:`pyft.io.serving.serving_files` (the chat template the adapter was trained with,
             inline in ``tokenizer_config.json`` and as ``chat_template.jinja``; every end-of-turn id
             as ``eos_token_id`` in ``generation_config.json``; ``pyft_run.json``). Pass ``{}`` for
             plain copies.
@@ -127,8 +128,6 @@ def merge(
     adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter)
     check_model_files(base, adapters)
     if extra_files is None:
-        from pyft.export.chat import serving_files
-
         extra_files = serving_files([*adapters, base])
     report = _core.merge(
         os.fspath(base), [os.fspath(a) for a in adapters], os.fspath(out),

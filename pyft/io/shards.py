@@ -7,9 +7,10 @@ peak memory is what the caller keeps plus one tensor; :meth:`SafetensorsShards.m
 that stays backed by the file (copy-on-write), resident only where it is touched, for tensors kept
 as stored (as transformers loads them).
 
-Headers are validated by the Rust core (:func:`pyft._core.safetensors_layout`, the reader behind
-merge and export): overlapping or gapped offsets, sizes that disagree with shapes, negative
-dimensions and non-UTF-8 headers are refused naming the file, before a byte of data is read.
+Headers and the index are read by :mod:`pyft.io.safetensors` (validated by the Rust core, the
+reader behind merge and export): overlapping or gapped offsets, sizes that disagree with shapes,
+negative dimensions, non-UTF-8 headers and index entries outside the model directory are refused
+naming the file, before a byte of data is read.
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ from pathlib import Path
 
 import torch
 
-from pyft import _core
-from pyft.io.files import check_regular, child_path, data_error, json_field, open_regular, read_json_object
-
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "U8": torch.uint8,
-           "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "F64": torch.float64,
-           "BOOL": torch.bool}
+from pyft.io.dtypes import DTYPES, by_safetensors, torch_dtype
+from pyft.io.files import data_error, open_regular
+from pyft.io.safetensors import model_files, read_header
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class SafetensorsShards:
         d = Path(model_dir)
         index = d / "model.safetensors.index.json"
         if index.exists():
-            paths = _index_shards(d, index)
+            paths = model_files(d)
         else:
             paths = sorted(d.glob("*.safetensors"))
         if not paths:
@@ -101,30 +99,13 @@ class SafetensorsShards:
         return torch.frombuffer(m, dtype=e.dtype, count=count, offset=e.start).reshape(e.shape)
 
 
-def _index_shards(model_dir: Path, index: Path) -> list[Path]:
-    """The shard files of ``model.safetensors.index.json``: names inside ``model_dir`` only."""
-    weight_map = json_field(read_json_object(index), index, "weight_map", "object", required=True)
-    names = set()
-    for tensor, name in weight_map.items():
-        if not isinstance(name, str):
-            raise data_error(index, f"field `weight_map.{tensor}` must be a file name, got {name!r}",
-                             f"weight_map.{tensor}")
-        child_path(model_dir, name, index, f"weight_map.{tensor}")
-        if not (model_dir / name).exists():
-            raise data_error(index, f"lists {name}, which does not exist", f"weight_map.{tensor}")
-        names.add(name)
-    return [model_dir / n for n in sorted(names)]
-
-
 def _read_header(path: Path) -> dict[str, TensorEntry]:
     """The tensors of ``path`` from its header, as validated by the Rust core."""
-    check_regular(path)  # a FIFO or device is refused here instead of blocking the reader
-    _metadata, layout = _core.safetensors_layout(str(path))
     out = {}
-    for name, dtype_name, shape, start, end in layout:
-        dtype = _DTYPES.get(dtype_name)
-        if dtype is None:
-            raise data_error(path, f"tensor `{name}` has dtype {dtype_name}, which pyft does not read "
-                                   f"(expected one of {', '.join(_DTYPES)})")
-        out[name] = TensorEntry(path, dtype, tuple(shape), start, end)
+    for t in read_header(path).tensors:
+        row = by_safetensors(t.dtype)
+        if row is None:
+            raise data_error(path, f"tensor `{t.name}` has dtype {t.dtype}, which pyft does not read "
+                                   f"(expected one of {', '.join(d.safetensors for d in DTYPES)})")
+        out[t.name] = TensorEntry(path, torch_dtype(row), t.shape, t.start, t.end)
     return out

@@ -40,8 +40,15 @@ def token_nll_sum(
     labels: torch.Tensor,
     head: Callable[[torch.Tensor], torch.Tensor],
     chunk_tokens: int = 4096,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Sum over predicted tokens of ``-log p(label)``.
+    """Sum over predicted tokens of ``-log p(label)``, optionally label-smoothed.
+
+    With ``label_smoothing`` ε > 0 each token's loss is ``(1 - ε)·(-log p(label)) + ε·mean_v(-log p(v))``
+    over the ``V`` vocabulary entries: the target is the mixture ``(1 - ε)·one_hot + ε/V`` (Szegedy
+    et al. 2016, https://arxiv.org/abs/1512.00567), exactly ``F.cross_entropy(..., label_smoothing=ε,
+    reduction="sum")`` over the non-ignored targets and so transformers' ``label_smoothing_factor``
+    (its ``LabelSmoother``) times the token count. ε = 0 is the plain negative log-likelihood.
 
     Args:
         hidden: final hidden states ``[B, T, H]`` (any float dtype).
@@ -49,17 +56,24 @@ def token_nll_sum(
         head: the output layer, ``[N, H] -> [N, V]`` logits.
         chunk_tokens: rows of logits computed at once (memory ``chunk_tokens × V × 4`` bytes), at most;
             see :func:`chunk_rows`.
+        label_smoothing: ε in ``[0, 1)``. Models whose logits are post-processed (soft-capping) pass an
+            identity ``head`` and their final logits as ``hidden``: the smoothing then applies to those
+            logits, as it does for the reference ``F.cross_entropy`` on ``model(...).logits``.
 
     Returns:
-        A float32 scalar: the summed negative log-likelihood (divide by the token count of the
-        whole accumulated batch to get the mean).
+        A float32 scalar: the summed (smoothed) negative log-likelihood (divide by the token count of
+        the whole accumulated batch to get the mean).
     """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
     h = hidden[:, :-1][keep]  # [N, H]
     t = targets[keep]  # [N]
+
     def chunk_loss(h_chunk: torch.Tensor, t_chunk: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(head(h_chunk).float(), t_chunk, reduction="sum")
+        # [n, V] float32 logits; ε = 0 is F.cross_entropy's default, the plain NLL path.
+        return F.cross_entropy(head(h_chunk).float(), t_chunk, reduction="sum", label_smoothing=label_smoothing)
 
     total = hidden.new_zeros((), dtype=torch.float32)
     chunk_tokens = chunk_rows(head, chunk_tokens)

@@ -35,9 +35,9 @@ def _number(x: float) -> int | float:
 
 
 def adapter_config_dict(config: LoraConfig, base_model_name_or_path: str | None,
-                        task_type: str = "CAUSAL_LM") -> dict[str, Any]:
+                        task_type: str = "CAUSAL_LM", revision: str | None = None) -> dict[str, Any]:
     """The full ``adapter_config.json`` content PEFT 0.21.2 writes, for ``config`` (``task_type``
-    ``CAUSAL_LM``, or ``SEQ_CLS`` for a reward model's adapter)."""
+    ``CAUSAL_LM``, or ``SEQ_CLS`` for a reward model's adapter; ``revision`` of a Hub base)."""
     targets = config.targets if isinstance(config.targets, str) else sorted(config.targets)
     return {
         "alora_invocation_tokens": None,
@@ -71,7 +71,7 @@ def adapter_config_dict(config: LoraConfig, base_model_name_or_path: str | None,
         "qalora_group_size": 16,
         "r": config.r,
         "rank_pattern": dict(config.rank_pattern),
-        "revision": None,
+        "revision": revision,
         "target_modules": targets,
         "target_parameters": None,
         "task_type": task_type,
@@ -113,7 +113,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, out_dir: str | os.PathLike[str], *, base_model_name_or_path: str | None = None,
-                 overwrite: bool = True, task_type: str = "CAUSAL_LM") -> Path:
+                 overwrite: bool = True, task_type: str = "CAUSAL_LM", revision: str | None = None) -> Path:
     """Save the adapter of ``model`` as a PEFT adapter directory (written atomically).
 
     Args:
@@ -122,6 +122,7 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike[str], *, base_mode
         base_model_name_or_path: recorded in the config (default: the model's ``name_or_path``).
         overwrite: replace an existing ``out_dir``.
         task_type: PEFT's ``task_type``: ``CAUSAL_LM``, or ``SEQ_CLS`` for a sequence-classification (reward) model.
+        revision: the base's Hub revision, recorded as PEFT does (None for a local base or the default branch).
     """
     from safetensors.torch import save_file
 
@@ -134,7 +135,7 @@ def save_adapter(model: nn.Module, out_dir: str | os.PathLike[str], *, base_mode
     tensors = adapter_state_dict(model)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        text = json.dumps(adapter_config_dict(config, base_model_name_or_path, task_type), indent=2, sort_keys=True)
+        text = json.dumps(adapter_config_dict(config, base_model_name_or_path, task_type, revision), indent=2, sort_keys=True)
         (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
     return Path(out_dir)
 
@@ -149,7 +150,12 @@ _BASE_MUTATING_INITS = ("pissa", "olora", "corda", "loftq")
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> LoraConfig:
-    """Read ``adapter_config.json`` into a :class:`LoraConfig`, refusing what pyft cannot apply."""
+    """Read ``adapter_config.json`` into a :class:`LoraConfig`, refusing what pyft cannot apply.
+
+    ``adapter_dir`` may be a Hugging Face Hub id (``owner/name[@revision]``, see :mod:`pyft.hub`)."""
+    from pyft.hub import resolve_model
+
+    adapter_dir = resolve_model(adapter_dir, kind="adapter")
     path = Path(adapter_dir) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: not an adapter directory (no {CONFIG_NAME})")
@@ -185,7 +191,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
 
     Args:
         model: the base model (no adapter yet).
-        adapter_dir: a PEFT LoRA adapter directory.
+        adapter_dir: a PEFT LoRA adapter directory, or a Hub id (``owner/name[@revision]``) whose
+            ``adapter_config.json`` and ``adapter_model.safetensors`` are fetched into the Hub cache.
         trainable: keep the adapter parameters trainable (to continue training).
 
     Returns:
@@ -198,6 +205,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
     """
     from safetensors.torch import load_file
 
+    from pyft.hub import resolve_model
+
+    adapter_dir = resolve_model(adapter_dir, kind="adapter")
     config = read_adapter_config(adapter_dir)
     weights = Path(adapter_dir) / WEIGHTS_NAME
     if not weights.is_file():

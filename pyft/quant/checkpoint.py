@@ -26,6 +26,7 @@ import torch
 
 from pyft._atomic import atomic_directory, check_output_disjoint
 from pyft.errors import ConfigError
+from pyft.io.dtypes import float_of_torch
 from pyft.io.files import data_error
 from pyft.io.shards import SafetensorsShards
 from pyft.quant.loader import (
@@ -37,7 +38,6 @@ from pyft.quant.loader import (
 )
 from pyft.quant.nf4 import quantize_nf4
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 #: Files of a model directory that are not weights or the config: copied as they are.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -53,12 +53,20 @@ class QuantizeReport:
     bytes_out: int
 
 
+def _float_name(dtype: torch.dtype) -> str:
+    """``float32``, ``float16`` or ``bfloat16``: the name ``config.json`` and quant states use."""
+    row = float_of_torch(dtype)
+    if row is None:
+        raise ConfigError(f"dtype {dtype} is not float32, float16 or bfloat16")
+    return row.torch
+
+
 def quantization_config(compute_dtype: torch.dtype, double_quant: bool,
                         skip_modules: Sequence[str] | None) -> dict:
     """The ``quantization_config`` block exactly as transformers 5.23 writes it (spec §4.2)."""
     return {
         "_load_in_4bit": True, "_load_in_8bit": False,
-        "bnb_4bit_compute_dtype": _DTYPE_NAMES[compute_dtype], "bnb_4bit_quant_storage": "uint8",
+        "bnb_4bit_compute_dtype": _float_name(compute_dtype), "bnb_4bit_quant_storage": "uint8",
         "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": bool(double_quant),
         "llm_int8_enable_fp32_cpu_offload": False, "llm_int8_has_fp16_weight": False,
         "llm_int8_skip_modules": list(skip_modules) if skip_modules else None, "llm_int8_threshold": 6.0,
@@ -143,7 +151,7 @@ def quantize_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.Pat
         skip = [*skip_modules, output_name] if skip_modules else None
         cfg = dict(raw_config)
         cfg["quantization_config"] = quantization_config(compute_dtype or dtype, double_quant, skip)
-        cfg["dtype"] = _DTYPE_NAMES[dtype]
+        cfg["dtype"] = _float_name(dtype)
         cfg.pop("torch_dtype", None)
         (stage / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         for f in src.iterdir():

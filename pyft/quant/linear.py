@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyft.io.dtypes import float_of_torch, parse_float, torch_dtype
 from pyft.quant.dequant import NestedAbsmax, dequantize_nf4, nf4_code
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: Buffers holding the quantized weight: moved between devices, never cast to another dtype.
 _QUANT_BUFFERS = ("weight", "absmax", "nested_absmax", "nested_code", "offset")
 _QS_KEY = "quant_state.bitsandbytes__nf4"
@@ -87,7 +87,7 @@ class NF4Linear(nn.Module):
         n = self.out_features * self.in_features
         if blocksize <= 0 or blocksize % 2:
             raise ValueError(f"`blocksize` must be a positive even number, got {blocksize}")
-        if dtype not in _DTYPES.values():
+        if float_of_torch(dtype) is None:
             raise ValueError(f"`dtype` must be float32, bfloat16 or float16, got {dtype}")
         data = packed.detach().reshape(-1)
         if data.dtype != torch.uint8:
@@ -161,7 +161,8 @@ class NF4Linear(nn.Module):
         for key in ("absmax", "blocksize", "dtype", "shape"):
             if key not in state:
                 raise ValueError(f"quant state has no `{key}`")
-        dtype = _DTYPES.get(str(state["dtype"]).removeprefix("torch."))
+        row = parse_float(str(state["dtype"]))
+        dtype = None if row is None else torch_dtype(row)
         if dtype is None:
             raise ValueError(f"quant state `dtype` is {state['dtype']!r}; expected float32, bfloat16 or float16")
         absmax: torch.Tensor | NestedAbsmax = state["absmax"]

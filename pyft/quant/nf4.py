@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from pyft import _core
+from pyft.io.dtypes import float_of_torch, parse_float, torch_dtype
 from pyft.quant.dequant import dequantize_nf4_torch, nf4_code, reconstruct_absmax
 from pyft.quant.tables import CODE8
 
@@ -25,15 +26,13 @@ STATE_KEYS_DQ = ("absmax", "quant_map", "nested_absmax", "nested_quant_map", BLO
 #: Quant-state keys without double quantization.
 STATE_KEYS = ("absmax", "quant_map", BLOB_KEY)
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-_NAMED_DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
+    row = float_of_torch(dtype)
+    if row is None:
         raise ValueError(f"NF4 quantizes float32, float16 or bfloat16 tensors, not {dtype}")
-    return name
+    return row.torch
 
 
 def quantize_nf4(t: torch.Tensor, blocksize: int = 64, double_quant: bool = True, *,
@@ -121,7 +120,8 @@ def parse_state_blob(blob: torch.Tensor, what: str = "quant state") -> Nf4StateM
         raise ValueError(f"{what}: not a JSON quant state ({e})") from None
     if meta.get("quant_type") != "nf4":
         raise ValueError(f"{what}: quant_type {meta.get('quant_type')!r} is not supported (pyft reads nf4)")
-    dtype = _NAMED_DTYPES.get(meta.get("dtype"))
+    row = parse_float(meta.get("dtype"))
+    dtype = None if row is None else torch_dtype(row)
     if dtype is None:
         raise ValueError(f"{what}: dtype {meta.get('dtype')!r} is not float32, float16 or bfloat16")
     offset = meta.get("nested_offset")

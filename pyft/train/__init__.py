@@ -1,22 +1,14 @@
-"""Training: one loop for LoRA-family and full fine-tuning (see :mod:`pyft.train.loop`).
+"""Training: one loop for every method and tuning (see :mod:`pyft.train.loop`).
 
 - :func:`load_config` / :class:`TrainConfig` — a YAML config with ``key=value`` overrides;
-- :func:`train` — run a job from a config; writes the adapter (or model), metrics and checkpoints.
+- :func:`train` — run a job from a config; writes the adapter (or model), metrics and checkpoints;
+- :func:`build_trainer` — the same run, set up but not started;
+- :data:`METHODS` — the training methods (:mod:`pyft.train.methods`).
 """
 
-from typing import Any
-
+from pyft.methods import METHODS, Method
 from pyft.train.config import TrainConfig, load_config
 from pyft.train.loop import Trainer, TrainResult
+from pyft.train.run import build_trainer, train
 
-__all__ = ["TrainConfig", "load_config", "train", "build_trainer", "Trainer", "TrainResult"]
-
-
-def __getattr__(name: str) -> Any:
-    # `pyft.train.run` wires in `pyft.align`, whose modules import `pyft.train.config` and `pyft.train.objective`:
-    # importing it eagerly here made `import pyft.align` (before `pyft.train`) a circular import.
-    if name in ("train", "build_trainer"):
-        from pyft.train import run
-
-        return getattr(run, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["TrainConfig", "load_config", "train", "build_trainer", "Trainer", "TrainResult", "METHODS", "Method"]

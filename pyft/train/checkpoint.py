@@ -210,15 +210,22 @@ def trainable_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[
     return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if id(p) in mine}
 
 
+def checkpoint_path(root: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives under ``root`` (``step-000042``)."""
+    return root / f"{STEP_PREFIX}{step:06d}"
+
+
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: dict[str, Any], keep_last: int, rng_states: list[dict[str, Any]] | None = None) -> Path:
+                    state: dict[str, Any], keep_last: int, rng_states: list[dict[str, Any]] | None = None,
+                    keep: Path | None = None) -> Path:
     """Write checkpoint ``root/step-<step>`` atomically and prune older ones beyond ``keep_last``.
 
-    ``rng_states`` holds every rank's generator states (default: this process's only).
+    ``rng_states`` holds every rank's generator states (default: this process's only); ``keep`` is a
+    checkpoint never pruned (the best evaluated one under ``train.load_best``).
     """
     from safetensors.torch import save_file
 
-    target = root / f"{STEP_PREFIX}{step:06d}"
+    target = checkpoint_path(root, step)
     remove_stale_staging(root)
     with atomic_directory(target, overwrite=True) as tmp:
         save_file(trainable_state(model, optimizer), str(tmp / "trainable.safetensors"))
@@ -227,7 +234,8 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         save_state(tmp, "rng", {"ranks": rng_states or [rng_state()]})
         (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
     for old in list_checkpoints(root)[:-keep_last]:
-        atomic.discard_directory(old)
+        if keep is None or old != keep:
+            atomic.discard_directory(old)
     return target
 
 
@@ -273,6 +281,38 @@ def check_format(path: Path) -> None:
         )
 
 
+def _checked_weights(path: Path, params: dict[str, nn.Parameter], trained: set[int]) -> dict[str, torch.Tensor]:
+    """The trained tensors of checkpoint ``path``, checked against the model's parameters ``params``
+    (those whose ``id`` is in ``trained`` must all be there, with their shapes)."""
+    weights = path / "trainable.safetensors"
+    if not weights.exists():
+        raise data_error(weights, "missing: the checkpoint is incomplete")
+    saved = _read_safetensors(weights)
+    missing = [n for n, p in params.items() if id(p) in trained and n not in saved]
+    if missing or set(saved) - set(params):
+        raise ConfigError(f"{path}: checkpoint does not match this model/method "
+                          f"(e.g. missing `{(missing or ['?'])[0]}`)")
+    bad = [n for n, t in saved.items() if t.shape != params[n].shape]
+    if bad:
+        raise ConfigError(f"{weights}: `{bad[0]}` has shape {list(saved[bad[0]].shape)}, this model's "
+                          f"{list(params[bad[0]].shape)}")
+    return saved
+
+
+def load_trainable(path: Path, model: nn.Module) -> None:
+    """Copy the trained weights of checkpoint ``path`` into ``model`` (nothing else of the run's state).
+
+    Raises:
+        ConfigError, DataError: as :func:`load_checkpoint`.
+    """
+    check_format(path)
+    params = dict(model.named_parameters())
+    saved = _checked_weights(path, params, set())
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     rank: int = 0) -> dict[str, Any]:
     """Restore parameters, optimizer, scheduler and this rank's RNG from ``path``; return its ``state.json``.
@@ -282,20 +322,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         DataError: a file of the checkpoint is missing or corrupt (the message names it).
     """
     check_format(path)
-    weights = path / "trainable.safetensors"
-    if not weights.exists():
-        raise data_error(weights, "missing: the checkpoint is incomplete")
-    saved = _read_safetensors(weights)
     params = dict(model.named_parameters())
-    mine = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    missing = [n for n, p in params.items() if id(p) in mine and n not in saved]
-    if missing or set(saved) - set(params):
-        raise ConfigError(f"{path}: checkpoint does not match this model/method "
-                          f"(e.g. missing `{(missing or ['?'])[0]}`)")
-    bad = [n for n, t in saved.items() if t.shape != params[n].shape]
-    if bad:
-        raise ConfigError(f"{weights}: `{bad[0]}` has shape {list(saved[bad[0]].shape)}, this model's "
-                          f"{list(params[bad[0]].shape)}")
+    saved = _checked_weights(path, params, {id(p) for g in optimizer.param_groups for p in g["params"]})
     optim_state, sched_state = load_state(path, "optimizer"), load_state(path, "scheduler")
     rng = load_state(path, "rng")
     rngs = rng.get("ranks") if isinstance(rng, dict) else None

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyft.align.config import AlignSection
 from pyft.errors import ConfigError
 from pyft.io.files import read_text
+from pyft.methods import METHODS, OPTIMIZER_ALIASES, OPTIMIZERS, TUNINGS, Method, get_method
 from pyft.peft.lora import LoraConfig
-from pyft.train.optim import ALIASES, OPTIMIZERS
 
 
 @dataclass
@@ -48,7 +49,22 @@ class FreezeSection:
 
 @dataclass
 class TrainSection:
-    """Optimisation and loop options. Steps count optimizer updates."""
+    """Optimisation and loop options. Steps count optimizer updates.
+
+    - ``label_smoothing``: ε of the SFT cross-entropy, in ``[0, 1)``: each target token's loss is
+      ``(1 - ε)·(-log p(label)) + ε·mean over the vocabulary of -log p`` (torch's
+      ``cross_entropy(label_smoothing=ε)``, transformers' ``label_smoothing_factor``). 0 = off.
+    - ``model_dropout``: dropout probability, in ``[0, 1)``, for every dropout the architecture has
+      (attention dropout, hidden/residual and embedding dropout; not the adapter's ``lora.dropout``),
+      set on the loaded modules (:func:`pyft.train.dropout.set_model_dropout`). ``null`` keeps the
+      model's own values. The saved ``config.json`` keeps the model's values too.
+    - ``min_lr_ratio``: floor of the ``cosine`` and ``linear`` decays as a fraction of ``lr``, in
+      ``[0, 1]``: the decay goes to ``min_lr_ratio·lr`` instead of 0 (transformers'
+      ``cosine_with_min_lr`` with ``min_lr_rate``). Warmup still starts from 0.
+    - ``load_best``: keep the best evaluated weights (a checkpoint at every new best eval loss, never
+      pruned; loaded back when the run ends or stops early). ``null`` (default) = on when
+      ``eval_every`` is set; needs a validation split.
+    """
 
     epochs: float = 1.0
     max_steps: int | None = None
@@ -70,9 +86,16 @@ class TrainSection:
     save_every: int | None = None
     keep_last: int = 2
     early_stopping_patience: int | None = None
+    load_best: bool | None = None
     resume: str | None = None
     chunk_tokens: int = 4096
     device: str | None = None
+    # Experiment trackers: auto (TensorBoard when installed), none, or names among tensorboard, wandb,
+    # mlflow (a missing library is then an error); see pyft.train.trackers.
+    report_to: str | list[str] = "auto"
+    label_smoothing: float = 0.0
+    model_dropout: float | None = None
+    min_lr_ratio: float = 0.0
 
 
 @dataclass
@@ -85,54 +108,6 @@ class QuantSection:
     blocksize: int = 64
     double_quant: bool = True
     compute_dtype: str = "auto"
-
-
-#: Methods that fine-tune on chat/text data; their name is also the tuning (``sft`` reads ``tuning``).
-SFT_METHODS = ("lora", "qlora", "full", "sft")
-#: Alignment methods and the data kind each trains on.
-ALIGN_METHODS = {"dpo": "preference", "orpo": "preference", "simpo": "preference", "cpo": "preference",
-                 "rm": "preference", "kto": "kto"}
-TUNINGS = ("lora", "qlora", "full")
-
-
-@dataclass
-class AlignSection:
-    """Options of the alignment methods (names and defaults as TRL 1.16's configs).
-
-    - ``beta``: β of DPO/KTO/CPO/SimPO, λ of ORPO (default 0.1).
-    - ``loss_type``: DPO: ``sigmoid`` (default), ``ipo``, ``hinge``, ``robust``, ... or a list whose
-      losses are added with ``loss_weights`` (see :data:`pyft.losses.DPO_LOSS_TYPES`); KTO: ``kto`` or
-      ``apo_zero_unpaired``; CPO: ``sigmoid``, ``hinge``, ``ipo`` (``simpo`` is the ``simpo`` method).
-    - ``label_smoothing``: ε for robust DPO (rDPO), conservative DPO (``sigmoid`` with ε > 0) and CPO.
-    - ``f_divergence``/``f_alpha``: DPO's divergence (``reverse_kl`` default).
-    - ``reference``: the reference model: ``auto`` (the base with adapters disabled under LoRA/QLoRA,
-      a frozen copy under full fine-tuning) or ``copy``; ``precompute_ref`` computes every reference
-      log-prob in one pass before training (then no reference model is kept at all).
-    - ``desirable_weight``/``undesirable_weight``: KTO's class weights.
-    - ``simpo_gamma``: SimPO's margin γ; ``cpo_alpha``: weight of the chosen NLL (default 0 for
-      ``simpo``, 1 for ``cpo``); ``alphapo``: AlphaPO's α (0 = off).
-    - ``center_rewards_coefficient``: reward models: weight of ``(r_c + r_r)²``.
-    - ``disable_dropout``: turn the model's dropout off (TRL's default).
-    - ``layout``: how sequences are batched: ``auto`` (``flat`` under FlashAttention, ``padded``
-      for ``rm``, else ``packed``), ``packed``, ``flat`` or ``padded``.
-    """
-
-    beta: float = 0.1
-    loss_type: str | list[str] | None = None
-    loss_weights: list[float] | None = None
-    label_smoothing: float = 0.0
-    f_divergence: str = "reverse_kl"
-    f_alpha: float = 1.0
-    reference: str = "auto"
-    precompute_ref: bool = False
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-    simpo_gamma: float = 0.5
-    cpo_alpha: float | None = None
-    alphapo: float = 0.0
-    center_rewards_coefficient: float | None = None
-    disable_dropout: bool = True
-    layout: str = "auto"
 
 
 @dataclass
@@ -163,21 +138,22 @@ class TrainConfig:
             raise ConfigError("model: required (a transformers model directory)")
         if not self.data:
             raise ConfigError("data: required (a directory written by `pyft data prepare`)")
-        if self.method not in SFT_METHODS and self.method not in ALIGN_METHODS:
-            raise ConfigError(f"method: unknown method {self.method!r} (expected one of "
-                              f"{', '.join(SFT_METHODS + tuple(ALIGN_METHODS))})")
+        method = get_method(self.method)
         if self.tuning is not None and self.tuning not in TUNINGS:
-            raise ConfigError(f"tuning: expected lora, qlora or full, got {self.tuning!r}")
-        if self.method in ("lora", "qlora", "full") and self.tuning not in (None, self.method):
+            raise ConfigError(f"tuning: expected {', '.join(TUNINGS)}, got {self.tuning!r}")
+        if self.method in TUNINGS and self.tuning not in (None, self.method):
             raise ConfigError(f"tuning: method {self.method} already says the tuning; use method: sft with "
                               f"tuning: {self.tuning}")
+        if self.tuning_kind not in method.tunings:
+            raise ConfigError(f"tuning: {method.name} trains with {' or '.join(method.tunings)}, "
+                              f"got {self.tuning_kind!r}")
         if self.adapter is not None and self.tuning_kind not in ("lora", "qlora"):
             raise ConfigError(f"adapter: continuing an adapter needs tuning lora or qlora, got {self.tuning_kind}")
-        if self.adapter is not None and self.method == "rm":
-            raise ConfigError("adapter: a reward model starts a new adapter with its score head; merge the adapter "
-                              "into the model first (pyft merge)")
         self._validate_align()
         t = self.train
+        from pyft.train.trackers import report_to_names
+
+        report_to_names(t.report_to)  # names checked here; libraries when the run starts
         if self.overwrite and t.resume:
             raise ConfigError(f"overwrite: true starts the run in `output` again and deletes its checkpoints; it "
                               f"cannot go with train.resume={t.resume} (drop one of them)")
@@ -187,11 +163,14 @@ class TrainConfig:
             (t.lr > 0, "train.lr", "must be > 0"),
             (t.epochs > 0, "train.epochs", "must be > 0"),
             (t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1"),
-            (t.optim in OPTIMIZERS or t.optim in ALIASES, "train.optim", f"expected one of {', '.join(OPTIMIZERS)}"),
+            (t.optim in OPTIMIZERS or t.optim in OPTIMIZER_ALIASES, "train.optim", f"expected one of {', '.join(OPTIMIZERS)}"),
             (t.schedule in ("constant", "linear", "cosine"), "train.schedule", "expected constant, linear or cosine"),
             (t.warmup >= 0, "train.warmup", "must be >= 0 (steps, or a ratio below 1)"),
             (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", "expected auto, fp32, bf16 or fp16"),
             (t.keep_last >= 1, "train.keep_last", "must be >= 1"),
+            (0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)"),
+            (t.model_dropout is None or 0 <= t.model_dropout < 1, "train.model_dropout", "must be in [0, 1) or null"),
+            (0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]"),
             (len(t.betas) == 2, "train.betas", "expected two numbers"),
             (self.freeze.unfreeze_every is None or self.freeze.unfreeze_every >= 1, "freeze.unfreeze_every",
              "must be >= 1"),
@@ -206,31 +185,33 @@ class TrainConfig:
         return self
 
     @property
-    def objective(self) -> str:
-        """``sft`` or the alignment method's name."""
-        return "sft" if self.method in SFT_METHODS else self.method
+    def objective(self) -> Method:
+        """The objective ``method`` selects (:data:`pyft.train.methods.METHODS`; a tuning name selects sft)."""
+        return get_method(self.method)
 
     @property
     def tuning_kind(self) -> str:
         """Which weights are trained: ``lora``, ``qlora`` or ``full``."""
-        if self.method in ("lora", "qlora", "full"):
+        if self.method in TUNINGS:
             return self.method
         return self.tuning or "lora"
 
     def _validate_align(self) -> None:
-        from pyft.losses.preference import CPO_LOSS_TYPES, DPO_LOSS_TYPES, F_DIVERGENCES, KTO_LOSS_TYPES
+        from pyft.losses.preference import F_DIVERGENCES
 
-        a = self.align
-        allowed = {"dpo": DPO_LOSS_TYPES, "kto": KTO_LOSS_TYPES, "cpo": tuple(t for t in CPO_LOSS_TYPES if t != "simpo")}
+        a, method = self.align, self.objective
+        allowed = method.loss_types()
         types = [a.loss_type] if isinstance(a.loss_type, str) else list(a.loss_type or [])
-        if types and self.method not in allowed:
-            raise ConfigError(f"align.loss_type: method {self.method} has no loss types (dpo, kto and cpo do)")
+        if types and not allowed:
+            with_types = ", ".join(m.name for m in METHODS.values() if m.loss_types())
+            raise ConfigError(f"align.loss_type: method {method.name} has no loss types ({with_types} do)")
         for t in types:
-            if t not in allowed.get(self.method, ()):
-                raise ConfigError(f"align.loss_type: {t!r} is not a {self.method} loss type (expected one of "
-                                  f"{', '.join(allowed[self.method])})")
-        if self.method != "dpo" and len(types) > 1:
-            raise ConfigError("align.loss_type: only dpo combines several loss types")
+            if t not in allowed:
+                raise ConfigError(f"align.loss_type: {t!r} is not a {method.name} loss type (expected one of "
+                                  f"{', '.join(allowed)})")
+        if not method.multi_loss and len(types) > 1:
+            combine = ", ".join(m.name for m in METHODS.values() if m.multi_loss)
+            raise ConfigError(f"align.loss_type: only {combine} combines several loss types")
         if a.loss_weights is not None and len(a.loss_weights) != max(len(types), 1):
             raise ConfigError(f"align.loss_weights: {len(a.loss_weights)} weights for {max(len(types), 1)} loss types")
         checks = [
@@ -242,16 +223,12 @@ class TrainConfig:
             (a.undesirable_weight > 0, "align.undesirable_weight", "must be > 0"),
             (a.cpo_alpha is None or a.cpo_alpha >= 0, "align.cpo_alpha", "must be >= 0"),
             (a.layout in ("auto", "packed", "flat", "padded"), "align.layout", "expected auto, packed, flat or padded"),
-            (self.method != "rm" or a.layout in ("auto", "padded"), "align.layout",
-             "the reward model reads the last real token of padded rows; use auto or padded"),
-            (self.method != "rm" or self.tuning_kind != "qlora", "tuning",
-             "reward models train with lora or full (not qlora)"),
-            (self.method != "kto" or self.train.batch_size > 1, "train.batch_size",
-             "KTO estimates its KL term from mismatched pairs within a batch, so it needs batch_size > 1"),
         ]
         for ok, key, why in checks:
             if not ok:
                 raise ConfigError(f"{key}: {why}, got {_get(self, key)!r}")
+        if method.check is not None:
+            method.check(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (what ``--print-config`` shows)."""

@@ -54,6 +54,16 @@ def all_reduce_sum(value: float | int, info: DistInfo, device: torch.device) -> 
     return float(t.item())
 
 
+def reduce_sums(sums: dict[str, float], info: DistInfo, device: torch.device,
+                agree_keys: bool = False) -> dict[str, float]:
+    """Sum each entry of ``sums`` over ranks (keys sorted). Training steps give every rank the same keys;
+    in evaluation a rank may hold no batch, so ``agree_keys`` first gathers the union of the keys."""
+    if not info.enabled:
+        return dict(sorted(sums.items()))
+    keys = sorted(set().union(*gather_objects(sorted(sums), info))) if agree_keys else sorted(sums)
+    return {k: all_reduce_sum(sums.get(k, 0.0), info, device) for k in keys}
+
+
 def all_reduce_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
     """Sum every parameter's gradient over ranks (missing gradients count as zero)."""
     if not info.enabled:

@@ -16,12 +16,13 @@ loaded). Assumptions, per GPU, for the way pyft trains:
   ``2·(10·h + 3·i)`` bytes (attention and MLP inputs/outputs kept for backward, ``h`` hidden,
   ``i`` MLP width); with gradient checkpointing only each layer's input (``2·h``) plus one layer
   recomputed at a time. The loss adds ``chunk × vocab × 4`` bytes (pyft never builds full logits).
-- alignment (``objective``): paired methods (``dpo``, ``orpo``, ``simpo``, ``cpo``, ``rm``) run
-  chosen and rejected together, so ``batch`` pairs keep the activations of ``2·batch`` sequences;
-  KTO's KL sequences run without gradient (no activations kept). DPO/KTO's reference model costs
-  nothing under LoRA/QLoRA (the base with adapters off) and a frozen copy of the fp32 weights
-  (4 B/param) under full fine-tuning, unless ``precompute_ref``. (``rm`` is counted with the causal
-  LM's output layer; its one-output score head is smaller.)
+- the method (``method``, :data:`pyft.train.methods.METHODS`): a data row of a paired method
+  (``dpo``, ``orpo``, ``simpo``, ``cpo``, ``rm``) is two sequences run together, so ``batch`` pairs
+  keep the activations of ``2·batch`` sequences (:attr:`Method.sequences_per_row`); KTO's KL
+  sequences run without gradient (no activations kept). A reference model (DPO, KTO) costs nothing
+  under LoRA/QLoRA (the base with adapters off) and a frozen copy of the fp32 weights (4 B/param)
+  under full fine-tuning, unless ``precompute_ref``. (``rm`` is counted with the causal LM's output
+  layer; its one-output score head is smaller.)
 These are estimates: allocator fragmentation and CUDA context (~0.5–1 GiB) come on top.
 """
 
@@ -31,13 +32,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyft.methods import OPTIMIZERS, SFT, TUNINGS, get_method
+
 GIB = 2**30
 #: NF4 codes + double-quantised scales (8-bit per block of 64, float32 per 256 of those).
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
-OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
-#: Objectives: sequences with activations per batch row, and whether a reference model is needed.
-OBJECTIVES = {"sft": (1, False), "dpo": (2, True), "kto": (1, True), "orpo": (2, False), "simpo": (2, False),
-              "cpo": (2, False), "rm": (2, False)}
 MIN_8BIT_SIZE = 4096  # smaller tensors keep float32 states (pyft.train.optim8bit, as bitsandbytes)
 PAGE_MIN_SIZE = 100_000  # smaller tensors keep their states on the GPU when paged
 
@@ -87,20 +86,23 @@ def _shapes(model_dir: str | os.PathLike[str]):
     return config, model
 
 
-def estimate(model_dir: str | os.PathLike[str], method: str, seq_len: int, batch: int, r: int = 16,
+def estimate(model_dir: str | os.PathLike[str], tuning: str, seq_len: int, batch: int, r: int = 16,
              gradient_checkpointing: bool = False, chunk_tokens: int = 4096, optim: str = "adamw",
-             objective: str = "sft", precompute_ref: bool = False) -> MemoryEstimate:
-    """Estimate training memory of ``method`` (``full``, ``lora``, ``qlora``) for ``batch`` rows of
+             method: str = SFT, precompute_ref: bool = False) -> MemoryEstimate:
+    """Estimate training memory of ``tuning`` (``full``, ``lora``, ``qlora``) for ``batch`` rows of
     ``seq_len`` tokens, with the optimizer ``optim`` (one of :data:`OPTIMIZERS`), for the training
-    ``objective`` (``sft`` or an alignment method of :data:`OBJECTIVES`; a row is then a pair or a
-    KTO example)."""
+    ``method`` (a ``method:`` value of the config: ``sft``, ``dpo``, ...; a row is then a pair or a
+    KTO example).
+
+    Raises:
+        ValueError: an unknown tuning or optimizer; ConfigError: an unknown method.
+    """
     from torch import nn
 
-    if method not in ("full", "lora", "qlora"):
-        raise ValueError(f"unknown method {method!r} (expected full, lora or qlora)")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r} (expected one of {', '.join(OBJECTIVES)})")
-    per_row, has_reference = OBJECTIVES[objective]
+    if tuning not in TUNINGS:
+        raise ValueError(f"unknown tuning {tuning!r} (expected one of {', '.join(TUNINGS)})")
+    spec = get_method(method)
+    per_row, has_reference = spec.sequences_per_row, spec.needs_reference
     config, model = _shapes(model_dir)
     sizes = [p.numel() for p in {id(p): p for p in model.parameters()}.values()]
     params = sum(sizes)
@@ -118,13 +120,13 @@ def estimate(model_dir: str | os.PathLike[str], method: str, seq_len: int, batch
     else:
         act = layers * tokens * 2 * (10 * h + 3 * i)
     act += min(chunk_tokens, tokens) * config.vocab_size * 4 * 2
-    if method == "full":
+    if tuning == "full":
         opt_gpu, opt_cpu = optimizer_bytes(sizes, optim)
         reference = 4 * params if has_reference and not precompute_ref else 0
-        return MemoryEstimate(method, params, params, 4 * params, 4 * params, opt_gpu, act, opt_cpu, reference)
+        return MemoryEstimate(tuning, params, params, 4 * params, 4 * params, opt_gpu, act, opt_cpu, reference)
     opt_gpu, opt_cpu = optimizer_bytes(adapter_sizes, optim)
-    base = 2 * params if method == "lora" else int(linear_params * NF4_BITS / 8) + 2 * (params - linear_params)
-    return MemoryEstimate(method, params, adapter, base + 4 * adapter, 4 * adapter, opt_gpu, act, opt_cpu)
+    base = 2 * params if tuning == "lora" else int(linear_params * NF4_BITS / 8) + 2 * (params - linear_params)
+    return MemoryEstimate(tuning, params, adapter, base + 4 * adapter, 4 * adapter, opt_gpu, act, opt_cpu)
 
 
 def recommend(estimates: dict[str, MemoryEstimate], gpu_gib: float | None, examples: int | None,
@@ -154,24 +156,25 @@ def recommend(estimates: dict[str, MemoryEstimate], gpu_gib: float | None, examp
     return "nothing fits: shorten --seq-len or lower --batch"
 
 
-def format_report(model_dir: str | os.PathLike[str], seq_len: int, batch: int, methods: list[str], r: int,
+def format_report(model_dir: str | os.PathLike[str], seq_len: int, batch: int, tunings: list[str], r: int,
                   gradient_checkpointing: bool, gpu_gib: float | None, examples: int | None,
-                  optim: str = "adamw", objective: str = "sft", precompute_ref: bool = False) -> str:
-    """The table ``pyft estimate`` prints; with an ``optim`` other than ``adamw`` a line says
-    how much optimizer memory it saves per method; alignment objectives add a reference column."""
-    methods3 = ("full", "lora", "qlora")
-    kw = {"optim": optim, "objective": objective, "precompute_ref": precompute_ref}
-    est = {m: estimate(model_dir, m, seq_len, batch, r, gradient_checkpointing, **kw) for m in methods3}
-    ckpt = {m: estimate(model_dir, m, seq_len, batch, r, True, **kw) for m in methods3}
-    per_row, has_reference = OBJECTIVES[objective]
+                  optim: str = "adamw", method: str = SFT, precompute_ref: bool = False) -> str:
+    """The table ``pyft estimate`` prints, one row per tuning of ``tunings``; with an ``optim`` other
+    than ``adamw`` a line says how much optimizer memory it saves; methods with a reference model add
+    a reference column."""
+    kw = {"optim": optim, "method": method, "precompute_ref": precompute_ref}
+    est = {m: estimate(model_dir, m, seq_len, batch, r, gradient_checkpointing, **kw) for m in TUNINGS}
+    ckpt = {m: estimate(model_dir, m, seq_len, batch, r, True, **kw) for m in TUNINGS}
+    spec = get_method(method)
+    per_row, has_reference = spec.sequences_per_row, spec.needs_reference
     rows = {1: f"batch {batch} x {seq_len} tokens", 2: f"batch {batch} pairs (chosen + rejected: {2 * batch} "
             f"sequences) x {seq_len} tokens"}[per_row]
-    what = "" if objective == "sft" else f"{objective}: "
+    what = f"{spec.name}: "
     lines = [(f"model {Path(model_dir)}: {est['full'].params / 1e6:,.1f}M parameters; {what}{rows}; LoRA r={r}; "
               f"gradient checkpointing {'on' if gradient_checkpointing else 'off'}; optimizer {optim}"),
-             f"{'method':<8}{'trainable':>12}{'weights':>10}{'grads':>10}{'optim':>10}{'activ.':>10}"
+             f"{'tuning':<8}{'trainable':>12}{'weights':>10}{'grads':>10}{'optim':>10}{'activ.':>10}"
              + (f"{'ref.':>10}" if has_reference else "") + f"{'total':>10}  (GiB)"]
-    for m in methods:
+    for m in tunings:
         e = est[m]
         values = (e.weights, e.gradients, e.optimizer, e.activations) + ((e.reference,) if has_reference else ())
         lines.append(f"{m:<8}{e.trainable / 1e6:>11.2f}M" + "".join(f"{v / GIB:>10.2f}" for v in (*values, e.total)))
@@ -180,11 +183,11 @@ def format_report(model_dir: str | os.PathLike[str], seq_len: int, batch: int, m
                      + ("copy (align.precompute_ref: true removes it)" if not precompute_ref
                         else "copy, removed here by precomputed reference log-probs"))
     if optim != "adamw":
-        plain = {m: estimate(model_dir, m, seq_len, batch, r, gradient_checkpointing, objective=objective,
-                             precompute_ref=precompute_ref) for m in methods}
+        plain = {m: estimate(model_dir, m, seq_len, batch, r, gradient_checkpointing, method=method,
+                             precompute_ref=precompute_ref) for m in tunings}
         lines.append(f"{optim} vs adamw, GPU optimizer memory saved: " + ", ".join(
-            f"{m} {(plain[m].optimizer - est[m].optimizer) / GIB:.2f} GiB" for m in methods)
-            + ("; in pinned CPU memory: " + ", ".join(f"{m} {est[m].optimizer_cpu / GIB:.2f} GiB" for m in methods)
+            f"{m} {(plain[m].optimizer - est[m].optimizer) / GIB:.2f} GiB" for m in tunings)
+            + ("; in pinned CPU memory: " + ", ".join(f"{m} {est[m].optimizer_cpu / GIB:.2f} GiB" for m in tunings)
                if optim.startswith("paged") else ""))
     lines.append("recommendation: " + recommend(est, gpu_gib, examples, ckpt))
     return "\n".join(lines)

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from pyft.methods import OPTIMIZER_ALIASES, OPTIMIZERS
+
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Trainable parameters split into decayed (matrices) and not decayed (biases, norms, 1-D)."""
@@ -28,9 +30,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-#: ``train.optim`` values; transformers' spellings as aliases.
-OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
-ALIASES = {"adamw_torch": "adamw", "paged_adamw_32bit": "paged_adamw"}
+#: ``train.optim`` values, and transformers' other spellings as aliases (named in :mod:`pyft.methods`).
+ALIASES = OPTIMIZER_ALIASES
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
@@ -62,11 +63,14 @@ def warmup_steps(warmup: float, total_steps: int) -> int:
     return int(math.ceil(warmup * total_steps)) if 0 < warmup < 1 else int(warmup)
 
 
-def lr_factor(step: int, total_steps: int, warmup: int, schedule: str) -> float:
+def lr_factor(step: int, total_steps: int, warmup: int, schedule: str, min_lr_ratio: float = 0.0) -> float:
     """Multiplier of the peak learning rate for the update after ``step`` completed updates.
 
-    Linear warmup from 0 over ``warmup`` steps, then ``constant``, ``linear`` decay to 0 or
-    ``cosine`` decay to 0 at ``total_steps`` (as transformers' schedules).
+    Linear warmup from 0 over ``warmup`` steps, then ``constant``, ``linear`` decay or ``cosine``
+    decay over the remaining steps (as transformers' schedules). The decays end at ``min_lr_ratio``
+    (0 by default) instead of 0: ``min_lr_ratio + (1 - min_lr_ratio)·decay``, as transformers'
+    ``get_cosine_with_min_lr_schedule_with_warmup(min_lr_rate=...)`` (and its ``get_wsd_schedule``
+    for the linear decay, past warmup); warmup still starts from 0.
     """
     if step < warmup:
         return step / max(1, warmup)
@@ -74,11 +78,17 @@ def lr_factor(step: int, total_steps: int, warmup: int, schedule: str) -> float:
         return 1.0
     progress = (step - warmup) / max(1, total_steps - warmup)
     if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        decay = max(0.0, 1.0 - progress)
+    else:
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    # With min_lr_ratio = 0 this is decay·1.0 + 0.0: exactly the decay (the schedule without a floor).
+    return max(0.0, decay * (1.0 - min_lr_ratio) + min_lr_ratio)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int,
-                    schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` applying :func:`lr_factor`."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, schedule))
+                    schedule: str, min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` applying :func:`lr_factor` (``min_lr_ratio`` in ``[0, 1]``: the decays' floor)."""
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, schedule, min_lr_ratio))

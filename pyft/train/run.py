@@ -20,32 +20,41 @@ import torch
 from torch import nn
 
 from pyft._atomic import atomic_directory, check_output_disjoint, discard_directory
+from pyft.align.reference import (
+    AdapterDisabledReference,
+    FrozenCopyReference,
+    PrecomputedReference,
+    StartingAdapterReference,
+)
 from pyft.data import PreparedDataset
 from pyft.errors import ConfigError
+from pyft.hub import hub_ref
 from pyft.io.files import read_json_object
+from pyft.methods import SEQUENCE_SCORE, Method, ObjectiveParts
 from pyft.models import check_model_dir, load_model, load_reward_model
 from pyft.peft import apply_lora, load_adapter, merge_lora, save_adapter, trainable_parameters_report
-from pyft.train.config import ALIGN_METHODS, TrainConfig
-from pyft.train.loop import Trainer, TrainResult, resolve_precision, seed_everything
+from pyft.train.batches import resolve_precision
 from pyft.train.checkpoint import list_checkpoints, remove_stale_staging
-from pyft.train.distributed import all_reduce_sum, barrier, init_distributed
-from pyft.train.objective import Objective
+from pyft.train.config import TrainConfig
+from pyft.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from pyft.train.dropout import disable_dropout, set_model_dropout
+from pyft.train.loop import Trainer, TrainResult, seed_everything
+from pyft.train.monitor import build_monitor
+from pyft.train.reference_logps import PolicyReference, precompute_reference_logps
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_data_matches_model(ds: PreparedDataset, model_dir: Path, vocab_size: int, method: str = "sft") -> None:
-    """The prepared data must be of the kind ``method`` trains on (chat/text for SFT, preference for
-    DPO/ORPO/SimPO/CPO/reward models, kto for KTO) and tokenized by the model's own tokenizer."""
+def check_data_matches_model(ds: PreparedDataset, model_dir: Path, vocab_size: int, method: Method) -> None:
+    """The prepared data must be of a kind ``method`` trains on (:attr:`Method.data_kinds`) and
+    tokenized by the model's own tokenizer."""
     meta = ds.info.meta
-    wanted = ALIGN_METHODS.get(method)
-    if wanted is None and ds.kind not in ("chat", "text"):
-        raise ConfigError(f"data: {ds.info.out_dir} holds {ds.kind} data; SFT needs chat or text data")
-    if wanted is not None and ds.kind != wanted:
-        raise ConfigError(f"data: {ds.info.out_dir} holds {ds.kind} data; method {method} needs {wanted} data "
-                          f"(prepare it with `pyft data prepare`, format {wanted})")
+    if ds.kind not in method.data_kinds:
+        raise ConfigError(f"data: {ds.info.out_dir} holds {ds.kind} data; method {method.name} needs "
+                          f"{method.data_kind_text} data (prepare it with `pyft data prepare`, format "
+                          f"{method.data_kinds[0]})")
     tok_json = model_dir / "tokenizer.json"
     if tok_json.is_file() and _sha256(tok_json) != meta["tokenizer"]["sha256"]:
         raise ConfigError(
@@ -59,7 +68,7 @@ def check_data_matches_model(ds: PreparedDataset, model_dir: Path, vocab_size: i
 
 #: The directories a run writes into its output directory, and all it writes there: finding one of
 #: them means the output holds a run.
-RUN_DIRS = ("adapter", "model", "checkpoints", "tensorboard")
+RUN_DIRS = ("adapter", "model", "checkpoints", "tensorboard", "wandb", "mlflow")
 RUN_ENTRIES = (*RUN_DIRS, "metrics.jsonl", "loss.png", "rewards.png", "reference_logps.safetensors")
 
 
@@ -130,81 +139,122 @@ def apply_freezing(model: nn.Module, config: TrainConfig) -> None:
                 p.requires_grad_(False)
 
 
+def load_for_training(config: TrainConfig, model_dir: Path, dtype: torch.dtype, device: torch.device,
+                      pad_token_id: int) -> nn.Module:
+    """The model as the method and tuning need it: a one-label sequence scorer for reward models, an
+    NF4-quantized base for QLoRA (quantized from the safetensors while loading), else the causal LM."""
+    if config.objective.head == SEQUENCE_SCORE:
+        return load_reward_model(model_dir, dtype=dtype, device=device, pad_token_id=pad_token_id)
+    if config.tuning_kind == "qlora":
+        q = config.quant
+        names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+        compute = dtype if q.compute_dtype == "auto" else names[q.compute_dtype]
+        return load_model(model_dir, dtype=dtype, device=device, quantize="nf4", compute_dtype=compute,
+                          quant_blocksize=q.blocksize, double_quant=q.double_quant)
+    return load_model(model_dir, dtype=dtype, device=device)
+
+
+def apply_tuning(config: TrainConfig, model: nn.Module) -> None:
+    """Make trainable what ``tuning`` trains: a new or continued LoRA adapter, or the unfrozen weights."""
+    if config.tuning_kind == "full":
+        apply_freezing(model, config)
+    elif config.adapter:
+        load_adapter(model, config.adapter, trainable=True)
+    else:
+        lora = config.lora
+        if config.objective.head == SEQUENCE_SCORE:  # the new score head trains in full (PEFT's SEQ_CLS default)
+            lora = dataclasses.replace(lora, modules_to_save=sorted(set(lora.modules_to_save or []) | {"score"}))
+        apply_lora(model, lora)
+
+
+def build_reference(config: TrainConfig, model_dir: Path, model: nn.Module, splits: dict[str, PreparedDataset],
+                    pad_token_id: int, layout: str, precision: str, dist_info: DistInfo) -> Any:
+    """The reference model of a method that needs one (None otherwise), complete: with
+    ``align.precompute_ref`` its log-probs for every row are computed here, before the objective exists.
+
+    Under LoRA/QLoRA the reference is the base with adapters off (or the adapter training started
+    from); under full fine-tuning a frozen copy, or the policy itself when everything is precomputed
+    (a copy is then kept only for sequences outside the table: KTO's KL pairs).
+    """
+    method, align, chunk = config.objective, config.align, config.train.chunk_tokens
+    if not method.needs_reference:
+        return None
+    adapters = config.tuning_kind in ("lora", "qlora")
+    precompute = align.precompute_ref
+    if align.reference == "auto" and adapters and config.adapter:
+        live: Any = StartingAdapterReference(model, chunk)
+    elif align.reference == "auto" and adapters:
+        live = AdapterDisabledReference(chunk)
+    elif precompute and not method.kl_sequences:
+        live = PolicyReference(chunk)  # scores the starting model once; no copy is kept
+    else:
+        live = FrozenCopyReference(model, chunk)
+    if not precompute:
+        return live
+    table = precompute_reference_logps(config, model_dir, model, live, splits, method.sequences_per_row, pad_token_id,
+                                       layout, precision, dist_info)
+    return PrecomputedReference(table, fallback=live if method.kl_sequences else None)
+
+
 def build_trainer(config: TrainConfig) -> Trainer:
     """Load and check model and data, apply the method, and return a ready :class:`Trainer`
     (resumed from a checkpoint when ``train.resume`` says so)."""
     config.validate()
-    t = config.train
+    opts, method = config.train, config.objective
     model_dir = check_model_dir(config.model)
     train_ds = PreparedDataset(config.data, "train")
     earlier_run = check_output(config)
     eval_ds = PreparedDataset(config.data, "validation") if "validation" in train_ds.info.splits else None
-    device = torch.device(t.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dist_info = init_distributed(device.type)
     if device.type == "cuda" and dist_info.enabled:
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
-    precision = resolve_precision(t.precision, device)
-    seed_everything(t.seed)
-    tuning = config.tuning_kind
-    adapters = tuning in ("lora", "qlora")
+    precision = resolve_precision(opts.precision, device)
+    seed_everything(opts.seed)
+    adapters = config.tuning_kind in ("lora", "qlora")
     dtype = torch.bfloat16 if (adapters and precision == "bf16") else torch.float32
     meta_tok = train_ds.info.meta["tokenizer"]
     pad = meta_tok.get("pad_token_id") if meta_tok.get("pad_token_id") is not None else meta_tok.get("eos_token_id")
     pad = pad or 0
-    if config.method == "rm":
-        model = load_reward_model(model_dir, dtype=dtype, device=device, pad_token_id=pad)
-    elif tuning == "qlora":
-        # QLoRA: the frozen base in NF4 (quantized from the safetensors while loading), LoRA on top.
-        q = config.quant
-        names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-        compute = dtype if q.compute_dtype == "auto" else names[q.compute_dtype]
-        model = load_model(model_dir, dtype=dtype, device=device, quantize="nf4", compute_dtype=compute,
-                           quant_blocksize=q.blocksize, double_quant=q.double_quant)
-    else:
-        model = load_model(model_dir, dtype=dtype, device=device)
-    check_data_matches_model(train_ds, model_dir, model.config.vocab_size, config.objective)
+    model = load_for_training(config, model_dir, dtype, device, pad)
+    check_data_matches_model(train_ds, model_dir, model.config.vocab_size, method)
     if earlier_run:  # overwrite: only now that model and data are known good
         if dist_info.is_main:
             remove_run(earlier_run)
         barrier(dist_info)
-    if config.objective != "sft" and config.align.disable_dropout:
+    if method.disable_dropout and config.align.disable_dropout:
         disable_dropout(model)
-    if adapters and config.adapter:
-        load_adapter(model, config.adapter, trainable=True)
-    elif adapters:
-        lora = config.lora
-        if config.method == "rm":  # the new score head trains in full (PEFT's SEQ_CLS default)
-            lora = dataclasses.replace(lora, modules_to_save=sorted(set(lora.modules_to_save or []) | {"score"}))
-        apply_lora(model, lora)
-    else:
-        apply_freezing(model, config)
-    if t.gradient_checkpointing:
+    if opts.model_dropout is not None:
+        set_model_dropout(model, opts.model_dropout)
+    apply_tuning(config, model)
+    if opts.gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if dist_info.is_main:
-        print(f"[train] {config.method} ({tuning}): {trainable_parameters_report(model)}", file=sys.stderr)
-    if config.method == "kto" and dist_info.is_main:
-        from pyft.align.objectives import kto_weight_advice
-
-        split = train_ds.info.splits["train"]
-        advice = kto_weight_advice(split.get("desirable", 0), split.get("undesirable", 0),
-                                   config.align.desirable_weight, config.align.undesirable_weight)
+        print(f"[train] {config.method} ({config.tuning_kind}): {trainable_parameters_report(model)}", file=sys.stderr)
+        advice = method.advice(config, train_ds.info.splits["train"]) if method.advice else None
         if advice:
             print(f"[warning] {advice}", file=sys.stderr)
-    objective = build_objective(config, model, pad, dist_info, device)
-    trainer = Trainer(config, model, train_ds, eval_ds, pad_token_id=pad, dist_info=dist_info,
-                      progressive=progressive_frozen if config.freeze.unfreeze_every else None, objective=objective)
-    if config.objective in ("dpo", "kto") and config.align.precompute_ref:
-        from pyft.align.precompute import precompute_reference_logps
+    attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
+    layout = config.align.layout if config.align.layout != "auto" else ("flat" if "flash" in attn else "packed")
+    splits = {"train": train_ds, **({"validation": eval_ds} if eval_ds is not None else {})}
+    # Before any resume: the reference is the starting model.
+    reference = build_reference(config, model_dir, model, splits, pad, layout, precision, dist_info)
 
-        precompute_reference_logps(trainer, config)  # before any resume: the reference is the starting model
-    if t.resume:
-        path = Path(t.resume)
-        if t.resume == "auto":
+    def rank_mean(x: float) -> float:
+        return all_reduce_sum(x, dist_info, device) / dist_info.world
+
+    objective = method.build(ObjectiveParts(config, model, pad, layout, reference, rank_mean))
+    frozen_at = (lambda step: progressive_frozen(model, config, step)) if config.freeze.unfreeze_every else None
+    monitor = build_monitor(opts.report_to, Path(config.output), dist_info.is_main)
+    trainer = Trainer(config, model, train_ds, eval_ds, objective, dist_info, frozen_at, monitor)
+    if opts.resume:
+        path = Path(opts.resume)
+        if opts.resume == "auto":
             found = list_checkpoints(trainer.ckpt_root)
             path = found[-1] if found else None
         if path is not None:
@@ -237,53 +287,6 @@ def progressive_frozen(model: nn.Module, config: TrainConfig, step: int) -> list
     return frozen
 
 
-def disable_dropout(model: nn.Module) -> None:
-    """Set every dropout probability of ``model`` to 0 (TRL's ``disable_dropout`` for preference training)."""
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-        # transformers' attention layers apply dropout functionally from this attribute; the config
-        # (and so a saved model) is left as it was.
-        if isinstance(getattr(m, "attention_dropout", None), float):
-            m.attention_dropout = 0.0
-
-
-def build_objective(config: TrainConfig, model: nn.Module, pad: int, dist_info, device) -> Objective | None:
-    """The objective of ``config.method`` (None for SFT: the loop's default)."""
-    from pyft.align.objectives import CpoObjective, DpoObjective, KtoObjective, OrpoObjective, RewardObjective
-    from pyft.align.reference import (AdapterDisabledReference, FrozenCopyReference, PrecomputedReference,
-                                      StartingAdapterReference)
-
-    method, a, chunk = config.objective, config.align, config.train.chunk_tokens
-    if method == "sft":
-        return None
-    if method == "rm":
-        return RewardObjective(a, pad)
-    attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
-    layout = a.layout if a.layout != "auto" else ("flat" if "flash" in attn else "packed")
-    if method in ("orpo",):
-        return OrpoObjective(a, pad, layout, chunk)
-    if method in ("simpo", "cpo"):
-        return CpoObjective(a, method == "simpo", pad, layout, chunk)
-    adapters = config.tuning_kind in ("lora", "qlora")
-    if a.reference == "auto" and adapters and config.adapter:
-        reference: Any = StartingAdapterReference(model, chunk)
-    elif a.reference == "auto" and adapters:
-        reference = AdapterDisabledReference(chunk)
-    elif a.precompute_ref and method == "dpo":
-        reference = PrecomputedReference({})  # filled by precompute_reference_logps; no model copy needed
-    else:
-        reference = FrozenCopyReference(model, chunk)
-    if method == "dpo":
-        return DpoObjective(a, reference, pad, layout, chunk)
-    world = dist_info.world
-
-    def rank_mean(x: float) -> float:
-        return all_reduce_sum(x, dist_info, device) / world
-
-    return KtoObjective(a, reference, pad, layout, chunk, rank_mean=rank_mean)
-
-
 def train(config: TrainConfig) -> TrainResult:
     """Run a whole training job; returns its :class:`TrainResult`.
 
@@ -303,11 +306,14 @@ def train(config: TrainConfig) -> TrainResult:
 
 def _save_final(config: TrainConfig, model: nn.Module, model_dir: Path, ds: PreparedDataset) -> None:
     out = Path(config.output)
+    scorer = config.objective.head == SEQUENCE_SCORE
     if config.tuning_kind in ("lora", "qlora"):
-        task = "SEQ_CLS" if config.method == "rm" else "CAUSAL_LM"
-        save_adapter(model, out / "adapter", base_model_name_or_path=str(model_dir), task_type=task)
+        task = "SEQ_CLS" if scorer else "CAUSAL_LM"
+        # A Hub base is recorded as PEFT records it: the repo id, and the revision apart.
+        base, revision = hub_ref(str(model_dir)) or (str(model_dir), None)
+        save_adapter(model, out / "adapter", base_model_name_or_path=base, task_type=task, revision=revision)
         _save_serving_info(out / "adapter", ds)
-        if config.method != "rm":
+        if not scorer:
             return
         # A reward model is also written whole, so transformers' sequence-classification loader reads it.
         model = merge_lora(model)

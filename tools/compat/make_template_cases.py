@@ -637,6 +637,14 @@ def cases() -> tuple[dict[str, str], list[dict]]:
             for agp in (False, True):
                 add(f"{template}/{conv}/agp={agp}", template, conv, agp, special)
         add(f"{template}/no_special_tokens", template, "basic", False, {})
+    # An alpaca record with an input, as pyft's alpaca format converts it (the user message keeps
+    # `instruction` and `input` for the alpaca template; other templates read the joined content).
+    alpaca_input = [{"role": "user", "content": "Translate.\nguten Morgen", "instruction": "Translate.",
+                     "input": "guten Morgen"}, {"role": "assistant", "content": "good morning"}]
+    for template in ["alpaca", "chatml"]:
+        for agp in (False, True):
+            add(f"{template}/alpaca_input/agp={agp}", template, "", agp, SPECIAL_BY_TEMPLATE.get(template, SPECIAL),
+                messages=alpaca_input)
 
     for conv in ["single_user", "basic", "tool_calls", "unicode"]:
         for agp in (False, True):

@@ -54,9 +54,20 @@ pub enum Error {
     /// A tokenizer file could not be loaded or used.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// An option value is invalid.
+    /// An option value the caller chose is invalid (an unknown method, a density out of range, an
+    /// output path inside an input, …). Not for defects of input files ([`Error::File`]), shapes
+    /// ([`Error::Shape`]) or pyft's own failures ([`Error::Internal`]).
     #[error("invalid option: {0}")]
     Option(String),
+    /// Tensor shapes or buffer sizes do not fit together (a tensor that disagrees with
+    /// `config.json`, a row length that is not a whole number of quantization blocks, a buffer of
+    /// the wrong length); the message names the tensor and both sizes.
+    #[error("{0}")]
+    Shape(String),
+    /// pyft broke one of its own invariants (a worker thread that stopped, a writer used out of
+    /// order): a bug in pyft, never the user's input. The message asks for a report.
+    #[error("internal error (a pyft bug; please report it with the command that failed): {0}")]
+    Internal(String),
     /// A tensor's values cannot be processed (e.g. NaN or infinity where a quantizer needs
     /// finite numbers); the message names the element.
     #[error("{0}")]

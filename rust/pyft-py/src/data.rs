@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
+use pyft_core::data::columns::ColumnMap;
 use pyft_core::data::encode::TrainOn;
 use pyft_core::data::formats::Format;
 use pyft_core::data::prepare::{prepare as core_prepare, Overlong, PrepareOptions, TemplateChoice, Truncation};
@@ -17,13 +18,14 @@ use crate::error::to_pyerr;
 ///     inputs (list[str]): data files (.jsonl, .json, .parquet).
 ///     tokenizer (str): a tokenizer directory or tokenizer.json file.
 ///     out_dir (str): output directory (written atomically).
-///     (see `pyft.data.prepare` for the other options)
+///     (see `pyft.data.prepare` for the other options; one left out, or None, keeps the default
+///     that `prepare_defaults` reports)
 /// Returns:
 ///     str: the content of the written meta.json.
 #[pyfunction]
-#[pyo3(signature = (inputs, tokenizer, out_dir, *, mix=Vec::new(), format=None, template="tokenizer", train_on="assistant",
-                    max_len=2048, overlong="truncate", truncation="keep_end", pack=false, on_error="fail", dedup=false,
-                    val_ratio=0.0, seed=42, system_prompt=None, shard_tokens=1<<26, overwrite=false, progress=false))]
+#[pyo3(signature = (inputs, tokenizer, out_dir, *, mix=Vec::new(), format=None, columns=Vec::new(), template=None,
+                    train_on=None, max_len=None, overlong=None, truncation=None, pack=None, on_error=None, dedup=None,
+                    val_ratio=None, seed=None, system_prompt=None, shard_tokens=None, overwrite=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn prepare(
     py: Python<'_>,
@@ -32,50 +34,68 @@ pub fn prepare(
     out_dir: PathBuf,
     mix: Vec<(PathBuf, f64)>,
     format: Option<&str>,
-    template: &str,
-    train_on: &str,
-    max_len: usize,
-    overlong: &str,
-    truncation: &str,
-    pack: bool,
-    on_error: &str,
-    dedup: bool,
-    val_ratio: f64,
-    seed: u64,
+    columns: Vec<String>,
+    template: Option<&str>,
+    train_on: Option<&str>,
+    max_len: Option<usize>,
+    overlong: Option<&str>,
+    truncation: Option<&str>,
+    pack: Option<bool>,
+    on_error: Option<&str>,
+    dedup: Option<bool>,
+    val_ratio: Option<f64>,
+    seed: Option<u64>,
     system_prompt: Option<String>,
-    shard_tokens: usize,
-    overwrite: bool,
-    progress: bool,
+    shard_tokens: Option<usize>,
+    overwrite: Option<bool>,
+    progress: Option<bool>,
 ) -> PyResult<String> {
     let build = || -> pyft_core::Result<PrepareOptions> {
         let mut o = PrepareOptions::new(inputs, tokenizer, out_dir);
         o.mix = mix;
         o.format = format.map(Format::from_name).transpose()?;
-        o.template = TemplateChoice::parse(template);
-        o.train_on = TrainOn::from_name(train_on)?;
-        o.max_len = max_len;
-        o.overlong = Overlong::from_name(overlong)?;
-        o.truncation = Truncation::from_name(truncation)?;
-        o.pack = pack;
+        o.columns = ColumnMap::parse(&columns)?;
+        if let Some(t) = template {
+            o.template = TemplateChoice::parse(t);
+        }
+        if let Some(t) = train_on {
+            o.train_on = TrainOn::from_name(t)?;
+        }
+        o.max_len = max_len.unwrap_or(o.max_len);
+        if let Some(t) = overlong {
+            o.overlong = Overlong::from_name(t)?;
+        }
+        if let Some(t) = truncation {
+            o.truncation = Truncation::from_name(t)?;
+        }
+        o.pack = pack.unwrap_or(o.pack);
         o.skip_invalid = match on_error {
-            "fail" => false,
-            "skip" => true,
-            other => {
+            None => o.skip_invalid,
+            Some("fail") => false,
+            Some("skip") => true,
+            Some(other) => {
                 return Err(pyft_core::Error::Option(format!("unknown on_error `{other}` (expected fail or skip)")))
             }
         };
-        o.dedup = dedup;
-        o.val_ratio = val_ratio;
-        o.seed = seed;
+        o.dedup = dedup.unwrap_or(o.dedup);
+        o.val_ratio = val_ratio.unwrap_or(o.val_ratio);
+        o.seed = seed.unwrap_or(o.seed);
         o.system_prompt = system_prompt;
-        o.shard_tokens = shard_tokens;
-        o.overwrite = overwrite;
-        o.progress = progress;
+        o.shard_tokens = shard_tokens.unwrap_or(o.shard_tokens);
+        o.overwrite = overwrite.unwrap_or(o.overwrite);
+        o.progress = progress.unwrap_or(o.progress);
         Ok(o)
     };
     let opts = build().map_err(|e| to_pyerr(py, e))?;
     let meta = py.detach(|| core_prepare(&opts)).map_err(|e| to_pyerr(py, e))?;
     Ok(serde_json::to_string_pretty(&meta).unwrap_or_default())
+}
+
+/// The default option values of `prepare`, as a JSON object keyed by `pyft.data.prepare`'s
+/// argument names (the single source of the defaults the Python signature and the CLI show).
+#[pyfunction]
+pub fn prepare_defaults() -> String {
+    PrepareOptions::new(Vec::new(), PathBuf::new(), PathBuf::new()).settings().to_string()
 }
 
 /// The Jinja source of a built-in chat template (`chatml`, `llama3`, `alpaca`, ...).

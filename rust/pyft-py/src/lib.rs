@@ -25,7 +25,7 @@ extern "C" fn after_fork_in_child() {
 #[pymodule(gil_used = false)]
 mod _core {
     #[pymodule_export]
-    use super::data::{builtin_template, builtin_template_names, prepare, render_template, PyTokenizer};
+    use super::data::{builtin_template, builtin_template_names, prepare, prepare_defaults, render_template, PyTokenizer};
     #[pymodule_export]
     use super::export::{export_gguf, export_gguf_lora};
     #[pymodule_export]
@@ -37,11 +37,13 @@ mod _core {
     #[pymodule_export]
     use super::nf4::{nf4_double_quantize, nf4_quantize, nf4_state_json};
     #[pymodule_export]
-    use super::safetensors::safetensors_layout;
+    use super::safetensors::{safetensors_layout, safetensors_model_files};
     #[pymodule_export]
     use super::staging::{check_output_disjoint, discard_dir, remove_stale_staging, PyStagingDir, PyStagingFile};
     #[pymodule_export]
-    use super::error::{ConfigError, DataError, PyftError, TemplateError, TokenizerError};
+    use super::error::{
+        _raise_core_error, ConfigError, DataError, InternalError, PyftError, ShapeError, TemplateError, TokenizerError,
+    };
 
     use pyo3::prelude::*;
 

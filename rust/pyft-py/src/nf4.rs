@@ -35,6 +35,7 @@ fn contiguous<T: Element>(buf: &PyBuffer<T>, what: &str, want: Option<usize>, wr
 ///     absmax (buffer): float32 out, `ceil(n / blocksize)` block scales.
 /// Raises:
 ///     ValueError: a NaN or infinite element (named by index), or buffers of the wrong size.
+///     ShapeError: an empty tensor.
 ///     ConfigError: an unsupported blocksize, dtype or compat mode.
 #[pyfunction]
 #[pyo3(signature = (src, dtype, blocksize, compat, packed, absmax))]

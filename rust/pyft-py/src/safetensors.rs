@@ -1,12 +1,13 @@
-//! Binding of `pyft_core::io::safetensors` for the Python readers that fill torch tensors
-//! themselves (`pyft.io.shards`, behind `pyft quantize` and the NF4 loader): the validated layout
-//! of a file, so Python never trusts a header it parsed on its own.
+//! Binding of `pyft_core::io::safetensors` for pyft's Python readers (`pyft.io.safetensors`, used
+//! by `pyft inspect`, the vLLM adapter check, token shards and `pyft.io.shards`): the validated
+//! layout of a file and the shard list of a model directory, so Python never trusts a header or an
+//! index it parsed on its own, and every bad file raises the same `DataError`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
-use pyft_core::io::safetensors::SafetensorsFile;
+use pyft_core::io::safetensors::{model_files, SafetensorsFile};
 
 use crate::error::to_pyerr;
 
@@ -40,4 +41,23 @@ pub fn safetensors_layout(py: Python<'_>, path: PathBuf) -> PyResult<(BTreeMap<S
         .collect();
     layout.sort_by_key(|t| t.3);
     Ok((file.metadata.clone(), layout))
+}
+
+/// The safetensors files of a model directory, as merge and export read them.
+///
+/// With `model.safetensors.index.json`: the distinct files of its `weight_map`, sorted, each a
+/// plain relative name inside `model_dir` (no `..`, no absolute path) that exists. Without an
+/// index: `model.safetensors`.
+///
+/// Args:
+///     model_dir (str): the model directory.
+/// Returns:
+///     list[str]: the shard paths (`model_dir` joined with each name).
+/// Raises:
+///     DataError: a malformed index, a shard outside `model_dir` or missing, or neither
+///         `model.safetensors` nor an index (the message names the index or the directory).
+///     OSError: the index cannot be read.
+#[pyfunction]
+pub fn safetensors_model_files(py: Python<'_>, model_dir: PathBuf) -> PyResult<Vec<PathBuf>> {
+    py.detach(|| model_files(&model_dir)).map_err(|e| to_pyerr(py, e))
 }

@@ -6,6 +6,8 @@
 //! - `sharegpt`: `conversations` of `{from, value}` (roles human/user, gpt/assistant, system,
 //!   tool/observation), optional top-level `system`;
 //! - `messages`: `messages` of `{role, content}` (system, user, assistant, tool), optional `tools`;
+//!
+//! (Either list may hold either kind of turn: the keys of a turn decide how it is read.)
 //! - `text`: `text` (continued pre-training);
 //! - `preference`: `prompt` (optional when implicit), `chosen`, `rejected`, each a string or a
 //!   list of messages;
@@ -77,6 +79,23 @@ impl Format {
             Some(Format::Alpaca)
         } else if has("text") {
             Some(Format::Text)
+        } else {
+            None
+        }
+    }
+
+    /// The format that some of a record's keys belong to when [`Format::detect`] finds none (a
+    /// record that lacks one required key): `chosen` or `rejected` (preference), `completion` or
+    /// `label` (KTO), `instruction` or `output` (alpaca). Its conversion then names the missing key.
+    pub fn detect_partial(record: &Value) -> Option<Format> {
+        let obj = record.as_object()?;
+        let any = |keys: &[&str]| keys.iter().any(|k| obj.contains_key(*k));
+        if any(&["chosen", "rejected"]) {
+            Some(Format::Preference)
+        } else if any(&["completion", "label"]) {
+            Some(Format::Kto)
+        } else if any(&["instruction", "output"]) {
+            Some(Format::Alpaca)
         } else {
             None
         }
@@ -298,7 +317,8 @@ fn validate_messages(ctx: &Ctx, v: &Value, path: &str, need_assistant: bool) -> 
 }
 
 fn convert_messages(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
-    let messages = validate_messages(ctx, ctx.required(obj, "messages")?, "messages", true)?;
+    let turns = normalize_turns(ctx, ctx.required(obj, "messages")?, "messages")?;
+    let messages = validate_messages(ctx, &turns, "messages", true)?;
     let extra = match obj.get("tools") {
         None | Some(Value::Null) => None,
         Some(tools @ Value::Array(_)) => Some(Map::from_iter([("tools".to_string(), tools.clone())])),
@@ -321,37 +341,58 @@ fn sharegpt_role(from: &str) -> Option<&'static str> {
     }
 }
 
-fn convert_sharegpt(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
-    let turns_v = ctx.required(obj, "conversations")?;
-    let turns = turns_v
-        .as_array()
-        .ok_or_else(|| ctx.err("conversations", format!("expected a list, got {}", json_kind(turns_v))))?;
-    if turns.is_empty() {
-        return Err(ctx.err("conversations", "empty"));
+/// One ShareGPT `{from, value}` turn at `here` as a `{role, content}` message.
+fn sharegpt_turn(ctx: &Ctx, t: &Map<String, Value>, here: &str) -> Result<Value> {
+    let from_v = t.get("from").ok_or_else(|| ctx.err(format!("{here}.from"), "missing"))?;
+    let from = from_v
+        .as_str()
+        .ok_or_else(|| ctx.err(format!("{here}.from"), format!("expected a string, got {}", json_kind(from_v))))?;
+    let role = sharegpt_role(from).ok_or_else(|| {
+        ctx.err(
+            format!("{here}.from"),
+            format!("unknown role `{from}` (expected human, user, gpt, assistant, system, tool or observation)"),
+        )
+    })?;
+    let value = t.get("value").ok_or_else(|| ctx.err(format!("{here}.value"), "missing"))?;
+    Ok(message(role, ctx.text(value, &format!("{here}.value"))?))
+}
+
+/// The turns of a `messages` or `conversations` list, each either OpenAI-style `{role, content}`
+/// (kept as is, checked by [`validate_messages`]) or ShareGPT-style `{from, value}` (converted,
+/// with ShareGPT's role names). The keys of a turn decide which, so both lists accept both.
+fn normalize_turns(ctx: &Ctx, v: &Value, path: &str) -> Result<Value> {
+    let items = v.as_array().ok_or_else(|| ctx.err(path, format!("expected a list of messages, got {}", json_kind(v))))?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, t) in items.iter().enumerate() {
+        let here = format!("{path}[{i}]");
+        let obj = t.as_object().ok_or_else(|| ctx.err(&here, format!("expected a message object, got {}", json_kind(t))))?;
+        if obj.contains_key("role") {
+            out.push(t.clone());
+        } else if obj.contains_key("from") {
+            out.push(sharegpt_turn(ctx, obj, &here)?);
+        } else {
+            let keys: Vec<&String> = obj.keys().collect();
+            return Err(ctx.err(
+                &here,
+                format!("no role: expected `role` and `content` (or ShareGPT's `from` and `value`), got keys {keys:?}"),
+            ));
+        }
     }
-    let mut messages = Vec::with_capacity(turns.len() + 1);
+    Ok(Value::Array(out))
+}
+
+fn convert_sharegpt(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
+    let turns = normalize_turns(ctx, ctx.required(obj, "conversations")?, "conversations")?;
+    let mut messages = Vec::new();
     if let Some(system) = ctx.optional_text(obj, "system")? {
         if !system.trim().is_empty() {
             messages.push(message("system", system));
         }
     }
-    for (i, t) in turns.iter().enumerate() {
-        let here = format!("conversations[{i}]");
-        let t = t.as_object().ok_or_else(|| ctx.err(&here, format!("expected an object, got {}", json_kind(t))))?;
-        let from_v = t.get("from").ok_or_else(|| ctx.err(format!("{here}.from"), "missing"))?;
-        let from = from_v
-            .as_str()
-            .ok_or_else(|| ctx.err(format!("{here}.from"), format!("expected a string, got {}", json_kind(from_v))))?;
-        let role = sharegpt_role(from).ok_or_else(|| {
-            ctx.err(
-                format!("{here}.from"),
-                format!("unknown role `{from}` (expected human, user, gpt, assistant, system, tool or observation)"),
-            )
-        })?;
-        let value = t.get("value").ok_or_else(|| ctx.err(format!("{here}.value"), "missing"))?;
-        messages.push(message(role, ctx.text(value, &format!("{here}.value"))?));
-    }
-    if !messages.iter().any(|m| m["role"] == "assistant") {
+    let had_system = messages.len();
+    let turns = validate_messages(ctx, &turns, "conversations", false)?;
+    messages.extend(turns.as_array().expect("validated").iter().cloned());
+    if !messages[had_system..].iter().any(|m| m["role"] == "assistant") {
         return Err(ctx.err("conversations", "no assistant turn (`gpt`): nothing to train on"));
     }
     Ok(Example::Chat { messages: Value::Array(messages), extra: None })
@@ -378,8 +419,14 @@ fn convert_alpaca(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
             messages.push(message("assistant", ctx.text(&qa[1], &format!("{here}[1]"))?));
         }
     }
-    let user = if input.trim().is_empty() { instruction.to_string() } else { format!("{instruction}\n{input}") };
-    messages.push(message("user", &user));
+    // Chat templates see the instruction and input joined by a newline (as LLaMA-Factory does);
+    // the built-in `alpaca` template reads the two parts to render the Stanford Alpaca prompt.
+    if input.trim().is_empty() {
+        messages.push(message("user", instruction));
+    } else {
+        messages.push(serde_json::json!({"role": "user", "content": format!("{instruction}\n{input}"),
+                                         "instruction": instruction, "input": input}));
+    }
     messages.push(message("assistant", output));
     Ok(Example::Chat { messages: Value::Array(messages), extra: None })
 }
@@ -479,6 +526,10 @@ mod tests {
         assert_eq!(Format::detect(&json!({"prompt": "a", "completion": "b", "label": true})), Some(Format::Kto));
         assert_eq!(Format::detect(&json!({"text": "a"})), Some(Format::Text));
         assert_eq!(Format::detect(&json!({"foo": "a"})), None);
+        assert_eq!(Format::detect_partial(&json!({"prompt": "a", "chosen": "b"})), Some(Format::Preference));
+        assert_eq!(Format::detect_partial(&json!({"prompt": "a", "completion": "b"})), Some(Format::Kto));
+        assert_eq!(Format::detect_partial(&json!({"output": "b"})), Some(Format::Alpaca));
+        assert_eq!(Format::detect_partial(&json!({"prompt": "a"})), None);
     }
 
     #[test]
@@ -494,8 +545,44 @@ mod tests {
         assert_eq!(
             messages,
             json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                   {"role": "assistant", "content": "hello"}, {"role": "user", "content": "Add\n2 and 3"},
+                   {"role": "assistant", "content": "hello"},
+                   {"role": "user", "content": "Add\n2 and 3", "instruction": "Add", "input": "2 and 3"},
                    {"role": "assistant", "content": "5"}])
+        );
+        let Example::Chat { messages, .. } =
+            convert(&json!({"instruction": "Add", "input": " ", "output": "5"}), Format::Alpaca, &loc()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(messages[0], json!({"role": "user", "content": "Add"}));
+    }
+
+    #[test]
+    fn either_turn_style_in_either_list() {
+        let openai = json!([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]);
+        let sharegpt = json!([{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]);
+        for (key, format) in [("conversations", Format::Sharegpt), ("messages", Format::Messages)] {
+            for turns in [&openai, &sharegpt] {
+                let Example::Chat { messages, .. } = convert(&json!({key: turns}), format, &loc()).unwrap() else { panic!() };
+                assert_eq!(messages, openai, "{key}: {turns}");
+            }
+        }
+        let ex = convert(&json!({"system": "S", "conversations": openai}), Format::Sharegpt, &loc()).unwrap();
+        let Example::Chat { messages, .. } = ex else { panic!() };
+        assert_eq!(messages[0], json!({"role": "system", "content": "S"}));
+        // role/content turns keep OpenAI's role names; from/value turns ShareGPT's.
+        assert_eq!(
+            err(json!({"conversations": [{"role": "human", "content": "Q"}]}), Format::Sharegpt),
+            "d.jsonl:7: field `conversations[0].role`: unknown role `human` (expected one of: system, user, assistant, tool)"
+        );
+        assert_eq!(
+            err(json!({"conversations": [{"speaker": "human", "text": "Q"}]}), Format::Sharegpt),
+            "d.jsonl:7: field `conversations[0]`: no role: expected `role` and `content` (or ShareGPT's `from` and \
+             `value`), got keys [\"speaker\", \"text\"]"
+        );
+        assert_eq!(
+            err(json!({"conversations": [{"from": "human", "value": "Q"}]}), Format::Sharegpt),
+            "d.jsonl:7: field `conversations`: no assistant turn (`gpt`): nothing to train on"
         );
     }
 

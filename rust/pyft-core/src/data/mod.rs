@@ -1,5 +1,6 @@
 //! Data preparation: conversation files to validated, templated, masked, packed token shards.
 
+pub mod columns;
 pub mod encode;
 pub mod formats;
 pub mod length;

@@ -1,9 +1,10 @@
 //! `prepare`: input files → validated, templated, tokenized, masked, (packed) token shards.
 //!
-//! Steps: read every file in parallel; detect or force the format; validate and convert each
-//! record; drop exact duplicates; mix in general data; split train/validation deterministically;
-//! encode (template + tokenizer + mask) in parallel; apply the length policy; pack; write shards
-//! and `meta.json` into a staging directory that replaces the output only when complete.
+//! Steps: read every file in parallel; map key names (`--columns`); detect the format of each
+//! record (or force one); validate and convert each record; drop exact duplicates; mix in general
+//! data; split train/validation deterministically; encode (template + tokenizer + mask) in
+//! parallel; apply the length policy; pack; write shards and `meta.json` into a staging directory
+//! that replaces the output only when complete.
 //! With `on_error = fail` any bad record aborts before anything is written.
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::data::columns::ColumnMap;
 use crate::data::encode::{Encoded, Encoder, TrainOn};
 use crate::data::formats::{convert, json_kind, Example, ExampleKind, Format};
 pub use crate::data::length::{Overlong, Truncation};
@@ -66,8 +68,10 @@ pub struct PrepareOptions {
     pub tokenizer: PathBuf,
     /// Output directory.
     pub out_dir: PathBuf,
-    /// Force a format instead of detecting it per file.
+    /// Force a format instead of detecting it per record.
     pub format: Option<Format>,
+    /// Key names of the input files mapped to pyft's (`--columns`), applied before detection.
+    pub columns: ColumnMap,
     /// Chat template source.
     pub template: TemplateChoice,
     /// Loss mask policy for chat data.
@@ -107,6 +111,7 @@ impl PrepareOptions {
             tokenizer,
             out_dir,
             format: None,
+            columns: ColumnMap::default(),
             template: TemplateChoice::Tokenizer,
             train_on: TrainOn::Assistant,
             max_len: 2048,
@@ -122,6 +127,33 @@ impl PrepareOptions {
             overwrite: false,
             progress: false,
         }
+    }
+
+    /// The user-facing options with their values, under the names of `pyft.data.prepare`'s
+    /// arguments (the CLI's flags with `-` for `_`). `PrepareOptions::new(..).settings()` is the
+    /// one source of the defaults that the Python signature, the CLI and its help show.
+    pub fn settings(&self) -> Value {
+        json!({
+            "format": self.format.map(Format::name),
+            "columns": if self.columns.is_empty() { Value::Null } else { self.columns.to_json() },
+            "template": match &self.template {
+                TemplateChoice::Tokenizer => "tokenizer".to_string(),
+                TemplateChoice::Builtin(name) => name.clone(),
+                TemplateChoice::File(path) => path.display().to_string(),
+            },
+            "train_on": self.train_on.name(),
+            "max_len": self.max_len,
+            "overlong": self.overlong.name(),
+            "truncation": self.truncation.name(),
+            "pack": if self.pack { "bfd" } else { "none" },
+            "on_error": if self.skip_invalid { "skip" } else { "fail" },
+            "dedup": self.dedup,
+            "val_ratio": self.val_ratio,
+            "seed": self.seed,
+            "system_prompt": self.system_prompt,
+            "shard_tokens": self.shard_tokens,
+            "overwrite": self.overwrite,
+        })
     }
 }
 
@@ -199,7 +231,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
     let mut inputs_meta = Vec::new();
     let mut items: Vec<Item> = Vec::new();
     let mut mix_items: Vec<(usize, Vec<Item>)> = Vec::new();
-    let mut kind: Option<(ExampleKind, PathBuf)> = None;
+    // The kind of the first converted record (and where it is): every other record must agree.
+    let mut kind: Option<(ExampleKind, Location)> = None;
     let all_files: Vec<(PathBuf, Option<usize>)> = opts
         .inputs
         .iter()
@@ -210,45 +243,54 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
         let read = read_file(path)?;
         counts.read += read.records.len() + read.problems.len();
         counts.invalid += read.problems.len();
-        let format = match opts.format {
-            Some(f) => f,
-            None => detect_file_format(path, &read)?,
-        };
-        problems.extend(read.problems);
-        match &kind {
-            None => kind = Some((format.kind(), path.clone())),
-            Some((k, first)) if *k != format.kind() => {
-                return Err(Error::File {
-                    path: path.clone(),
-                    message: format!(
-                        "holds {} data but {} holds {} data; prepare them into separate outputs",
-                        format.kind().name(),
-                        first.display(),
-                        k.name()
-                    ),
-                })
-            }
-            _ => {}
+        if !read.records.iter().any(|r| r.value.is_object()) {
+            return Err(no_object_records(path, &read));
         }
-        let converted = crate::parallel::map(&read.records, |r: &RawRecord| convert(&r.value, format, &r.location));
+        problems.extend(read.problems);
+        // A record no format fits is read as the file's first record that one fits (so a record
+        // that lacks a required field is reported as missing it, as in a file of one format).
+        let fallback = read.records.iter().find_map(|r| match opts.columns.apply(&r.value) {
+            Ok(Some(mapped)) => Format::detect(&mapped),
+            Ok(None) => Format::detect(&r.value),
+            Err(_) => None,
+        });
+        let converted = crate::parallel::map(&read.records, |r: &RawRecord| convert_record(r, opts, fallback));
         let mut file_items = Vec::new();
+        let mut formats: BTreeMap<&'static str, usize> = BTreeMap::new();
         for (rec, res) in read.records.iter().zip(converted) {
+            let res = res.and_then(|(format, example)| {
+                match &kind {
+                    None => kind = Some((format.kind(), rec.location.clone())),
+                    Some((k, first)) if *k != format.kind() => return Err(kind_mismatch(format, &rec.location, *k, first)),
+                    _ => {}
+                }
+                Ok((format, example))
+            });
             match res {
-                Ok(example) => file_items.push(Item { location: rec.location.clone(), example }),
+                Ok((format, example)) => {
+                    *formats.entry(format.name()).or_default() += 1;
+                    file_items.push(Item { location: rec.location.clone(), example })
+                }
                 Err(e) => {
                     counts.invalid += 1;
                     problems.push(e);
                 }
             }
         }
-        inputs_meta.push(json!({"path": path.display().to_string(), "format": format.name(),
+        // One name when the file holds one format ("mixed" otherwise), and the count of each.
+        let format = match formats.len() {
+            0 => opts.format.map(Format::name),
+            1 => formats.keys().next().copied(),
+            _ => Some("mixed"),
+        };
+        inputs_meta.push(json!({"path": path.display().to_string(), "format": format, "formats": formats,
                                 "records": file_items.len(), "mix": mix_idx.map(|i| opts.mix[i].1)}));
         match mix_idx {
             None => items.extend(file_items),
             Some(i) => mix_items.push((*i, file_items)),
         }
     }
-    let kind = kind.map(|(k, _)| k).unwrap_or(ExampleKind::Chat);
+    let kind = kind.map_or(ExampleKind::Chat, |(k, _)| k);
     if !problems.is_empty() && !opts.skip_invalid {
         return Err(invalid(problems));
     }
@@ -376,6 +418,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
         "system_prompt": opts.system_prompt,
         "options": {
             "format": opts.format.map(Format::name),
+            "columns": opts.columns.to_json(),
             "train_on": opts.train_on.name(),
             "max_len": opts.max_len,
             "overlong": opts.overlong.name(),
@@ -463,24 +506,65 @@ fn validate_options(opts: &PrepareOptions) -> Result<()> {
     Ok(())
 }
 
-/// The format of a file from its first record that is a JSON object. A file without one is an
-/// error that says why: empty, no line parses (the first parse error, located), or no record is
-/// an object (the first record, located).
-fn detect_file_format(path: &Path, read: &FileRecords) -> Result<Format> {
-    let Some(r) = read.records.iter().find(|r| r.value.is_object()) else {
-        return Err(no_object_records(path, read));
+/// Map (`--columns`), detect (unless `--format` forces one) and convert one record. Errors name
+/// the record's fields as the file spells them.
+fn convert_record(r: &RawRecord, opts: &PrepareOptions, fallback: Option<Format>) -> Result<(Format, Example)> {
+    let located = |field: Option<String>, message: String| Error::Record { location: r.location.clone(), field, message };
+    let mapped = opts.columns.apply(&r.value).map_err(|(field, message)| located(field, message))?;
+    let value = mapped.as_ref().unwrap_or(&r.value);
+    let format = match opts.format {
+        Some(f) => f,
+        // Detected from the keys; else the format the mapping names, one that some of the keys
+        // belong to, or the file's.
+        None => match Format::detect(value).or_else(|| {
+            value.is_object().then(|| opts.columns.implied_format().or_else(|| Format::detect_partial(value)).or(fallback))?
+        }) {
+            Some(f) => f,
+            None => return Err(located(None, undetectable(value))),
+        },
     };
-    Format::detect(&r.value).ok_or_else(|| {
-        let keys: Vec<&String> = r.value.as_object().map(|o| o.keys().collect()).unwrap_or_default();
-        Error::Record {
-            location: r.location.clone(),
-            field: None,
-            message: format!(
-                "cannot detect the format from keys {keys:?} (expected messages, conversations, \
-                 instruction+output, prompt+chosen+rejected, prompt+completion+label or text); pass --format"
-            ),
-        }
+    convert(value, format, &r.location).map(|example| (format, example)).map_err(|e| {
+        let e = match (opts.format, Format::detect(value), e) {
+            (Some(forced), Some(looks), Error::Record { location, field, message }) if looks != forced => Error::Record {
+                location,
+                field,
+                message: format!(
+                    "{message} (the record looks like {} data, but --format {} converts every record as {})",
+                    looks.name(),
+                    forced.name(),
+                    forced.name()
+                ),
+            },
+            (_, _, e) => e,
+        };
+        opts.columns.explain(e)
     })
+}
+
+/// Why no format fits `value`.
+fn undetectable(value: &Value) -> String {
+    let Some(obj) = value.as_object() else { return format!("expected a JSON object, got {}", json_kind(value)) };
+    let keys: Vec<&String> = obj.keys().collect();
+    format!(
+        "cannot detect the format from keys {keys:?} (expected messages, conversations, instruction+output, \
+         prompt+chosen+rejected, prompt+completion+label or text); pass --format, or name your keys with --columns"
+    )
+}
+
+/// A record whose kind (chat, text, preference, KTO) differs from the first record's.
+fn kind_mismatch(format: Format, at: &Location, kind: ExampleKind, first: &Location) -> Error {
+    Error::Record {
+        location: at.clone(),
+        field: None,
+        message: format!(
+            "a {} record: holds {} data but {} holds {} data (from line {}); prepare them into separate outputs",
+            format.name(),
+            format.kind().name(),
+            first.file.display(),
+            kind.name(),
+            first.line
+        ),
+    }
 }
 
 /// Why `read` holds no JSON object to detect a format from.

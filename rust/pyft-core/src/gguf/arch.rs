@@ -323,7 +323,7 @@ pub fn gguf_name_of_module(arch: Arch, module: &str) -> Result<Option<(String, R
 /// `new[h·d + 2i + j] = old[h·d + j·(d/2) + i]` with `d = rows / groups` (§2.4).
 pub fn permute_qk_rows<T: Copy>(data: &[T], rows: usize, groups: usize) -> Result<Vec<T>> {
     if groups == 0 || !rows.is_multiple_of(groups) || !(rows / groups).is_multiple_of(2) || !data.len().is_multiple_of(rows.max(1)) {
-        return Err(Error::Option(format!(
+        return Err(Error::Shape(format!(
             "cannot permute {rows} rows into {groups} heads of even size (check num_attention_heads / num_key_value_heads)")));
     }
     let cols = data.len() / rows;

@@ -168,7 +168,7 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
     let head_dim = source.config().get("head_dim").and_then(Value::as_u64).map_or(hp.n_embd / hp.n_head.max(1), |d| d as usize);
     for (i, name, role) in mapped {
         let shape = source.shape(i);
-        let bad = |what: &str| Error::Option(format!(
+        let bad = |what: &str| Error::Shape(format!(
             "tensor `{}` has shape {shape:?}, which does not match config.json ({what})", source.name(i)));
         match role {
             Role::TokenEmbd | Role::Output if shape != [hp.vocab_size, hp.n_embd] => {
@@ -226,7 +226,7 @@ fn encode_stored_rows(stored: &[u8], dtype: DType, ncols: usize, t: GgmlType) ->
     if same {
         return Ok(stored.to_vec());
     }
-    let row_bytes = t.row_bytes(ncols).ok_or_else(|| Error::Option(format!(
+    let row_bytes = t.row_bytes(ncols).ok_or_else(|| Error::Shape(format!(
         "row length {ncols} is not a multiple of {}'s block size", t.name())))?;
     let rows = stored.len() / (ncols * dtype.size());
     let mut out = vec![0u8; rows * row_bytes];

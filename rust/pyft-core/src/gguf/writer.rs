@@ -54,7 +54,7 @@ impl TensorPlan {
         let row = *self.ne.first().unwrap_or(&1) as usize;
         let rows: u64 = self.ne.iter().skip(1).product();
         let row_bytes = self.ggml_type.row_bytes(row).ok_or_else(|| {
-            Error::Option(format!("tensor `{}`: row length {row} is not a multiple of {}'s block size {}",
+            Error::Shape(format!("tensor `{}`: row length {row} is not a multiple of {}'s block size {}",
                                   self.name, self.ggml_type.name(), self.ggml_type.block_size()))
         })?;
         Ok(row_bytes * rows as usize)
@@ -113,22 +113,22 @@ pub fn encode_header(kvs: &[(String, GgufValue)], tensors: &[TensorPlan]) -> Res
     let mut keys = std::collections::HashSet::new();
     for (k, v) in kvs {
         if k.is_empty() || !keys.insert(k.as_str()) {
-            return Err(Error::Option(format!("GGUF key `{k}` is empty or duplicated")));
+            return Err(Error::Internal(format!("GGUF key `{k}` is empty or duplicated")));
         }
         if let GgufValue::Array(a) = v {
             if a.is_empty() {
-                return Err(Error::Option(format!("GGUF key `{k}`: empty arrays are not written (omit the key)")));
+                return Err(Error::Internal(format!("GGUF key `{k}`: empty arrays are not written (omit the key)")));
             }
         }
     }
     let mut names = std::collections::HashSet::new();
     for t in tensors {
         if t.name.is_empty() || t.name.len() > MAX_NAME_BYTES || !names.insert(t.name.as_str()) {
-            return Err(Error::Option(format!(
+            return Err(Error::Internal(format!(
                 "tensor name `{}` is empty, longer than {MAX_NAME_BYTES} bytes or duplicated", t.name)));
         }
         if t.ne.is_empty() || t.ne.len() > 4 {
-            return Err(Error::Option(format!("tensor `{}` has {} dimensions (GGUF allows 1-4)", t.name, t.ne.len())));
+            return Err(Error::Shape(format!("tensor `{}` has {} dimensions (GGUF allows 1-4)", t.name, t.ne.len())));
         }
     }
     let mut buf = Vec::with_capacity(1 << 16);
@@ -199,10 +199,10 @@ impl GgufWriter {
     /// Start the next tensor (`name` must be the next one in the plan); feed it with `append`.
     pub fn begin(&mut self, name: &str) -> Result<()> {
         let Some(t) = self.plan.get(self.next) else {
-            return Err(Error::Option(format!("tensor `{name}` written after all planned tensors")));
+            return Err(Error::Internal(format!("tensor `{name}` written after all planned tensors")));
         };
         if t.name != name || self.pending != 0 {
-            return Err(Error::Option(format!("tensor `{name}` written out of order (expected `{}`)", t.name)));
+            return Err(Error::Internal(format!("tensor `{name}` written out of order (expected `{}`)", t.name)));
         }
         self.pending = self.sizes[self.next];
         Ok(())
@@ -212,7 +212,7 @@ impl GgufWriter {
     pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
         if bytes.len() > self.pending {
             let name = self.plan.get(self.next).map(|t| t.name.as_str()).unwrap_or("?");
-            return Err(Error::Option(format!("tensor `{name}`: more bytes than its shape and type allow")));
+            return Err(Error::Internal(format!("tensor `{name}`: more bytes than its shape and type allow")));
         }
         self.pending -= bytes.len();
         let out = self.out.as_mut().expect("writer is open until finish");
@@ -228,7 +228,7 @@ impl GgufWriter {
     pub fn end(&mut self) -> Result<()> {
         let size = self.sizes[self.next];
         if self.pending != 0 {
-            return Err(Error::Option(format!("tensor `{}`: {} bytes missing", self.plan[self.next].name, self.pending)));
+            return Err(Error::Internal(format!("tensor `{}`: {} bytes missing", self.plan[self.next].name, self.pending)));
         }
         let out = self.out.as_mut().expect("writer is open until finish");
         out.write_all(&[0u8; ALIGNMENT][..pad(size) - size]).map_err(|e| Error::io(&self.target, e))?;
@@ -239,7 +239,7 @@ impl GgufWriter {
     /// Check that every planned tensor was written, flush and rename into place.
     pub fn finish(mut self) -> Result<PathBuf> {
         if self.next != self.plan.len() {
-            return Err(Error::Option(format!("GGUF file incomplete: {} of {} tensors written",
+            return Err(Error::Internal(format!("GGUF file incomplete: {} of {} tensors written",
                                              self.next, self.plan.len())));
         }
         let out = self.out.take().expect("writer is open until finish");

@@ -210,8 +210,9 @@ impl SafetensorsFile {
 pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = crate::io::file::read_to_string(&index)?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| bad(&index, format!("malformed JSON: {e}")))?;
+        // Bytes, not text: an index that is not UTF-8 is malformed JSON (a `DataError` naming it).
+        let bytes = crate::io::file::read(&index)?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| bad(&index, format!("malformed JSON: {e}")))?;
         let map = v["weight_map"].as_object().ok_or_else(|| bad(&index, "no `weight_map`"))?;
         let mut files = Vec::with_capacity(map.len());
         for (tensor, file) in map {

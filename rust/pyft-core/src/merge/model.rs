@@ -201,7 +201,7 @@ enum Job {
 /// The writer thread: run `jobs` until the producer hangs up, returning block buffers to `spare`.
 fn write_jobs(jobs: Receiver<Job>, spare: Sender<Vec<u8>>) -> Result<()> {
     fn no_shard() -> Error {
-        Error::Option("merge writer: no open shard".into())
+        Error::Internal("merge writer: no open shard".into())
     }
     fn open(shard: &mut Option<StreamWriter>) -> Result<&mut StreamWriter> {
         shard.as_mut().ok_or_else(no_shard)
@@ -233,12 +233,12 @@ struct Producer {
 impl Producer {
     /// Queue a job; fails only when the writer thread has stopped (its error is reported instead).
     fn send(&mut self, job: Job) -> Result<()> {
-        self.jobs.send(job).map_err(|_| Error::Option("merge writer stopped".into()))
+        self.jobs.send(job).map_err(|_| Error::Internal("merge writer stopped".into()))
     }
 
     /// A block buffer of at least `n` bytes (the writer hands them back once written).
     fn buffer(&mut self, n: usize) -> Result<Vec<u8>> {
-        let mut buf = self.spare.recv().map_err(|_| Error::Option("merge writer stopped".into()))?;
+        let mut buf = self.spare.recv().map_err(|_| Error::Internal("merge writer stopped".into()))?;
         if buf.len() < n {
             buf.resize(n, 0);
         }
@@ -270,6 +270,6 @@ fn produce_tensor(model: &MergedModel, i: usize, p: &PlannedTensor, out: &mut Pr
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Option(e.to_string()))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
     std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }

@@ -14,10 +14,10 @@ use crate::nf4::tables::NF4_CODE;
 ///     dynamic map (`f32 [256]`, normally CODE8); offset: the subtracted mean.
 pub fn rebuild_absmax(q8: &[u8], nested_absmax: &[f32], nested_code: &[f32], offset: f32) -> Result<Vec<f32>> {
     if nested_code.len() != 256 {
-        return Err(Error::Option(format!("nested_quant_map has {} values, expected 256", nested_code.len())));
+        return Err(Error::Shape(format!("nested_quant_map has {} values, expected 256", nested_code.len())));
     }
     if nested_absmax.len() != q8.len().div_ceil(NESTED_BLOCKSIZE) {
-        return Err(Error::Option(format!(
+        return Err(Error::Shape(format!(
             "nested_absmax has {} values; {} block scales need {}",
             nested_absmax.len(),
             q8.len(),
@@ -36,10 +36,10 @@ pub fn rebuild_absmax(q8: &[u8], nested_absmax: &[f32], nested_code: &[f32], off
 /// Args:
 ///     packed: `(n + 1) / 2` bytes; absmax: `f32 [ceil(n / blocksize)]`.
 ///
-/// Errors: [`Error::Option`] when the buffers do not fit `layout` or the range runs past `n`.
+/// Errors: [`Error::Shape`] when the buffers do not fit `layout` or the range runs past `n`.
 pub fn dequantize_into(packed: &[u8], absmax: &[f32], layout: Nf4Layout, first: usize, out: &mut [f32]) -> Result<()> {
     if packed.len() != layout.packed_len() || absmax.len() != layout.blocks() {
-        return Err(Error::Option(format!(
+        return Err(Error::Shape(format!(
             "NF4 tensor of {} elements (blocksize {}) needs {} packed bytes and {} scales, got {} and {}",
             layout.n,
             layout.blocksize,
@@ -50,7 +50,7 @@ pub fn dequantize_into(packed: &[u8], absmax: &[f32], layout: Nf4Layout, first: 
         )));
     }
     if first + out.len() > layout.n {
-        return Err(Error::Option(format!("NF4 range {first}..{} runs past {} elements", first + out.len(), layout.n)));
+        return Err(Error::Shape(format!("NF4 range {first}..{} runs past {} elements", first + out.len(), layout.n)));
     }
     for (k, o) in out.iter_mut().enumerate() {
         let i = first + k;

@@ -67,7 +67,7 @@ impl Nf4Layout {
             )));
         }
         if n == 0 {
-            return Err(Error::Option("cannot quantize an empty tensor to NF4".into()));
+            return Err(Error::Shape("cannot quantize an empty tensor to NF4".into()));
         }
         Ok(Nf4Layout { n, blocksize })
     }
@@ -91,7 +91,7 @@ impl Nf4Layout {
 ///     absmax: `ceil(n / blocksize)` f32 block scales out.
 ///
 /// Errors: [`Error::Value`] naming the first NaN or infinite element (bitsandbytes would write
-/// a meaningless block), [`Error::Option`] for buffers of the wrong length.
+/// a meaningless block), [`Error::Shape`] for buffers of the wrong length.
 pub fn quantize(
     src: &[u8],
     dtype: DType,
@@ -129,7 +129,7 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got == want {
         Ok(())
     } else {
-        Err(Error::Option(format!("NF4: {what}: got {got}, expected {want}")))
+        Err(Error::Shape(format!("NF4: {what}: got {got}, expected {want}")))
     }
 }
 

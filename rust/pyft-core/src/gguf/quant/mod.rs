@@ -45,7 +45,7 @@ fn kernels(t: GgmlType) -> (QuantizeFn, DequantizeFn) {
 /// Bytes for `n` values of `t`, or an error naming the type when `n` is not a whole number of blocks.
 fn bytes_for(t: GgmlType, n: usize, what: &str) -> Result<usize> {
     t.row_bytes(n).ok_or_else(|| {
-        Error::Option(format!(
+        Error::Shape(format!(
             "{}: {what} of {n} values is not a multiple of the block size {}",
             t.name(),
             t.block_size()
@@ -57,7 +57,7 @@ fn check_len(t: GgmlType, what: &str, got: usize, expected: usize) -> Result<()>
     if got == expected {
         Ok(())
     } else {
-        Err(Error::Option(format!("{}: {what} has {got} bytes, expected {expected}", t.name())))
+        Err(Error::Shape(format!("{}: {what} has {got} bytes, expected {expected}", t.name())))
     }
 }
 
@@ -68,7 +68,7 @@ fn check_len(t: GgmlType, what: &str, got: usize, expected: usize) -> Result<()>
 ///     src: `n` f32 values, `n` a multiple of `t.block_size()`.
 ///     dst: exactly `t.row_bytes(n)` bytes, overwritten with the blocks.
 ///
-/// Errors: [`Error::Option`] when `src.len()` is not a whole number of blocks or `dst` has the
+/// Errors: [`Error::Shape`] when `src.len()` is not a whole number of blocks or `dst` has the
 /// wrong length.
 pub fn quantize_row(t: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     let bytes = bytes_for(t, src.len(), "row")?;
@@ -84,7 +84,7 @@ pub fn quantize_row(t: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
 ///     src: exactly `t.row_bytes(dst.len())` bytes of blocks.
 ///     dst: `n` f32 outputs, `n` a multiple of `t.block_size()`.
 ///
-/// Errors: [`Error::Option`] when `dst.len()` is not a whole number of blocks or `src` has the
+/// Errors: [`Error::Shape`] when `dst.len()` is not a whole number of blocks or `src` has the
 /// wrong length.
 pub fn dequantize_row(t: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bytes = bytes_for(t, dst.len(), "row")?;
@@ -104,15 +104,15 @@ pub fn dequantize_row(t: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 ///     n_per_row: values per row (> 0), a multiple of `t.block_size()`.
 ///     dst: exactly `n_rows · t.row_bytes(n_per_row)` bytes.
 ///
-/// Errors: [`Error::Option`] for a zero or misaligned `n_per_row`, a `src` that is not a whole
+/// Errors: [`Error::Shape`] for a zero or misaligned `n_per_row`, a `src` that is not a whole
 /// number of rows, or a `dst` of the wrong length.
 pub fn quantize_rows(t: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8]) -> Result<()> {
     if n_per_row == 0 {
-        return Err(Error::Option(format!("{}: rows must have at least one value", t.name())));
+        return Err(Error::Shape(format!("{}: rows must have at least one value", t.name())));
     }
     let row_bytes = bytes_for(t, n_per_row, "row")?;
     if !src.len().is_multiple_of(n_per_row) {
-        return Err(Error::Option(format!(
+        return Err(Error::Shape(format!(
             "{}: {} values are not a whole number of rows of {n_per_row}",
             t.name(),
             src.len()

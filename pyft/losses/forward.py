@@ -1,4 +1,9 @@
-"""Sequence log-probabilities of a batch of (prompt, completion) sequences under a causal LM."""
+"""Forward passes the objectives share: final hidden states, the SFT loss of a micro-batch, and the
+log-probabilities of (prompt, completion) sequences under a causal LM.
+
+Only positions that are scored go through the output layer, in chunks (:mod:`pyft.losses.sft`,
+:mod:`pyft.losses.logprobs`): full ``[tokens, vocab]`` logits are never built.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,35 @@ from torch import nn
 
 from pyft.data.sequences import model_inputs
 from pyft.losses.logprobs import TokenLogps, sum_by_sequence, token_logps
-from pyft.losses.sft import IGNORE_INDEX
-from pyft.train.objective import forward_hidden
+from pyft.losses.sft import IGNORE_INDEX, token_nll_sum
+
+
+def forward_hidden(model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """``(hidden, head)``: the decoder's final hidden states ``[R, T, H]`` and the output layer.
+
+    Models whose logits need post-processing (soft-capping, scaling) return their logits with an
+    identity head instead, so callers can always apply ``head`` to rows of ``hidden``.
+    """
+    cfg = getattr(model, "config", None)
+    plain_head = not getattr(cfg, "final_logit_softcapping", None) and getattr(cfg, "logit_scale", None) in (None, 1.0)
+    if plain_head and hasattr(model, "get_decoder"):
+        hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
+        return hidden, model.get_output_embeddings()
+    return model(**inputs, use_cache=False).logits, (lambda h: h)
+
+
+def sft_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
+    """Summed next-token loss of one SFT micro-batch (float32 scalar) over its target tokens.
+
+    Runs the decoder, then only the predicted positions through the output layer (see
+    :func:`pyft.losses.token_nll_sum`); ``label_smoothing`` is ε of the smoothed cross-entropy.
+    """
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    hidden, head = forward_hidden(model, inputs)
+    if label_smoothing:
+        return token_nll_sum(hidden, batch["labels"], head, chunk_tokens, label_smoothing=label_smoothing)
+    return token_nll_sum(hidden, batch["labels"], head, chunk_tokens)
 
 
 @dataclass

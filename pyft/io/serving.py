@@ -1,4 +1,8 @@
-"""``pyft.export.chat``: chat template, end-of-turn tokens and the serving files of a model directory.
+"""``pyft.io.serving``: chat template, end-of-turn tokens and the serving files of a model directory.
+
+It sits in :mod:`pyft.io` because both merge (:mod:`pyft.io.merge`, which writes these files into a merged
+directory) and every export target (:mod:`pyft.export`) need it; :mod:`pyft.export` imports it from here,
+so imports only go from ``export`` to ``io``.
 
 A served model stops generating when it emits one of the ids in ``generation_config.json:eos_token_id``
 (vLLM, transformers) and renders prompts with the tokenizer's chat template. Tools disagree on where that

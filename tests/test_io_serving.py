@@ -1,4 +1,4 @@
-"""pyft.export.chat: template lookup, end-of-turn tokens, serving files (transformers is the reference)."""
+"""pyft.io.serving: template lookup, end-of-turn tokens, serving files (transformers is the reference)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from pyft import _core
 from pyft.errors import ConfigError, DataError
-from pyft.export.chat import (
+from pyft.io.serving import (
     default_system_prompt,
     end_of_turn_tokens,
     load_chat_template,
@@ -233,3 +233,22 @@ def test_serving_files_without_template(tmp_path: Path) -> None:
     files = serving_files([d])
     assert set(files) == {"generation_config.json"}
     assert json.loads(files["generation_config.json"]) == {"eos_token_id": 4, "bos_token_id": 3}
+
+
+# --- layering -------------------------------------------------------------------------------------
+
+
+def test_io_never_imports_export() -> None:
+    """Imports go one way, ``pyft.export`` -> ``pyft.io``: no module of ``pyft.io`` imports ``pyft.export``,
+    not even lazily inside a function (the former ``merge`` -> ``export.chat`` cycle)."""
+    import ast
+
+    import pyft.io
+
+    offenders = []
+    for path in sorted(Path(pyft.io.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.startswith("pyft.export")]
+    assert offenders == []

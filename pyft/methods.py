@@ -1,0 +1,238 @@
+"""The training vocabulary: the methods, tunings and optimizers a config may name, in one table.
+
+Config validation, the training loop, ``pyft estimate``, the CLI help and the README's method table
+all read :data:`METHODS`. A config's ``method`` names an objective (``sft``, ``dpo``, ``kto``, ...) or,
+as a shorthand for ``sft``, a tuning of :data:`TUNINGS` (``method: lora`` is ``method: sft`` with
+``tuning: lora``); ``tuning`` says which weights train. Adding an objective (GRPO, a classification
+head) is one :class:`Method` entry here plus the module that defines its objective.
+
+Importing this module is cheap (no torch): objectives and loss-type lists are imported when used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pyft.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pyft.align.reference import Reference
+    from pyft.objectives import Objective
+    from pyft.train.config import TrainConfig
+
+#: Which weights a run trains: LoRA adapters, LoRA over an NF4-quantized base, or every weight.
+TUNINGS = ("lora", "qlora", "full")
+#: ``train.optim`` values (transformers' ``optim`` names): see :mod:`pyft.train.optim`.
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
+#: transformers' other spellings of the same optimizers.
+OPTIMIZER_ALIASES = {"adamw_torch": "adamw", "paged_adamw_32bit": "paged_adamw"}
+#: The default objective: supervised fine-tuning (what a tuning name as ``method`` selects).
+SFT = "sft"
+#: Model heads: a causal LM, or a sequence-classification model with one label (reward models).
+CAUSAL_LM, SEQUENCE_SCORE = "causal_lm", "sequence_score"
+
+
+@dataclass(frozen=True)
+class ObjectiveParts:
+    """What an objective factory may use; everything is built before the objective.
+
+    Attributes:
+        config: the whole run config.
+        model: the model being trained (adapters applied).
+        pad_token_id: padding id of the prepared data's tokenizer.
+        layout: how sequences are batched (``packed``, ``flat`` or ``padded``), ``align.layout`` resolved.
+        reference: the reference model of methods with ``needs_reference`` (else None).
+        rank_mean: the mean of a float over all ranks (identity without DDP).
+    """
+
+    config: TrainConfig
+    model: nn.Module
+    pad_token_id: int
+    layout: str
+    reference: Reference | None
+    rank_mean: Callable[[float], float]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training objective and everything the rest of pyft needs to know about it.
+
+    Attributes:
+        name: the ``method:`` value.
+        summary: one line for the CLI help and the README.
+        data_kinds: prepared-data kinds it trains on (``PreparedDataset.kind``).
+        sequences_per_row: sequences with activations per data row (2 for pairs): ``pyft estimate``.
+        needs_reference: scores sequences against a reference model (``align.reference``).
+        kl_sequences: also scores sequences outside the data rows (KTO's mismatched KL pairs), so a
+            precomputed reference table still keeps a live reference for them.
+        head: ``causal_lm`` or ``sequence_score`` (a one-label sequence classifier, saved whole).
+        tunings: the tunings it supports.
+        loss_types: ``() -> `` accepted ``align.loss_type`` values (the first is the default; empty for
+            none), read from :mod:`pyft.losses.preference` when called.
+        multi_loss: several loss types may be combined (a list with ``align.loss_weights``).
+        reward_curves: the run plots ``rewards.png`` (margins, accuracies).
+        disable_dropout: the model's dropout is turned off unless ``align.disable_dropout: false``
+            (TRL's default for preference training).
+        paper: the reference for the README.
+        build: ``ObjectiveParts -> Objective``.
+        check: extra config checks, raising ``ConfigError`` naming the key (or None).
+        advice: a warning about the data for this config (``(config, split_counts) -> str | None``).
+    """
+
+    name: str
+    summary: str
+    data_kinds: tuple[str, ...]
+    sequences_per_row: int
+    needs_reference: bool
+    build: Callable[[ObjectiveParts], Objective]
+    kl_sequences: bool = False
+    head: str = CAUSAL_LM
+    tunings: tuple[str, ...] = TUNINGS
+    loss_types: Callable[[], tuple[str, ...]] = tuple
+    multi_loss: bool = False
+    reward_curves: bool = True
+    disable_dropout: bool = True
+    paper: str = ""
+    check: Callable[[TrainConfig], None] | None = None
+    advice: Callable[[TrainConfig, dict[str, Any]], str | None] | None = None
+
+    @property
+    def data_kind_text(self) -> str:
+        """The data kinds as prose (``chat or text``)."""
+        return " or ".join(self.data_kinds)
+
+
+def _check_reward_model(config: TrainConfig) -> None:
+    if config.align.layout not in ("auto", "padded"):
+        raise ConfigError(f"align.layout: the reward model reads the last real token of padded rows; use auto or "
+                          f"padded, got {config.align.layout!r}")
+    if config.adapter is not None:
+        raise ConfigError("adapter: a reward model starts a new adapter with its score head; merge the adapter into "
+                          "the model first (pyft merge)")
+
+
+def _check_kto(config: TrainConfig) -> None:
+    if config.train.batch_size <= 1:
+        raise ConfigError(f"train.batch_size: KTO estimates its KL term from mismatched pairs within a batch, so it "
+                          f"needs batch_size > 1, got {config.train.batch_size!r}")
+
+
+def _kto_advice(config: TrainConfig, split: dict[str, Any]) -> str | None:
+    from pyft.align.objectives import kto_weight_advice
+
+    a = config.align
+    return kto_weight_advice(split.get("desirable", 0), split.get("undesirable", 0), a.desirable_weight,
+                             a.undesirable_weight)
+
+
+# -- objective factories (imported when a run builds its objective) -----------------------------
+def _sft(p: ObjectiveParts) -> Objective:
+    from pyft.objectives.sft import SftObjective
+
+    t = p.config.train
+    return SftObjective(p.model, p.pad_token_id, t.chunk_tokens, t.label_smoothing)
+
+
+def _dpo(p: ObjectiveParts) -> Objective:
+    from pyft.align.objectives import DpoObjective
+
+    return DpoObjective(p.config.align, p.reference, p.pad_token_id, p.layout, p.config.train.chunk_tokens)
+
+
+def _kto(p: ObjectiveParts) -> Objective:
+    from pyft.align.objectives import KtoObjective
+
+    return KtoObjective(p.config.align, p.reference, p.pad_token_id, p.layout, p.config.train.chunk_tokens,
+                        p.rank_mean)
+
+
+def _orpo(p: ObjectiveParts) -> Objective:
+    from pyft.align.objectives import OrpoObjective
+
+    return OrpoObjective(p.config.align, p.pad_token_id, p.layout, p.config.train.chunk_tokens)
+
+
+def _cpo(simpo: bool) -> Callable[[ObjectiveParts], Objective]:
+    def build(p: ObjectiveParts) -> Objective:
+        from pyft.align.objectives import CpoObjective
+
+        return CpoObjective(p.config.align, simpo, p.pad_token_id, p.layout, p.config.train.chunk_tokens)
+
+    return build
+
+
+def _reward(p: ObjectiveParts) -> Objective:
+    from pyft.align.objectives import RewardObjective
+
+    return RewardObjective(p.config.align, p.pad_token_id)
+
+
+def _dpo_losses() -> tuple[str, ...]:
+    from pyft.losses.preference import DPO_LOSS_TYPES
+
+    return DPO_LOSS_TYPES
+
+
+def _kto_losses() -> tuple[str, ...]:
+    from pyft.losses.preference import KTO_LOSS_TYPES
+
+    return KTO_LOSS_TYPES
+
+
+def _cpo_losses() -> tuple[str, ...]:
+    from pyft.losses.preference import CPO_LOSS_TYPES
+
+    return tuple(t for t in CPO_LOSS_TYPES if t != "simpo")  # SimPO's loss is the simpo method
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method(SFT, "supervised fine-tuning: next-token loss on the trained turns", ("chat", "text"), 1, False, _sft,
+           reward_curves=False, disable_dropout=False),
+    Method("dpo", "direct preference optimisation against a reference model, and its loss variants",
+           ("preference",), 2, True, _dpo, loss_types=_dpo_losses, multi_loss=True, paper="arXiv:2305.18290"),
+    Method("kto", "Kahneman-Tversky optimisation on unpaired desirable/undesirable examples", ("kto",), 1, True,
+           _kto, kl_sequences=True, loss_types=_kto_losses, paper="arXiv:2402.01306", check=_check_kto,
+           advice=_kto_advice),
+    Method("orpo", "odds-ratio preference optimisation: SFT and preference in one loss, no reference",
+           ("preference",), 2, False, _orpo, paper="arXiv:2403.07691"),
+    Method("simpo", "simple preference optimisation: length-normalised margin, no reference", ("preference",), 2,
+           False, _cpo(simpo=True), paper="arXiv:2405.14734"),
+    Method("cpo", "contrastive preference optimisation: preference loss plus chosen NLL, no reference",
+           ("preference",), 2, False, _cpo(simpo=False), loss_types=_cpo_losses, paper="arXiv:2401.08417"),
+    Method("rm", "Bradley-Terry reward model: a one-label sequence classifier scoring chosen over rejected",
+           ("preference",), 2, False, _reward, head=SEQUENCE_SCORE, tunings=("lora", "full"),
+           paper="arXiv:2203.02155", check=_check_reward_model),
+)}
+
+
+def method_names() -> tuple[str, ...]:
+    """Every accepted ``method:`` value: the objectives, then the tuning shorthands for ``sft``."""
+    return (*METHODS, *TUNINGS)
+
+
+def get_method(name: str) -> Method:
+    """The :class:`Method` a ``method:`` value selects (a tuning name selects ``sft``).
+
+    Raises:
+        ConfigError: ``name`` is not a method.
+    """
+    if name in TUNINGS:
+        return METHODS[SFT]
+    if name not in METHODS:
+        raise ConfigError(f"method: unknown method {name!r} (expected one of {', '.join(method_names())})")
+    return METHODS[name]
+
+
+def methods_table() -> str:
+    """The README's method table (Markdown), generated from :data:`METHODS`."""
+    lines = ["| method | trains on | reference model | tunings | what it optimises |",
+             "|---|---|---|---|---|"]
+    for m in METHODS.values():
+        ref = "yes (or precomputed)" if m.needs_reference else "no"
+        paper = f" ({m.paper})" if m.paper else ""
+        lines.append(f"| `{m.name}` | {m.data_kind_text} | {ref} | {', '.join(m.tunings)} | {m.summary}{paper} |")
+    return "\n".join(lines)
