@@ -349,6 +349,18 @@ def test_cli_prepare_train_merge_from_hub(cache, sources, tmp_path):
     assert r.returncode == 0, r.stderr
     adapter_config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "acme/tiny"  # the id, which pyft-export resolves again
+    assert adapter_config["revision"] is None
+    for pin in (["model=acme/tiny@v1"], ["model=acme/tiny", "model_revision=v1"]):  # both spellings pin v1
+        out = tmp_path / f"run-{len(pin)}"
+        r = _cli("pyft.cli.main", "train", "method=lora", *pin, f"data={tmp_path / 'hub-data'}", f"output={out}",
+                 "train.max_steps=1", "train.batch_size=2", "train.device=cpu", env=env)
+        assert r.returncode == 0, r.stderr
+        adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+        assert (adapter_config["base_model_name_or_path"], adapter_config["revision"]) == ("acme/tiny", "v1")
+    # Both pins trained on v1's weights (seeded CPU runs are bit-identical), main's run on other weights.
+    weights = {name: (tmp_path / name / "adapter" / "adapter_model.safetensors").read_bytes()
+               for name in ("run", "run-1", "run-2")}
+    assert weights["run-1"] == weights["run-2"] != weights["run"]
 
 
 def test_cli_hub_errors_and_inspect(cache, tmp_path):

@@ -114,12 +114,15 @@ class QuantSection:
 class TrainConfig:
     """A whole training run.
 
+    ``model``: a transformers model directory or a Hugging Face Hub id (``owner/name``, optionally
+    ``owner/name@revision``); ``model_revision`` pins the Hub revision too (LLaMA-Factory's key).
     ``overwrite``: ``output`` may hold an earlier run (its adapter or model, metrics, checkpoints):
     that run's files are deleted before training starts. Without it such an output is refused,
     unless ``train.resume`` continues that run.
     """
 
     model: str = ""
+    model_revision: str | None = None
     data: str = ""
     output: str = "pyft-output"
     overwrite: bool = False

@@ -201,7 +201,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     (resumed from a checkpoint when ``train.resume`` says so)."""
     config.validate()
     opts, method = config.train, config.objective
-    model_dir = check_model_dir(config.model)
+    model_dir = check_model_dir(config.model, revision=config.model_revision)
     train_ds = PreparedDataset(config.data, "train")
     earlier_run = check_output(config)
     eval_ds = PreparedDataset(config.data, "validation") if "validation" in train_ds.info.splits else None
@@ -310,7 +310,9 @@ def _save_final(config: TrainConfig, model: nn.Module, model_dir: Path, ds: Prep
     if config.tuning_kind in ("lora", "qlora"):
         task = "SEQ_CLS" if scorer else "CAUSAL_LM"
         # A Hub base is recorded as PEFT records it: the repo id, and the revision apart.
-        base, revision = hub_ref(str(model_dir)) or (str(model_dir), None)
+        hub = hub_ref(config.model)
+        base = hub[0] if hub else str(model_dir)
+        revision = (hub[1] or config.model_revision) if hub else None
         save_adapter(model, out / "adapter", base_model_name_or_path=base, task_type=task, revision=revision)
         _save_serving_info(out / "adapter", ds)
         if not scorer:
