@@ -272,9 +272,11 @@ def test_ollama_template_gives_the_training_prompt():
     assert t.family == "alpaca" and t.strips_bos
     preamble = STANFORD_PROMPT_NO_INPUT.split("\n\n")[0]
     assert t.template == (
-        f"{{{{ if .System }}}}{{{{ .System }}}}{{{{ else }}}}{preamble}{{{{ end }}}}{{{{ range .Messages }}}}"
-        '{{ if eq .Role "user" }}\n\n### Instruction:\n{{ .Content }}'
-        '{{ else if eq .Role "assistant" }}\n\n### Response:{{ .Content }}</s>{{ end }}{{ end }}\n\n### Response:'
+        '{{- $prev := "" }}\n{{- range $i, $_ := .Messages }}\n{{- if or (eq .Role "user") (eq .Role "assistant") }}'
+        '\n{{- if eq .Role "user" }}{{ if eq $prev "" }}{{ if $.System }}{{ $.System }}\n\n{{ else }}'
+        f'{preamble}\n\n{{{{ end }}}}### Instruction:\n{{{{ else }}}}</s>\n\n### Instruction:\n{{{{ end }}}}'
+        '{{ else }}\n\n### Response:{{ end }}{{ .Content }}{{ $prev = .Role }}\n{{- end }}\n{{- end }}'
+        '\n{{- if ne $prev "assistant" }}\n\n### Response:{{ end }}'
     )
     # What that Go template renders for one user message, with no SYSTEM: Stanford's prompt.
     rendered = preamble + "\n\n### Instruction:\n" + "Name a colour." + "\n\n### Response:"

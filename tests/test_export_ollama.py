@@ -3,18 +3,20 @@ text/template (tests/go/ollama_render mimics how Ollama executes a template) and
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import shutil
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from real_vocab import template_names, template_source
 
 from pyft import _core
-from pyft.errors import ConfigError
-from pyft.io.serving import render
+from pyft.errors import ConfigError, TemplateError
 from pyft.export.ollama import (
     SUPPORTED_FAMILIES,
     ollama_create_command,
@@ -22,6 +24,7 @@ from pyft.export.ollama import (
     translate_template,
     write_modelfile,
 )
+from pyft.io.serving import render
 
 GO_DIR = Path(__file__).parent / "go" / "ollama_render"
 BOS, EOS = "<s>", "</s>"
@@ -158,6 +161,44 @@ def test_modelfile_system_is_the_default(ollama_render: Path, tmp_path: Path) ->
     assert out["renders"][1] == jinja_prompt(source, [{"role": "system", "content": "Other."}, *TURNS[:1]])
 
 
+# llama.cpp's corpus of real chat templates (models/templates/*.jinja): every one translates, except these,
+# refused with the reason given (the text must appear in the error).
+CORPUS_REFUSALS = {
+    # needs the `functions` variable (a JSON string of tools) that Ollama cannot pass
+    "fireworks-ai-llama-3-firefunction-v2.jinja": "unsupported types string and undefined",
+}
+
+
+def test_corpus_count() -> None:
+    names = template_names()
+    assert len(names) >= 70 and set(CORPUS_REFUSALS) <= set(names)
+    assert len(names) - len(CORPUS_REFUSALS) >= 60
+
+
+@pytest.mark.parametrize("name", template_names())
+def test_corpus_template_renders_like_jinja(name: str, ollama_render: Path, tmp_path: Path) -> None:
+    """Each real template translates (or is an expected refusal) and Go renders what Jinja renders for
+    multi-turn chats with the generation prompt, with a system prompt when the template takes one."""
+    source = template_source(name)
+    if name in CORPUS_REFUSALS:
+        with pytest.raises(ConfigError, match=re.escape(CORPUS_REFUSALS[name])):
+            translate_template(source, bos_token=BOS, eos_token=EOS)
+        return
+    t = translate_template(source, bos_token=BOS, eos_token=EOS)
+    try:
+        jinja_prompt(source, [SYSTEM, *TURNS[:1]])
+        convs = conversations(True)
+    except TemplateError:
+        convs = conversations(False)
+    mf = write_modelfile(tmp_path / "Modelfile", from_="model.gguf", template=t.template, stops=t.stops)
+    out = go_run(ollama_render, mf, convs)
+    for conv, got in zip(convs, out["renders"], strict=True):
+        assert got == jinja_prompt(source, conv), (len(conv), t.template)
+    assert t.stops and all(s.strip() for s in t.stops)
+    today = datetime.date.today()
+    assert not any(today.strftime(f) in t.template for f in ("%Y-%m-%d", "%d %b %Y", "%B %d, %Y"))  # currentDate
+
+
 EXPECTED_STOPS = {
     "chatml": ["<|im_end|>", "<|im_start|>"],
     "llama3": ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"],
@@ -200,18 +241,62 @@ VICUNA = ("{% for message in messages %}{% if message['role'] == 'user' %}{{ 'US
           "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
 PHI3 = ("{% for message in messages %}{{'<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n'}}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize("source", [VICUNA, PHI3], ids=["vicuna", "phi3"])
+def test_generic_template(source: str, ollama_render: Path, tmp_path: Path) -> None:
+    """Templates of no known family translate from their per-message layout; stops come from the turn markers."""
+    t = translate_template(source, bos_token=BOS, eos_token=EOS)
+    assert t.family == "generic"
+    assert t.stops == {VICUNA: ["</s>"], PHI3: ["<|end|>", "<|user|>"]}[source]
+    mf = write_modelfile(tmp_path / "Modelfile", from_="model.gguf", template=t.template, stops=t.stops)
+    convs = conversations(True)
+    assert go_run(ollama_render, mf, convs)["renders"] == [jinja_prompt(source, c) for c in convs]
+
+
 ONLY_LAST = "{{ messages[-1]['content'] }}"
+ROUNDS = ("{% for m in messages %}{% if m['role'] == 'user' %}[Round {{ loop.index0 // 2 + 1 }}]\nQ: {{ m['content'] }}"
+          "\n{% else %}A: {{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}A:{% endif %}")
+SHOUT = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] | upper }}</{{ m['role'] }}>{% endfor %}"
+         "{% if add_generation_prompt %}<assistant>{% endif %}")
+REFUSED = {
+    "only-last": (ONLY_LAST, "renders a user message's content 0 times"),
+    "raises": ("{# pyft #}\n{{ raise_exception('no') }}", "no"),
+    "numbered-rounds": (ROUNDS, "the text before a user message depends on more than the roles around it"),
+    "changes-contents": (SHOUT, "renders a user message's content 0 times"),
+}
 
 
-@pytest.mark.parametrize("source", [VICUNA, PHI3, ONLY_LAST, "{# pyft #}\n{{ raise_exception('no') }}"])
-def test_unsupported_template(source: str) -> None:
+@pytest.mark.parametrize("key", list(REFUSED))
+def test_unsupported_template(key: str) -> None:
+    source, why = REFUSED[key]
     with pytest.raises(ConfigError) as err:
         translate_template(source, bos_token=BOS, eos_token=EOS)
     msg = str(err.value)
     first = next(line.strip() for line in source.splitlines() if line.strip())
     assert repr(first[:80]) in msg
-    assert "chatml, llama3, mistral, llama2, gemma, alpaca, zephyr" in msg
+    assert why in msg
     assert "--template" in msg
+
+
+REASONING = ["Qwen-Qwen3-0.6B.jinja", "Qwen3.5-4B.jinja", "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
+             "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"]
+
+
+@pytest.mark.parametrize("name", REASONING)
+def test_reasoning_history(name: str, ollama_render: Path, tmp_path: Path) -> None:
+    """Reasoning templates drop the `<think>` block of earlier assistant turns, as Ollama's own Qwen3 and
+    DeepSeek-R1 templates do (they render `.Content`, not `.Thinking`, before the last user turn): the Go
+    template renders the answer alone, which is the Jinja rendering with or without the block."""
+    source = template_source(name)
+    answer = {"role": "assistant", "content": "4"}
+    thought = {"role": "assistant", "content": "<think>\nTwo plus two.\n</think>4"}
+    with_thought = [SYSTEM, TURNS[0], thought, TURNS[2]]
+    plain = [SYSTEM, TURNS[0], answer, TURNS[2]]
+    assert jinja_prompt(source, with_thought) == jinja_prompt(source, plain)
+    t = translate_template(source, bos_token=BOS, eos_token=EOS)
+    mf = write_modelfile(tmp_path / "Modelfile", from_="model.gguf", template=t.template, stops=t.stops)
+    assert go_run(ollama_render, mf, [plain])["renders"] == [jinja_prompt(source, plain)]
 
 
 # --- Modelfile -----------------------------------------------------------------------------------------
