@@ -16,7 +16,28 @@ TINY_SHAPES: dict[str, dict[str, Any]] = {
                   num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6),
     "qwen3": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, rms_norm_eps=1e-6),
+    # Gemma 2/3: llama.cpp scales queries by 1/sqrt(head_dim), so query_pre_attn_scalar = head_dim;
+    # a sliding window shorter than the test prompts; soft-caps low enough to bend the values (the
+    # random init's attention scores are ~0.03, its logits ~0.5).
+    "gemma2": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                   attn_logit_softcapping=0.05, final_logit_softcapping=1.5, tie_word_embeddings=True,
+                   rms_norm_eps=1e-6),
+    # Six layers: five sliding (local RoPE base) then one global, llama.cpp's fixed Gemma 3 pattern.
+    "gemma3": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=6, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                   tie_word_embeddings=True, rms_norm_eps=1e-6,
+                   rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                    "full_attention": {"rope_type": "default", "rope_theta": 100000.0}}),
+    # Mistral-Nemo's shape: head_dim (32) is not hidden_size / num_attention_heads (16).
+    "mistral": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=32, tie_word_embeddings=False, rms_norm_eps=1e-5,
+                    sliding_window=None),
 }
+
+#: transformers class-name prefix (``<prefix>Config``, ``<prefix>ForCausalLM``) of each arch.
+_PREFIX = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2", "gemma3": "Gemma3",
+           "mistral": "Mistral"}
 
 
 def make_tiny_model(
@@ -35,7 +56,8 @@ def make_tiny_model(
             ``generation_config.json``).
         tokenizer_dir: an HF tokenizer directory (e.g. from :func:`make_tokenizer`); the
             vocabulary size and special ids come from it.
-        arch: ``llama``, ``qwen2`` or ``qwen3`` (see :data:`TINY_SHAPES`).
+        arch: a key of :data:`TINY_SHAPES` (``llama``, ``qwen2``, ``qwen3``, ``gemma2``, ``gemma3``,
+            ``mistral``).
         seed: torch seed for the random weights.
         max_position_embeddings: context length in tokens.
         dtype: ``float32``, ``bfloat16`` or ``float16``: the dtype the weights are saved in.
@@ -58,15 +80,24 @@ def make_tiny_model(
     if vocab_size < len(tok):
         raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's vocabulary ({len(tok)})")
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    prefix = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
-    config_cls = getattr(transformers, f"{prefix}Config")
+    prefix = _PREFIX[arch]
+    # Gemma3ForCausalLM is configured by Gemma3TextConfig (Gemma3Config is the vision-language one).
+    config_cls = getattr(transformers, "Gemma3TextConfig" if arch == "gemma3" else f"{prefix}Config")
     cls = getattr(transformers, f"{prefix}ForCausalLM")
     config = config_cls(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **ids,
                         **shape)
     from transformers.utils import logging as hf_logging
 
     torch.manual_seed(seed)
-    model = cls(config).to(getattr(torch, dtype))
+    model = cls(config)
+    if arch.startswith("gemma"):
+        # Gemma's norms scale by (1 + w) with w initialised to 0: random w, so the exported `1 + w`
+        # (rounded in the checkpoint's dtype) is exercised.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.normal_(0.0, 0.2)
+    model = model.to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(**ids)
     out = Path(out_dir)
     bars = hf_logging.is_progress_bar_enabled()

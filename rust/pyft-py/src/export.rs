@@ -41,7 +41,12 @@ pub fn export_gguf(py: Python<'_>, model: PathBuf, out: PathBuf, qtype: &str, ad
         let source = MergedModel::open(&model, &inputs, combine)?;
         let arch = pyft_core::gguf::arch::Arch::from_config(source.config())?;
         // Qwen3 takes the Qwen2 tokenizer path in llama.cpp's converter.
-        let vocab_arch = if arch == pyft_core::gguf::arch::Arch::Llama { "llama" } else { "qwen2" };
+        let vocab_arch = match arch {
+            pyft_core::gguf::arch::Arch::Llama => "llama",
+            pyft_core::gguf::arch::Arch::Gemma2 => "gemma2",
+            pyft_core::gguf::arch::Arch::Gemma3 => "gemma3",
+            _ => "qwen2",
+        };
         let vocab = tokenizer_metadata(&model, vocab_arch, &VocabOptions { pre_override: pre, base_dir: None })?;
         let mut kvs = vocab.kvs;
         if let Some(t) = chat_template {

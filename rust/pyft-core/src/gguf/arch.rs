@@ -15,6 +15,12 @@ pub enum Arch {
     Qwen2,
     /// `Qwen3ForCausalLM`: `qwen3` (q/k RMS norms, NeoX RoPE, no permutation).
     Qwen3,
+    /// `Gemma2ForCausalLM`: `gemma2` (soft-capping, sliding window, pre/post norms stored as
+    /// `1 + w`, output tied to the embedding).
+    Gemma2,
+    /// `Gemma3ForCausalLM`: `gemma3` (as Gemma 2 plus q/k norms and local/global RoPE bases,
+    /// no attention soft-capping).
+    Gemma3,
 }
 
 /// HF `architectures` values and the GGUF architecture they export as.
@@ -23,6 +29,16 @@ pub const SUPPORTED: &[(&str, Arch)] = &[
     ("MistralForCausalLM", Arch::Llama),
     ("Qwen2ForCausalLM", Arch::Qwen2),
     ("Qwen3ForCausalLM", Arch::Qwen3),
+    ("Gemma2ForCausalLM", Arch::Gemma2),
+    ("Gemma3ForCausalLM", Arch::Gemma3),
+];
+
+/// HF `architectures` values refused with a specific reason rather than "unsupported".
+const REFUSED: &[(&str, &str)] = &[
+    ("Gemma3ForConditionalGeneration",
+     "Gemma 3 vision-language checkpoints nest the text model (`model.language_model.*`, `text_config`) beside a \
+      vision tower that llama.cpp writes to a separate mmproj file; pyft exports text-only `Gemma3ForCausalLM` \
+      checkpoints"),
 ];
 
 impl Arch {
@@ -33,6 +49,11 @@ impl Arch {
         for n in &names {
             if let Some((_, arch)) = SUPPORTED.iter().find(|(s, _)| s == n) {
                 return Ok(*arch);
+            }
+        }
+        for n in &names {
+            if let Some((_, why)) = REFUSED.iter().find(|(s, _)| s == n) {
+                return Err(Error::Option(format!("architecture {n} is not supported by the GGUF export: {why}")));
             }
         }
         let supported: Vec<&str> = SUPPORTED.iter().map(|(s, _)| *s).collect();
@@ -47,7 +68,16 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Gemma2 => "gemma2",
+            Arch::Gemma3 => "gemma3",
         }
+    }
+
+    /// Whether HF's RMS norm weights are stored as `w` for a `(1 + w)` scale, which llama.cpp's
+    /// converter writes as `1 + w` (every `*norm.weight`; added in F16 for F16 checkpoints, in F32
+    /// otherwise).
+    pub fn shifts_norms(self) -> bool {
+        matches!(self, Arch::Gemma2 | Arch::Gemma3)
     }
 
     /// Whether llama.cpp runs this architecture with adjacent-pair RoPE, so HF's Q/K rows must be
@@ -138,6 +168,9 @@ pub fn rope_parameters(config: &Value) -> serde_json::Map<String, Value> {
 /// The model hyper-parameter KVs, in the order llama.cpp's converter writes them
 /// (`set_gguf_parameters`), with its exact types (§2.2). `file_type` is `general.file_type`.
 pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(String, GgufValue)>> {
+    if arch == Arch::Gemma2 {
+        return gemma2_kvs(config, file_type);
+    }
     let a = arch.name();
     let hp = HParams::from_config(config)?;
     let key = |k: &str| format!("{a}.{k}");
@@ -192,6 +225,9 @@ pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(Str
     if let Some(theta) = rope.get("rope_theta").and_then(Value::as_f64) {
         kv.push((key("rope.freq_base"), GgufValue::F32(theta as f32)));
     }
+    if let Some(theta) = swa_rope_theta(config) {
+        kv.push((key("rope.freq_base_swa"), GgufValue::F32(theta as f32)));
+    }
     let eps = first_f64(config, &["rms_norm_eps", "norm_eps"])
         .ok_or_else(|| Error::Option("config.json has no `rms_norm_eps`".into()))?;
     kv.push((key("attention.layer_norm_rms_epsilon"), GgufValue::F32(eps as f32)));
@@ -208,7 +244,86 @@ pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(Str
         };
         kv.push((key("rope.dimension_count"), u32_of(rope_dim, "head_dim")?));
     }
+    if arch == Arch::Gemma3 {
+        gemma3_overrides(&mut kv, config)?;
+    }
     Ok(kv)
+}
+
+/// The RoPE base of sliding-window layers: `rope_parameters.sliding_attention.rope_theta`
+/// (transformers 5), else a top-level local-base key such as Gemma 3's `rope_local_base_freq`.
+fn swa_rope_theta(config: &Value) -> Option<f64> {
+    let params = config.get("rope_parameters").or_else(|| config.get("rope_scaling")).and_then(Value::as_object);
+    if params.is_some_and(|p| p.contains_key("full_attention") || p.contains_key("sliding_attention")) {
+        return params?.get("sliding_attention")?.get("rope_theta")?.as_f64();
+    }
+    first_f64(config, &["local_rope_theta", "rope_local_theta", "rope_theta_local", "swa_rope_theta", "rope_local_base_freq"])
+}
+
+/// Replace `key`'s value in place (the converter's writer keeps a re-added key's first position).
+fn set_kv(kv: &mut Vec<(String, GgufValue)>, key: String, value: GgufValue) {
+    match kv.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => kv.push((key, value)),
+    }
+}
+
+fn need_u64(config: &Value, key: &str) -> Result<u64> {
+    config.get(key).and_then(Value::as_u64).ok_or_else(|| Error::Option(format!("config.json has no integer `{key}`")))
+}
+
+fn need_f64(config: &Value, key: &str) -> Result<f64> {
+    config.get(key).and_then(Value::as_f64).ok_or_else(|| Error::Option(format!("config.json has no number `{key}`")))
+}
+
+/// Gemma 2's keys (the converter's `Gemma2Model.set_gguf_parameters`: no RoPE keys, llama.cpp
+/// uses its defaults; soft-capping and the sliding window are required).
+fn gemma2_kvs(config: &Value, file_type: u32) -> Result<Vec<(String, GgufValue)>> {
+    let hp = HParams::from_config(config)?;
+    let key = |k: &str| format!("gemma2.{k}");
+    let head_dim = need_u64(config, "head_dim")?;
+    Ok(vec![
+        (key("context_length"), u32_of(need_u64(config, "max_position_embeddings")?, "max_position_embeddings")?),
+        (key("embedding_length"), u32_of(hp.n_embd as u64, "hidden_size")?),
+        (key("block_count"), u32_of(hp.n_layer as u64, "num_hidden_layers")?),
+        (key("feed_forward_length"), u32_of(need_u64(config, "intermediate_size")?, "intermediate_size")?),
+        (key("attention.head_count"), u32_of(hp.n_head as u64, "num_attention_heads")?),
+        (key("attention.head_count_kv"), u32_of(hp.n_head_kv as u64, "num_key_value_heads")?),
+        (key("attention.layer_norm_rms_epsilon"), GgufValue::F32(need_f64(config, "rms_norm_eps")? as f32)),
+        (key("attention.key_length"), u32_of(head_dim, "head_dim")?),
+        (key("attention.value_length"), u32_of(head_dim, "head_dim")?),
+        ("general.file_type".into(), GgufValue::U32(file_type)),
+        (key("attn_logit_softcapping"), GgufValue::F32(need_f64(config, "attn_logit_softcapping")? as f32)),
+        (key("final_logit_softcapping"), GgufValue::F32(need_f64(config, "final_logit_softcapping")? as f32)),
+        (key("attention.sliding_window"), u32_of(need_u64(config, "sliding_window")?, "sliding_window")?),
+    ])
+}
+
+/// What the converter's `Gemma3Model.set_gguf_parameters` changes after the generic keys: its
+/// defaults for missing fields, the global RoPE base, final soft-capping, the sliding window.
+fn gemma3_overrides(kv: &mut Vec<(String, GgufValue)>, config: &Value) -> Result<()> {
+    let key = |k: &str| format!("gemma3.{k}");
+    let int = |k: &str, d: u64| config.get(k).and_then(Value::as_u64).unwrap_or(d);
+    set_kv(kv, key("context_length"), u32_of(int("max_position_embeddings", 131072), "max_position_embeddings")?);
+    set_kv(kv, key("attention.head_count"), u32_of(int("num_attention_heads", 8), "num_attention_heads")?);
+    let eps = config.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6);
+    set_kv(kv, key("attention.layer_norm_rms_epsilon"), GgufValue::F32(eps as f32));
+    set_kv(kv, key("attention.key_length"), u32_of(int("head_dim", 256), "head_dim")?);
+    set_kv(kv, key("attention.value_length"), u32_of(int("head_dim", 256), "head_dim")?);
+    let theta = rope_parameters(config).get("rope_theta").and_then(Value::as_f64).unwrap_or(1_000_000.0);
+    set_kv(kv, key("rope.freq_base"), GgufValue::F32(theta as f32));
+    if config.get("attn_logit_softcapping").is_some_and(|v| !v.is_null()) {
+        return Err(Error::Option("config.json sets `attn_logit_softcapping`, which Gemma 3 does not have \
+                                  (llama.cpp's gemma3 ignores it)".into()));
+    }
+    if let Some(cap) = config.get("final_logit_softcapping").and_then(Value::as_f64).filter(|c| *c != 0.0) {
+        set_kv(kv, key("final_logit_softcapping"), GgufValue::F32(cap as f32));
+    }
+    if config.get("sliding_window_pattern").and_then(Value::as_i64) != Some(1) {
+        set_kv(kv, key("attention.sliding_window"), u32_of(need_u64(config, "sliding_window")?, "sliding_window")?);
+    }
+    set_kv(kv, key("attention.head_count_kv"), u32_of(int("num_key_value_heads", 4), "num_key_value_heads")?);
+    Ok(())
 }
 
 /// Per-frequency RoPE factors of Llama 3.x (`rope_freqs.weight`, `[head_dim / 2]`), or `None`
@@ -278,6 +393,10 @@ pub fn map_tensor(arch: Arch, hf_name: &str) -> Result<Option<(String, Role)>> {
     }
     let unknown = || Error::Option(format!(
         "tensor `{hf_name}` has no GGUF counterpart for architecture `{}` (llama.cpp rejects unused tensors)", arch.name()));
+    // Gemma 2 always ties the output layer: the converter drops a stored lm_head.
+    if arch == Arch::Gemma2 && hf_name == "lm_head.weight" {
+        return Ok(None);
+    }
     let simple = match hf_name {
         "model.embed_tokens.weight" => Some(("token_embd.weight".to_string(), Role::TokenEmbd)),
         "lm_head.weight" => Some(("output.weight".to_string(), Role::Output)),
@@ -294,8 +413,13 @@ pub fn map_tensor(arch: Arch, hf_name: &str) -> Result<Option<(String, Role)>> {
     if suffix != "weight" && suffix != "bias" {
         return Err(unknown());
     }
+    let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
     let (gguf, role) = match module {
         "input_layernorm" => ("attn_norm", Role::Vector),
+        // Gemma's sandwich norms: llama.cpp names the pre-FFN norm `ffn_norm`.
+        "post_attention_layernorm" if gemma => ("post_attention_norm", Role::Vector),
+        "pre_feedforward_layernorm" if gemma => ("ffn_norm", Role::Vector),
+        "post_feedforward_layernorm" if gemma => ("post_ffw_norm", Role::Vector),
         "post_attention_layernorm" => ("ffn_norm", Role::Vector),
         "self_attn.q_proj" => ("attn_q", Role::AttnQ(bid)),
         "self_attn.k_proj" => ("attn_k", Role::AttnK(bid)),
@@ -304,8 +428,8 @@ pub fn map_tensor(arch: Arch, hf_name: &str) -> Result<Option<(String, Role)>> {
         "mlp.gate_proj" => ("ffn_gate", Role::FfnGate(bid)),
         "mlp.up_proj" => ("ffn_up", Role::FfnUp(bid)),
         "mlp.down_proj" => ("ffn_down", Role::FfnDown(bid)),
-        "self_attn.q_norm" if arch == Arch::Qwen3 => ("attn_q_norm", Role::Vector),
-        "self_attn.k_norm" if arch == Arch::Qwen3 => ("attn_k_norm", Role::Vector),
+        "self_attn.q_norm" if matches!(arch, Arch::Qwen3 | Arch::Gemma3) => ("attn_q_norm", Role::Vector),
+        "self_attn.k_norm" if matches!(arch, Arch::Qwen3 | Arch::Gemma3) => ("attn_k_norm", Role::Vector),
         _ => return Err(unknown()),
     };
     let role = if suffix == "bias" { Role::Vector } else { role };
@@ -377,6 +501,34 @@ mod tests {
         assert!(map_tensor(Arch::Llama, "model.layers.0.self_attn.q_norm.weight").is_err());
         assert!(map_tensor(Arch::Qwen3, "model.layers.0.self_attn.q_norm.weight").is_ok());
         assert!(map_tensor(Arch::Llama, "score.weight").is_err());
+        let g = |a, n| map_tensor(a, n).unwrap().map(|(g, _)| g);
+        assert_eq!(g(Arch::Gemma2, "model.layers.1.post_attention_layernorm.weight").as_deref(),
+                   Some("blk.1.post_attention_norm.weight"));
+        assert_eq!(g(Arch::Gemma2, "model.layers.1.pre_feedforward_layernorm.weight").as_deref(), Some("blk.1.ffn_norm.weight"));
+        assert_eq!(g(Arch::Gemma3, "model.layers.0.post_feedforward_layernorm.weight").as_deref(),
+                   Some("blk.0.post_ffw_norm.weight"));
+        assert_eq!(g(Arch::Gemma2, "lm_head.weight"), None);
+        assert!(map_tensor(Arch::Gemma2, "model.layers.0.self_attn.q_norm.weight").is_err());
+        assert!(map_tensor(Arch::Llama, "model.layers.0.pre_feedforward_layernorm.weight").is_err());
+    }
+
+    #[test]
+    fn gemma_keys() {
+        let cfg = json!({"architectures": ["Gemma3ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 6,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 176,
+                         "rms_norm_eps": 1e-6, "vocab_size": 512, "sliding_window": 8,
+                         "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                             "full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                                "rope_theta": 1e6}}});
+        let kv = hparam_kvs(Arch::from_config(&cfg).unwrap(), &cfg, 1).unwrap();
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("gemma3.context_length"), Some(GgufValue::U32(131072)));
+        assert_eq!(get("gemma3.rope.freq_base"), Some(GgufValue::F32(1e6)));
+        assert_eq!(get("gemma3.rope.freq_base_swa"), Some(GgufValue::F32(10000.0)));
+        assert_eq!(get("gemma3.rope.scaling.factor"), Some(GgufValue::F32(8.0)));
+        assert_eq!(get("gemma3.attention.sliding_window"), Some(GgufValue::U32(8)));
+        let vlm = json!({"architectures": ["Gemma3ForConditionalGeneration"]});
+        assert!(Arch::from_config(&vlm).unwrap_err().to_string().contains("Gemma3ForCausalLM"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::gguf::writer::{GgufWriter, TensorPlan};
 use crate::io::paths::check_output_disjoint;
 use crate::io::safetensors::{populate_pages, release_pages};
 use crate::io::staging::check_target;
-use crate::tensor::{decode_into, DType};
+use crate::tensor::{decode_into, round_to_dtype, DType};
 
 /// Values per chunk when an untouched tensor is streamed (16 MiB of f32).
 const CHUNK_VALUES: usize = 4 << 20;
@@ -134,6 +134,8 @@ struct Item {
     generated: Option<Vec<f32>>,
     /// `(rows, groups)` when Q/K rows are permuted.
     permute: Option<(usize, usize)>,
+    /// Gemma's RMS norms: write `1 + w`, rounded as the converter adds it (see [`encode`]).
+    add_one: bool,
 }
 
 /// llama.cpp's tensor order: non-block tensors first (by name), then by layer number, then name.
@@ -149,7 +151,7 @@ fn is_llama_70b(arch: Arch, hp: &HParams) -> bool {
     match arch {
         Arch::Llama => hp.n_layer == 80 && hp.n_head != hp.n_head_kv,
         Arch::Qwen2 => hp.n_layer == 80,
-        Arch::Qwen3 => false,
+        Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 => false,
     }
 }
 
@@ -195,12 +197,13 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
             }
             _ => None,
         };
+        let add_one = arch.shifts_norms() && source.name(i).ends_with("norm.weight");
         items.push(Item { plan: TensorPlan::from_torch_shape(name, shape, ggml_type), source: Some(i), generated: None,
-                          permute });
+                          permute, add_one });
     }
     if let Some(factors) = llama3_rope_factors(source.config()) {
         let plan = TensorPlan::from_torch_shape("rope_freqs.weight", &[factors.len()], GgmlType::F32);
-        items.push(Item { plan, source: None, generated: Some(factors), permute: None });
+        items.push(Item { plan, source: None, generated: Some(factors), permute: None, add_one: false });
     }
     // Every tensor llama.cpp requires must be there.
     let names: std::collections::HashSet<&str> = items.iter().map(|it| it.plan.name.as_str()).collect();
@@ -262,7 +265,7 @@ fn encode(source: &dyn TensorSource, item: &Item, emit: &mut dyn FnMut(Vec<u8>) 
         quantize_rows(item.plan.ggml_type, values, ncols, &mut bytes)?;
         Ok(bytes)
     };
-    if let (Some(i), None, None) = (item.source, &item.generated, item.permute) {
+    if let (Some(i), None, None, false) = (item.source, &item.generated, item.permute, item.add_one) {
         if let Some((stored, dtype)) = source.raw(i) {
             let rows_per_chunk = (CHUNK_VALUES / ncols.max(1)).max(1);
             for chunk in stored.chunks(rows_per_chunk * ncols * dtype.size()) {
@@ -280,7 +283,15 @@ fn encode(source: &dyn TensorSource, item: &Item, emit: &mut dyn FnMut(Vec<u8>) 
     let mut values = match (&item.generated, item.source) {
         (Some(v), _) => v.clone(),
         (None, Some(i)) => {
-            let v = source.read_f32(i)?;
+            let mut v = source.read_f32(i)?;
+            if item.add_one {
+                v.iter_mut().for_each(|x| *x += 1.0);
+                // The converter widens BF16 to F32 before adding, but adds to F16 in F16 (torch
+                // rounds the exact sum once).
+                if let Some((_, DType::F16)) = source.raw(i) {
+                    round_to_dtype(&mut v, DType::F16);
+                }
+            }
             source.release(i);
             v
         }

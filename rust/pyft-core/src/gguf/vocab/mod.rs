@@ -81,8 +81,9 @@ impl VocabMetadata {
 /// smaller than the tokenizer; duplicate token strings, which llama.cpp would abort on) or the
 /// option (`arch`, an unknown `pre_override`).
 pub fn tokenizer_metadata(model_dir: &Path, arch: &str, opts: &VocabOptions) -> Result<VocabMetadata> {
-    if arch != "llama" && arch != "qwen2" {
-        return Err(Error::Option(format!("arch `{arch}`: tokenizer metadata supports `llama` and `qwen2`")));
+    if !["llama", "qwen2", "gemma2", "gemma3"].contains(&arch) {
+        return Err(Error::Option(format!(
+            "arch `{arch}`: tokenizer metadata supports `llama`, `qwen2`, `gemma2` and `gemma3`")));
     }
     if let Some(name) = &opts.pre_override {
         pre::validate_override(name)?;
@@ -118,6 +119,11 @@ pub fn tokenizer_metadata(model_dir: &Path, arch: &str, opts: &VocabOptions) -> 
     let tj_path = model_dir.join("tokenizer.json");
     let pre;
     let source_file;
+    if arch == "gemma2" && !spm_path.exists() {
+        // Gemma2Model.set_vocab reads tokenizer.model only.
+        return Err(Error::File { path: spm_path, message: "not found: Gemma 2 GGUF export (as llama.cpp's \
+                                 converter) needs the SentencePiece tokenizer.model".into() });
+    }
     if spm_path.exists() {
         if opts.pre_override.as_deref().is_some_and(|p| p != "default") {
             warnings.push("pre-tokenizer override ignored: SentencePiece models always use `default`".into());
@@ -126,6 +132,9 @@ pub fn tokenizer_metadata(model_dir: &Path, arch: &str, opts: &VocabOptions) -> 
         pre = Some("default".to_string());
         source_file = spm_path;
         write_spm(&mut kv, tokens, scores, types, model_dir, &mut warnings)?;
+        if arch.starts_with("gemma") {
+            kv.set("tokenizer.ggml.add_space_prefix", GgufValue::Bool(false));
+        }
     } else {
         let tokenizer_json = read_json(&tj_path)?.ok_or_else(|| Error::File {
             path: model_dir.to_path_buf(),
