@@ -16,6 +16,18 @@ TINY_SHAPES: dict[str, dict[str, Any]] = {
                   num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6),
     "qwen3": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, rms_norm_eps=1e-6),
+    # Mixture-of-experts families: 4 experts, top-2, every layer sparse.
+    "mixtral": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False,
+                    rms_norm_eps=1e-5),
+    "qwen2_moe": dict(hidden_size=64, intermediate_size=176, moe_intermediate_size=64,
+                      shared_expert_intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, tie_word_embeddings=False,
+                      rms_norm_eps=1e-6),
+    # llama.cpp's qwen3moe always renormalises the top-k weights, as the released Qwen3-MoE configs do.
+    "qwen3_moe": dict(hidden_size=64, intermediate_size=176, moe_intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+                      num_experts_per_tok=2, norm_topk_prob=True, tie_word_embeddings=False, rms_norm_eps=1e-6),
 }
 
 
@@ -35,7 +47,8 @@ def make_tiny_model(
             ``generation_config.json``).
         tokenizer_dir: an HF tokenizer directory (e.g. from :func:`make_tokenizer`); the
             vocabulary size and special ids come from it.
-        arch: ``llama``, ``qwen2`` or ``qwen3`` (see :data:`TINY_SHAPES`).
+        arch: ``llama``, ``qwen2``, ``qwen3`` or the MoE ``mixtral``, ``qwen2_moe``, ``qwen3_moe``
+            (see :data:`TINY_SHAPES`).
         seed: torch seed for the random weights.
         max_position_embeddings: context length in tokens.
         dtype: ``float32``, ``bfloat16`` or ``float16``: the dtype the weights are saved in.
@@ -58,7 +71,8 @@ def make_tiny_model(
     if vocab_size < len(tok):
         raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's vocabulary ({len(tok)})")
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    prefix = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
+    prefix = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mixtral": "Mixtral", "qwen2_moe": "Qwen2Moe",
+              "qwen3_moe": "Qwen3Moe"}[arch]
     config_cls = getattr(transformers, f"{prefix}Config")
     cls = getattr(transformers, f"{prefix}ForCausalLM")
     config = config_cls(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **ids,
