@@ -260,6 +260,15 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
         return Err(Error::Option(format!("the model has no tensor for GGUF `{missing}` (config.json says {} layers)",
                                          hp.n_layer)));
     }
+    if qtype.is_llama_quantize() {
+        // llama-quantize writes each tensor with `ggml_n_dims` dimensions, dropping trailing ones
+        // (Qwen2-MoE's `ffn_gate_inp_shexp`, [1, n_embd] in HF, becomes a vector).
+        for it in &mut items {
+            while it.plan.ne.len() > 1 && it.plan.ne.last() == Some(&1) {
+                it.plan.ne.pop();
+            }
+        }
+    }
     items.sort_by(|a, b| loader_order(&a.plan.name, &b.plan.name));
     Ok(items)
 }

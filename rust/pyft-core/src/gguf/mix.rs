@@ -89,7 +89,7 @@ impl QType {
     }
 
     /// Whether the type comes from llama-quantize's rules rather than the converter's.
-    fn is_llama_quantize(self) -> bool {
+    pub fn is_llama_quantize(self) -> bool {
         matches!(self, QType::Q4_0 | QType::Q4_K_M | QType::Q5_K_M | QType::Q6_K)
     }
 }
