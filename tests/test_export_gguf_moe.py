@@ -16,7 +16,7 @@ from llamacpp import convert_hf_to_gguf, convert_lora_to_gguf, llama_quantize
 from pyft.errors import ConfigError, DataError
 from pyft.export import export_gguf, export_gguf_lora
 from pyft.testing import make_tiny_model, make_tokenizer
-from test_export_gguf import CONVERTER_ONLY, _hf_logits, _llama_logits, _peft_adapter, _rel, kvs, tensors
+from test_export_gguf import CONVERTER_ONLY, _hf_logits, _llama_logits, _rel, kvs, tensors
 
 ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe"]
 GGUF_ARCH = {"mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
@@ -127,13 +127,29 @@ def test_moe_llama_cpp_logits_match_transformers(models, tmp_path, arch):
         assert _rel(got, ref) <= tol, (qtype, _rel(got, ref))
 
 
+def _peft_adapter(arch: str, base: Path, out: Path) -> Path:
+    """A random PEFT LoRA on the attention projections and, for Qwen2-MoE, the shared expert's
+    linears (transformers 5 fuses the routed experts into 3-D parameters, not linears)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    if arch == "qwen2_moe":
+        targets += ["shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert.down_proj"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False)) \
+        .save_pretrained(out)
+    return out
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_moe_merge_then_export_matches_converter(models, tmp_path, arch):
     """LoRA on attention (and, for Qwen2-MoE, the shared expert's linears): pyft-merge, then export,
     equals llama.cpp's converter on the merged model, and the adapter merged on the fly equals both."""
     from pyft.io.merge import merge
 
-    adapter = _peft_adapter(models[arch], tmp_path / "adapter")
+    adapter = _peft_adapter(arch, models[arch], tmp_path / "adapter")
     merged = tmp_path / "merged"
     merge(models[arch], adapter, merged)
     report = export_gguf(merged, tmp_path / "ours.gguf", qtype="q8_0")
@@ -153,7 +169,7 @@ def test_moe_merge_then_export_matches_converter(models, tmp_path, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_moe_gguf_lora_matches_converter_and_peft(models, tmp_path, arch):
     base = models[arch]
-    adapter = _peft_adapter(base, tmp_path / "adapter")
+    adapter = _peft_adapter(arch, base, tmp_path / "adapter")
     ours = export_gguf_lora(adapter, base, tmp_path / "ours.gguf").path
     ref = convert_lora_to_gguf(adapter, base, tmp_path / "ref.gguf", "f32")
     assert tensors(ours) == tensors(ref)
