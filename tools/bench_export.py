@@ -85,13 +85,10 @@ def generate(d: Path, layers: int, moe: bool) -> None:
     """Model + tokenizer, in a child process (keeps the parent's peak RSS small)."""
     from pyft.testing import make_tokenizer
 
-    if moe:
-        write_moe_model(d, layers)
-    else:
-        write_model(d, layers)
-        cfg = json.loads((d / "config.json").read_text())
-        cfg["architectures"] = ["LlamaForCausalLM"]
-        (d / "config.json").write_text(json.dumps(cfg, indent=2))
+    (write_moe_model if moe else write_model)(d, layers)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["MixtralForCausalLM" if moe else "LlamaForCausalLM"]
+    (d / "config.json").write_text(json.dumps(cfg, indent=2))
     make_tokenizer(d, style="llama3", vocab_size=SHAPE["vocab_size"])
 
 
