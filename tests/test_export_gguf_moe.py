@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from llamacpp import convert_hf_to_gguf, convert_lora_to_gguf, llama_quantize
+from test_export_gguf import CONVERTER_ONLY, _hf_logits, _llama_logits, _rel, kvs, tensors
+
 from pyft.errors import ConfigError, DataError
 from pyft.export import export_gguf, export_gguf_lora
 from pyft.testing import make_tiny_model, make_tokenizer
-from test_export_gguf import CONVERTER_ONLY, _hf_logits, _llama_logits, _rel, kvs, tensors
 
 ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe"]
 GGUF_ARCH = {"mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}

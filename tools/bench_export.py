@@ -60,7 +60,6 @@ MOE = dict(num_local_experts=8, num_experts_per_tok=2, intermediate_size=1408)
 def write_moe_model(d: Path, layers: int) -> None:
     """A random bf16 Mixtral (config.json + model.safetensors), written without building it."""
     import numpy as np
-
     from transformers import MixtralConfig
 
     cfg = {**SHAPE, **MOE, "num_hidden_layers": layers}
