@@ -8,7 +8,9 @@ llama.cpp's converter (the pinned copy from the llama-cpp-python 0.3.36 sdist, s
 ``tools/fetch_llama_cpp_src.py``) and pyft for F16 and Q8_0, pyft for Q4_K_M, and for reference
 llama.cpp's ``llama-quantize`` F16 → Q4_K_M (the usual two-step route). A plain ``cp`` of the
 model is the floor. Each run starts after `sync`, and outputs are deleted once measured. Ends with
-one JSON line. Usage: ``python tools/bench_export.py [--layers N]``.
+one JSON line. ``--moe`` uses a Mixtral shape instead (same attention, 8 experts of intermediate
+1408 per layer, top-2: each GGUF ``ffn_*_exps`` tensor is stacked from 8 safetensors tensors).
+Usage: ``python tools/bench_export.py [--layers N] [--moe]``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_merge import SHAPE, write_model  # noqa: E402
+from bench_merge import SHAPE, _bf16, write_bf16_safetensors, write_model  # noqa: E402
 from bench_merge import timed as _timed  # noqa: E402
 
 
@@ -51,13 +53,40 @@ llama_quantize(sys.argv[1], sys.argv[2], sys.argv[3], nthread=os.cpu_count())
 PYFT = "import sys; from pyft.export import export_gguf; export_gguf(sys.argv[1], sys.argv[2], qtype=sys.argv[3])"
 
 
-def generate(d: Path, layers: int) -> None:
+#: The ``--moe`` model: Mixtral's layout at bench_merge's attention shape.
+MOE = dict(num_local_experts=8, num_experts_per_tok=2, intermediate_size=1408)
+
+
+def write_moe_model(d: Path, layers: int) -> None:
+    """A random bf16 Mixtral (config.json + model.safetensors), written without building it."""
+    import numpy as np
+    from transformers import MixtralConfig
+
+    cfg = {**SHAPE, **MOE, "num_hidden_layers": layers}
+    MixtralConfig(**cfg, tie_word_embeddings=False, torch_dtype="bfloat16").save_pretrained(d)
+    rng = np.random.default_rng(0)
+    h, i, kv = cfg["hidden_size"], cfg["intermediate_size"], cfg["hidden_size"] // 32 * cfg["num_key_value_heads"]
+    shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], h), "lm_head.weight": (cfg["vocab_size"], h),
+              "model.norm.weight": (h,)}
+    for n in range(layers):
+        p = f"model.layers.{n}."
+        shapes |= {p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
+                   p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
+                   p + "block_sparse_moe.gate.weight": (cfg["num_local_experts"], h),
+                   p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)}
+        for e in range(cfg["num_local_experts"]):
+            x = f"{p}block_sparse_moe.experts.{e}."
+            shapes |= {x + "w1.weight": (i, h), x + "w2.weight": (h, i), x + "w3.weight": (i, h)}
+    write_bf16_safetensors(d / "model.safetensors", {k: _bf16(rng, s) for k, s in shapes.items()})
+
+
+def generate(d: Path, layers: int, moe: bool) -> None:
     """Model + tokenizer, in a child process (keeps the parent's peak RSS small)."""
     from pyft.testing import make_tokenizer
 
-    write_model(d, layers)
+    (write_moe_model if moe else write_model)(d, layers)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["architectures"] = ["MixtralForCausalLM" if moe else "LlamaForCausalLM"]
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     make_tokenizer(d, style="llama3", vocab_size=SHAPE["vocab_size"])
 
@@ -65,10 +94,11 @@ def generate(d: Path, layers: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"])
+    ap.add_argument("--moe", action="store_true", help="a Mixtral-shaped model (8 experts per layer)")
     ap.add_argument("--generate", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generate:
-        generate(Path(args.generate), args.layers)
+        generate(Path(args.generate), args.layers, args.moe)
         return 0
     from pyft import _core
 
@@ -80,7 +110,8 @@ def main() -> int:
     py = sys.executable
     try:
         model = work / "model"
-        subprocess.run([py, __file__, "--generate", str(model), "--layers", str(args.layers)], check=True)
+        subprocess.run([py, __file__, "--generate", str(model), "--layers", str(args.layers),
+                        *(["--moe"] if args.moe else [])], check=True)
         size = (model / "model.safetensors").stat().st_size
 
         def out(name: str) -> str:
@@ -110,7 +141,7 @@ def main() -> int:
         ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"random bf16 Llama, {args.layers} layers, {size / 1e9:.2f} GB safetensors, {os.cpu_count()} cores")
+    print(f"random bf16 {'Mixtral (8 experts)' if args.moe else 'Llama'}, {args.layers} layers, {size / 1e9:.2f} GB safetensors, {os.cpu_count()} cores")
     print(f"{'path':<42}{'seconds':>9}{'peak RSS (MB)':>15}")
     for name, s, rss in rows:
         print(f"{name:<42}{s:>9.2f}{rss / 1e6:>15.0f}")
@@ -119,7 +150,7 @@ def main() -> int:
     q8 = r["llama.cpp convert_hf_to_gguf q8_0"][0] / r["pyft-export q8_0"][0]
     print(f"pyft vs llama.cpp converter: f16 {f16:.1f}x, q8_0 {q8:.1f}x faster; "
           f"peak RSS {r['pyft-export f16'][1] / 1e6:.0f} / {r['pyft-export q8_0'][1] / 1e6:.0f} MB")
-    print(json.dumps({"bench": "export", "bytes": size, "speedup_f16": f16, "speedup_q8_0": q8,
+    print(json.dumps({"bench": "export-moe" if args.moe else "export", "bytes": size, "speedup_f16": f16, "speedup_q8_0": q8,
                       **{name: {"s": s, "rss": rss} for name, s, rss in rows}}))
     return 0
 

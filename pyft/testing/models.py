@@ -33,11 +33,23 @@ TINY_SHAPES: dict[str, dict[str, Any]] = {
     "mistral": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, head_dim=32, tie_word_embeddings=False, rms_norm_eps=1e-5,
                     sliding_window=None),
+    # Mixture-of-experts families: 4 experts, top-2, every layer sparse.
+    "mixtral": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False,
+                    rms_norm_eps=1e-5),
+    "qwen2_moe": dict(hidden_size=64, intermediate_size=176, moe_intermediate_size=64,
+                      shared_expert_intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, tie_word_embeddings=False,
+                      rms_norm_eps=1e-6),
+    # llama.cpp's qwen3moe always renormalises the top-k weights, as the released Qwen3-MoE configs do.
+    "qwen3_moe": dict(hidden_size=64, intermediate_size=176, moe_intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+                      num_experts_per_tok=2, norm_topk_prob=True, tie_word_embeddings=False, rms_norm_eps=1e-6),
 }
 
 #: transformers class-name prefix (``<prefix>Config``, ``<prefix>ForCausalLM``) of each arch.
 _PREFIX = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2", "gemma3": "Gemma3",
-           "mistral": "Mistral"}
+           "mistral": "Mistral", "mixtral": "Mixtral", "qwen2_moe": "Qwen2Moe", "qwen3_moe": "Qwen3Moe"}
 
 
 def make_tiny_model(
@@ -57,7 +69,7 @@ def make_tiny_model(
         tokenizer_dir: an HF tokenizer directory (e.g. from :func:`make_tokenizer`); the
             vocabulary size and special ids come from it.
         arch: a key of :data:`TINY_SHAPES` (``llama``, ``qwen2``, ``qwen3``, ``gemma2``, ``gemma3``,
-            ``mistral``).
+            ``mistral``, or the MoE ``mixtral``, ``qwen2_moe``, ``qwen3_moe``).
         seed: torch seed for the random weights.
         max_position_embeddings: context length in tokens.
         dtype: ``float32``, ``bfloat16`` or ``float16``: the dtype the weights are saved in.

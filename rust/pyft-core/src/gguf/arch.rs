@@ -21,16 +21,24 @@ pub enum Arch {
     /// `Gemma3ForCausalLM`: `gemma3` (as Gemma 2 plus q/k norms and local/global RoPE bases,
     /// no attention soft-capping).
     Gemma3,
+    /// `Qwen2MoeForCausalLM`: `qwen2moe` (Qwen2 attention, stacked experts, a gated shared expert).
+    Qwen2Moe,
+    /// `Qwen3MoeForCausalLM`: `qwen3moe` (Qwen3 attention, stacked experts, no shared expert).
+    Qwen3Moe,
 }
 
 /// HF `architectures` values and the GGUF architecture they export as.
 pub const SUPPORTED: &[(&str, Arch)] = &[
     ("LlamaForCausalLM", Arch::Llama),
     ("MistralForCausalLM", Arch::Llama),
+    // llama.cpp runs Mixtral as `llama` with stacked experts (`ffn_*_exps`).
+    ("MixtralForCausalLM", Arch::Llama),
     ("Qwen2ForCausalLM", Arch::Qwen2),
     ("Qwen3ForCausalLM", Arch::Qwen3),
     ("Gemma2ForCausalLM", Arch::Gemma2),
     ("Gemma3ForCausalLM", Arch::Gemma3),
+    ("Qwen2MoeForCausalLM", Arch::Qwen2Moe),
+    ("Qwen3MoeForCausalLM", Arch::Qwen3Moe),
 ];
 
 /// HF `architectures` values refused with a specific reason rather than "unsupported".
@@ -70,6 +78,8 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3",
+            Arch::Qwen2Moe => "qwen2moe",
+            Arch::Qwen3Moe => "qwen3moe",
         }
     }
 
@@ -85,6 +95,29 @@ impl Arch {
     pub fn permutes_qk(self) -> bool {
         self == Arch::Llama
     }
+
+    /// Whether the architecture is one of the Qwen MoE families (`mlp.experts.{e}.*_proj`).
+    pub fn is_qwen_moe(self) -> bool {
+        matches!(self, Arch::Qwen2Moe | Arch::Qwen3Moe)
+    }
+
+    /// Whether the architecture has per-head q/k RMS norms (`attn_q_norm`, `attn_k_norm`).
+    pub fn has_qk_norm(self) -> bool {
+        matches!(self, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3)
+    }
+}
+
+/// The number of routed experts (`num_local_experts`, `num_experts`, `n_routed_experts`, the keys
+/// llama.cpp's converter looks up in that order), or `None` for a dense model.
+pub fn expert_count(config: &Value) -> Option<u64> {
+    first_u64(config, &["num_local_experts", "num_experts", "n_routed_experts"])
+}
+
+/// The expert index of a per-expert HF tensor (`model.layers.0.mlp.experts.3.up_proj.weight` → 3),
+/// the position of its slice in the stacked GGUF tensor.
+pub fn expert_index(hf_name: &str) -> Option<usize> {
+    let (_, rest) = hf_name.split_once(".experts.")?;
+    rest.split('.').next()?.parse().ok()
 }
 
 /// The hyper-parameters the export needs, read from `config.json`.
@@ -231,6 +264,12 @@ pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(Str
     let eps = first_f64(config, &["rms_norm_eps", "norm_eps"])
         .ok_or_else(|| Error::Option("config.json has no `rms_norm_eps`".into()))?;
     kv.push((key("attention.layer_norm_rms_epsilon"), GgufValue::F32(eps as f32)));
+    if let Some(n) = expert_count(config) {
+        kv.push((key("expert_count"), u32_of(n, "num_local_experts")?));
+    }
+    if let Some(n) = first_u64(config, &["num_experts_per_tok", "num_experts_per_token", "top_k_experts"]) {
+        kv.push((key("expert_used_count"), u32_of(n, "num_experts_per_tok")?));
+    }
     if let Some(head_dim) = config.get("head_dim").and_then(Value::as_u64) {
         kv.push((key("attention.key_length"), u32_of(head_dim, "head_dim")?));
         kv.push((key("attention.value_length"), u32_of(head_dim, "head_dim")?));
@@ -246,6 +285,14 @@ pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(Str
     }
     if arch == Arch::Gemma3 {
         gemma3_overrides(&mut kv, config)?;
+    }
+    if matches!(arch, Arch::Qwen2Moe | Arch::Qwen3Moe) {
+        for (hf, gguf) in [("moe_intermediate_size", "expert_feed_forward_length"),
+                           ("shared_expert_intermediate_size", "expert_shared_feed_forward_length")] {
+            if let Some(n) = config.get(hf).and_then(Value::as_u64) {
+                kv.push((key(gguf), u32_of(n, hf)?));
+            }
+        }
     }
     Ok(kv)
 }
@@ -380,8 +427,28 @@ pub enum Role {
     FfnUp(usize),
     /// `ffn_down`.
     FfnDown(usize),
-    /// Norm weights, biases, `rope_freqs`: always F32.
+    /// `ffn_gate_exps`: the experts' gate projections stacked into `[n_expert, n_ff, n_embd]`.
+    FfnGateExps(usize),
+    /// `ffn_up_exps`, stacked like [`Role::FfnGateExps`].
+    FfnUpExps(usize),
+    /// `ffn_down_exps`, stacked into `[n_expert, n_embd, n_ff]`.
+    FfnDownExps(usize),
+    /// `ffn_gate_shexp`: the shared expert's gate projection (Qwen2-MoE).
+    FfnGateShexp(usize),
+    /// `ffn_up_shexp`.
+    FfnUpShexp(usize),
+    /// `ffn_down_shexp`.
+    FfnDownShexp(usize),
+    /// Norm weights, biases, `rope_freqs`, the expert routers (`ffn_gate_inp`,
+    /// `ffn_gate_inp_shexp`: F32 in the converter, never quantized by llama-quantize): always F32.
     Vector,
+}
+
+impl Role {
+    /// Whether the tensor is stacked from one HF tensor per expert.
+    pub fn is_stacked_experts(self) -> bool {
+        matches!(self, Role::FfnGateExps(_) | Role::FfnUpExps(_) | Role::FfnDownExps(_))
+    }
 }
 
 /// The GGUF name and role of an HF tensor. `Ok(None)`: the tensor is dropped (rotary caches).
@@ -428,9 +495,33 @@ pub fn map_tensor(arch: Arch, hf_name: &str) -> Result<Option<(String, Role)>> {
         "mlp.gate_proj" => ("ffn_gate", Role::FfnGate(bid)),
         "mlp.up_proj" => ("ffn_up", Role::FfnUp(bid)),
         "mlp.down_proj" => ("ffn_down", Role::FfnDown(bid)),
-        "self_attn.q_norm" if matches!(arch, Arch::Qwen3 | Arch::Gemma3) => ("attn_q_norm", Role::Vector),
-        "self_attn.k_norm" if matches!(arch, Arch::Qwen3 | Arch::Gemma3) => ("attn_k_norm", Role::Vector),
-        _ => return Err(unknown()),
+        "self_attn.q_norm" if arch.has_qk_norm() => ("attn_q_norm", Role::Vector),
+        "self_attn.k_norm" if arch.has_qk_norm() => ("attn_k_norm", Role::Vector),
+        // Mixtral (llama): router and per-expert w1 (gate), w2 (down), w3 (up).
+        "block_sparse_moe.gate" if arch == Arch::Llama => ("ffn_gate_inp", Role::Vector),
+        // Qwen MoE: router, per-expert projections, the shared expert and its sigmoid gate.
+        "mlp.gate" if arch.is_qwen_moe() => ("ffn_gate_inp", Role::Vector),
+        "mlp.shared_expert.gate_proj" if arch == Arch::Qwen2Moe => ("ffn_gate_shexp", Role::FfnGateShexp(bid)),
+        "mlp.shared_expert.up_proj" if arch == Arch::Qwen2Moe => ("ffn_up_shexp", Role::FfnUpShexp(bid)),
+        "mlp.shared_expert.down_proj" if arch == Arch::Qwen2Moe => ("ffn_down_shexp", Role::FfnDownShexp(bid)),
+        "mlp.shared_expert_gate" if arch == Arch::Qwen2Moe => ("ffn_gate_inp_shexp", Role::Vector),
+        m => {
+            // `block_sparse_moe.experts.{e}.w1` / `mlp.experts.{e}.gate_proj`: one slice of a stacked tensor.
+            if suffix != "weight" {
+                return Err(unknown());
+            }
+            let (prefix, proj) = m.rsplit_once('.').ok_or_else(unknown)?;
+            let (owner, expert) = prefix.rsplit_once('.').ok_or_else(unknown)?;
+            expert.parse::<usize>().map_err(|_| unknown())?;
+            let mixtral = arch == Arch::Llama && owner == "block_sparse_moe.experts";
+            let qwen = arch.is_qwen_moe() && owner == "mlp.experts";
+            match (proj, mixtral, qwen) {
+                ("w1", true, _) | ("gate_proj", _, true) => ("ffn_gate_exps", Role::FfnGateExps(bid)),
+                ("w3", true, _) | ("up_proj", _, true) => ("ffn_up_exps", Role::FfnUpExps(bid)),
+                ("w2", true, _) | ("down_proj", _, true) => ("ffn_down_exps", Role::FfnDownExps(bid)),
+                _ => return Err(unknown()),
+            }
+        }
     };
     let role = if suffix == "bias" { Role::Vector } else { role };
     Ok(Some((format!("blk.{bid}.{gguf}.{suffix}"), role)))
@@ -529,6 +620,41 @@ mod tests {
         assert_eq!(get("gemma3.attention.sliding_window"), Some(GgufValue::U32(8)));
         let vlm = json!({"architectures": ["Gemma3ForConditionalGeneration"]});
         assert!(Arch::from_config(&vlm).unwrap_err().to_string().contains("Gemma3ForCausalLM"));
+    }
+
+    #[test]
+    fn experts_map_to_stacked_tensors() {
+        let m = |a, n| map_tensor(a, n).unwrap();
+        assert_eq!(m(Arch::Llama, "model.layers.3.block_sparse_moe.experts.7.w2.weight"),
+                   Some(("blk.3.ffn_down_exps.weight".into(), Role::FfnDownExps(3))));
+        assert_eq!(m(Arch::Llama, "model.layers.0.block_sparse_moe.gate.weight"),
+                   Some(("blk.0.ffn_gate_inp.weight".into(), Role::Vector)));
+        assert_eq!(m(Arch::Qwen3Moe, "model.layers.1.mlp.experts.0.up_proj.weight"),
+                   Some(("blk.1.ffn_up_exps.weight".into(), Role::FfnUpExps(1))));
+        assert_eq!(m(Arch::Qwen2Moe, "model.layers.1.mlp.shared_expert.down_proj.weight"),
+                   Some(("blk.1.ffn_down_shexp.weight".into(), Role::FfnDownShexp(1))));
+        assert_eq!(m(Arch::Qwen2Moe, "model.layers.1.mlp.shared_expert_gate.weight"),
+                   Some(("blk.1.ffn_gate_inp_shexp.weight".into(), Role::Vector)));
+        assert!(map_tensor(Arch::Qwen3Moe, "model.layers.1.mlp.shared_expert.down_proj.weight").is_err());
+        assert!(map_tensor(Arch::Llama, "model.layers.1.mlp.experts.0.up_proj.weight").is_err());
+        assert!(map_tensor(Arch::Qwen2Moe, "model.layers.1.mlp.experts.x.up_proj.weight").is_err());
+        assert!(map_tensor(Arch::Qwen2Moe, "model.layers.1.mlp.experts.0.up_proj.bias").is_err());
+        assert_eq!(expert_index("model.layers.1.mlp.experts.12.up_proj.weight"), Some(12));
+        assert_eq!(expert_index("model.layers.1.mlp.gate.weight"), None);
+    }
+
+    #[test]
+    fn moe_hparams() {
+        let cfg = json!({"architectures": ["Qwen2MoeForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 176,
+                         "moe_intermediate_size": 32, "shared_expert_intermediate_size": 48, "num_experts": 4,
+                         "num_experts_per_tok": 2, "rms_norm_eps": 1e-6, "vocab_size": 512});
+        let kv = hparam_kvs(Arch::from_config(&cfg).unwrap(), &cfg, 1).unwrap();
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("qwen2moe.expert_count"), Some(GgufValue::U32(4)));
+        assert_eq!(get("qwen2moe.expert_used_count"), Some(GgufValue::U32(2)));
+        assert_eq!(get("qwen2moe.expert_feed_forward_length"), Some(GgufValue::U32(32)));
+        assert_eq!(get("qwen2moe.expert_shared_feed_forward_length"), Some(GgufValue::U32(48)));
     }
 
     #[test]

@@ -16,10 +16,10 @@ use std::sync::mpsc::sync_channel;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::gguf::arch::{hparam_kvs, llama3_rope_factors, map_tensor, permute_groups, permute_qk_rows, Arch, HParams,
-                        Role};
+use crate::gguf::arch::{expert_count, expert_index, hparam_kvs, llama3_rope_factors, map_tensor, permute_groups,
+                        permute_qk_rows, Arch, HParams, Role};
 use crate::gguf::ggml_type::GgmlType;
-use crate::gguf::mix::{tensor_type, QType};
+use crate::gguf::mix::{eight_expert_type, tensor_type, QType};
 use crate::gguf::quant::{quantize_row, quantize_rows};
 use crate::gguf::value::GgufValue;
 use crate::gguf::writer::{GgufWriter, TensorPlan};
@@ -136,6 +136,10 @@ struct Item {
     permute: Option<(usize, usize)>,
     /// Gemma's RMS norms: write `1 + w`, rounded as the converter adds it (see [`encode`]).
     add_one: bool,
+    /// For a stacked expert tensor (`ffn_*_exps`), the source tensor of each expert in order
+    /// (`source` is `None`): encoded one expert after the other, so only one expert's rows are in
+    /// memory at a time. Rows are quantized independently, so this equals quantizing the stack.
+    experts: Vec<usize>,
 }
 
 /// llama.cpp's tensor order: non-block tensors first (by name), then by layer number, then name.
@@ -151,7 +155,8 @@ fn is_llama_70b(arch: Arch, hp: &HParams) -> bool {
     match arch {
         Arch::Llama => hp.n_layer == 80 && hp.n_head != hp.n_head_kv,
         Arch::Qwen2 => hp.n_layer == 80,
-        Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 => false,
+        // llama.cpp sizes Mixtral as `llama` (8x7B has 32 layers); Qwen MoE sizes are never 70B.
+        Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Qwen2Moe | Arch::Qwen3Moe => false,
     }
 }
 
@@ -160,13 +165,21 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
     let mut items = Vec::new();
     let mut has_output = false;
     let mut mapped = Vec::new();
+    // Per-expert tensors, grouped by the stacked GGUF tensor they become: (expert, source index).
+    let mut stacks: BTreeMap<String, (Role, Vec<(usize, usize)>)> = BTreeMap::new();
     for i in 0..source.len() {
         let hf = source.name(i);
         if let Some((name, role)) = map_tensor(arch, hf)? {
             has_output |= role == Role::Output;
-            mapped.push((i, name, role));
+            if role.is_stacked_experts() {
+                let e = expert_index(hf).ok_or_else(|| Error::Option(format!("tensor `{hf}` has no expert index")))?;
+                stacks.entry(name).or_insert((role, Vec::new())).1.push((e, i));
+            } else {
+                mapped.push((i, name, role));
+            }
         }
     }
+    let n_expert = expert_count(source.config()).unwrap_or(0);
     let head_dim = source.config().get("head_dim").and_then(Value::as_u64).map_or(hp.n_embd / hp.n_head.max(1), |d| d as usize);
     for (i, name, role) in mapped {
         let shape = source.shape(i);
@@ -189,6 +202,7 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
         }
         let ncols = *shape.last().unwrap_or(&1);
         let ggml_type = tensor_type(qtype, role, ncols, hp, has_output, is_llama_70b(arch, hp));
+        let ggml_type = eight_expert_type(qtype, role, ncols, n_expert, ggml_type);
         let permute = match (arch.permutes_qk(), permute_groups(role, hp)) {
             (true, Some(groups)) => Some((shape[0], groups)),
             // Biases of Q/K are `Role::Vector`: detect them by name.
@@ -199,23 +213,66 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
         };
         let add_one = arch.shifts_norms() && source.name(i).ends_with("norm.weight");
         items.push(Item { plan: TensorPlan::from_torch_shape(name, shape, ggml_type), source: Some(i), generated: None,
-                          permute, add_one });
+                          permute, add_one, experts: Vec::new() });
+    }
+    for (name, (role, mut parts)) in stacks {
+        parts.sort_unstable();
+        let (first_expert, first) = parts[0];
+        let shape = source.shape(first).to_vec();
+        let complete = parts.len() as u64 == n_expert && parts.iter().enumerate().all(|(k, &(e, _))| e == k);
+        if !complete {
+            return Err(Error::Option(format!(
+                "`{name}` stacks the experts {:?} of `{}`, but config.json says {n_expert} experts (0..{n_expert})",
+                parts.iter().map(|p| p.0).collect::<Vec<_>>(), source.name(first))));
+        }
+        if let Some(&(_, odd)) = parts.iter().find(|&&(_, i)| source.shape(i) != shape.as_slice()) {
+            return Err(Error::Shape(format!("expert tensor `{}` has shape {:?}, expert {first_expert} has {shape:?}",
+                                            source.name(odd), source.shape(odd))));
+        }
+        if shape.len() != 2 {
+            return Err(Error::Shape(format!("expert tensor `{}` has shape {shape:?}: expected a matrix",
+                                            source.name(first))));
+        }
+        let ncols = shape[1];
+        let ggml_type = tensor_type(qtype, role, ncols, hp, has_output, is_llama_70b(arch, hp));
+        let stacked = [parts.len(), shape[0], shape[1]];
+        items.push(Item { plan: TensorPlan::from_torch_shape(name, &stacked, ggml_type), source: None, generated: None,
+                          permute: None, add_one: false,
+                          experts: parts.into_iter().map(|(_, i)| i).collect() });
     }
     if let Some(factors) = llama3_rope_factors(source.config()) {
         let plan = TensorPlan::from_torch_shape("rope_freqs.weight", &[factors.len()], GgmlType::F32);
-        items.push(Item { plan, source: None, generated: Some(factors), permute: None, add_one: false });
+        items.push(Item { plan, source: None, generated: Some(factors), permute: None, add_one: false,
+                          experts: Vec::new() });
     }
     // Every tensor llama.cpp requires must be there.
     let names: std::collections::HashSet<&str> = items.iter().map(|it| it.plan.name.as_str()).collect();
     let mut required = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
+    let ffn: &[&str] = if n_expert == 0 {
+        &["ffn_gate", "ffn_up", "ffn_down"]
+    } else if source.config().get("shared_expert_intermediate_size").and_then(Value::as_u64).is_some_and(|n| n > 0) {
+        &["ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_inp_shexp", "ffn_gate_shexp",
+          "ffn_up_shexp", "ffn_down_shexp"]
+    } else {
+        &["ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]
+    };
     for b in 0..hp.n_layer {
-        for t in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
+        for t in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"].iter().chain(ffn) {
             required.push(format!("blk.{b}.{t}.weight"));
         }
     }
     if let Some(missing) = required.iter().find(|r| !names.contains(r.as_str())) {
         return Err(Error::Option(format!("the model has no tensor for GGUF `{missing}` (config.json says {} layers)",
                                          hp.n_layer)));
+    }
+    if qtype.is_llama_quantize() {
+        // llama-quantize writes each tensor with `ggml_n_dims` dimensions, dropping trailing ones
+        // (Qwen2-MoE's `ffn_gate_inp_shexp`, [1, n_embd] in HF, becomes a vector).
+        for it in &mut items {
+            while it.plan.ne.len() > 1 && it.plan.ne.last() == Some(&1) {
+                it.plan.ne.pop();
+            }
+        }
     }
     items.sort_by(|a, b| loader_order(&a.plan.name, &b.plan.name));
     Ok(items)
@@ -265,6 +322,21 @@ fn encode(source: &dyn TensorSource, item: &Item, emit: &mut dyn FnMut(Vec<u8>) 
         quantize_rows(item.plan.ggml_type, values, ncols, &mut bytes)?;
         Ok(bytes)
     };
+    if !item.experts.is_empty() {
+        for &i in &item.experts {
+            let part = Item { plan: item.plan.clone(), source: Some(i), generated: None, permute: None, add_one: false,
+                              experts: Vec::new() };
+            let mut live = true;
+            encode(source, &part, &mut |bytes| {
+                live = emit(bytes);
+                live
+            })?;
+            if !live {
+                return Ok(());
+            }
+        }
+        return Ok(());
+    }
     if let (Some(i), None, None, false) = (item.source, &item.generated, item.permute, item.add_one) {
         if let Some((stored, dtype)) = source.raw(i) {
             let rows_per_chunk = (CHUNK_VALUES / ncols.max(1)).max(1);

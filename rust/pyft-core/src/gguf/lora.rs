@@ -121,6 +121,12 @@ pub fn export_lora_gguf(opts: &LoraExportOptions) -> Result<ExportReport> {
         let Some((gguf, role)) = map_tensor(arch, &weight)? else {
             return Err(bad(&cfg_path, format!("adapted module `{module}` has no GGUF counterpart")));
         };
+        if role.is_stacked_experts() {
+            return Err(bad(&cfg_path, format!(
+                "the adapter targets the expert `{module}`: llama.cpp holds experts stacked in one tensor per \
+                 layer, which pyft's GGUF LoRA does not write; merge the adapter into the base and export the \
+                 merged model instead")));
+        }
         if role == Role::Output && hp.tied {
             return Err(bad(&cfg_path, "the adapter targets lm_head, but the base ties it to the embeddings: \
                                        llama.cpp cannot apply it; merge instead"));

@@ -89,7 +89,7 @@ impl QType {
     }
 
     /// Whether the type comes from llama-quantize's rules rather than the converter's.
-    fn is_llama_quantize(self) -> bool {
+    pub fn is_llama_quantize(self) -> bool {
         matches!(self, QType::Q4_0 | QType::Q4_K_M | QType::Q5_K_M | QType::Q6_K)
     }
 }
@@ -148,10 +148,29 @@ pub fn tensor_type(q: QType, role: Role, ncols: usize, hp: &HParams, has_output:
                 t = GgmlType::Q5_K;
             }
         }
-        Role::FfnDown(i) if k_mix && use_more_bits(i, n_layer) => t = GgmlType::Q6_K,
+        // llama-quantize matches `ffn_down` anywhere in the name, so the stacked experts and the
+        // shared expert follow the same rule; for MoE models it takes the layer from the name.
+        Role::FfnDown(i) | Role::FfnDownExps(i) | Role::FfnDownShexp(i) if k_mix && use_more_bits(i, n_layer) => {
+            t = GgmlType::Q6_K
+        }
         _ => {}
     }
     fallback(t, ncols)
+}
+
+/// llama-quantize's extra rules for models with exactly 8 experts (Mixtral-8x7B): `attn_k` and
+/// `attn_v` become Q8_0, `attn_output` Q5_K in the Q4_K_M mix. `t` is [`tensor_type`]'s choice;
+/// other models keep it.
+pub fn eight_expert_type(q: QType, role: Role, ncols: usize, n_expert: u64, t: GgmlType) -> GgmlType {
+    if n_expert != 8 || !q.is_llama_quantize() {
+        return t;
+    }
+    let bumped = match role {
+        Role::AttnK(_) | Role::AttnV(_) => GgmlType::Q8_0,
+        Role::AttnOutput(_) if q == QType::Q4_K_M => GgmlType::Q5_K,
+        _ => return t,
+    };
+    fallback(bumped, ncols)
 }
 
 #[cfg(test)]
@@ -190,5 +209,20 @@ mod tests {
         assert_eq!(tensor_type(QType::Q5_K_M, Role::AttnQ(0), 896, &h, true, false), GgmlType::Q5_1);
         assert_eq!(tensor_type(QType::Q4_K_M, Role::Output, 896, &h, true, false), GgmlType::Q8_0);
         assert_eq!(tensor_type(QType::Q8_0, Role::AttnQ(0), 48, &h, true, false), GgmlType::F16);
+    }
+
+    #[test]
+    fn moe_rules() {
+        let h = hp(32);
+        assert_eq!(tensor_type(QType::Q4_K_M, Role::FfnDownExps(6), 4096, &h, true, false), GgmlType::Q6_K);
+        assert_eq!(tensor_type(QType::Q4_K_M, Role::FfnDownShexp(5), 4096, &h, true, false), GgmlType::Q4_K);
+        assert_eq!(tensor_type(QType::Q4_K_M, Role::FfnGateExps(0), 4096, &h, true, false), GgmlType::Q4_K);
+        let eight = |q, role| eight_expert_type(q, role, 4096, 8, tensor_type(q, role, 4096, &h, true, false));
+        assert_eq!(eight(QType::Q4_K_M, Role::AttnV(0)), GgmlType::Q8_0);
+        assert_eq!(eight(QType::Q6_K, Role::AttnK(3)), GgmlType::Q8_0);
+        assert_eq!(eight(QType::Q4_K_M, Role::AttnOutput(3)), GgmlType::Q5_K);
+        assert_eq!(eight(QType::Q5_K_M, Role::AttnOutput(3)), GgmlType::Q5_K);
+        assert_eq!(eight(QType::Q8_0, Role::AttnK(3)), GgmlType::Q8_0);
+        assert_eq!(eight_expert_type(QType::Q4_K_M, Role::AttnV(4), 4096, 60, GgmlType::Q4_K), GgmlType::Q4_K);
     }
 }
