@@ -151,7 +151,7 @@ fn is_llama_70b(arch: Arch, hp: &HParams) -> bool {
     match arch {
         Arch::Llama => hp.n_layer == 80 && hp.n_head != hp.n_head_kv,
         Arch::Qwen2 => hp.n_layer == 80,
-        Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 => false,
+        Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Granite | Arch::Olmo2 | Arch::SmolLM3 => false,
     }
 }
 
@@ -209,7 +209,7 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
     let names: std::collections::HashSet<&str> = items.iter().map(|it| it.plan.name.as_str()).collect();
     let mut required = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
     for b in 0..hp.n_layer {
-        for t in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
+        for t in arch.required_block_tensors() {
             required.push(format!("blk.{b}.{t}.weight"));
         }
     }
