@@ -76,19 +76,20 @@ def with_spm(model: Path, spm: Path) -> Path:
 
 def make_model(root: Path, arch: str, tok_dirs: dict[str, Path], spm: Path, **kw) -> Path:
     """A tiny model of `arch` with the tokenizer its converter path needs (Gemma: SentencePiece)."""
-    tok = tok_dirs["llama3" if arch in ("llama", "mistral") else "chatml"]
+    tok = tok_dirs["llama3" if arch in ("llama", "mistral", "granite", "smollm3") else "chatml"]
     model = make_tiny_model(root, tok, arch=arch, **kw)
     return with_spm(model, spm) if arch.startswith("gemma") else model
 
 
 #: Every architecture the export writes (tiny fixtures in `models`).
-ARCHS = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral"]
+ARCHS = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3"]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, tok_dirs: dict[str, Path], spm_model: Path) -> dict[str, Path]:
     """Tiny models: GQA Llama (untied), tied Qwen2 with biases, Qwen3 with q/k norms, Gemma 2 and 3
-    (soft-capping, sliding window, sandwich norms), Mistral with Mistral-Nemo's explicit head_dim."""
+    (soft-capping, sliding window, sandwich norms), Mistral with Mistral-Nemo's explicit head_dim,
+    Granite (multipliers), OLMo 2 (post-norms, whole-projection q/k norms), SmolLM3 (NoPE layer)."""
     root = tmp_path_factory.mktemp("gguf-models")
     kw = {"llama": dict(num_key_value_heads=2)}
     return {a: make_model(root / a, a, tok_dirs, spm_model, **kw.get(a, {})) for a in ARCHS}
@@ -176,6 +177,54 @@ def test_quantized_mixes_identical_to_llama_quantize(k_model, k_model_f16, tmp_p
         assert kinds["blk.0.attn_q.weight"] == "Q4_K" and kinds["blk.2.ffn_down.weight"] == "Q4_K"
 
 
+@pytest.mark.parametrize("arch", ["granite", "olmo2", "smollm3"])
+def test_k_quants_identical_to_llama_quantize_per_arch(tok_dirs, spm_model, tmp_path, arch):
+    """Rows of 256 so every K-quant applies: pyft's Q4_K_M from the BF16 weights equals
+    llama-quantize run on pyft's (converter-identical) BF16 file."""
+    model = make_model(tmp_path / "m", arch, tok_dirs, spm_model, hidden_size=256, intermediate_size=512,
+                       dtype="bfloat16")
+    bf16 = export_gguf(model, tmp_path / "bf16.gguf", qtype="bf16")
+    assert tensors(bf16.path) == tensors(convert_hf_to_gguf(model, tmp_path / "ref.gguf", "bf16", pre=bf16.pre))
+    for qtype in ("q4_k_m", "q6_k"):
+        ours = tensors(export_gguf(model, tmp_path / f"{qtype}.gguf", qtype=qtype).path)
+        assert ours == tensors(llama_quantize(bf16.path, tmp_path / f"ref-{qtype}.gguf", qtype)), qtype
+
+
+def _neutralised_logits(model_dir: Path, ids: list[int], overrides: dict, unit_norms: bool) -> np.ndarray:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **overrides)
+    if unit_norms:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+    with torch.no_grad():
+        return model(torch.tensor([ids]), use_cache=False).logits[0].numpy()
+
+
+#: Per fixture feature: config overrides (or unit norm weights) that switch it off.
+FEATURES = [
+    ("granite", "attention_multiplier", dict(attention_multiplier=0.25), False),  # = 1/sqrt(head_dim)
+    ("granite", "embedding_multiplier", dict(embedding_multiplier=1.0), False),
+    ("granite", "residual_multiplier", dict(residual_multiplier=1.0), False),
+    ("granite", "logits_scaling", dict(logits_scaling=1.0), False),
+    ("olmo2", "norm weights", {}, True),
+    ("smollm3", "no_rope_layers", dict(no_rope_layers=[1, 1, 1, 1]), False),
+]
+
+
+@pytest.mark.parametrize(("arch", "feature", "overrides", "unit_norms"), FEATURES,
+                         ids=[f"{f[0]}-{f[1]}" for f in FEATURES])
+def test_fixture_features_change_transformers_logits(models, arch, feature, overrides, unit_norms):
+    """The logits tests above only mean something if each feature moves transformers' logits by
+    far more than their 1e-2 (F16) tolerance."""
+    ids = list(range(7, 7 + 24))
+    ref = _hf_logits(models[arch], ids)
+    off = _neutralised_logits(models[arch], ids, overrides, unit_norms)
+    assert _rel(off, ref) > 0.05, (feature, _rel(off, ref))
+
+
 def test_odd_rows_fall_back_like_llama_quantize(tok_dirs, tmp_path):
     model = make_tiny_model(tmp_path / "odd", tok_dirs["chatml"], arch="qwen2", hidden_size=64 * 3,
                             intermediate_size=256, num_attention_heads=3, num_key_value_heads=1, dtype="bfloat16")
@@ -237,7 +286,7 @@ def _peft_adapter(base: Path, out: Path, *, r: int = 8, alpha: int = 16, rslora:
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3"])
 @pytest.mark.parametrize("variant", ["lora", "rslora", "rank_pattern"])
 def test_gguf_lora_in_llama_cpp_matches_peft(models, tmp_path, arch, variant):
     base = models[arch]
@@ -258,7 +307,7 @@ def test_gguf_lora_in_llama_cpp_matches_peft(models, tmp_path, arch, variant):
     assert np.abs(got - ref).max() <= max(1e-3, 1.5 * runtime), (np.abs(got - ref).max(), runtime)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3"])
 def test_gguf_lora_tensors_identical_to_llama_cpp_converter(models, tmp_path, arch):
     adapter = _peft_adapter(models[arch], tmp_path / "adapter")
     ours = tensors(export_gguf_lora(adapter, models[arch], tmp_path / "ours.gguf").path)
@@ -286,7 +335,7 @@ def test_adapter_merged_on_the_fly_matches_merge_then_export(models, tmp_path):
     assert a == b
 
 
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "mistral"])
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3"])
 def test_merged_model_exports_like_the_converter_on_it(models, tmp_path, arch):
     """pyft-merge, then export: equal to llama.cpp's converter on the merged directory, and to the
     export with the adapter merged on the fly."""
@@ -413,6 +462,19 @@ def test_existing_output_is_not_overwritten(models, tmp_path):
     with pytest.raises(FileExistsError, match="already exists.*--overwrite"):
         export_gguf(models["llama"], out)
     assert out.read_bytes() == b"keep"
+
+
+def test_smollm3_nope_pattern_llama_cpp_cannot_run_is_refused(models, tmp_path):
+    import shutil
+
+    model = tmp_path / "smollm3"
+    shutil.copytree(models["smollm3"], model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["no_rope_layers"] = [1, 0, 1, 1]
+    (model / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="no_rope_layers.*every-fourth-layer"):
+        export_gguf(model, tmp_path / "x.gguf")
+    assert not list(tmp_path.glob("x.gguf*"))
 
 
 def test_gemma2_needs_its_sentencepiece_model(models, tmp_path):

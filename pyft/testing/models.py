@@ -45,11 +45,25 @@ TINY_SHAPES: dict[str, dict[str, Any]] = {
     "qwen3_moe": dict(hidden_size=64, intermediate_size=176, moe_intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
                       num_experts_per_tok=2, norm_topk_prob=True, tie_word_embeddings=False, rms_norm_eps=1e-6),
+    # Granite: multipliers far from 1 so each one moves the logits (scores scaled by 1 instead of
+    # 1/sqrt(16), embeddings x12, residual branches x0.5, logits / 4); weights at std 0.15 so the
+    # attention scores are large enough for their scale to matter.
+    "granite": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, tie_word_embeddings=False, rms_norm_eps=1e-5, attention_multiplier=1.0,
+                    embedding_multiplier=12.0, residual_multiplier=0.5, logits_scaling=4.0, initializer_range=0.15),
+    # OLMo 2: GQA, so the k norm (over all KV heads) is narrower than the q norm.
+    "olmo2": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=False, rms_norm_eps=1e-6),
+    # SmolLM3: four layers, so layer 3 runs without RoPE; weights at std 0.15 so attention is far
+    # from uniform and RoPE (or its absence) shows in the logits.
+    "smollm3": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6, initializer_range=0.15),
 }
 
 #: transformers class-name prefix (``<prefix>Config``, ``<prefix>ForCausalLM``) of each arch.
 _PREFIX = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2", "gemma3": "Gemma3",
-           "mistral": "Mistral", "mixtral": "Mixtral", "qwen2_moe": "Qwen2Moe", "qwen3_moe": "Qwen3Moe"}
+           "mistral": "Mistral", "granite": "Granite", "olmo2": "Olmo2", "smollm3": "SmolLM3", "mixtral": "Mixtral",
+           "qwen2_moe": "Qwen2Moe", "qwen3_moe": "Qwen3Moe"}
 
 
 def make_tiny_model(
@@ -69,7 +83,7 @@ def make_tiny_model(
         tokenizer_dir: an HF tokenizer directory (e.g. from :func:`make_tokenizer`); the
             vocabulary size and special ids come from it.
         arch: a key of :data:`TINY_SHAPES` (``llama``, ``qwen2``, ``qwen3``, ``gemma2``, ``gemma3``,
-            ``mistral``, or the MoE ``mixtral``, ``qwen2_moe``, ``qwen3_moe``).
+            ``mistral``, ``granite``, ``olmo2``, ``smollm3``, or the MoE ``mixtral``, ``qwen2_moe``, ``qwen3_moe``).
         seed: torch seed for the random weights.
         max_position_embeddings: context length in tokens.
         dtype: ``float32``, ``bfloat16`` or ``float16``: the dtype the weights are saved in.
@@ -109,6 +123,12 @@ def make_tiny_model(
             for name, p in model.named_parameters():
                 if name.endswith("norm.weight"):
                     p.normal_(0.0, 0.2)
+    elif arch == "olmo2":
+        # Norms initialised to 1 would hide a swapped post-norm or q/k norm: random scales.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.normal_(1.0, 0.2)
     model = model.to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(**ids)
     out = Path(out_dir)

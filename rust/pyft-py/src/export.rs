@@ -40,9 +40,11 @@ pub fn export_gguf(py: Python<'_>, model: PathBuf, out: PathBuf, qtype: &str, ad
         let inputs: Vec<AdapterInput> = adapters.into_iter().map(|(dir, weight)| AdapterInput { dir, weight }).collect();
         let source = MergedModel::open(&model, &inputs, combine)?;
         let arch = pyft_core::gguf::arch::Arch::from_config(source.config())?;
-        // Qwen3 takes the Qwen2 tokenizer path in llama.cpp's converter.
+        // Qwen3 takes the Qwen2 tokenizer path in llama.cpp's converter; OLMo 2 its GPT-2 BPE one (TextModel.set_vocab).
         let vocab_arch = match arch {
-            pyft_core::gguf::arch::Arch::Llama => "llama",
+            // GraniteModel and SmolLM3Model take LlamaModel.set_vocab.
+            pyft_core::gguf::arch::Arch::Llama | pyft_core::gguf::arch::Arch::Granite
+            | pyft_core::gguf::arch::Arch::SmolLM3 => "llama",
             pyft_core::gguf::arch::Arch::Gemma2 => "gemma2",
             pyft_core::gguf::arch::Arch::Gemma3 => "gemma3",
             _ => "qwen2",

@@ -25,6 +25,15 @@ pub enum Arch {
     Qwen2Moe,
     /// `Qwen3MoeForCausalLM`: `qwen3moe` (Qwen3 attention, stacked experts, no shared expert).
     Qwen3Moe,
+    /// `GraniteForCausalLM`: `granite` (Llama plus embedding/residual/attention multipliers and a
+    /// logits divisor; `head_dim` ignored as the converter does).
+    Granite,
+    /// `Olmo2ForCausalLM`: `olmo2` (post-attention/post-FFN norms only, q/k norms over the whole
+    /// projection, NeoX RoPE, no permutation).
+    Olmo2,
+    /// `SmolLM3ForCausalLM`: `smollm3` (Llama with RoPE skipped on every fourth layer; llama.cpp
+    /// fixes that pattern, so other `no_rope_layers` are refused).
+    SmolLM3,
 }
 
 /// HF `architectures` values and the GGUF architecture they export as.
@@ -39,6 +48,9 @@ pub const SUPPORTED: &[(&str, Arch)] = &[
     ("Gemma3ForCausalLM", Arch::Gemma3),
     ("Qwen2MoeForCausalLM", Arch::Qwen2Moe),
     ("Qwen3MoeForCausalLM", Arch::Qwen3Moe),
+    ("GraniteForCausalLM", Arch::Granite),
+    ("Olmo2ForCausalLM", Arch::Olmo2),
+    ("SmolLM3ForCausalLM", Arch::SmolLM3),
 ];
 
 /// HF `architectures` values refused with a specific reason rather than "unsupported".
@@ -80,6 +92,19 @@ impl Arch {
             Arch::Gemma3 => "gemma3",
             Arch::Qwen2Moe => "qwen2moe",
             Arch::Qwen3Moe => "qwen3moe",
+            Arch::Granite => "granite",
+            Arch::Olmo2 => "olmo2",
+            Arch::SmolLM3 => "smollm3",
+        }
+    }
+
+    /// The per-layer GGUF tensors llama.cpp requires (without `blk.N.` and `.weight`).
+    pub fn required_block_tensors(self) -> &'static [&'static str] {
+        match self {
+            // No pre-norms: post-attention and post-FFN norms only.
+            Arch::Olmo2 => &["attn_q", "attn_k", "attn_v", "attn_output", "post_attention_norm", "ffn_gate", "ffn_up",
+                             "ffn_down", "post_ffw_norm"],
+            _ => &["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"],
         }
     }
 
@@ -93,7 +118,13 @@ impl Arch {
     /// Whether llama.cpp runs this architecture with adjacent-pair RoPE, so HF's Q/K rows must be
     /// permuted (§2.4).
     pub fn permutes_qk(self) -> bool {
-        self == Arch::Llama
+        matches!(self, Arch::Llama | Arch::Granite | Arch::SmolLM3)
+    }
+
+    /// Whether the converter's class derives from its `LlamaModel` (vocab size and RoPE dimension
+    /// keys, Llama vocabulary rules).
+    pub fn is_llama_family(self) -> bool {
+        matches!(self, Arch::Llama | Arch::Granite | Arch::SmolLM3)
     }
 
     /// Whether the architecture is one of the Qwen MoE families (`mlp.experts.{e}.*_proj`).
@@ -103,7 +134,7 @@ impl Arch {
 
     /// Whether the architecture has per-head q/k RMS norms (`attn_q_norm`, `attn_k_norm`).
     pub fn has_qk_norm(self) -> bool {
-        matches!(self, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3)
+        matches!(self, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3 | Arch::Olmo2)
     }
 }
 
@@ -204,6 +235,15 @@ pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(Str
     if arch == Arch::Gemma2 {
         return gemma2_kvs(config, file_type);
     }
+    if arch == Arch::Granite && config.get("head_dim").is_some() {
+        // GraniteModel.set_gguf_parameters pops head_dim before the generic keys.
+        let mut config = config.clone();
+        config.as_object_mut().map(|c| c.remove("head_dim"));
+        return hparam_kvs(arch, &config, file_type);
+    }
+    if arch == Arch::SmolLM3 {
+        check_smollm3_nope(config)?;
+    }
     let a = arch.name();
     let hp = HParams::from_config(config)?;
     let key = |k: &str| format!("{a}.{k}");
@@ -275,7 +315,7 @@ pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(Str
         kv.push((key("attention.value_length"), u32_of(head_dim, "head_dim")?));
     }
     kv.push(("general.file_type".into(), GgufValue::U32(file_type)));
-    if arch == Arch::Llama {
+    if arch.is_llama_family() {
         kv.push((key("vocab_size"), u32_of(hp.vocab_size as u64, "vocab_size")?));
         let rope_dim = match config.get("head_dim").and_then(Value::as_u64) {
             Some(d) => d,
@@ -294,7 +334,32 @@ pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(Str
             }
         }
     }
+    if arch == Arch::Granite {
+        // Written only when set and non-zero (the converter's `if x := hparams.get(...)`).
+        for (hf, gguf) in [("attention_multiplier", "attention.scale"), ("embedding_multiplier", "embedding_scale"),
+                           ("residual_multiplier", "residual_scale"), ("logits_scaling", "logit_scale")] {
+            if let Some(v) = config.get(hf).and_then(Value::as_f64).filter(|v| *v != 0.0) {
+                kv.push((key(gguf), GgufValue::F32(v as f32)));
+            }
+        }
+    }
     Ok(kv)
+}
+
+/// llama.cpp runs SmolLM3 without RoPE on every fourth layer (`(il + 1) % 4 == 0`) whatever the
+/// config says, and the converter writes no key for it: refuse a `no_rope_layers` (1 = RoPE) that
+/// differs, which would export a model computing something else.
+fn check_smollm3_nope(config: &Value) -> Result<()> {
+    let Some(layers) = config.get("no_rope_layers").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    let expected = (0..layers.len()).map(|i| u64::from((i + 1) % 4 != 0));
+    if !layers.iter().map(Value::as_u64).eq(expected.map(Some)) {
+        return Err(Error::Option(format!(
+            "config.json `no_rope_layers` = {} is not SmolLM3's every-fourth-layer NoPE pattern, the only one \
+             llama.cpp runs (the GGUF would compute a different model)", Value::Array(layers.clone()))));
+    }
+    Ok(())
 }
 
 /// The RoPE base of sliding-window layers: `rope_parameters.sliding_attention.rope_theta`
@@ -481,12 +546,14 @@ pub fn map_tensor(arch: Arch, hf_name: &str) -> Result<Option<(String, Role)>> {
         return Err(unknown());
     }
     let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+    let olmo2 = arch == Arch::Olmo2;
     let (gguf, role) = match module {
         "input_layernorm" => ("attn_norm", Role::Vector),
-        // Gemma's sandwich norms: llama.cpp names the pre-FFN norm `ffn_norm`.
-        "post_attention_layernorm" if gemma => ("post_attention_norm", Role::Vector),
+        // Gemma's sandwich norms (llama.cpp names the pre-FFN norm `ffn_norm`) and OLMo 2's
+        // post-norms.
+        "post_attention_layernorm" if gemma || olmo2 => ("post_attention_norm", Role::Vector),
         "pre_feedforward_layernorm" if gemma => ("ffn_norm", Role::Vector),
-        "post_feedforward_layernorm" if gemma => ("post_ffw_norm", Role::Vector),
+        "post_feedforward_layernorm" if gemma || olmo2 => ("post_ffw_norm", Role::Vector),
         "post_attention_layernorm" => ("ffn_norm", Role::Vector),
         "self_attn.q_proj" => ("attn_q", Role::AttnQ(bid)),
         "self_attn.k_proj" => ("attn_k", Role::AttnK(bid)),
@@ -655,6 +722,31 @@ mod tests {
         assert_eq!(get("qwen2moe.expert_used_count"), Some(GgufValue::U32(2)));
         assert_eq!(get("qwen2moe.expert_feed_forward_length"), Some(GgufValue::U32(32)));
         assert_eq!(get("qwen2moe.expert_shared_feed_forward_length"), Some(GgufValue::U32(48)));
+    }
+
+    #[test]
+    fn granite_olmo2_smollm3() {
+        let cfg = json!({"architectures": ["GraniteForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "head_dim": 32, "rms_norm_eps": 1e-5, "vocab_size": 512,
+                         "attention_multiplier": 1.0, "embedding_multiplier": 12.0, "residual_multiplier": 0.0,
+                         "logits_scaling": 4.0});
+        let kv = hparam_kvs(Arch::from_config(&cfg).unwrap(), &cfg, 1).unwrap();
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("granite.attention.key_length"), None);
+        assert_eq!(get("granite.rope.dimension_count"), Some(GgufValue::U32(16)));
+        assert_eq!(get("granite.embedding_scale"), Some(GgufValue::F32(12.0)));
+        assert_eq!(get("granite.residual_scale"), None);
+        assert_eq!(get("granite.logit_scale"), Some(GgufValue::F32(4.0)));
+        let g = |n| map_tensor(Arch::Olmo2, n).unwrap().map(|(g, _)| g);
+        assert_eq!(g("model.layers.0.post_attention_layernorm.weight").as_deref(), Some("blk.0.post_attention_norm.weight"));
+        assert_eq!(g("model.layers.0.self_attn.k_norm.weight").as_deref(), Some("blk.0.attn_k_norm.weight"));
+        let smol = json!({"architectures": ["SmolLM3ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 4,
+                          "num_attention_heads": 4, "rms_norm_eps": 1e-6, "vocab_size": 512,
+                          "no_rope_layers": [1, 1, 1, 0]});
+        assert!(hparam_kvs(Arch::SmolLM3, &smol, 1).is_ok());
+        let mut odd = smol.clone();
+        odd["no_rope_layers"] = json!([1, 1, 0, 1]);
+        assert!(hparam_kvs(Arch::SmolLM3, &odd, 1).unwrap_err().to_string().contains("every-fourth-layer"));
     }
 
     #[test]

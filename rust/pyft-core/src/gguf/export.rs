@@ -156,7 +156,8 @@ fn is_llama_70b(arch: Arch, hp: &HParams) -> bool {
         Arch::Llama => hp.n_layer == 80 && hp.n_head != hp.n_head_kv,
         Arch::Qwen2 => hp.n_layer == 80,
         // llama.cpp sizes Mixtral as `llama` (8x7B has 32 layers); Qwen MoE sizes are never 70B.
-        Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Qwen2Moe | Arch::Qwen3Moe => false,
+        Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Granite | Arch::Olmo2 | Arch::SmolLM3 | Arch::Qwen2Moe
+        | Arch::Qwen3Moe => false,
     }
 }
 
@@ -257,7 +258,9 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
         &["ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]
     };
     for b in 0..hp.n_layer {
-        for t in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"].iter().chain(ffn) {
+        // The architecture's block tensors, with the dense FFN replaced by the experts of a MoE.
+        let dense = arch.required_block_tensors().iter().filter(|t| !matches!(**t, "ffn_gate" | "ffn_up" | "ffn_down"));
+        for t in dense.chain(ffn) {
             required.push(format!("blk.{b}.{t}.weight"));
         }
     }
