@@ -78,18 +78,31 @@ def make_model(root: Path, arch: str, tok_dirs: dict[str, Path], spm: Path, **kw
     """A tiny model of `arch` with the tokenizer its converter path needs (Gemma: SentencePiece)."""
     tok = tok_dirs["llama3" if arch in ("llama", "mistral", "granite", "smollm3") else "chatml"]
     model = make_tiny_model(root, tok, arch=arch, **kw)
-    return with_spm(model, spm) if arch.startswith("gemma") else model
+    if arch.startswith("gemma") or arch == "phi3":
+        model = with_spm(model, spm)
+    if arch.startswith("phi"):
+        # Phi3MiniModel.set_vocab picks its path by tokenizer_class (and needs the key).
+        cfg = json.loads((model / "tokenizer_config.json").read_text())
+        cfg["tokenizer_class"] = "GPT2Tokenizer" if arch == "phi4" else "LlamaTokenizer"
+        if arch == "phi3":
+            # Phi-3's added specials past the SentencePiece pieces (llama.cpp looks up
+            # <|endoftext|> by text in any model named phi3).
+            cfg["added_tokens_decoder"] = {str(480 + i): {"content": c, "special": True}
+                                           for i, c in enumerate(["<|endoftext|>", "<|assistant|>", "<|end|>"])}
+        (model / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return model
 
 
 #: Every architecture the export writes (tiny fixtures in `models`).
-ARCHS = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3"]
+ARCHS = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3", "phi3", "phi4"]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, tok_dirs: dict[str, Path], spm_model: Path) -> dict[str, Path]:
     """Tiny models: GQA Llama (untied), tied Qwen2 with biases, Qwen3 with q/k norms, Gemma 2 and 3
     (soft-capping, sliding window, sandwich norms), Mistral with Mistral-Nemo's explicit head_dim,
-    Granite (multipliers), OLMo 2 (post-norms, whole-projection q/k norms), SmolLM3 (NoPE layer)."""
+    Granite (multipliers), OLMo 2 (post-norms, whole-projection q/k norms), SmolLM3 (NoPE layer),
+    Phi-3.5 (fused QKV/gate-up, LongRoPE, partial rotary, SentencePiece) and Phi-4 (GPT-2 BPE)."""
     root = tmp_path_factory.mktemp("gguf-models")
     kw = {"llama": dict(num_key_value_heads=2)}
     return {a: make_model(root / a, a, tok_dirs, spm_model, **kw.get(a, {})) for a in ARCHS}
@@ -177,12 +190,13 @@ def test_quantized_mixes_identical_to_llama_quantize(k_model, k_model_f16, tmp_p
         assert kinds["blk.0.attn_q.weight"] == "Q4_K" and kinds["blk.2.ffn_down.weight"] == "Q4_K"
 
 
-@pytest.mark.parametrize("arch", ["granite", "olmo2", "smollm3"])
+@pytest.mark.parametrize("arch", ["granite", "olmo2", "smollm3", "phi3"])
 def test_k_quants_identical_to_llama_quantize_per_arch(tok_dirs, spm_model, tmp_path, arch):
     """Rows of 256 so every K-quant applies: pyft's Q4_K_M from the BF16 weights equals
-    llama-quantize run on pyft's (converter-identical) BF16 file."""
+    llama-quantize run on pyft's (converter-identical) BF16 file (Phi-3: fused QKV one step up)."""
+    # 16 heads keep head_dim 16, so Phi-3's six LongRoPE factors still fit.
     model = make_model(tmp_path / "m", arch, tok_dirs, spm_model, hidden_size=256, intermediate_size=512,
-                       dtype="bfloat16")
+                       num_attention_heads=16, num_key_value_heads=4, dtype="bfloat16")
     bf16 = export_gguf(model, tmp_path / "bf16.gguf", qtype="bf16")
     assert tensors(bf16.path) == tensors(convert_hf_to_gguf(model, tmp_path / "ref.gguf", "bf16", pre=bf16.pre))
     for qtype in ("q4_k_m", "q6_k"):
@@ -211,6 +225,8 @@ FEATURES = [
     ("granite", "logits_scaling", dict(logits_scaling=1.0), False),
     ("olmo2", "norm weights", {}, True),
     ("smollm3", "no_rope_layers", dict(no_rope_layers=[1, 1, 1, 1]), False),
+    ("phi3", "longrope", dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                               "partial_rotary_factor": 0.75}), False),
 ]
 
 
@@ -279,19 +295,20 @@ def _peft_adapter(base: Path, out: Path, *, r: int = 8, alpha: int = 16, rslora:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     cfg = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, rank_pattern=rank_pattern or {},
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                     "qkv_proj", "gate_up_proj"],  # the last two: Phi-3's fused ones
                      init_lora_weights=False)
     peft_model = get_peft_model(model, cfg)
     peft_model.save_pretrained(out)
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3", "phi3"])
 @pytest.mark.parametrize("variant", ["lora", "rslora", "rank_pattern"])
 def test_gguf_lora_in_llama_cpp_matches_peft(models, tmp_path, arch, variant):
     base = models[arch]
     kw = {"rslora": dict(r=16, alpha=8, rslora=True), "lora": {},
-          "rank_pattern": dict(rank_pattern={"q_proj": 4, "down_proj": 12})}[variant]
+          "rank_pattern": dict(rank_pattern={"qkv_proj" if arch == "phi3" else "q_proj": 4, "down_proj": 12})}[variant]
     adapter = _peft_adapter(base, tmp_path / "adapter", **kw)
     base_gguf = export_gguf(base, tmp_path / "base.gguf", qtype="f32").path
     lora_gguf = export_gguf_lora(adapter, base, tmp_path / "lora.gguf").path
@@ -307,7 +324,7 @@ def test_gguf_lora_in_llama_cpp_matches_peft(models, tmp_path, arch, variant):
     assert np.abs(got - ref).max() <= max(1e-3, 1.5 * runtime), (np.abs(got - ref).max(), runtime)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3", "phi3"])
 def test_gguf_lora_tensors_identical_to_llama_cpp_converter(models, tmp_path, arch):
     adapter = _peft_adapter(models[arch], tmp_path / "adapter")
     ours = tensors(export_gguf_lora(adapter, models[arch], tmp_path / "ours.gguf").path)
@@ -335,7 +352,7 @@ def test_adapter_merged_on_the_fly_matches_merge_then_export(models, tmp_path):
     assert a == b
 
 
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3"])
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "mistral", "granite", "olmo2", "smollm3", "phi3"])
 def test_merged_model_exports_like_the_converter_on_it(models, tmp_path, arch):
     """pyft-merge, then export: equal to llama.cpp's converter on the merged directory, and to the
     export with the adapter merged on the fly."""
@@ -351,7 +368,8 @@ def test_merged_model_exports_like_the_converter_on_it(models, tmp_path, arch):
         fly = export_gguf(models[arch], tmp_path / f"fly-{qtype}.gguf", qtype=qtype, adapters=[adapter])
         assert tensors(fly.path) == ref, qtype
     base = tensors(export_gguf(models[arch], tmp_path / "base.gguf", qtype="q8_0").path)
-    assert base["blk.0.attn_q.weight"] != ref["blk.0.attn_q.weight"], "the adapter must change the weights"
+    q = "blk.0.attn_qkv.weight" if arch == "phi3" else "blk.0.attn_q.weight"
+    assert base[q] != ref[q], "the adapter must change the weights"
 
 
 # --- from a 4-bit NF4 base (bitsandbytes format) ----------------------------------------------------------

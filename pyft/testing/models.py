@@ -58,12 +58,25 @@ TINY_SHAPES: dict[str, dict[str, Any]] = {
     # from uniform and RoPE (or its absence) shows in the logits.
     "smollm3": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
                     num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6, initializer_range=0.15),
+    # Phi-3.5/Phi-4-mini: LongRoPE over 12 of 16 head dims (partial_rotary_factor 0.75); prompts
+    # longer than original_max_position_embeddings (16) so both transformers and llama.cpp use the
+    # long factors; weights at std 0.15 so the RoPE factors show in the logits.
+    "phi3": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, tie_word_embeddings=False, rms_norm_eps=1e-5, initializer_range=0.15,
+                 original_max_position_embeddings=16,
+                 rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                                  "long_factor": [1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
+                                  "short_factor": [1.0, 1.0, 1.1, 1.2, 1.3, 1.5]}),
+    # Phi-4: the same fused layout without RoPE scaling or sliding window (GPT-2 BPE vocabulary).
+    "phi4": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, tie_word_embeddings=False, rms_norm_eps=1e-5,
+                 original_max_position_embeddings=2048),
 }
 
 #: transformers class-name prefix (``<prefix>Config``, ``<prefix>ForCausalLM``) of each arch.
 _PREFIX = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2", "gemma3": "Gemma3",
-           "mistral": "Mistral", "granite": "Granite", "olmo2": "Olmo2", "smollm3": "SmolLM3", "mixtral": "Mixtral",
-           "qwen2_moe": "Qwen2Moe", "qwen3_moe": "Qwen3Moe"}
+           "mistral": "Mistral", "granite": "Granite", "olmo2": "Olmo2", "smollm3": "SmolLM3", "phi3": "Phi3",
+           "phi4": "Phi3", "mixtral": "Mixtral", "qwen2_moe": "Qwen2Moe", "qwen3_moe": "Qwen3Moe"}
 
 
 def make_tiny_model(
@@ -83,7 +96,8 @@ def make_tiny_model(
         tokenizer_dir: an HF tokenizer directory (e.g. from :func:`make_tokenizer`); the
             vocabulary size and special ids come from it.
         arch: a key of :data:`TINY_SHAPES` (``llama``, ``qwen2``, ``qwen3``, ``gemma2``, ``gemma3``,
-            ``mistral``, ``granite``, ``olmo2``, ``smollm3``, or the MoE ``mixtral``, ``qwen2_moe``, ``qwen3_moe``).
+            ``mistral``, ``granite``, ``olmo2``, ``smollm3``, ``phi3``, ``phi4``, or the MoE ``mixtral``,
+            ``qwen2_moe``, ``qwen3_moe``).
         seed: torch seed for the random weights.
         max_position_embeddings: context length in tokens.
         dtype: ``float32``, ``bfloat16`` or ``float16``: the dtype the weights are saved in.

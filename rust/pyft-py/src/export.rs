@@ -47,6 +47,7 @@ pub fn export_gguf(py: Python<'_>, model: PathBuf, out: PathBuf, qtype: &str, ad
             | pyft_core::gguf::arch::Arch::SmolLM3 => "llama",
             pyft_core::gguf::arch::Arch::Gemma2 => "gemma2",
             pyft_core::gguf::arch::Arch::Gemma3 => "gemma3",
+            pyft_core::gguf::arch::Arch::Phi3 => "phi3",
             _ => "qwen2",
         };
         let vocab = tokenizer_metadata(&model, vocab_arch, &VocabOptions { pre_override: pre, base_dir: None })?;

@@ -34,6 +34,9 @@ pub enum Arch {
     /// `SmolLM3ForCausalLM`: `smollm3` (Llama with RoPE skipped on every fourth layer; llama.cpp
     /// fixes that pattern, so other `no_rope_layers` are refused).
     SmolLM3,
+    /// `Phi3ForCausalLM` (Phi-3, Phi-3.5, Phi-4): `phi3` (fused `attn_qkv` and gate+up `ffn_up`,
+    /// NeoX RoPE, long/short RoPE factor tensors for LongRoPE checkpoints).
+    Phi3,
 }
 
 /// HF `architectures` values and the GGUF architecture they export as.
@@ -51,6 +54,7 @@ pub const SUPPORTED: &[(&str, Arch)] = &[
     ("GraniteForCausalLM", Arch::Granite),
     ("Olmo2ForCausalLM", Arch::Olmo2),
     ("SmolLM3ForCausalLM", Arch::SmolLM3),
+    ("Phi3ForCausalLM", Arch::Phi3),
 ];
 
 /// HF `architectures` values refused with a specific reason rather than "unsupported".
@@ -95,6 +99,7 @@ impl Arch {
             Arch::Granite => "granite",
             Arch::Olmo2 => "olmo2",
             Arch::SmolLM3 => "smollm3",
+            Arch::Phi3 => "phi3",
         }
     }
 
@@ -104,6 +109,7 @@ impl Arch {
             // No pre-norms: post-attention and post-FFN norms only.
             Arch::Olmo2 => &["attn_q", "attn_k", "attn_v", "attn_output", "post_attention_norm", "ffn_gate", "ffn_up",
                              "ffn_down", "post_ffw_norm"],
+            Arch::Phi3 => &["attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down"],
             _ => &["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"],
         }
     }
@@ -235,6 +241,9 @@ pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(Str
     if arch == Arch::Gemma2 {
         return gemma2_kvs(config, file_type);
     }
+    if arch == Arch::Phi3 {
+        return phi3_kvs(config, file_type);
+    }
     if arch == Arch::Granite && config.get("head_dim").is_some() {
         // GraniteModel.set_gguf_parameters pops head_dim before the generic keys.
         let mut config = config.clone();
@@ -344,6 +353,87 @@ pub fn hparam_kvs(arch: Arch, config: &Value, file_type: u32) -> Result<Vec<(Str
         }
     }
     Ok(kv)
+}
+
+/// Phi-3's rotary dimensions: `int(partial_rotary_factor · hidden_size) // num_attention_heads`.
+fn phi3_rope_dims(config: &Value, hp: &HParams) -> usize {
+    let rot = rope_parameters(config).get("partial_rotary_factor").and_then(Value::as_f64).unwrap_or(1.0);
+    (rot * hp.n_embd as f64) as usize / hp.n_head.max(1)
+}
+
+/// Phi-3's keys (`Phi3MiniModel.set_gguf_parameters`), then the LongRoPE attention factor its
+/// `generate_extra_tensors` adds (the converter writes that one first, before `general.type`;
+/// llama.cpp reads keys by name).
+fn phi3_kvs(config: &Value, file_type: u32) -> Result<Vec<(String, GgufValue)>> {
+    let hp = HParams::from_config(config)?;
+    let key = |k: &str| format!("phi3.{k}");
+    let rope = rope_parameters(config);
+    let orig = rope.get("original_max_position_embeddings").and_then(Value::as_u64)
+        .ok_or_else(|| Error::Option("config.json has no integer `original_max_position_embeddings`".into()))?;
+    let max_pos = first_u64(config, &["n_positions", "max_position_embeddings"])
+        .ok_or_else(|| Error::Option("config.json has no integer `max_position_embeddings`".into()))?;
+    let theta = rope.get("rope_theta").and_then(Value::as_f64)
+        .ok_or_else(|| Error::Option("config.json has no `rope_theta`".into()))?;
+    let sliding_window = config.get("sliding_window").and_then(Value::as_u64).unwrap_or(0);
+    let mut kv = vec![
+        (key("context_length"), u32_of(max_pos, "max_position_embeddings")?),
+        (key("rope.scaling.original_context_length"), u32_of(orig, "original_max_position_embeddings")?),
+        (key("embedding_length"), u32_of(hp.n_embd as u64, "hidden_size")?),
+        (key("feed_forward_length"), u32_of(need_u64(config, "intermediate_size")?, "intermediate_size")?),
+        (key("block_count"), u32_of(hp.n_layer as u64, "num_hidden_layers")?),
+        (key("attention.head_count"), u32_of(hp.n_head as u64, "num_attention_heads")?),
+        (key("attention.head_count_kv"), u32_of(hp.n_head_kv as u64, "num_key_value_heads")?),
+        (key("attention.layer_norm_rms_epsilon"), GgufValue::F32(need_f64(config, "rms_norm_eps")? as f32)),
+        (key("rope.dimension_count"), u32_of(phi3_rope_dims(config, &hp) as u64, "partial_rotary_factor")?),
+        (key("rope.freq_base"), GgufValue::F32(theta as f32)),
+        ("general.file_type".into(), GgufValue::U32(file_type)),
+        // 0 when absent: llama.cpp's way of telling Phi-4 (no sliding window) apart.
+        (key("attention.sliding_window"), u32_of(sliding_window, "sliding_window")?),
+    ];
+    if let Some((attn_factor, _, _)) = phi3_rope_factors(config)? {
+        kv.push((key("rope.scaling.attn_factor"), GgufValue::F32(attn_factor as f32)));
+    }
+    Ok(kv)
+}
+
+/// Phi-3's LongRoPE scaling: `(attn_factor, long_factors, short_factors)`.
+pub type LongRope = (f64, Vec<f32>, Vec<f32>);
+
+/// Phi-3's LongRoPE scaling, or `None` without `long_factor` (the converter's
+/// `generate_extra_tensors`, with its checks).
+pub fn phi3_rope_factors(config: &Value) -> Result<Option<LongRope>> {
+    let rope = rope_parameters(config);
+    let factors = |k: &str| rope.get(k).and_then(Value::as_array)
+        .map(|a| a.iter().map(|v| v.as_f64().map(|x| x as f32)).collect::<Option<Vec<f32>>>());
+    let long = match factors("long_factor") {
+        None => return Ok(None),
+        Some(v) => v.ok_or_else(|| Error::Option("rope `long_factor` must be a list of numbers".into()))?,
+    };
+    if long.is_empty() {
+        return Ok(None);
+    }
+    let hp = HParams::from_config(config)?;
+    let max_pos = first_u64(config, &["n_positions", "max_position_embeddings"]).unwrap_or(0) as f64;
+    let orig = rope.get("original_max_position_embeddings").and_then(Value::as_u64)
+        .ok_or_else(|| Error::Option("config.json has no integer `original_max_position_embeddings`".into()))? as f64;
+    let scale = max_pos / orig;
+    let rope_type = rope.get("rope_type").and_then(Value::as_str).unwrap_or("").to_lowercase();
+    let attn_factor = match rope_type.as_str() {
+        "su" | "longrope" if scale > 1.0 => (1.0 + scale.ln() / orig.ln()).sqrt(),
+        "yarn" if scale > 1.0 => 0.1 * scale.ln() + 1.0,
+        "su" | "longrope" | "yarn" => 1.0,
+        "" => return Err(Error::Option("config.json rope scaling has long factors but no `rope_type`".into())),
+        other => return Err(Error::Option(format!("Phi-3 RoPE scaling type `{other}` is not supported"))),
+    };
+    let short = factors("short_factor").and_then(|v| v)
+        .ok_or_else(|| Error::Option("config.json rope scaling has `long_factor` but no `short_factor`".into()))?;
+    let half = phi3_rope_dims(config, &hp) / 2;
+    if long.len() != half || short.len() != half {
+        return Err(Error::Shape(format!(
+            "RoPE long/short factors must have {half} entries (rotary dimensions / 2), not {} and {}",
+            long.len(), short.len())));
+    }
+    Ok(Some((attn_factor, long, short)))
 }
 
 /// llama.cpp runs SmolLM3 without RoPE on every fourth layer (`(il + 1) % 4 == 0`) whatever the
@@ -486,6 +576,8 @@ pub enum Role {
     AttnV(usize),
     /// `attn_output`.
     AttnOutput(usize),
+    /// Phi-3's fused `attn_qkv`.
+    AttnQkv(usize),
     /// `ffn_gate`.
     FfnGate(usize),
     /// `ffn_up`.
@@ -559,6 +651,9 @@ pub fn map_tensor(arch: Arch, hf_name: &str) -> Result<Option<(String, Role)>> {
         "self_attn.k_proj" => ("attn_k", Role::AttnK(bid)),
         "self_attn.v_proj" => ("attn_v", Role::AttnV(bid)),
         "self_attn.o_proj" => ("attn_output", Role::AttnOutput(bid)),
+        // Phi-3's fused projections, written as they are (its gate+up half-and-half as `ffn_up`).
+        "self_attn.qkv_proj" if arch == Arch::Phi3 => ("attn_qkv", Role::AttnQkv(bid)),
+        "mlp.gate_up_proj" if arch == Arch::Phi3 => ("ffn_up", Role::FfnUp(bid)),
         "mlp.gate_proj" => ("ffn_gate", Role::FfnGate(bid)),
         "mlp.up_proj" => ("ffn_up", Role::FfnUp(bid)),
         "mlp.down_proj" => ("ffn_down", Role::FfnDown(bid)),

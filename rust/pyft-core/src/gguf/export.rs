@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::gguf::arch::{expert_count, expert_index, hparam_kvs, llama3_rope_factors, map_tensor, permute_groups,
-                        permute_qk_rows, Arch, HParams, Role};
+                        permute_qk_rows, phi3_rope_factors, Arch, HParams, Role};
 use crate::gguf::ggml_type::GgmlType;
 use crate::gguf::mix::{eight_expert_type, tensor_type, QType};
 use crate::gguf::quant::{quantize_row, quantize_rows};
@@ -156,8 +156,8 @@ fn is_llama_70b(arch: Arch, hp: &HParams) -> bool {
         Arch::Llama => hp.n_layer == 80 && hp.n_head != hp.n_head_kv,
         Arch::Qwen2 => hp.n_layer == 80,
         // llama.cpp sizes Mixtral as `llama` (8x7B has 32 layers); Qwen MoE sizes are never 70B.
-        Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Granite | Arch::Olmo2 | Arch::SmolLM3 | Arch::Qwen2Moe
-        | Arch::Qwen3Moe => false,
+        Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Granite | Arch::Olmo2 | Arch::SmolLM3 | Arch::Phi3
+        | Arch::Qwen2Moe | Arch::Qwen3Moe => false,
     }
 }
 
@@ -245,6 +245,15 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
         let plan = TensorPlan::from_torch_shape("rope_freqs.weight", &[factors.len()], GgmlType::F32);
         items.push(Item { plan, source: None, generated: Some(factors), permute: None, add_one: false,
                           experts: Vec::new() });
+    }
+    if arch == Arch::Phi3 {
+        if let Some((_, long, short)) = phi3_rope_factors(source.config())? {
+            for (name, factors) in [("rope_factors_long.weight", long), ("rope_factors_short.weight", short)] {
+                let plan = TensorPlan::from_torch_shape(name, &[factors.len()], GgmlType::F32);
+                items.push(Item { plan, source: None, generated: Some(factors), permute: None, add_one: false,
+                                  experts: Vec::new() });
+            }
+        }
     }
     // Every tensor llama.cpp requires must be there.
     let names: std::collections::HashSet<&str> = items.iter().map(|it| it.plan.name.as_str()).collect();

@@ -140,7 +140,8 @@ pub fn tensor_type(q: QType, role: Role, ncols: usize, hp: &HParams, has_output:
                 t
             };
         }
-        Role::AttnV(i) => {
+        // llama-quantize counts a fused QKV (Phi-3) as the layer's attn_v.
+        Role::AttnV(i) | Role::AttnQkv(i) => {
             if k_mix && use_more_bits(i, n_layer) {
                 t = GgmlType::Q6_K;
             }
@@ -199,6 +200,7 @@ mod tests {
         assert_eq!(t(Role::TokenEmbd), GgmlType::Q4_K);
         assert_eq!(t(Role::AttnV(0)), GgmlType::Q6_K);
         assert_eq!(t(Role::AttnV(4)), GgmlType::Q4_K);
+        assert_eq!(t(Role::AttnQkv(0)), GgmlType::Q6_K);
         assert_eq!(t(Role::FfnDown(6)), GgmlType::Q6_K);
         assert_eq!(t(Role::AttnQ(0)), GgmlType::Q4_K);
         assert_eq!(t(Role::Vector), GgmlType::F32);

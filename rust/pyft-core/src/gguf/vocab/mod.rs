@@ -81,9 +81,9 @@ impl VocabMetadata {
 /// smaller than the tokenizer; duplicate token strings, which llama.cpp would abort on) or the
 /// option (`arch`, an unknown `pre_override`).
 pub fn tokenizer_metadata(model_dir: &Path, arch: &str, opts: &VocabOptions) -> Result<VocabMetadata> {
-    if !["llama", "qwen2", "gemma2", "gemma3"].contains(&arch) {
+    if !["llama", "qwen2", "gemma2", "gemma3", "phi3"].contains(&arch) {
         return Err(Error::Option(format!(
-            "arch `{arch}`: tokenizer metadata supports `llama`, `qwen2`, `gemma2` and `gemma3`")));
+            "arch `{arch}`: tokenizer metadata supports `llama`, `qwen2`, `gemma2`, `gemma3` and `phi3`")));
     }
     if let Some(name) = &opts.pre_override {
         pre::validate_override(name)?;
@@ -124,7 +124,15 @@ pub fn tokenizer_metadata(model_dir: &Path, arch: &str, opts: &VocabOptions) -> 
         return Err(Error::File { path: spm_path, message: "not found: Gemma 2 GGUF export (as llama.cpp's \
                                  converter) needs the SentencePiece tokenizer.model".into() });
     }
-    if spm_path.exists() {
+    // Phi3MiniModel.set_vocab: a GPT2Tokenizer (Phi-4) takes the BPE path whatever else is there;
+    // otherwise tokenizer.model is required.
+    let phi3_bpe = arch == "phi3"
+        && tokenizer_config.as_ref().and_then(|t| t.get("tokenizer_class")).and_then(Value::as_str) == Some("GPT2Tokenizer");
+    if arch == "phi3" && !phi3_bpe && !spm_path.exists() {
+        return Err(Error::File { path: spm_path, message: "not found: Phi-3 GGUF export (as llama.cpp's converter) \
+                                 needs the SentencePiece tokenizer.model unless tokenizer_class is GPT2Tokenizer".into() });
+    }
+    if spm_path.exists() && !phi3_bpe {
         if opts.pre_override.as_deref().is_some_and(|p| p != "default") {
             warnings.push("pre-tokenizer override ignored: SentencePiece models always use `default`".into());
         }
