@@ -90,7 +90,8 @@ def export_gguf(
 
     Args:
         model: HF model directory (``config.json``, safetensors, tokenizer files). Llama/Mistral,
-            Qwen2, Qwen3, Gemma 2, Gemma 3 (text), Mixtral, Qwen2-MoE and Qwen3-MoE architectures. A bitsandbytes NF4 base is dequantized exactly as
+            Qwen2, Qwen3, Gemma 2, Gemma 3 (text), Phi-3/3.5/4, Granite, OLMo 2, SmolLM3, Mixtral,
+            Qwen2-MoE and Qwen3-MoE architectures. A bitsandbytes NF4 base is dequantized exactly as
             bitsandbytes does, then written as ``qtype``.
         out: the ``.gguf`` file to write (staged under a unique new name beside it, renamed at the end).
         qtype: one of :data:`QTYPES`. ``q8_0`` and the float types match

@@ -258,8 +258,9 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
     // Every tensor llama.cpp requires must be there.
     let names: std::collections::HashSet<&str> = items.iter().map(|it| it.plan.name.as_str()).collect();
     let mut required = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
-    let ffn: &[&str] = if n_expert == 0 {
-        &["ffn_gate", "ffn_up", "ffn_down"]
+    // A MoE replaces the architecture's dense FFN tensors by the experts (and the shared expert).
+    let experts: &[&str] = if n_expert == 0 {
+        &[]
     } else if source.config().get("shared_expert_intermediate_size").and_then(Value::as_u64).is_some_and(|n| n > 0) {
         &["ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_inp_shexp", "ffn_gate_shexp",
           "ffn_up_shexp", "ffn_down_shexp"]
@@ -267,9 +268,9 @@ fn plan_tensors(source: &dyn TensorSource, arch: Arch, hp: &HParams, qtype: QTyp
         &["ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]
     };
     for b in 0..hp.n_layer {
-        // The architecture's block tensors, with the dense FFN replaced by the experts of a MoE.
-        let dense = arch.required_block_tensors().iter().filter(|t| !matches!(**t, "ffn_gate" | "ffn_up" | "ffn_down"));
-        for t in dense.chain(ffn) {
+        let block = arch.required_block_tensors().iter()
+            .filter(|t| n_expert == 0 || !matches!(**t, "ffn_gate" | "ffn_up" | "ffn_down"));
+        for t in block.chain(experts) {
             required.push(format!("blk.{b}.{t}.weight"));
         }
     }
