@@ -14,7 +14,7 @@ __all__ = [
     "ConfigError", "DataError", "InternalError", "PyftError", "ShapeError", "StagingDir", "StagingFile",
     "TemplateError", "Tokenizer", "TokenizerError", "__version__", "_raise_core_error", "build_profile",
     "builtin_template", "builtin_template_names", "check_output_disjoint", "discard_dir", "export_gguf",
-    "export_gguf_lora", "gguf_read_metadata", "gguf_tokenizer_metadata", "merge", "nf4_double_quantize",
+    "export_gguf_lora", "gguf_read_metadata", "gguf_support", "gguf_tokenizer_metadata", "merge", "nf4_double_quantize",
     "nf4_quantize", "nf4_state_json", "prepare", "prepare_defaults", "remove_stale_staging",
     "render_template", "safetensors_layout", "safetensors_model_files",
 ]
@@ -93,6 +93,10 @@ def export_gguf_lora(
     adapter: str, base: str, out: str, *, dtype: str = "f32", name: str | None = None, overwrite: bool = False
 ) -> str:
     """Export a PEFT LoRA adapter as a GGUF LoRA adapter; returns a JSON report."""
+
+def gguf_support() -> str:
+    """The GGUF support table as JSON: `architectures` (per HF architecture: GGUF architecture, MoE,
+    GGUF-LoRA modules, merge-only modules) and `refused` (HF architecture, reason)."""
 
 def nf4_quantize(src: Buffer, dtype: str, blocksize: int, compat: str, packed: Buffer, absmax: Buffer) -> None:
     """Quantize `src` (raw bytes of `dtype` values) to NF4 into `packed` (uint8) and `absmax` (float32)."""

@@ -253,7 +253,30 @@ def _summarise_model(path: Path, with_tensors: bool) -> dict[str, Any]:
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise _bad(path, f"tensor `{dup}` is stored in more than one shard")
-    return {"config": config, "shards": shard_info, **_tensor_stats(tensors, with_tensors)}
+    raw = read_json_object(config_path) if config_path.exists() else {}
+    return {"config": config, "shards": shard_info, "export": _export_support(path, raw),
+            **_tensor_stats(tensors, with_tensors)}
+
+
+def _export_support(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """What pyft can export this model to: its row of the support table (:mod:`pyft.export.support`) and
+    whether its own chat template translates to an Ollama TEMPLATE."""
+    from pyft.errors import ConfigError
+    from pyft.export.ollama import template_for
+    from pyft.export.support import refused_architectures, support_for
+
+    names = config.get("architectures")
+    name = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
+    row = support_for(name) if name else None
+    out: dict[str, Any] = {"architecture": name, "support": row.as_dict() if row else None}
+    if row is None:
+        out["gguf_refused"] = refused_architectures().get(name or "", "not an architecture the GGUF export supports")
+    try:
+        t = template_for(path)
+        out["ollama_template"] = {"ok": True, "family": t.family}
+    except (ConfigError, DataError) as e:
+        out["ollama_template"] = {"ok": False, "reason": str(e)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +390,24 @@ def _field(lines: list[str], label: str, value: Any) -> None:
         lines.append(f"  {label:<22} {value}")
 
 
+def _export_lines(lines: list[str], e: dict[str, Any]) -> None:
+    from pyft.export.support import lora_text, support_for, templates_text
+
+    lines.append("  export (pyft inspect --support: every architecture)")
+    row = support_for(e["architecture"]) if e["architecture"] else None
+    if row is None:
+        lines.append(f"    {'GGUF':<24} no: {e['gguf_refused']}")
+    else:
+        lines.append(f"    {'GGUF':<24} {row.gguf_architecture}{' (MoE)' if row.moe else ''}")
+        lines.append(f"    {'GGUF LoRA':<24} {lora_text(row).replace('`', '')}")
+        lines.append(f"    {'family templates':<24} {templates_text(row)}")
+        vllm = "no entry" if row.vllm is None else f"{row.vllm}; LoRA {'yes' if row.vllm_lora else 'merge first'}"
+        lines.append(f"    {'vLLM':<24} {vllm}")
+    t = e["ollama_template"]
+    verdict = f"translates ({t['family']})" if t["ok"] else f"no: {t['reason']}"
+    lines.append(f"    {'Ollama TEMPLATE':<24} {verdict}")
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """The human-readable text of a summary from :func:`inspect_path`."""
     kinds = {"gguf": "GGUF file", "safetensors": "safetensors file", "model": "HF model directory",
@@ -428,6 +469,7 @@ def format_summary(s: dict[str, Any]) -> str:
                 lines.append(f"    {k:<24} {v}")
         _field(lines, "shards", ", ".join(f"{sh['file']} ({sh['tensors']} tensors, {_bytes(sh['bytes'])})"
                                           for sh in s["shards"]))
+        _export_lines(lines, s["export"])
     else:
         _field(lines, "file size", _bytes(s["file_size"]))
         _field(lines, "metadata", s["metadata"] or None)

@@ -195,6 +195,15 @@ def _cmd_inspect_model(args: argparse.Namespace) -> int:
     from pyft.hub import resolve_model
     from pyft.inspect import format_summary, inspect_path
 
+    if args.support:
+        from pyft.export.support import support_table
+
+        print(support_table())
+        return 0
+    if args.path is None:
+        from pyft.errors import ConfigError
+
+        raise ConfigError("pyft inspect: give a PATH to summarise, or --support for the support table")
     summary = inspect_path(resolve_model(args.path, kind="auto"), tensors=args.tensors)
     print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else format_summary(summary))
     return 0
@@ -269,9 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(ex)
     insp = sub.add_parser("inspect", help="summarise a GGUF file, safetensors file, HF model or PEFT adapter",
                           description="Summarise a model file or directory without loading its tensors: a .gguf "
-                                      "file, a .safetensors file, an HF model directory or a PEFT adapter directory.")
-    insp.add_argument("path", metavar="PATH",
+                                      "file, a .safetensors file, an HF model directory (with what pyft can "
+                                      "export it to) or a PEFT adapter directory; --support prints the "
+                                      "support table of every architecture.")
+    insp.add_argument("path", metavar="PATH", nargs="?",
                       help=".gguf or .safetensors file, model or adapter directory, or Hub id owner/name[@revision]")
+    insp.add_argument("--support", action="store_true",
+                      help="print what pyft exports per architecture (GGUF, GGUF LoRA, Ollama, vLLM) and exit")
     insp.add_argument("--tensors", action="store_true", help="also list every tensor (name, type, shape)")
     insp.add_argument("--json", action="store_true", help="print the machine-readable summary as JSON")
     est = sub.add_parser("estimate", help="training memory per method, and which method to use",

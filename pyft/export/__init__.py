@@ -6,6 +6,7 @@
 - :mod:`pyft.export.vllm` — what vLLM would refuse in an adapter; the ``vllm serve`` command.
 - :mod:`pyft.export.gguf` — GGUF model files and GGUF LoRA adapters (Rust core).
 - :mod:`pyft.export.targets` — ``pyft-export``'s targets: gguf, gguf-lora, ollama, vllm.
+- :mod:`pyft.export.support` — the support table (architecture × GGUF / GGUF LoRA / Ollama / vLLM).
 """
 
 from pyft.export.gguf import LORA_DTYPES, QTYPES, GgufReport, export_gguf, export_gguf_lora

@@ -98,3 +98,22 @@ pub fn export_gguf_lora(py: Python<'_>, adapter: PathBuf, base: PathBuf, out: Pa
     };
     py.detach(run).map_err(|e| to_pyerr(py, e))
 }
+
+/// The GGUF support table, from the export's own architecture and tensor-name tables.
+///
+/// Returns:
+///     str: JSON `{"architectures": [{"hf_architecture", "gguf_architecture", "moe", "lora_modules",
+///     "merge_only"}, ...], "refused": [{"hf_architecture", "reason"}, ...]}`. `lora_modules` are PEFT
+///     module paths (relative to `model.layers.N.`, or `embed_tokens` / `lm_head`) a GGUF LoRA carries;
+///     `merge_only` are those (routed experts, index `*`) whose LoRA must be merged before export.
+#[pyfunction]
+pub fn gguf_support(py: Python<'_>) -> PyResult<String> {
+    let table = pyft_core::gguf::support::support_table().map_err(|e| to_pyerr(py, e))?;
+    let rows: Vec<serde_json::Value> = table.into_iter().map(|r| serde_json::json!({
+        "hf_architecture": r.hf_architecture, "gguf_architecture": r.gguf_architecture, "moe": r.moe,
+        "lora_modules": r.lora_modules, "merge_only": r.merge_only,
+    })).collect();
+    let refused: Vec<serde_json::Value> = pyft_core::gguf::support::refused_architectures().iter()
+        .map(|(name, why)| serde_json::json!({"hf_architecture": name, "reason": why})).collect();
+    Ok(serde_json::json!({"architectures": rows, "refused": refused}).to_string())
+}

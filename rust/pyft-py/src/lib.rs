@@ -27,7 +27,7 @@ mod _core {
     #[pymodule_export]
     use super::data::{builtin_template, builtin_template_names, prepare, prepare_defaults, render_template, PyTokenizer};
     #[pymodule_export]
-    use super::export::{export_gguf, export_gguf_lora};
+    use super::export::{export_gguf, export_gguf_lora, gguf_support};
     #[pymodule_export]
     use super::inspect::gguf_read_metadata;
     #[pymodule_export]

@@ -39,26 +39,56 @@ pub enum Arch {
     Phi3,
 }
 
+/// An HF `architectures` value pyft exports, and the linear modules of one decoder layer as PEFT
+/// names them (relative to `model.layers.N.`; one expert stands for all, as expert 0). The support
+/// table ([`crate::gguf::support`]) derives what GGUF LoRA can carry from these through
+/// [`map_tensor`], so it cannot disagree with the export.
+#[derive(Debug, Clone, Copy)]
+pub struct HfArchitecture {
+    /// `config.json` `architectures[0]`, e.g. `Gemma2ForCausalLM`.
+    pub name: &'static str,
+    /// The GGUF architecture it exports as.
+    pub arch: Arch,
+    /// The layer's linear modules (attention, MLP or experts), PEFT `target_modules` paths.
+    pub layer_linears: &'static [&'static str],
+}
+
+const ATTENTION: [&str; 4] = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"];
+const DENSE: &[&str] = &[ATTENTION[0], ATTENTION[1], ATTENTION[2], ATTENTION[3], "mlp.gate_proj", "mlp.up_proj",
+                         "mlp.down_proj"];
+const PHI3: &[&str] = &["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"];
+const MIXTRAL: &[&str] = &[ATTENTION[0], ATTENTION[1], ATTENTION[2], ATTENTION[3], "block_sparse_moe.experts.0.w1",
+                           "block_sparse_moe.experts.0.w3", "block_sparse_moe.experts.0.w2"];
+const QWEN2_MOE: &[&str] = &[ATTENTION[0], ATTENTION[1], ATTENTION[2], ATTENTION[3], "mlp.experts.0.gate_proj",
+                             "mlp.experts.0.up_proj", "mlp.experts.0.down_proj", "mlp.shared_expert.gate_proj",
+                             "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj"];
+const QWEN3_MOE: &[&str] = &[ATTENTION[0], ATTENTION[1], ATTENTION[2], ATTENTION[3], "mlp.experts.0.gate_proj",
+                             "mlp.experts.0.up_proj", "mlp.experts.0.down_proj"];
+
+const fn hf(name: &'static str, arch: Arch, layer_linears: &'static [&'static str]) -> HfArchitecture {
+    HfArchitecture { name, arch, layer_linears }
+}
+
 /// HF `architectures` values and the GGUF architecture they export as.
-pub const SUPPORTED: &[(&str, Arch)] = &[
-    ("LlamaForCausalLM", Arch::Llama),
-    ("MistralForCausalLM", Arch::Llama),
+pub const SUPPORTED: &[HfArchitecture] = &[
+    hf("LlamaForCausalLM", Arch::Llama, DENSE),
+    hf("MistralForCausalLM", Arch::Llama, DENSE),
     // llama.cpp runs Mixtral as `llama` with stacked experts (`ffn_*_exps`).
-    ("MixtralForCausalLM", Arch::Llama),
-    ("Qwen2ForCausalLM", Arch::Qwen2),
-    ("Qwen3ForCausalLM", Arch::Qwen3),
-    ("Gemma2ForCausalLM", Arch::Gemma2),
-    ("Gemma3ForCausalLM", Arch::Gemma3),
-    ("Qwen2MoeForCausalLM", Arch::Qwen2Moe),
-    ("Qwen3MoeForCausalLM", Arch::Qwen3Moe),
-    ("GraniteForCausalLM", Arch::Granite),
-    ("Olmo2ForCausalLM", Arch::Olmo2),
-    ("SmolLM3ForCausalLM", Arch::SmolLM3),
-    ("Phi3ForCausalLM", Arch::Phi3),
+    hf("MixtralForCausalLM", Arch::Llama, MIXTRAL),
+    hf("Qwen2ForCausalLM", Arch::Qwen2, DENSE),
+    hf("Qwen3ForCausalLM", Arch::Qwen3, DENSE),
+    hf("Gemma2ForCausalLM", Arch::Gemma2, DENSE),
+    hf("Gemma3ForCausalLM", Arch::Gemma3, DENSE),
+    hf("Qwen2MoeForCausalLM", Arch::Qwen2Moe, QWEN2_MOE),
+    hf("Qwen3MoeForCausalLM", Arch::Qwen3Moe, QWEN3_MOE),
+    hf("GraniteForCausalLM", Arch::Granite, DENSE),
+    hf("Olmo2ForCausalLM", Arch::Olmo2, DENSE),
+    hf("SmolLM3ForCausalLM", Arch::SmolLM3, DENSE),
+    hf("Phi3ForCausalLM", Arch::Phi3, PHI3),
 ];
 
 /// HF `architectures` values refused with a specific reason rather than "unsupported".
-const REFUSED: &[(&str, &str)] = &[
+pub const REFUSED: &[(&str, &str)] = &[
     ("Gemma3ForConditionalGeneration",
      "Gemma 3 vision-language checkpoints nest the text model (`model.language_model.*`, `text_config`) beside a \
       vision tower that llama.cpp writes to a separate mmproj file; pyft exports text-only `Gemma3ForCausalLM` \
@@ -71,8 +101,8 @@ impl Arch {
         let names: Vec<&str> = config["architectures"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         for n in &names {
-            if let Some((_, arch)) = SUPPORTED.iter().find(|(s, _)| s == n) {
-                return Ok(*arch);
+            if let Some(h) = SUPPORTED.iter().find(|h| h.name == *n) {
+                return Ok(h.arch);
             }
         }
         for n in &names {
@@ -80,7 +110,7 @@ impl Arch {
                 return Err(Error::Option(format!("architecture {n} is not supported by the GGUF export: {why}")));
             }
         }
-        let supported: Vec<&str> = SUPPORTED.iter().map(|(s, _)| *s).collect();
+        let supported: Vec<&str> = SUPPORTED.iter().map(|h| h.name).collect();
         Err(Error::Option(format!(
             "unsupported architecture {names:?} (config.json `architectures`); GGUF export supports {}",
             supported.join(", "))))

@@ -10,6 +10,7 @@ pub mod lora;
 pub mod mix;
 pub mod quant;
 pub mod reader;
+pub mod support;
 pub mod value;
 pub mod vocab;
 pub mod writer;
