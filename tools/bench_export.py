@@ -10,7 +10,12 @@ llama.cpp's ``llama-quantize`` F16 → Q4_K_M (the usual two-step route). A plai
 model is the floor. Each run starts after `sync`, and outputs are deleted once measured. Ends with
 one JSON line. ``--moe`` uses a Mixtral shape instead (same attention, 8 experts of intermediate
 1408 per layer, top-2: each GGUF ``ffn_*_exps`` tensor is stacked from 8 safetensors tensors).
-Usage: ``python tools/bench_export.py [--layers N] [--moe]``.
+``--gemma`` uses Gemma 2 2B's shape (hidden 2304, intermediate 9216, 8 heads of 256, 4 KV heads,
+a tied 256000-token embedding, 8 layers unless ``--layers``) with a SentencePiece tokenizer, as
+Gemma's converter path needs: every norm is rewritten as ``1 + w`` and the vocabulary is padded.
+``--out-dir DIR`` writes the outputs there instead of beside the model (e.g. ``/dev/shm``, to take
+the disk's write-back out of both tools' times; the model is still read from disk's page cache).
+Usage: ``python tools/bench_export.py [--layers N] [--moe | --gemma] [--out-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ CONVERTER = """
 import sys
 sys.path.insert(0, {tests!r})
 from llamacpp import convert_hf_to_gguf
-convert_hf_to_gguf(sys.argv[1], sys.argv[2], sys.argv[3], pre="llama-bpe")
+convert_hf_to_gguf(sys.argv[1], sys.argv[2], sys.argv[3], pre={pre!r})
 """
 QUANTIZE = """
 import sys
@@ -80,25 +85,78 @@ def write_moe_model(d: Path, layers: int) -> None:
     write_bf16_safetensors(d / "model.safetensors", {k: _bf16(rng, s) for k, s in shapes.items()})
 
 
-def generate(d: Path, layers: int, moe: bool) -> None:
+#: The ``--gemma`` model: Gemma 2 2B's layer shape and vocabulary (layers from ``--layers``).
+GEMMA = dict(hidden_size=2304, intermediate_size=9216, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+             vocab_size=256000, query_pre_attn_scalar=256, sliding_window=4096, attn_logit_softcapping=50.0,
+             final_logit_softcapping=30.0, rms_norm_eps=1e-6)
+GEMMA_LAYERS = 8
+
+
+def write_gemma_model(d: Path, layers: int) -> None:
+    """A random bf16 Gemma 2 (config.json + model.safetensors, tied embedding) and a SentencePiece
+    tokenizer.model (Gemma's converter reads only that; it pads the vocabulary to 256000)."""
+    import io
+
+    import numpy as np
+    import sentencepiece as spm
+    from transformers import Gemma2Config
+
+    from pyft.testing import CORPUS_PATH
+
+    cfg = {**GEMMA, "num_hidden_layers": layers}
+    Gemma2Config(**cfg, tie_word_embeddings=True, torch_dtype="bfloat16", bos_token_id=1, eos_token_id=2,
+                 pad_token_id=0, architectures=["Gemma2ForCausalLM"]).save_pretrained(d)
+    rng = np.random.default_rng(0)
+    h, i, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], h), "model.norm.weight": (h,)}
+    for n in range(layers):
+        p = f"model.layers.{n}."
+        shapes |= {p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
+                   p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
+                   p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+                   p + "mlp.down_proj.weight": (h, i)}
+        for norm in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                     "post_feedforward_layernorm"):
+            shapes[f"{p}{norm}.weight"] = (h,)
+    write_bf16_safetensors(d / "model.safetensors", {k: _bf16(rng, s) for k, s in shapes.items()})
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(input=str(CORPUS_PATH), model_writer=buf, vocab_size=480, byte_fallback=True,
+                                   character_coverage=0.99, model_type="bpe", minloglevel=2, num_threads=1)
+    (d / "tokenizer.model").write_bytes(buf.getvalue())
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
+                                                        "add_bos_token": True, "add_eos_token": False}))
+
+
+def generate(d: Path, layers: int, shape: str) -> None:
     """Model + tokenizer, in a child process (keeps the parent's peak RSS small)."""
     from pyft.testing import make_tokenizer
 
-    (write_moe_model if moe else write_model)(d, layers)
+    if shape == "gemma":
+        write_gemma_model(d, layers)
+        return
+    (write_moe_model if shape == "moe" else write_model)(d, layers)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["architectures"] = ["MixtralForCausalLM" if moe else "LlamaForCausalLM"]
+    cfg["architectures"] = ["MixtralForCausalLM" if shape == "moe" else "LlamaForCausalLM"]
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     make_tokenizer(d, style="llama3", vocab_size=SHAPE["vocab_size"])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"])
-    ap.add_argument("--moe", action="store_true", help="a Mixtral-shaped model (8 experts per layer)")
+    ap.add_argument("--layers", type=int, help=f"decoder layers (default {SHAPE['num_hidden_layers']}, "
+                                                 f"{GEMMA_LAYERS} with --gemma)")
+    kind = ap.add_mutually_exclusive_group()
+    kind.add_argument("--moe", action="store_true", help="a Mixtral-shaped model (8 experts per layer)")
+    kind.add_argument("--gemma", action="store_true", help="a Gemma 2 2B-shaped model (256000-token vocabulary)")
+    ap.add_argument("--out-dir", metavar="DIR", help="where the outputs go (default: a temporary directory)")
     ap.add_argument("--generate", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    shape = "moe" if args.moe else "gemma" if args.gemma else "llama"
+    if args.layers is None:
+        args.layers = GEMMA_LAYERS if args.gemma else SHAPE["num_hidden_layers"]
     if args.generate:
-        generate(Path(args.generate), args.layers, args.moe)
+        generate(Path(args.generate), args.layers, shape)
         return 0
     from pyft import _core
 
@@ -106,18 +164,19 @@ def main() -> int:
         print("refusing to benchmark a debug build", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="pyft-bench-export-"))
+    outputs = Path(tempfile.mkdtemp(prefix="pyft-bench-export-out-", dir=args.out_dir)) if args.out_dir else work
     tests = str(ROOT / "tests")
     py = sys.executable
     try:
         model = work / "model"
         subprocess.run([py, __file__, "--generate", str(model), "--layers", str(args.layers),
-                        *(["--moe"] if args.moe else [])], check=True)
+                        *([f"--{shape}"] if shape != "llama" else [])], check=True)
         size = (model / "model.safetensors").stat().st_size
 
         def out(name: str) -> str:
-            return str(work / name)
+            return str(outputs / name)
 
-        conv = CONVERTER.format(tests=tests)
+        conv = CONVERTER.format(tests=tests, pre=None if shape == "gemma" else "llama-bpe")
         quantize = "import os\n" + QUANTIZE.format(tests=tests)
 
         def run(name: str, cmd: list[str], output: str, keep: bool = False) -> tuple[str, float, int]:
@@ -141,7 +200,10 @@ def main() -> int:
         ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"random bf16 {'Mixtral (8 experts)' if args.moe else 'Llama'}, {args.layers} layers, {size / 1e9:.2f} GB safetensors, {os.cpu_count()} cores")
+        shutil.rmtree(outputs, ignore_errors=True)
+    title = {"moe": "Mixtral (8 experts)", "gemma": "Gemma 2 (2B shape)", "llama": "Llama"}[shape]
+    print(f"random bf16 {title}, {args.layers} layers, {size / 1e9:.2f} GB safetensors, {os.cpu_count()} cores, "
+          f"outputs in {args.out_dir or 'the temporary directory'}")
     print(f"{'path':<42}{'seconds':>9}{'peak RSS (MB)':>15}")
     for name, s, rss in rows:
         print(f"{name:<42}{s:>9.2f}{rss / 1e6:>15.0f}")
@@ -150,7 +212,7 @@ def main() -> int:
     q8 = r["llama.cpp convert_hf_to_gguf q8_0"][0] / r["pyft-export q8_0"][0]
     print(f"pyft vs llama.cpp converter: f16 {f16:.1f}x, q8_0 {q8:.1f}x faster; "
           f"peak RSS {r['pyft-export f16'][1] / 1e6:.0f} / {r['pyft-export q8_0'][1] / 1e6:.0f} MB")
-    print(json.dumps({"bench": "export-moe" if args.moe else "export", "bytes": size, "speedup_f16": f16, "speedup_q8_0": q8,
+    print(json.dumps({"bench": "export" if shape == "llama" else f"export-{shape}", "bytes": size, "speedup_f16": f16, "speedup_q8_0": q8,
                       **{name: {"s": s, "rss": rss} for name, s, rss in rows}}))
     return 0
 
