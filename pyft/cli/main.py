@@ -209,6 +209,18 @@ def _cmd_inspect_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from pyft.cli.generate import run_generate
+
+    return run_generate(args)
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from pyft.cli.generate import run_chat
+
+    return run_chat(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pyft.demo import run_demo
 
@@ -307,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
                           f"log-probs precomputed (no frozen copy under full fine-tuning)")
     est.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of your GPU, for the recommendation")
     est.add_argument("--examples", type=int, metavar="N", help="training examples, for the recommendation")
+    from pyft.cli.generate import add_chat_parser, add_generate_parser
+
+    add_generate_parser(sub)
+    add_chat_parser(sub)
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded tiny model and bundled data",
                           description="Build the tiny demo model, prepare the bundled data and show the results.")
     demo.add_argument("--out", default="pyft-demo", metavar="DIR", help="output directory (./pyft-demo)")
@@ -325,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo,
                 ("train", None): _cmd_train, ("estimate", None): _cmd_estimate, ("quantize", None): _cmd_quantize,
                 ("merge", None): _cmd_merge, ("export", None): _cmd_export,
-                ("inspect", None): _cmd_inspect_model}
+                ("inspect", None): _cmd_inspect_model, ("generate", None): _cmd_generate, ("chat", None): _cmd_chat}
     handler = handlers.get((args.command, getattr(args, "data_command", None)))
     if handler is None:
         # `pyft` or `pyft data` without a subcommand: show the matching help.
