@@ -221,6 +221,12 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(args)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pyft.cli.eval import run_eval
+
+    return run_eval(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pyft.demo import run_demo
 
@@ -323,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate_parser(sub)
     add_chat_parser(sub)
+    from pyft.cli.eval import add_eval_parser
+
+    add_eval_parser(sub)
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded tiny model and bundled data",
                           description="Build the tiny demo model, prepare the bundled data and show the results.")
     demo.add_argument("--out", default="pyft-demo", metavar="DIR", help="output directory (./pyft-demo)")
@@ -341,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo,
                 ("train", None): _cmd_train, ("estimate", None): _cmd_estimate, ("quantize", None): _cmd_quantize,
                 ("merge", None): _cmd_merge, ("export", None): _cmd_export,
-                ("inspect", None): _cmd_inspect_model, ("generate", None): _cmd_generate, ("chat", None): _cmd_chat}
+                ("inspect", None): _cmd_inspect_model, ("generate", None): _cmd_generate, ("chat", None): _cmd_chat,
+                ("eval", None): _cmd_eval}
     handler = handlers.get((args.command, getattr(args, "data_command", None)))
     if handler is None:
         # `pyft` or `pyft data` without a subcommand: show the matching help.
