@@ -229,7 +229,7 @@ def write_outputs(out_dir: PathLike, report: dict[str, Any], comparison: dict[st
         if "classification" in report:
             from pyft.eval.plots import confusion_matrix_png
 
-            cm = report["classification"]["confusion"]
+            cm = report["classification"]["confusion_matrix"]
             confusion_matrix_png(cm["counts"], cm["labels"], tmp / "confusion_matrix.png")
             names.append("confusion_matrix.png")
         if comparison is not None and comparison.get("general_change_pct") is not None:
