@@ -131,7 +131,8 @@ class Generator:
         settings = settings or SamplingSettings()
         if streamer is not None and batch_size != 1:
             raise ValueError("streaming needs batch_size=1")
-        encoded = [self.encode(self.prompt_text(p, system), p.messages is not None) for p in prompts]
+        encoded = [list(p.ids) if p.ids is not None else self.encode(self.prompt_text(p, system), p.messages is not None)
+                   for p in prompts]
         torch.manual_seed(settings.seed)
         out: list[Completion] = []
         was_training = self.model.training

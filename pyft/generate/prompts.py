@@ -14,10 +14,12 @@ Messages = list[dict[str, Any]]
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt: raw ``text`` (tokenized as is, with the tokenizer's BOS) or chat ``messages``."""
+    """One prompt: raw ``text`` (tokenized as is, with the tokenizer's BOS), chat ``messages``, or token
+    ``ids`` already in the model's format (e.g. a prepared row's prompt)."""
 
     text: str | None = None
     messages: Messages | None = None
+    ids: list[int] | None = None
 
 
 def check_messages(messages: Any, where: str) -> Messages:
@@ -46,7 +48,8 @@ def render_prompt(prompt: Prompt, template: str | None, tokens: dict[str, str], 
         TemplateError: the template fails on the messages.
     """
     if prompt.messages is None:
-        assert prompt.text is not None
+        if prompt.text is None:
+            raise ConfigError("a prompt given as token ids has no text to render")
         return prompt.text
     if template is None:
         raise ConfigError("chat messages need a chat template, and the model has none: pass plain text "

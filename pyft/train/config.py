@@ -61,6 +61,10 @@ class TrainSection:
     - ``min_lr_ratio``: floor of the ``cosine`` and ``linear`` decays as a fraction of ``lr``, in
       ``[0, 1]``: the decay goes to ``min_lr_ratio·lr`` instead of 0 (transformers'
       ``cosine_with_min_lr`` with ``min_lr_rate``). Warmup still starts from 0.
+    - ``sample_every``: every N steps, generate greedily for ``sample_prompts`` (texts, each one user
+      turn through the data's chat template; default: the prompts of the first 3 validation rows, or
+      training rows) up to ``sample_max_new_tokens``, and log them to ``samples.jsonl`` and
+      TensorBoard (text). ``null`` = off.
     - ``load_best``: keep the best evaluated weights (a checkpoint at every new best eval loss, never
       pruned; loaded back when the run ends or stops early). ``null`` (default) = on when
       ``eval_every`` is set; needs a validation split.
@@ -96,6 +100,23 @@ class TrainSection:
     label_smoothing: float = 0.0
     model_dropout: float | None = None
     min_lr_ratio: float = 0.0
+    sample_every: int | None = None
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_max_new_tokens: int = 64
+
+
+@dataclass
+class EvalSection:
+    """What ``pyft train`` measures besides the validation loss.
+
+    - ``general``: general-domain perplexity before and after training, to see forgetting: ``true``
+      (the multilingual corpus shipped with pyft, :mod:`pyft.eval.perplexity`), a file (``.jsonl`` with
+      ``text``, or plain text), or ``false``. Written to ``general.json`` in the output.
+    - ``general_max_increase``: warn when that perplexity rises by more than this share (0.1 = 10 %).
+    """
+
+    general: bool | str = False
+    general_max_increase: float = 0.1
 
 
 @dataclass
@@ -134,6 +155,7 @@ class TrainConfig:
     align: AlignSection = field(default_factory=AlignSection)
     freeze: FreezeSection = field(default_factory=FreezeSection)
     train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     def validate(self) -> TrainConfig:
         """Check values that types alone do not; raise :class:`ConfigError` naming the key."""
@@ -174,6 +196,9 @@ class TrainConfig:
             (0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)"),
             (t.model_dropout is None or 0 <= t.model_dropout < 1, "train.model_dropout", "must be in [0, 1) or null"),
             (0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]"),
+            (t.sample_every is None or t.sample_every >= 1, "train.sample_every", "must be >= 1 or null"),
+            (t.sample_max_new_tokens >= 1, "train.sample_max_new_tokens", "must be >= 1"),
+            (self.eval.general_max_increase >= 0, "eval.general_max_increase", "must be >= 0"),
             (len(t.betas) == 2, "train.betas", "expected two numbers"),
             (self.freeze.unfreeze_every is None or self.freeze.unfreeze_every >= 1, "freeze.unfreeze_every",
              "must be >= 1"),

@@ -90,7 +90,12 @@ class Trainer:
         dist_info: the DDP process group (default: one process).
         frozen_at: progressive unfreezing: ``step -> parameters still frozen`` (None: no schedule).
         monitor: metrics, progress, trackers and alarms (default: history only).
+
+    ``sampler`` (set after construction, rank 0 only): called as ``sampler(model, step)`` every
+    ``train.sample_every`` steps; its record goes to :meth:`Monitor.samples`.
     """
+
+    sampler: Callable[[nn.Module, int], dict[str, Any]] | None = None
 
     def __init__(self, config: TrainConfig, model: nn.Module, train_ds: PreparedDataset,
                  eval_ds: PreparedDataset | None, objective: Objective, dist_info: DistInfo | None = None,
@@ -279,6 +284,8 @@ class Trainer:
                     record["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
                     t0, tokens = time.perf_counter(), 0
                 self.monitor.step(record)
+                if self.sampler is not None and opts.sample_every and self.step % opts.sample_every == 0:
+                    self.monitor.samples(self.sampler(self.model, self.step))
                 saved = False
                 if opts.eval_every and self.step % opts.eval_every == 0:
                     eval_loss, stopped_early, saved = self._evaluate_and_record()

@@ -212,6 +212,14 @@ class Monitor:
         for listener in self.listeners:
             listener.on_eval(record)
 
+    def samples(self, record: dict[str, Any]) -> None:
+        """Generated samples (``{"step", "samples": [{"prompt", "completion"}]}``) for listeners that show
+        text (those with an ``on_samples`` method)."""
+        for listener in self.listeners:
+            hook = getattr(listener, "on_samples", None)
+            if hook is not None:
+                hook(record)
+
     def end(self, completed: bool = True) -> None:
         """Close the metrics file, draw the plots (after a completed run), then end every listener."""
         metrics = [x for x in self.listeners if isinstance(x, MetricsFile)]

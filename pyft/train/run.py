@@ -69,7 +69,8 @@ def check_data_matches_model(ds: PreparedDataset, model_dir: Path, vocab_size: i
 #: The directories a run writes into its output directory, and all it writes there: finding one of
 #: them means the output holds a run.
 RUN_DIRS = ("adapter", "model", "checkpoints", "tensorboard", "wandb", "mlflow")
-RUN_ENTRIES = (*RUN_DIRS, "metrics.jsonl", "loss.png", "rewards.png", "reference_logps.safetensors")
+RUN_ENTRIES = (*RUN_DIRS, "metrics.jsonl", "loss.png", "rewards.png", "reference_logps.safetensors", "samples.jsonl",
+               "general.json")
 
 
 def check_output(config: TrainConfig) -> list[Path]:
@@ -252,6 +253,10 @@ def build_trainer(config: TrainConfig) -> Trainer:
     frozen_at = (lambda step: progressive_frozen(model, config, step)) if config.freeze.unfreeze_every else None
     monitor = build_monitor(opts.report_to, Path(config.output), dist_info.is_main)
     trainer = Trainer(config, model, train_ds, eval_ds, objective, dist_info, frozen_at, monitor)
+    if opts.sample_every and dist_info.is_main:
+        from pyft.train.samples import build_sampler
+
+        trainer.sampler = build_sampler(config, train_ds, eval_ds)
     if opts.resume:
         path = Path(opts.resume)
         if opts.resume == "auto":
@@ -297,9 +302,16 @@ def train(config: TrainConfig) -> TrainResult:
     runs this; rank 0 writes the files.
     """
     trainer = build_trainer(config)
+    general = None
+    if config.eval.general and trainer.dist.is_main:
+        from pyft.train.samples import GeneralPerplexity
+
+        general = GeneralPerplexity(config, trainer.train_ds, trainer.model)
     result = trainer.run()
     if trainer.dist.is_main:
         _save_final(config, trainer.model, Path(config.model), trainer.train_ds)
+        if general is not None:
+            general.finish(trainer.model)
     barrier(trainer.dist)
     return result
 

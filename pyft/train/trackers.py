@@ -163,6 +163,11 @@ class TensorBoardListener:
     def on_eval(self, record: dict[str, Any]) -> None:
         self._scalars(record)
 
+    def on_samples(self, record: dict[str, Any]) -> None:
+        """The samples of a step as one markdown text entry (``samples``)."""
+        parts = [f"**prompt:** `{s['prompt']!r}`\n\n**completion:** {s['completion']}" for s in record["samples"]]
+        self.writer.add_text("samples", "\n\n---\n\n".join(parts), record["step"])
+
     def on_end(self, artifacts: list[Path]) -> None:
         if self.writer is None:
             return
