@@ -429,3 +429,19 @@ def test_training_run_reports_to_all_three(tokenizer_dirs, tmp_path, capsys, sin
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.max_steps"] == "4"
     assert "plots/loss.png" in [a.path for a in client.list_artifacts(run_id, "plots")]
+
+
+def test_tensorboard_samples_text(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    listener = TensorBoardListener(out)
+    listener.on_start(_run(out))
+    listener.on_samples({"step": 4, "samples": [{"prompt": "Hi?", "completion": "Hello, world."},
+                                                {"prompt": "2+2?", "completion": "4"}]})
+    listener.on_end([])
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    (text,) = acc.Tensors("samples/text_summary")
+    shown = text.tensor_proto.string_val[0].decode()
+    assert text.step == 4 and "Hello, world." in shown and "'2+2?'" in shown and shown.count("---") == 1
