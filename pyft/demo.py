@@ -17,20 +17,23 @@ is the task formats of the bundled data.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-#: Prompts whose facts never occur in the bundled data (see pyft/data/demo/README.md).
-HELD_OUT_PROMPTS = [
-    "What is the capital of Norway?",
-    "What is 4 plus 9?",
-    "Spell the word river.",
-    "What is the opposite of tall?",
-    "What day comes after Thursday?",
+#: Prompts whose facts never occur in the bundled data (see pyft/data/demo/README.md), with reference
+#: answers in the data's style (``pyft eval`` scores the answers against them).
+HELD_OUT = [
+    ("What is the capital of Norway?", "The capital of Norway is Oslo."),
+    ("What is 4 plus 9?", "4 plus 9 is 13."),
+    ("Spell the word river.", 'The word "river" is spelled r-i-v-e-r.'),
+    ("What is the opposite of tall?", "The opposite of tall is short."),
+    ("What day comes after Thursday?", "The day after Thursday is Friday."),
 ]
+HELD_OUT_PROMPTS = [q for q, _ in HELD_OUT]
 
 #: The demo's tiny base model: large enough to learn the formats in a couple of CPU minutes.
 DEMO_SHAPE = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
@@ -52,10 +55,19 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 3
     return answers
 
 
+def _evaluate(model: Path, adapter: Path | None, rows: Path) -> dict:
+    """``pyft eval`` of the base (or base + adapter): exact match, token F1, ROUGE-L and BLEU on the held-out
+    rows, and perplexity on the general-domain corpus shipped with pyft."""
+    from pyft.eval.run import evaluate
+    from pyft.generate import Generator, SamplingSettings
+
+    generator = Generator(model, adapter=adapter, dtype="float32")
+    return evaluate(generator, data=rows, general=True, settings=SamplingSettings(max_new_tokens=32),
+                    latency_prompts=0)
+
+
 def run_demo(out: str | os.PathLike[str] = "pyft-demo", max_steps: int = 250) -> Path:
     """Run the demo into ``out`` (replacing what an earlier demo left there). Returns ``out``."""
-    from transformers import AutoTokenizer
-
     import pyft
     from pyft.data import inspect, prepare
     from pyft.data.demo import demo_path
@@ -80,10 +92,10 @@ def run_demo(out: str | os.PathLike[str] = "pyft-demo", max_steps: int = 250) ->
     print()
     print(inspect(info.out_dir, index=len(pyft.data.load(info.out_dir)) - 1, color=None))
 
-    tokenizer = AutoTokenizer.from_pretrained(out_dir / "base")
-    base = pyft.load_model(out_dir / "base", dtype="float32")
-    before = greedy_answers(base, tokenizer, HELD_OUT_PROMPTS)
-    del base
+    eval_rows = out_dir / "held_out.jsonl"
+    eval_rows.write_text("".join(json.dumps({"prompt": q, "reference": a}) + "\n" for q, a in HELD_OUT),
+                         encoding="utf-8")
+    before = _evaluate(out_dir / "base", None, eval_rows)
 
     print(f"\n[demo] 3/5 training a LoRA adapter (CPU, {max_steps} steps)")
     for stale in ("adapter", "checkpoints", "tensorboard", "metrics.jsonl", "loss.png", "merged", "ollama", "vllm"):
@@ -100,11 +112,15 @@ def run_demo(out: str | os.PathLike[str] = "pyft-demo", max_steps: int = 250) ->
     )
     result = train(config)
 
-    print("\n[demo] 4/5 greedy answers to held-out prompts, before and after training")
-    tuned = pyft.load_model(out_dir / "base", dtype="float32", adapter=out_dir / "adapter")
-    after = greedy_answers(tuned, tokenizer, HELD_OUT_PROMPTS)
-    for prompt, b, a in zip(HELD_OUT_PROMPTS, before, after):
-        print(f"\n  Q: {prompt}\n     before: {b[:80]!r}\n     after:  {a[:80]!r}")
+    print("\n[demo] 4/5 pyft eval: held-out prompts and general-domain text, before and after training")
+    after = _evaluate(out_dir / "base", out_dir / "adapter", eval_rows)
+    for b, a in zip(before["predictions"], after["predictions"], strict=True):
+        print(f"\n  Q: {b['prompt']}\n     before: {b['completion'][:80]!r}\n     after:  {a['completion'][:80]!r}")
+    from pyft.eval.run import compare_reports, format_report, write_outputs
+
+    comparison = compare_reports(before, after)
+    print("\n" + format_report(after, before))
+    write_outputs(out_dir / "eval", after, comparison, overwrite=True)
     print("\n[demo] 5/5 merging and exporting for serving")
     commands = export_demo(out_dir)
     losses = [r["eval_loss"] for r in result.history if "eval_loss" in r]
@@ -114,6 +130,7 @@ def run_demo(out: str | os.PathLike[str] = "pyft-demo", max_steps: int = 250) ->
     print(f"  {out_dir / 'adapter'}         LoRA adapter in PEFT format (pyft.load_model(base, adapter=...))")
     print(f"  {out_dir / 'metrics.jsonl'}   training metrics")
     print(f"  {out_dir / 'loss.png'}        loss curves")
+    print(f"  {out_dir / 'eval'}            pyft eval report: eval.json, predictions.jsonl, forgetting.png")
     print(f"  {out_dir / 'merged'}          adapter merged into the base (transformers / vLLM directory)")
     print(f"  {out_dir / 'ollama'}          model.gguf (Q8_0) + Modelfile for Ollama / llama.cpp")
     print(f"  {out_dir / 'vllm'}            merged model ready for vLLM")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,8 +57,15 @@ def test_demo_end_to_end_short(tmp_path, capsys):
     assert "before:" in printed and "after:" in printed
     for name in ("base/config.json", "data/meta.json", "adapter/adapter_config.json",
                  "adapter/adapter_model.safetensors", "metrics.jsonl", "loss.png", "merged/config.json",
-                 "merged/chat_template.jinja", "ollama/model.gguf", "ollama/Modelfile", "vllm/config.json"):
+                 "merged/chat_template.jinja", "ollama/model.gguf", "ollama/Modelfile", "vllm/config.json",
+                 "eval/eval.json", "eval/predictions.jsonl", "eval/forgetting.png"):
         assert (out / name).is_file(), name
+    # pyft eval on the held-out prompts: exact match before and after, answers closer to the references'
+    # style (token F1), and the forgetting report on the shipped general corpus.
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    assert "generation.exact_match" in printed and "general.ppl" in printed
+    assert report["tuned"]["generation"]["token_f1"] > report["base"]["generation"]["token_f1"]
+    assert report["general_change_pct"] is not None and report["task_metric"] == "exact_match"
     assert "ollama create pyft-demo -f" in printed and "vllm serve" in printed
     _llama_cpp_greedy_equals_transformers(out, tmp_path)
 
