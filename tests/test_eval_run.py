@@ -90,6 +90,9 @@ def test_compare_reports_arithmetic():
     c = compare_reports(base, tuned)
     assert c["task_metric"] == "exact_match" and c["task_gain"] == pytest.approx(0.3)
     assert c["general_change_pct"] == pytest.approx(25.0)
+    same_em = compare_reports({"generation": {"exact_match": 0.0, "token_f1": 0.1}},
+                              {"generation": {"exact_match": 0.0, "token_f1": 0.4}})
+    assert same_em["task_metric"] == "token_f1" and same_em["task_gain"] == pytest.approx(0.3)
     only_loss = compare_reports({"heldout": {"loss": 2.0, "ppl": 7.4}}, {"heldout": {"loss": 1.5, "ppl": 4.5}})
     assert only_loss["task_gain"] == pytest.approx(0.5), "a lower loss is a gain"
 

@@ -45,7 +45,8 @@ def forgetting_png(report: dict[str, Any], path: PathLike, *, overwrite: bool = 
     bx.bar([p + width / 2 for p in pos], [report["tuned"]["general"]["by_lang"].get(lang, 0) for lang in langs],
            width, label="tuned", color="#d62728")
     bx.set_xticks(list(pos), langs)
-    bx.set_ylabel("perplexity")
+    bx.set_yscale("log")
+    bx.set_ylabel("perplexity (log scale)")
     bx.set_title("General-domain perplexity by language")
     bx.legend(loc="best")
     fig.tight_layout()

@@ -146,8 +146,9 @@ def compare_reports(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, An
 
     Returns:
         ``{"base", "tuned", "delta": {section: {metric: tuned - base}}, "task_metric", "task_gain",
-        "general_change_pct"}``: ``task_gain`` is the first available of exact match, accuracy, token F1
-        (tuned − base) or held-out loss (base − tuned, so positive is better); ``general_change_pct`` is
+        "general_change_pct"}``: ``task_gain`` is the change of the first of exact match, accuracy, token
+        F1 (tuned − base) or held-out loss (base − tuned, so positive is better) that changed at all (else
+        the first available); ``general_change_pct`` is
         the general-domain perplexity change in percent (positive = more forgetting).
     """
     delta: dict[str, dict[str, float]] = {}
@@ -160,12 +161,13 @@ def compare_reports(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, An
                                    for k in ("accuracy", "macro_f1")}
     out: dict[str, Any] = {"base": base, "tuned": tuned, "delta": delta, "task_metric": None, "task_gain": 0.0,
                            "general_change_pct": None}
-    for section, key, higher in _TASK_METRICS:
-        if section in delta and key in delta[section]:
-            gain = delta[section][key]
-            out["task_metric"] = key if higher else f"{section} {key} decrease"
-            out["task_gain"] = gain if higher else -gain
-            break
+    available = [(s, k, h) for s, k, h in _TASK_METRICS if s in delta and k in delta[s]]
+    moved = [m for m in available if delta[m[0]][m[1]] != 0]
+    if available:  # the first metric that changed (exact match 0 -> 0 says nothing), else the first one
+        section, key, higher = (moved or available)[0]
+        gain = delta[section][key]
+        out["task_metric"] = key if higher else f"{section} {key} decrease"
+        out["task_gain"] = gain if higher else -gain
     if "general" in base and "general" in tuned:
         out["general_change_pct"] = 100.0 * (tuned["general"]["ppl"] / base["general"]["ppl"] - 1.0)
     return out
@@ -173,15 +175,20 @@ def compare_reports(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, An
 
 def format_report(report: dict[str, Any], base: dict[str, Any] | None = None) -> str:
     """A plain-text table of a report (and of the base's numbers and the change, when given)."""
-    lines = [f"{'metric':<34}{'base':>12}{'tuned':>12}{'change':>12}" if base else f"{'metric':<34}{'value':>12}"]
+    lines = [f"{'metric':<28}{'base':>13}{'tuned':>13}{'change':>13}" if base else f"{'metric':<28}{'value':>13}"]
+
+    def num(v: float, sign: str = "") -> str:
+        return f"{v:{sign}.4f}" if abs(v) < 1e5 else f"{v:{sign}.4g}"
 
     def row(name: str, value: float, before: float | None) -> None:
         if base is None:
-            lines.append(f"{name:<34}{value:>12.4f}")
+            lines.append(f"{name:<28}{num(value):>13}")
         elif before is None:
-            lines.append(f"{name:<34}{'':>12}{value:>12.4f}{'':>12}")
+            lines.append(f"{name:<28}{'':>13}{num(value):>13}{'':>13}")
+        elif "ppl" in name and before > 0:  # perplexities change by factors: show the relative change
+            lines.append(f"{name:<28}{num(before):>13}{num(value):>13}{f'{100 * (value / before - 1):+.1f} %':>13}")
         else:
-            lines.append(f"{name:<34}{before:>12.4f}{value:>12.4f}{value - before:>+12.4f}")
+            lines.append(f"{name:<28}{num(before):>13}{num(value):>13}{num(value - before, '+'):>13}")
 
     sections = [("generation", ("exact_match", "token_f1", "rouge_l", "bleu")),
                 ("classification", ("accuracy", "macro_f1")), ("heldout", ("loss", "ppl")),
