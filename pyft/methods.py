@@ -45,7 +45,8 @@ class ObjectiveParts:
         model: the model being trained (adapters applied).
         pad_token_id: padding id of the prepared data's tokenizer.
         layout: how sequences are batched (``packed``, ``flat`` or ``padded``), ``align.layout`` resolved.
-        reference: the reference model of methods with ``needs_reference`` (else None).
+        reference: the reference model of methods with ``needs_reference``, or of a method with
+            ``kl_to_base`` when ``train.kl_to_base`` > 0 (else None).
         rank_mean: the mean of a float over all ranks (identity without DDP).
     """
 
@@ -77,6 +78,8 @@ class Method:
         reward_curves: the run plots ``rewards.png`` (margins, accuracies).
         disable_dropout: the model's dropout is turned off unless ``align.disable_dropout: false``
             (TRL's default for preference training).
+        kl_to_base: its objective takes ``train.kl_to_base`` (a token-level KL to the starting model
+            added to the loss; the run then builds a reference model as ``align.reference`` says).
         paper: the reference for the README.
         build: ``ObjectiveParts -> Objective``.
         check: extra config checks, raising ``ConfigError`` naming the key (or None).
@@ -96,6 +99,7 @@ class Method:
     multi_loss: bool = False
     reward_curves: bool = True
     disable_dropout: bool = True
+    kl_to_base: bool = False
     paper: str = ""
     check: Callable[[TrainConfig], None] | None = None
     advice: Callable[[TrainConfig, dict[str, Any]], str | None] | None = None
@@ -134,7 +138,7 @@ def _sft(p: ObjectiveParts) -> Objective:
     from pyft.objectives.sft import SftObjective
 
     t = p.config.train
-    return SftObjective(p.model, p.pad_token_id, t.chunk_tokens, t.label_smoothing)
+    return SftObjective(p.model, p.pad_token_id, t.chunk_tokens, t.label_smoothing, t.kl_to_base, p.reference)
 
 
 def _dpo(p: ObjectiveParts) -> Objective:
@@ -191,7 +195,7 @@ def _cpo_losses() -> tuple[str, ...]:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method(SFT, "supervised fine-tuning: next-token loss on the trained turns", ("chat", "text"), 1, False, _sft,
-           reward_curves=False, disable_dropout=False),
+           reward_curves=False, disable_dropout=False, kl_to_base=True),
     Method("dpo", "direct preference optimisation against a reference model, and its loss variants",
            ("preference",), 2, True, _dpo, loss_types=_dpo_losses, multi_loss=True, paper="arXiv:2305.18290"),
     Method("kto", "Kahneman-Tversky optimisation on unpaired desirable/undesirable examples", ("kto",), 1, True,

@@ -19,9 +19,10 @@ class AlignSection:
       ``apo_zero_unpaired``; CPO: ``sigmoid``, ``hinge``, ``ipo`` (``simpo`` is the ``simpo`` method).
     - ``label_smoothing``: ε for robust DPO (rDPO), conservative DPO (``sigmoid`` with ε > 0) and CPO.
     - ``f_divergence``/``f_alpha``: DPO's divergence (``reverse_kl`` default).
-    - ``reference``: the reference model: ``auto`` (the base with adapters disabled under LoRA/QLoRA,
-      a frozen copy under full fine-tuning) or ``copy``; ``precompute_ref`` computes every reference
-      log-prob in one pass before training (then no reference model is kept at all).
+    - ``reference``: the reference model (also the base of SFT's ``train.kl_to_base``): ``auto``
+      (the base with adapters disabled under LoRA/QLoRA, a frozen copy under full fine-tuning) or
+      ``copy``; ``precompute_ref`` computes every reference log-prob in one pass before training
+      (then no reference model is kept at all).
     - ``desirable_weight``/``undesirable_weight``: KTO's class weights.
     - ``simpo_gamma``: SimPO's margin γ; ``cpo_alpha``: weight of the chosen NLL (default 0 for
       ``simpo``, 1 for ``cpo``); ``alphapo``: AlphaPO's α (0 = off).

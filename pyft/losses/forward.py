@@ -7,6 +7,7 @@ Only positions that are scored go through the output layer, in chunks (:mod:`pyf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,10 @@ from torch import nn
 
 from pyft.data.sequences import model_inputs
 from pyft.losses.logprobs import TokenLogps, sum_by_sequence, token_logps
-from pyft.losses.sft import IGNORE_INDEX, token_nll_sum
+from pyft.losses.sft import IGNORE_INDEX, token_nll_kl_sum, token_nll_sum
+
+#: ``inputs -> (hidden, head)`` of a reference model, without gradient (as :func:`forward_hidden`).
+ReferenceForward = Callable[[dict[str, Any]], tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]]
 
 
 def forward_hidden(model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
@@ -39,11 +43,29 @@ def sft_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens:
     Runs the decoder, then only the predicted positions through the output layer (see
     :func:`pyft.losses.token_nll_sum`); ``label_smoothing`` is ε of the smoothed cross-entropy.
     """
-    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
-    hidden, head = forward_hidden(model, inputs)
+    hidden, head = forward_hidden(model, _sft_inputs(batch))
     if label_smoothing:
         return token_nll_sum(hidden, batch["labels"], head, chunk_tokens, label_smoothing=label_smoothing)
     return token_nll_sum(hidden, batch["labels"], head, chunk_tokens)
+
+
+def sft_loss_kl_sum(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int, label_smoothing: float,
+                    reference: ReferenceForward) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(nll, kl)`` of one SFT micro-batch, summed over its target tokens (float32 scalars).
+
+    ``nll`` is :func:`sft_loss_sum`'s; ``kl`` sums ``KL(p_model ‖ p_reference)`` over the vocabulary
+    at the same tokens (:func:`pyft.losses.sft.token_nll_kl_sum`). ``reference`` runs first, on the
+    same inputs, before the model's graph exists (a reference may swap the model's own tensors, as
+    :class:`pyft.align.reference.StartingAdapterReference` does).
+    """
+    inputs = _sft_inputs(batch)
+    ref_hidden, ref_head = reference(inputs)
+    hidden, head = forward_hidden(model, inputs)
+    return token_nll_kl_sum(hidden, batch["labels"], head, ref_hidden, ref_head, chunk_tokens, label_smoothing)
+
+
+def _sft_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
 
 
 @dataclass

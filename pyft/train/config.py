@@ -16,6 +16,7 @@ adapter; its starting weights are then DPO's/KTO's reference) instead of startin
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -65,6 +66,16 @@ class TrainSection:
       turn through the data's chat template; default: the prompts of the first 3 validation rows, or
       training rows) up to ``sample_max_new_tokens``, and log them to ``samples.jsonl`` and
       TensorBoard (text). ``null`` = off.
+    - ``kl_to_base``: β ≥ 0 of a KL penalty against forgetting (0 = off): SFT's loss becomes
+      ``CE + β·KL``, where KL is the mean over the step's target tokens (the same tokens and
+      normaliser as the CE) of ``KL(p_model ‖ p_base) = Σ_v p_model(v)·(log p_model(v) − log p_base(v))``
+      over the whole vocabulary; label smoothing does not change it. The base is the model training
+      started from, as ``align.reference`` picks DPO's: under LoRA/QLoRA the same weights with the
+      adapters off (or the continued ``adapter`` as it started), no second copy; under full
+      fine-tuning (or ``align.reference: copy``) a frozen copy of the weights. It costs one more
+      forward per micro-batch, without gradient and with dropout off. Logged as ``kl`` (``eval_kl``
+      in evaluation); ``loss`` stays the cross-entropy. Methods with ``Method.kl_to_base`` only
+      (``sft``); not with ``align.precompute_ref``.
     - ``load_best``: keep the best evaluated weights (a checkpoint at every new best eval loss, never
       pruned; loaded back when the run ends or stops early). ``null`` (default) = on when
       ``eval_every`` is set; needs a validation split.
@@ -103,6 +114,7 @@ class TrainSection:
     sample_every: int | None = None
     sample_prompts: list[str] = field(default_factory=list)
     sample_max_new_tokens: int = 64
+    kl_to_base: float = 0.0
 
 
 @dataclass
@@ -199,6 +211,7 @@ class TrainConfig:
             (t.sample_every is None or t.sample_every >= 1, "train.sample_every", "must be >= 1 or null"),
             (t.sample_max_new_tokens >= 1, "train.sample_max_new_tokens", "must be >= 1"),
             (self.eval.general_max_increase >= 0, "eval.general_max_increase", "must be >= 0"),
+            (0 <= t.kl_to_base < math.inf, "train.kl_to_base", "must be >= 0 (a finite coefficient; 0 = off)"),
             (len(t.betas) == 2, "train.betas", "expected two numbers"),
             (self.freeze.unfreeze_every is None or self.freeze.unfreeze_every >= 1, "freeze.unfreeze_every",
              "must be >= 1"),
@@ -210,6 +223,13 @@ class TrainConfig:
         for ok, key, why in checks:
             if not ok:
                 raise ConfigError(f"{key}: {why}, got {_get(self, key)!r}")
+        if t.kl_to_base and not method.kl_to_base:
+            with_kl = ", ".join(m.name for m in METHODS.values() if m.kl_to_base)
+            raise ConfigError(f"train.kl_to_base: only {with_kl} adds a KL to the base model, not method "
+                              f"{method.name} (set it to 0), got {t.kl_to_base!r}")
+        if t.kl_to_base and self.align.precompute_ref:
+            raise ConfigError("align.precompute_ref: train.kl_to_base compares whole next-token distributions with "
+                              "the base model at every step, which cannot be precomputed; drop one of them")
         return self
 
     @property

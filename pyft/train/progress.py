@@ -39,9 +39,9 @@ def step_text(record: dict[str, Any], total_steps: int, extra: str = "") -> str:
 
 
 def eval_text(record: dict[str, Any], extra: str = "") -> str:
-    """The line of an evaluation record: ``[eval] step 30: loss 1.1000  ppl 3.00`` (or the objective's
-    figures, ``extra``, when there is no perplexity)."""
-    if "eval_ppl" in record:
+    """The line of an evaluation record: ``[eval] step 30: loss 1.1000  ppl 3.00`` (the objective's
+    figures, ``extra``, when it has any; else the perplexity when there is one)."""
+    if "eval_ppl" in record and not extra:
         extra = f"ppl {record['eval_ppl']:.2f}"
     return f"[eval] step {record['step']}: loss {record['eval_loss']:.4f}  {extra}".rstrip()
 
@@ -86,8 +86,7 @@ class ProgressLine:
         run = self.run
         assert run is not None, "on_start first"
         # The objective describes its metrics by their training names (``rewards/margins``).
-        extra = "" if "eval_ppl" in record else run.describe(
-            {k[len("eval_"):]: v for k, v in record.items() if k.startswith("eval_")})
+        extra = run.describe({k[len("eval_"):]: v for k, v in record.items() if k.startswith("eval_")})
         write(eval_text(record, extra))
 
     def on_end(self, artifacts: list[Path]) -> None:

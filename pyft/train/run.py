@@ -170,15 +170,17 @@ def apply_tuning(config: TrainConfig, model: nn.Module) -> None:
 
 def build_reference(config: TrainConfig, model_dir: Path, model: nn.Module, splits: dict[str, PreparedDataset],
                     pad_token_id: int, layout: str, precision: str, dist_info: DistInfo) -> Any:
-    """The reference model of a method that needs one (None otherwise), complete: with
-    ``align.precompute_ref`` its log-probs for every row are computed here, before the objective exists.
+    """The reference model of a method that needs one, or of SFT with ``train.kl_to_base`` (None
+    otherwise), complete: with ``align.precompute_ref`` its log-probs for every row are computed here,
+    before the objective exists.
 
     Under LoRA/QLoRA the reference is the base with adapters off (or the adapter training started
     from); under full fine-tuning a frozen copy, or the policy itself when everything is precomputed
-    (a copy is then kept only for sequences outside the table: KTO's KL pairs).
+    (a copy is then kept only for sequences outside the table: KTO's KL pairs). The KL to the base
+    compares whole distributions at every step, so it always gets a live reference.
     """
     method, align, chunk = config.objective, config.align, config.train.chunk_tokens
-    if not method.needs_reference:
+    if not (method.needs_reference or config.train.kl_to_base):
         return None
     adapters = config.tuning_kind in ("lora", "qlora")
     precompute = align.precompute_ref
