@@ -23,14 +23,17 @@ def heldout_loss(model: Any, prepared: PathLike, *, split: str = "validation", b
 
     from pyft.data import load
     from pyft.objectives.sft import SftObjective
-    from pyft.train.batches import collate_batches
 
     ds = load(prepared, split)
     device = next(model.parameters()).device
     pad = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
     objective = SftObjective(model, pad, chunk_tokens)
     objective.training = False
-    batches = collate_batches(objective.collate, ds, list(range(len(ds))), split, batch_size, device)
+    batches = []  # as the trainer batches its evaluation (pyft.train.batches.collate_batches)
+    for start in range(0, len(ds), batch_size):
+        rows = list(range(start, min(start + batch_size, len(ds))))
+        batch = objective.collate([ds[j] for j in rows], rows, split)
+        batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
     totals: dict[str, float] = {}
     for b in batches:
         for k, v in objective.counts(b).items():
