@@ -137,3 +137,15 @@ def test_cli_eval_compare_writes_report_and_plots(setup, tmp_path, capsys):
     for png in ("forgetting.png", "confusion_matrix.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_harness_is_optional_with_a_clear_message(setup, capsys):
+    import importlib.util
+
+    from pyft.eval.harness import harness_model_args
+
+    assert harness_model_args("/m", "/a", "bfloat16") == "pretrained=/m,dtype=bfloat16,peft=/a"
+    if importlib.util.find_spec("lm_eval") is not None:
+        pytest.skip("lm_eval is installed here")
+    assert main(["eval", str(setup["model"]), "--harness", "hellaswag"]) == 1
+    assert "pip install lm-eval" in capsys.readouterr().err

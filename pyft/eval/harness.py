@@ -12,8 +12,7 @@ from pyft.errors import ConfigError
 PathLike = str | os.PathLike[str]
 
 
-def harness_model_args(model: PathLike, adapter: PathLike | None = None, dtype: str = "auto",
-                       device: str | None = None) -> str:
+def harness_model_args(model: PathLike, adapter: PathLike | None = None, dtype: str = "auto") -> str:
     """The ``--model_args`` string of lm_eval's ``hf`` model for ``model`` (+ PEFT ``adapter``)."""
     parts = [f"pretrained={os.fspath(model)}", f"dtype={dtype}"]
     if adapter is not None:
@@ -37,6 +36,6 @@ def run_harness(model: PathLike, tasks: str, *, adapter: PathLike | None = None,
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise ConfigError("--harness: no task names")
-    results = lm_eval.simple_evaluate(model="hf", model_args=harness_model_args(model, adapter, dtype, device),
+    results = lm_eval.simple_evaluate(model="hf", model_args=harness_model_args(model, adapter, dtype),
                                       tasks=names, batch_size=batch_size, device=device or "cpu")
     return make_table(results)
