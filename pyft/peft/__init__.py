@@ -4,11 +4,14 @@
   replacement (PEFT's matching rules and parameter names), plus ``modules_to_save``;
 - :func:`save_adapter`, :func:`load_adapter` — PEFT's on-disk adapter format, both ways;
 - :func:`adapters_disabled` — run the base model (reference model without a second copy);
-- :func:`merge_lora` — fold adapters into the base weights.
+- :func:`merge_lora` — fold adapters into the base weights;
+- :mod:`pyft.peft.ia3` — (IA)³ (:class:`Ia3Config`, :func:`apply_ia3`, :func:`merge_ia3`,
+  :func:`save_ia3_adapter`), saved in PEFT's ``IA3`` format; :func:`load_adapter` loads both kinds.
 
 HF ``peft`` is not imported: it is only a test oracle.
 """
 
+from pyft.peft.ia3 import Ia3Config, Ia3Linear, apply_ia3, merge_ia3, save_ia3_adapter
 from pyft.peft.adapter_io import adapter_tensors, load_adapter, read_adapter_config, save_adapter
 from pyft.peft.lora import (
     LoraConfig,
@@ -23,6 +26,11 @@ from pyft.peft.lora import (
 )
 
 __all__ = [
+    "Ia3Config",
+    "Ia3Linear",
+    "apply_ia3",
+    "merge_ia3",
+    "save_ia3_adapter",
     "LoraConfig",
     "LoraLinear",
     "ModulesToSave",

@@ -191,7 +191,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
 
     Args:
         model: the base model (no adapter yet).
-        adapter_dir: a PEFT LoRA adapter directory, or a Hub id (``owner/name[@revision]``) whose
+        adapter_dir: a PEFT LoRA or (IA)³ adapter directory, or a Hub id (``owner/name[@revision]``) whose
             ``adapter_config.json`` and ``adapter_model.safetensors`` are fetched into the Hub cache.
         trainable: keep the adapter parameters trainable (to continue training).
 
@@ -208,8 +208,18 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
     from pyft.hub import resolve_model
 
     adapter_dir = resolve_model(adapter_dir, kind="adapter")
-    config = read_adapter_config(adapter_dir)
     weights = Path(adapter_dir) / WEIGHTS_NAME
+    config_path = Path(adapter_dir) / CONFIG_NAME
+    if config_path.is_file():
+        raw = read_json_object(config_path)
+        if raw.get("peft_type") == "IA3":
+            from pyft.peft.ia3 import load_ia3_into
+
+            check_adapter_config(raw, config_path)
+            if not weights.is_file():
+                raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_NAME}")
+            return load_ia3_into(model, raw, config_path, weights, trainable)
+    config = read_adapter_config(adapter_dir)
     if not weights.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_NAME}")
     saved = {k.replace(".default.", ".").removesuffix(".default"): v for k, v in load_file(str(weights)).items()}

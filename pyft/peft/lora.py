@@ -266,7 +266,8 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoraLinear]]:
 @contextlib.contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` as its base model (e.g. the reference model of DPO) inside the block."""
-    layers = [m for m in model.modules() if isinstance(m, (LoraLinear, ModulesToSave))]
+    # every adapter layer pyft has (LoRA, modules_to_save, (IA)³) carries an `adapter_enabled` switch
+    layers = [m for m in model.modules() if hasattr(m, "adapter_enabled")]
     states = [m.adapter_enabled for m in layers]
     for m in layers:
         m.adapter_enabled = False
