@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import CONVERSATIONS, write_jsonl
 
 import pyft.data
 from pyft.cli.main import main
@@ -18,8 +18,6 @@ from pyft.eval.run import compare_reports, evaluate, read_eval_rows
 from pyft.generate import Generator, SamplingSettings
 from pyft.generate.prompts import Prompt
 from pyft.testing import make_tiny_model
-
-from helpers import CONVERSATIONS, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +80,16 @@ def test_rows_need_a_reference_or_label(tmp_path):
     p.write_text('{"prompt": "a", "label": 3}\n')
     with pytest.raises(DataError, match=r"line 1: `label` must be a string"):
         read_eval_rows(p)
+    p.write_bytes(b'{"prompt": "a", "reference": "b"}\n\n{"prompt": "\xff"}\n')
+    with pytest.raises(DataError, match=r"e.jsonl line 3: not UTF-8"):
+        read_eval_rows(p)
+    p.write_text('{"prompt": "a", "reference": "b"}\n{"prompt": \n')
+    with pytest.raises(DataError, match=r"e.jsonl line 2: not JSON"):
+        read_eval_rows(p)
+    bad = tmp_path / "g.jsonl"
+    bad.write_text('{"lang": "en"}\n')
+    with pytest.raises(DataError, match=r"g.jsonl line 1: needs a string `text`"):
+        read_texts(bad)
 
 
 def test_compare_reports_arithmetic():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from real_vocab import template_names, template_source
 
 from pyft.cli.main import main
 from pyft.errors import ConfigError
@@ -24,14 +25,13 @@ from pyft.export.support import (
 from pyft.inspect import inspect_path
 from pyft.testing import make_tiny_model
 from pyft.testing.models import _PREFIX, TINY_SHAPES
-from real_vocab import template_names, template_source
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_readme_support_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"<!-- support-table:begin[^>]*-->\n(.*?)\n<!-- support-table:end -->", readme, re.S)
+    block = re.search(r"<!-- support-table:begin[^>]*-->\n(.*?)\n<!-- support-table:end -->", readme, re.DOTALL)
     assert block, "README.md lost its generated support table"
     assert block.group(1) == support_table(), "regenerate: python -c 'from pyft.export.support import " \
                                               "support_table; print(support_table())'"

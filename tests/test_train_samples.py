@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import CONVERSATIONS, write_jsonl
 
 import pyft.data
 from pyft.errors import ConfigError
@@ -13,8 +14,6 @@ from pyft.generate.prompts import Prompt
 from pyft.testing import make_tiny_model
 from pyft.train import load_config, train
 from pyft.train.samples import row_prompt_ids
-
-from helpers import CONVERSATIONS, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ the model's general language modelling, quickly, before and after training.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 from pyft.errors import DataError
+from pyft.io.files import jsonl_records, read_bytes
 
 PathLike = str | os.PathLike[str]
 
@@ -29,19 +29,16 @@ def read_texts(path: PathLike | None = None) -> list[dict[str, str]]:
         DataError: a JSONL line that is not an object with a string ``text`` (file and line named).
     """
     p = Path(path) if path is not None else GENERAL_CORPUS
-    raw = p.read_text(encoding="utf-8")
     if p.suffix != ".jsonl":
+        try:
+            raw = read_bytes(p).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p}: not UTF-8 text (byte {e.start})") from None
         return [{"text": t.strip()} for t in raw.split("\n\n") if t.strip()]
     out = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p} line {n}: not JSON ({e.msg})") from None
+    for where, rec in jsonl_records(p):
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-            raise DataError(f"{p} line {n}: needs a string `text`")
+            raise DataError(f"{where}: needs a string `text`")
         out.append({"text": rec["text"], **({"lang": str(rec["lang"])} if "lang" in rec else {})})
     return out
 

@@ -22,6 +22,7 @@ from pyft.generate.engine import Generator
 from pyft.generate.jsonl import prompt_of
 from pyft.generate.prompts import Prompt
 from pyft.generate.settings import SamplingSettings
+from pyft.io.files import jsonl_records
 
 PathLike = str | os.PathLike[str]
 
@@ -42,30 +43,22 @@ def read_eval_rows(path: PathLike) -> EvalRows:
             fields of the wrong type (file and line named).
     """
     rows = EvalRows()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not JSON ({e.msg})") from None
-            prompt = prompt_of(rec, where)
-            ref, label = rec.get("reference"), rec.get("label")
-            if ref is None and label is None:
-                raise DataError(f"{where}: needs a `reference` (text or list of texts) or a `label`")
-            if ref is not None and not (isinstance(ref, str) or (isinstance(ref, list) and ref
-                                                                  and all(isinstance(r, str) for r in ref))):
-                raise DataError(f"{where}: `reference` must be a string or a non-empty list of strings")
-            if label is not None and not isinstance(label, str):
-                raise DataError(f"{where}: `label` must be a string")
-            choices = rec.get("choices")
-            if choices is not None and not (isinstance(choices, list) and choices
-                                            and all(isinstance(c, str) for c in choices)):
-                raise DataError(f"{where}: `choices` must be a non-empty list of strings")
-            rows.records.append(rec)
-            rows.prompts.append(prompt)
+    for where, rec in jsonl_records(path):
+        prompt = prompt_of(rec, where)
+        ref, label = rec.get("reference"), rec.get("label")
+        if ref is None and label is None:
+            raise DataError(f"{where}: needs a `reference` (text or list of texts) or a `label`")
+        if ref is not None and not (isinstance(ref, str) or (isinstance(ref, list) and ref
+                                                              and all(isinstance(r, str) for r in ref))):
+            raise DataError(f"{where}: `reference` must be a string or a non-empty list of strings")
+        if label is not None and not isinstance(label, str):
+            raise DataError(f"{where}: `label` must be a string")
+        choices = rec.get("choices")
+        if choices is not None and not (isinstance(choices, list) and choices
+                                        and all(isinstance(c, str) for c in choices)):
+            raise DataError(f"{where}: `choices` must be a non-empty list of strings")
+        rows.records.append(rec)
+        rows.prompts.append(prompt)
     if not rows.records:
         raise DataError(f"{path}: no rows")
     return rows

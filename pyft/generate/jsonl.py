@@ -19,6 +19,7 @@ from pyft.errors import DataError
 from pyft.generate.engine import Completion, Generator
 from pyft.generate.prompts import Prompt, check_messages
 from pyft.generate.settings import SamplingSettings
+from pyft.io.files import jsonl_records
 
 PathLike = str | os.PathLike[str]
 
@@ -46,17 +47,9 @@ def read_prompts(path: PathLike, raw: bool = False) -> tuple[list[dict[str, Any]
         DataError: a line is not JSON or has no prompt (file and line named).
     """
     records, prompts = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {n}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not JSON ({e.msg})") from None
-            prompts.append(prompt_of(record, where, raw))
-            records.append(record)
+    for where, record in jsonl_records(path):
+        prompts.append(prompt_of(record, where, raw))
+        records.append(record)
     return records, prompts
 
 

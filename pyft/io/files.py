@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -114,6 +114,29 @@ def read_text(path: PathLike, limit: int = MAX_JSON_BYTES) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise data_error(path, f"not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def jsonl_records(path: PathLike) -> Iterator[tuple[str, Any]]:
+    """``(where, record)`` for each non-blank line of a JSONL file (a regular file only), ``where`` being
+    ``"<path> line <n>"`` for error messages.
+
+    Raises:
+        DataError: a line is not UTF-8 or not JSON (file and line named), or the path is not a regular file.
+    """
+    with open_regular(path) as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path} line {n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 (byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not JSON ({e.msg})") from None
+            yield where, record
 
 
 def _json_type(value: Any) -> str:
