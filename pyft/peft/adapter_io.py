@@ -186,6 +186,24 @@ def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> LoraConfig:
         raise ValueError(f"{path}: {e}") from None
 
 
+#: ``peft_type`` → ``"module:function"`` loading an adapter of that kind other than LoRA, called as
+#: ``function(model, raw_config, config_path, weights_path, trainable) -> adapted module names``.
+OTHER_LOADERS: dict[str, str] = {
+    "IA3": "pyft.peft.ia3:load_ia3_into",
+}
+
+
+def _other_loader(peft_type: Any) -> Any:
+    """The loader of a non-LoRA ``peft_type`` (imported when needed), or None for LoRA/unknown."""
+    import importlib
+
+    target = OTHER_LOADERS.get(peft_type) if isinstance(peft_type, str) else None
+    if target is None:
+        return None
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, trainable: bool = False) -> list[str]:
     """Apply the adapter saved in ``adapter_dir`` (by pyft or PEFT) to ``model``, in place.
 
@@ -212,13 +230,12 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
     config_path = Path(adapter_dir) / CONFIG_NAME
     if config_path.is_file():
         raw = read_json_object(config_path)
-        if raw.get("peft_type") == "IA3":
-            from pyft.peft.ia3 import load_ia3_into
-
+        loader = _other_loader(raw.get("peft_type"))
+        if loader is not None:
             check_adapter_config(raw, config_path)
             if not weights.is_file():
                 raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_NAME}")
-            return load_ia3_into(model, raw, config_path, weights, trainable)
+            return loader(model, raw, config_path, weights, trainable)
     config = read_adapter_config(adapter_dir)
     if not weights.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_NAME}")
