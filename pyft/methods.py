@@ -24,8 +24,55 @@ if TYPE_CHECKING:
     from pyft.objectives import Objective
     from pyft.train.config import TrainConfig
 
-#: Which weights a run trains: LoRA adapters, LoRA over an NF4-quantized base, or every weight.
-TUNINGS = ("lora", "qlora", "full")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """One way of choosing what a run trains (``tuning:``), and what the result is good for.
+
+    Attributes:
+        name: the ``tuning:`` value (also a ``method:`` shorthand for ``sft`` with this tuning).
+        summary: one line for the README and the CLI help.
+        section: the config section holding its settings (None: no settings of its own).
+        adapter: it trains an adapter over a frozen base, saved to ``adapter/`` (else the weights, ``model/``).
+        peft_type: PEFT's ``peft_type`` of the saved adapter (``PYFT_*``: a pyft format PEFT has no type for).
+        mergeable: the adapter folds into the weights (``pyft merge``, GGUF and vLLM exports of the merged model).
+        nf4_base: the base is NF4-quantized while it trains (QLoRA).
+        virtual_tokens: it adds positions to every sequence (prompt or prefix), so at most one such
+            tuning may be part of a hybrid.
+        apply: ``"module:function"`` applying it, ``function(model, section_config)`` (imported when used).
+        save: ``"module:function"`` saving its adapter, ``function(model, out_dir, *, base_model_name_or_path,
+            task_type, revision)``.
+        paper: the reference for the README.
+    """
+
+    name: str
+    summary: str
+    section: str | None
+    adapter: bool = True
+    peft_type: str | None = None
+    mergeable: bool = False
+    nf4_base: bool = False
+    virtual_tokens: bool = False
+    apply: str = ""
+    save: str = ""
+    paper: str = ""
+
+
+#: Every tuning, in the order the README lists them.
+TUNING_TABLE: dict[str, Tuning] = {t.name: t for t in (
+    Tuning("lora", "LoRA low-rank adapters on linear layers (also rsLoRA, DoRA: `lora.rslora`, `lora.dora`)", "lora",
+           peft_type="LORA", mergeable=True, apply="pyft.peft.lora:apply_lora", save="pyft.peft.adapter_io:save_adapter", paper="arXiv:2106.09685"),
+    Tuning("qlora", "LoRA over an NF4-quantized frozen base", "lora", peft_type="LORA", mergeable=True, nf4_base=True,
+           apply="pyft.peft.lora:apply_lora", save="pyft.peft.adapter_io:save_adapter",
+           paper="arXiv:2305.14314"),
+    Tuning("full", "every weight (less what `freeze:` holds back)", None, adapter=False, mergeable=True),
+    Tuning("ia3", "(IA)³: learned scaling of keys, values and feedforward activations", "ia3", peft_type="IA3",
+           mergeable=True, apply="pyft.peft.ia3:apply_ia3", save="pyft.peft.ia3:save_ia3_adapter",
+           paper="arXiv:2205.05638"),
+)}
+#: Which weights a run trains: the names of :data:`TUNING_TABLE`.
+TUNINGS = tuple(TUNING_TABLE)
 #: ``train.optim`` values (transformers' ``optim`` names): see :mod:`pyft.train.optim`.
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
 #: transformers' other spellings of the same optimizers.
@@ -238,5 +285,32 @@ def methods_table() -> str:
     for m in METHODS.values():
         ref = "yes (or precomputed)" if m.needs_reference else "no"
         paper = f" ({m.paper})" if m.paper else ""
-        lines.append(f"| `{m.name}` | {m.data_kind_text} | {ref} | {', '.join(m.tunings)} | {m.summary}{paper} |")
+        tunings = "all" if m.tunings == TUNINGS else ", ".join(m.tunings)
+        lines.append(f"| `{m.name}` | {m.data_kind_text} | {ref} | {tunings} | {m.summary}{paper} |")
+    return "\n".join(lines)
+
+
+def get_tuning(name: str) -> Tuning:
+    """The :class:`Tuning` called ``name``.
+
+    Raises:
+        ConfigError: ``name`` is not a tuning.
+    """
+    if name not in TUNING_TABLE:
+        raise ConfigError(f"tuning: unknown tuning {name!r} (expected one of {', '.join(TUNINGS)})")
+    return TUNING_TABLE[name]
+
+
+def tunings_table() -> str:
+    """The README's tuning table (Markdown), generated from :data:`TUNING_TABLE`."""
+    lines = ["| tuning | what trains | saved as | merges into the weights | config section |",
+             "|---|---|---|---|---|"]
+    for t in TUNING_TABLE.values():
+        saved = "`model/` (transformers)" if not t.adapter else (
+            f"`adapter/` (PEFT `{t.peft_type}`)" if not (t.peft_type or "").startswith("PYFT_")
+            else "`adapter/` (pyft format)")
+        merge = "yes" if t.mergeable else "no (serve base + adapter)"
+        paper = f" ({t.paper})" if t.paper else ""
+        section = f"`{t.section}:`" if t.section else "`freeze:`"
+        lines.append(f"| `{t.name}` | {t.summary}{paper} | {saved} | {merge} | {section} |")
     return "\n".join(lines)

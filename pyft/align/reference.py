@@ -106,9 +106,8 @@ class StartingAdapterReference(Reference):
     """
 
     def __init__(self, model: nn.Module, chunk_tokens: int) -> None:
-        from pyft.peft import adapter_tensors
-
-        self.tensors = list(adapter_tensors(model).values())
+        # the adapter's trainable tensors, whatever its kind (LoRA, (IA)³, a soft prompt, ...)
+        self.tensors = [p for p in model.parameters() if p.requires_grad]
         self.snapshot = [t.detach().clone() for t in self.tensors]
         self.chunk_tokens = chunk_tokens
 

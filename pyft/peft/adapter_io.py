@@ -209,7 +209,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
 
     Args:
         model: the base model (no adapter yet).
-        adapter_dir: a PEFT LoRA or (IA)³ adapter directory, or a Hub id (``owner/name[@revision]``) whose
+        adapter_dir: a PEFT adapter directory (LoRA, or a kind of :data:`OTHER_LOADERS`), a pyft hybrid
+            adapter directory (:mod:`pyft.peft.hybrid`), or a Hub id (``owner/name[@revision]``) whose
             ``adapter_config.json`` and ``adapter_model.safetensors`` are fetched into the Hub cache.
         trainable: keep the adapter parameters trainable (to continue training).
 
@@ -226,6 +227,10 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
     from pyft.hub import resolve_model
 
     adapter_dir = resolve_model(adapter_dir, kind="adapter")
+    from pyft.peft.hybrid import is_hybrid_dir, load_hybrid_into
+
+    if is_hybrid_dir(adapter_dir):
+        return load_hybrid_into(model, adapter_dir, trainable)
     weights = Path(adapter_dir) / WEIGHTS_NAME
     config_path = Path(adapter_dir) / CONFIG_NAME
     if config_path.is_file():

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,17 @@ class Ia3Config:
     """Which layers (IA)³ rescales.
 
     Attributes:
-        targets: module names or suffixes (a list) or a regex (a string), PEFT's ``target_modules``.
+        targets: module names or suffixes (a list) or a regex (a string), PEFT's ``target_modules``;
+            default PEFT's for Llama-style models: keys, values and the FFN's down projection.
         feedforward: the targets whose input is scaled (PEFT's ``feedforward_modules``), same rules;
-            must be among ``targets`` when both are lists.
+            must be among ``targets`` when both are lists. Default: the down projection.
         exclude: modules never targeted (PEFT's ``exclude_modules``).
         init_ones: start every vector at 1 (PEFT's ``init_ia3_weights``); False draws N(0, 1).
     """
 
-    targets: str | Sequence[str]
-    feedforward: str | Sequence[str] | None = None
-    exclude: str | Sequence[str] | None = None
+    targets: str | list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
+    feedforward: str | list[str] | None = field(default_factory=lambda: ["down_proj"])
+    exclude: str | list[str] | None = None
     init_ones: bool = True
 
     def __post_init__(self) -> None:
@@ -149,20 +150,21 @@ def merge_ia3(model: nn.Module) -> nn.Module:
     return model
 
 
-def _names(value: str | Sequence[str] | None) -> Any:
+def _names(value: str | list[str] | None) -> Any:
     return value if value is None or isinstance(value, str) else sorted(value)
 
 
-def ia3_config_dict(config: Ia3Config, base_model_name_or_path: str | None, task_type: str = "CAUSAL_LM") -> dict:
-    """``adapter_config.json`` as PEFT writes it for ``IA3Config``."""
+def ia3_config_dict(config: Ia3Config, base_model_name_or_path: str | None, task_type: str = "CAUSAL_LM",
+                    revision: str | None = None) -> dict:
+    """``adapter_config.json`` as PEFT writes it for ``IA3Config`` (``revision``: of a Hub base)."""
     return {"peft_type": "IA3", "task_type": task_type, "base_model_name_or_path": base_model_name_or_path,
             "target_modules": _names(config.targets), "feedforward_modules": _names(config.feedforward),
             "exclude_modules": _names(config.exclude), "fan_in_fan_out": False, "init_ia3_weights": config.init_ones,
-            "modules_to_save": None, "inference_mode": True, "revision": None, "auto_mapping": None}
+            "modules_to_save": None, "inference_mode": True, "revision": revision, "auto_mapping": None}
 
 
 def save_ia3_adapter(model: nn.Module, out_dir: str | os.PathLike[str], *, base_model_name_or_path: str | None = None,
-                     task_type: str = "CAUSAL_LM", overwrite: bool = True) -> Path:
+                     task_type: str = "CAUSAL_LM", revision: str | None = None, overwrite: bool = True) -> Path:
     """Save the (IA)³ adapter of ``model`` as a PEFT adapter directory (written atomically)."""
     from safetensors.torch import save_file
 
@@ -174,7 +176,7 @@ def save_ia3_adapter(model: nn.Module, out_dir: str | os.PathLike[str], *, base_
     tensors = {f"{PREFIX}{name}.ia3_l": layer.ia3_l.detach().contiguous() for name, layer in ia3_modules(model)}
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         save_file(tensors, str(Path(tmp) / WEIGHTS_NAME), metadata={"format": "pt"})
-        text = json.dumps(ia3_config_dict(config, base_model_name_or_path, task_type), indent=2, sort_keys=True)
+        text = json.dumps(ia3_config_dict(config, base_model_name_or_path, task_type, revision), indent=2, sort_keys=True)
         (Path(tmp) / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
     return Path(out_dir)
 

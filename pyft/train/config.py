@@ -7,9 +7,12 @@ number, got 'fast'``). Sections: ``model``, ``data``, ``method``, ``tuning``, ``
 
 ``method`` is what is optimised: supervised fine-tuning (``lora``, ``qlora``, ``full``, or ``sft``
 with ``tuning``) or an alignment objective (``dpo``, ``kto``, ``orpo``, ``simpo``, ``cpo``, ``rm``).
-``tuning`` says which weights an alignment run (or ``sft``) trains: ``lora`` (default), ``qlora`` or
-``full``. ``adapter`` continues training an existing PEFT LoRA adapter (e.g. DPO on top of an SFT
-adapter; its starting weights are then DPO's/KTO's reference) instead of starting a new one.
+``tuning`` says which weights an alignment run (or ``sft``) trains: ``lora`` (default), ``qlora``,
+``full`` or another adapter of :data:`pyft.methods.TUNING_TABLE` (``ia3``, ``oft``, ``prompt_tuning``,
+...), each with its own section; a list (``[lora, prompt_tuning]``) trains a hybrid of adapters on
+disjoint modules, and ``stages`` says which of them train for how many steps. ``adapter`` continues
+training an existing adapter (e.g. DPO on top of an SFT adapter; its starting weights are then DPO's/KTO's
+reference) instead of starting a new one.
 ``overwrite: true`` (``pyft train --overwrite``) replaces a run already in ``output``.
 """
 
@@ -27,7 +30,17 @@ from typing import Any
 from pyft.align.config import AlignSection
 from pyft.errors import ConfigError
 from pyft.io.files import read_text
-from pyft.methods import METHODS, OPTIMIZER_ALIASES, OPTIMIZERS, TUNINGS, Method, get_method
+from pyft.methods import (
+    METHODS,
+    OPTIMIZER_ALIASES,
+    OPTIMIZERS,
+    TUNINGS,
+    Method,
+    Tuning,
+    get_method,
+    get_tuning,
+)
+from pyft.peft.ia3 import Ia3Config
 from pyft.peft.lora import LoraConfig
 
 
@@ -144,6 +157,20 @@ class QuantSection:
 
 
 @dataclass
+class StageSection:
+    """One stage of staged training (``stages:``): which parts of a hybrid tuning train, for how many
+    optimizer steps. The other parts stay as they are (no gradient, no optimizer update, no weight decay).
+
+    Attributes:
+        train: tuning names of the run's ``tuning`` list that train in this stage.
+        steps: optimizer steps of the stage; the last stage has none (it runs until training ends).
+    """
+
+    train: list[str] = field(default_factory=list)
+    steps: int | None = None
+
+
+@dataclass
 class TrainConfig:
     """A whole training run.
 
@@ -160,9 +187,11 @@ class TrainConfig:
     output: str = "pyft-output"
     overwrite: bool = False
     method: str = "lora"
-    tuning: str | None = None
+    tuning: str | list[str] | None = None
     adapter: str | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
+    ia3: Ia3Config = field(default_factory=Ia3Config)
+    stages: list[StageSection] | None = None
     quant: QuantSection = field(default_factory=QuantSection)
     align: AlignSection = field(default_factory=AlignSection)
     freeze: FreezeSection = field(default_factory=FreezeSection)
@@ -176,16 +205,7 @@ class TrainConfig:
         if not self.data:
             raise ConfigError("data: required (a directory written by `pyft data prepare`)")
         method = get_method(self.method)
-        if self.tuning is not None and self.tuning not in TUNINGS:
-            raise ConfigError(f"tuning: expected {', '.join(TUNINGS)}, got {self.tuning!r}")
-        if self.method in TUNINGS and self.tuning not in (None, self.method):
-            raise ConfigError(f"tuning: method {self.method} already says the tuning; use method: sft with "
-                              f"tuning: {self.tuning}")
-        if self.tuning_kind not in method.tunings:
-            raise ConfigError(f"tuning: {method.name} trains with {' or '.join(method.tunings)}, "
-                              f"got {self.tuning_kind!r}")
-        if self.adapter is not None and self.tuning_kind not in ("lora", "qlora"):
-            raise ConfigError(f"adapter: continuing an adapter needs tuning lora or qlora, got {self.tuning_kind}")
+        self._validate_tuning(method)
         self._validate_align()
         t = self.train
         from pyft.train.trackers import report_to_names
@@ -238,11 +258,103 @@ class TrainConfig:
         return get_method(self.method)
 
     @property
-    def tuning_kind(self) -> str:
-        """Which weights are trained: ``lora``, ``qlora`` or ``full``."""
+    def tuning_parts(self) -> tuple[str, ...]:
+        """The tuning names the run trains: one, or the parts of a hybrid (``tuning: [lora, prompt_tuning]``)."""
         if self.method in TUNINGS:
-            return self.method
-        return self.tuning or "lora"
+            return (self.method,)
+        if isinstance(self.tuning, list):
+            return tuple(self.tuning)
+        return (self.tuning or "lora",)
+
+    @property
+    def tuning_kind(self) -> str:
+        """Which weights are trained: a :data:`~pyft.methods.TUNINGS` name, or ``hybrid`` for several."""
+        parts = self.tuning_parts
+        return parts[0] if len(parts) == 1 else "hybrid"
+
+    @property
+    def tunings(self) -> list[Tuning]:
+        """The :class:`~pyft.methods.Tuning` of each part."""
+        return [get_tuning(name) for name in self.tuning_parts]
+
+    @property
+    def trains_adapter(self) -> bool:
+        """Whether the run trains adapters over a frozen base (every tuning but ``full``)."""
+        return all(t.adapter for t in self.tunings)
+
+    @property
+    def nf4_base(self) -> bool:
+        """Whether the base is NF4-quantized while training (QLoRA, alone or in a hybrid)."""
+        return any(t.nf4_base for t in self.tunings)
+
+    def _validate_tuning(self, method: Method) -> None:
+        if isinstance(self.tuning, list) and not self.tuning:
+            raise ConfigError("tuning: an empty list (name one tuning, or several for a hybrid)")
+        if self.method in TUNINGS and self.tuning not in (None, self.method):
+            raise ConfigError(f"tuning: method {self.method} already says the tuning; use method: sft with "
+                              f"tuning: {self.tuning}")
+        parts = self.tuning_parts
+        for name in parts:
+            get_tuning(name)  # ConfigError naming the unknown tuning
+            if name not in method.tunings:
+                raise ConfigError(f"tuning: {method.name} trains with {' or '.join(method.tunings)}, got {name!r}")
+        if len(set(parts)) != len(parts):
+            raise ConfigError(f"tuning: a tuning is listed twice in {list(parts)}")
+        if len(parts) > 1:
+            tunings = self.tunings
+            if not all(t.adapter for t in tunings):
+                raise ConfigError(f"tuning: a hybrid combines adapters; `full` trains every weight and cannot be "
+                                  f"part of one, got {list(parts)}")
+            lora = [t.name for t in tunings if t.section == "lora"]
+            if len(lora) > 1:
+                raise ConfigError(f"tuning: lora and qlora are the same adapters (qlora over an NF4 base); list one "
+                                  f"of them, got {list(parts)}")
+            virtual = [t.name for t in tunings if t.virtual_tokens]
+            if len(virtual) > 1:
+                raise ConfigError(f"tuning: {' and '.join(virtual)} both add virtual tokens to every sequence; a "
+                                  f"hybrid takes one of them")
+        if self.adapter is not None and not self.trains_adapter:
+            raise ConfigError(f"adapter: continuing an adapter needs an adapter tuning (lora, qlora, ...), got "
+                              f"{self.tuning_kind}")
+        self._validate_stages(parts)
+
+    def _validate_stages(self, parts: tuple[str, ...]) -> None:
+        if self.stages is None:
+            return
+        if self.adapter is not None:
+            raise ConfigError("stages: staged training starts new adapters; a continued adapter (adapter:) trains "
+                              "all its parts (drop one of them)")
+        if not self.stages:
+            raise ConfigError("stages: an empty list (leave it out to train every part throughout)")
+        for i, stage in enumerate(self.stages):
+            key = f"stages[{i}]"
+            if not stage.train:
+                raise ConfigError(f"{key}.train: name the tunings this stage trains (of {list(parts)})")
+            unknown = [n for n in stage.train if n not in parts]
+            if unknown:
+                raise ConfigError(f"{key}.train: {unknown[0]!r} is not one of this run's tunings {list(parts)}")
+            last = i == len(self.stages) - 1
+            if last and stage.steps is not None:
+                raise ConfigError(f"{key}.steps: the last stage runs until training ends (train.max_steps or "
+                                  f"train.epochs set the total); leave its steps out, got {stage.steps!r}")
+            if not last and (stage.steps is None or stage.steps < 1):
+                raise ConfigError(f"{key}.steps: every stage but the last needs a number of steps >= 1, got "
+                                  f"{stage.steps!r}")
+        never = [n for n in parts if not any(n in s.train for s in self.stages)]
+        if never:
+            raise ConfigError(f"stages: {never[0]!r} trains in no stage; add it to one or drop it from `tuning`")
+
+    def stage_at(self, step: int) -> StageSection | None:
+        """The stage optimizer step ``step`` (0-based) belongs to (None without ``stages``)."""
+        if not self.stages:
+            return None
+        start = 0
+        for stage in self.stages[:-1]:
+            assert stage.steps is not None
+            if step < start + stage.steps:
+                return stage
+            start += stage.steps
+        return self.stages[-1]
 
     def _validate_align(self) -> None:
         from pyft.losses.preference import F_DIVERGENCES
@@ -296,6 +408,9 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # `X | None`: X's own error, which may name a nested key
+            return _check_type(value, real[0], key)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -305,6 +420,8 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build(tp, value, f"{key}.")
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):

@@ -7,7 +7,6 @@ directory, the prepared data (kind, tokenizer identity, vocabulary), the method 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ from pyft.hub import hub_ref
 from pyft.io.files import read_json_object
 from pyft.methods import SEQUENCE_SCORE, Method, ObjectiveParts
 from pyft.models import check_model_dir, load_model, load_reward_model
-from pyft.peft import apply_lora, load_adapter, merge_lora, save_adapter, trainable_parameters_report
+from pyft.peft import merge_lora, trainable_parameters_report
 from pyft.train.batches import resolve_precision
 from pyft.train.checkpoint import list_checkpoints, remove_stale_staging
 from pyft.train.config import TrainConfig
@@ -41,6 +40,7 @@ from pyft.train.dropout import disable_dropout, set_model_dropout
 from pyft.train.loop import Trainer, TrainResult, seed_everything
 from pyft.train.monitor import build_monitor
 from pyft.train.reference_logps import PolicyReference, precompute_reference_logps
+from pyft.train.tunings import apply_adapters, continue_adapter, save_adapters, stage_frozen
 
 
 def _sha256(path: Path) -> str:
@@ -146,7 +146,7 @@ def load_for_training(config: TrainConfig, model_dir: Path, dtype: torch.dtype, 
     NF4-quantized base for QLoRA (quantized from the safetensors while loading), else the causal LM."""
     if config.objective.head == SEQUENCE_SCORE:
         return load_reward_model(model_dir, dtype=dtype, device=device, pad_token_id=pad_token_id)
-    if config.tuning_kind == "qlora":
+    if config.nf4_base:
         q = config.quant
         names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
         compute = dtype if q.compute_dtype == "auto" else names[q.compute_dtype]
@@ -155,17 +155,15 @@ def load_for_training(config: TrainConfig, model_dir: Path, dtype: torch.dtype, 
     return load_model(model_dir, dtype=dtype, device=device)
 
 
-def apply_tuning(config: TrainConfig, model: nn.Module) -> None:
-    """Make trainable what ``tuning`` trains: a new or continued LoRA adapter, or the unfrozen weights."""
+def apply_tuning(config: TrainConfig, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Make trainable what ``tuning`` trains: new or continued adapters (one kind or a hybrid), or the
+    unfrozen weights. Returns the parameters of each adapter part (for ``stages``; empty under full)."""
     if config.tuning_kind == "full":
         apply_freezing(model, config)
-    elif config.adapter:
-        load_adapter(model, config.adapter, trainable=True)
-    else:
-        lora = config.lora
-        if config.objective.head == SEQUENCE_SCORE:  # the new score head trains in full (PEFT's SEQ_CLS default)
-            lora = dataclasses.replace(lora, modules_to_save=sorted(set(lora.modules_to_save or []) | {"score"}))
-        apply_lora(model, lora)
+        return {}
+    if config.adapter:
+        return continue_adapter(config, model)
+    return apply_adapters(config, model)
 
 
 def build_reference(config: TrainConfig, model_dir: Path, model: nn.Module, splits: dict[str, PreparedDataset],
@@ -182,7 +180,7 @@ def build_reference(config: TrainConfig, model_dir: Path, model: nn.Module, spli
     method, align, chunk = config.objective, config.align, config.train.chunk_tokens
     if not (method.needs_reference or config.train.kl_to_base):
         return None
-    adapters = config.tuning_kind in ("lora", "qlora")
+    adapters = config.trains_adapter
     precompute = align.precompute_ref
     if align.reference == "auto" and adapters and config.adapter:
         live: Any = StartingAdapterReference(model, chunk)
@@ -215,7 +213,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
         torch.cuda.set_device(device)
     precision = resolve_precision(opts.precision, device)
     seed_everything(opts.seed)
-    adapters = config.tuning_kind in ("lora", "qlora")
+    adapters = config.trains_adapter
     dtype = torch.bfloat16 if (adapters and precision == "bf16") else torch.float32
     meta_tok = train_ds.info.meta["tokenizer"]
     pad = meta_tok.get("pad_token_id") if meta_tok.get("pad_token_id") is not None else meta_tok.get("eos_token_id")
@@ -230,7 +228,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
         disable_dropout(model)
     if opts.model_dropout is not None:
         set_model_dropout(model, opts.model_dropout)
-    apply_tuning(config, model)
+    parts = apply_tuning(config, model)
     if opts.gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
@@ -252,7 +250,11 @@ def build_trainer(config: TrainConfig) -> Trainer:
         return all_reduce_sum(x, dist_info, device) / dist_info.world
 
     objective = method.build(ObjectiveParts(config, model, pad, layout, reference, rank_mean))
-    frozen_at = (lambda step: progressive_frozen(model, config, step)) if config.freeze.unfreeze_every else None
+    frozen_at = None
+    if config.freeze.unfreeze_every:
+        frozen_at = lambda step: progressive_frozen(model, config, step)
+    elif config.stages:
+        frozen_at = lambda step: stage_frozen(config, parts, step)
     monitor = build_monitor(opts.report_to, Path(config.output), dist_info.is_main)
     trainer = Trainer(config, model, train_ds, eval_ds, objective, dist_info, frozen_at, monitor)
     if opts.sample_every and dist_info.is_main:
@@ -321,13 +323,13 @@ def train(config: TrainConfig) -> TrainResult:
 def _save_final(config: TrainConfig, model: nn.Module, model_dir: Path, ds: PreparedDataset) -> None:
     out = Path(config.output)
     scorer = config.objective.head == SEQUENCE_SCORE
-    if config.tuning_kind in ("lora", "qlora"):
+    if config.trains_adapter:
         task = "SEQ_CLS" if scorer else "CAUSAL_LM"
         # A Hub base is recorded as PEFT records it: the repo id, and the revision apart.
         hub = hub_ref(config.model)
         base = hub[0] if hub else str(model_dir)
         revision = (hub[1] or config.model_revision) if hub else None
-        save_adapter(model, out / "adapter", base_model_name_or_path=base, task_type=task, revision=revision)
+        save_adapters(config, model, out / "adapter", base_model_name_or_path=base, task_type=task, revision=revision)
         _save_serving_info(out / "adapter", ds)
         if not scorer:
             return

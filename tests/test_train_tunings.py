@@ -1,0 +1,155 @@
+"""`pyft train` with the adapter kinds beyond LoRA, hybrids of several on disjoint modules, and staged
+training (`stages:`): what trains when, what is saved, and that PEFT reads what is saved."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import CONVERSATIONS, write_jsonl
+
+import pyft.data
+from pyft.errors import ConfigError
+from pyft.peft import load_adapter
+from pyft.testing import make_tiny_model
+from pyft.train import build_trainer, load_config, train
+
+IDS = torch.tensor([[5, 17, 9, 200, 31, 44, 8, 3]])
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizer_dirs, tmp_path_factory):
+    base = tmp_path_factory.mktemp("tunings")
+    model = make_tiny_model(base / "model", tokenizer_dirs["chatml"], arch="llama")
+    src = write_jsonl(base / "c.jsonl", [{"messages": m} for m in CONVERSATIONS * 3])
+    pyft.data.prepare(src, model, base / "data", val_ratio=0.2, seed=0)
+    return {"model": model, "data": base / "data"}
+
+
+def _cfg(setup, out, **kw):
+    t = {"lr": 5e-2, "max_steps": 4, "batch_size": 4, "seed": 0, "log_every": 100, "schedule": "constant",
+         "precision": "fp32", **kw.pop("train", {})}
+    return load_config(model=str(setup["model"]), data=str(setup["data"]), output=str(out), train=t, **kw)
+
+
+def _base(setup):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(setup["model"], dtype=torch.float32)
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_ia3_trains_saves_in_peft_format_and_peft_reads_it(setup, tmp_path):
+    from peft import PeftModel
+
+    result = train(_cfg(setup, tmp_path / "run", method="ia3", train={"max_steps": 6}))
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    assert losses[-1] < losses[0], losses
+    cfg = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "IA3" and cfg["feedforward_modules"] == ["down_proj"]
+    ours = _base(setup)
+    load_adapter(ours, tmp_path / "run" / "adapter")
+    theirs = PeftModel.from_pretrained(_base(setup), tmp_path / "run" / "adapter")
+    with torch.no_grad():
+        lo, lt, lb = ours(IDS).logits, theirs(IDS).logits, _base(setup)(IDS).logits
+    assert _rel(lo, lt) <= 1e-6  # the same fp32 operations in the same order, up to reassociation in matmul
+    assert _rel(lo, lb) > 1e-4  # the trained vectors changed the model
+
+
+HYBRID = {"tuning": ["lora", "ia3"], "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "o_proj"]},
+          "ia3": {"targets": ["k_proj", "v_proj", "down_proj"], "feedforward": ["down_proj"]}}
+
+
+def _snapshot(model):
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    ia3 = {n: p.detach().clone() for n, p in model.named_parameters() if "ia3_l" in n}
+    assert lora and ia3
+    return lora, ia3
+
+
+def _changed(before, after):
+    return any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_staged_hybrid_trains_each_part_only_in_its_stage(setup, tmp_path):
+    cfg = _cfg(setup, tmp_path / "run", method="sft", **HYBRID,
+               stages=[{"train": ["ia3"], "steps": 2}, {"train": ["lora"]}])
+    trainer = build_trainer(cfg)
+    lora0, ia30 = _snapshot(trainer.model)
+    for _ in range(2):
+        trainer.train_step()
+    lora1, ia31 = _snapshot(trainer.model)
+    assert _changed(ia30, ia31) and not _changed(lora0, lora1)  # stage 1: (IA)³ only
+    for _ in range(2):
+        trainer.train_step()
+    lora2, ia32 = _snapshot(trainer.model)
+    assert _changed(lora1, lora2) and not _changed(ia31, ia32)  # stage 2: LoRA only
+
+
+def test_hybrid_is_saved_per_part_and_loads_whole_in_pyft_and_per_part_in_peft(setup, tmp_path):
+    from peft import PeftModel
+
+    cfg = _cfg(setup, tmp_path / "run", method="sft", **HYBRID, stages=[{"train": ["lora"], "steps": 2},
+                                                                        {"train": ["lora", "ia3"]}])
+    train(cfg)
+    adapter = tmp_path / "run" / "adapter"
+    assert json.loads((adapter / "pyft_hybrid.json").read_text())["parts"] == ["lora", "ia3"]
+    assert json.loads((adapter / "lora" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert json.loads((adapter / "ia3" / "adapter_config.json").read_text())["peft_type"] == "IA3"
+    assert (adapter / "chat_template.jinja").is_file()  # serving info beside the parts
+    ours = _base(setup)
+    assert load_adapter(ours, adapter)
+    # PEFT: LoRA merged into the base, then (IA)³ on top (PEFT does not stack the two kinds in one model)
+    theirs = PeftModel.from_pretrained(_base(setup), adapter / "lora").merge_and_unload()
+    theirs = PeftModel.from_pretrained(theirs, adapter / "ia3")
+    with torch.no_grad():
+        lo, lt = ours(IDS).logits, theirs(IDS).logits
+    # merging LoRA rounds W + BA once in fp32 (≤ 2^-24 relative per weight), against pyft's unmerged sum
+    assert _rel(lo, lt) <= 1e-5
+
+
+def test_continuing_an_adapter_checks_its_kind(setup, tmp_path):
+    train(_cfg(setup, tmp_path / "ia3", method="ia3", train={"max_steps": 1}))
+    result = train(_cfg(setup, tmp_path / "more", method="ia3", adapter=str(tmp_path / "ia3" / "adapter"),
+                        train={"max_steps": 1}))
+    assert result.history
+    with pytest.raises(ConfigError, match=r"adapter: .* holds IA3 adapter\(s\) but tuning lora trains LORA"):
+        build_trainer(_cfg(setup, tmp_path / "x", method="lora", adapter=str(tmp_path / "ia3" / "adapter")))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"tuning": "dora"}, r"tuning: unknown tuning 'dora' \(expected one of lora, qlora, full, ia3"),
+    ({"tuning": []}, "tuning: an empty list"),
+    ({"tuning": ["lora", "lora"]}, "tuning: a tuning is listed twice"),
+    ({"tuning": ["lora", "qlora"]}, "tuning: lora and qlora are the same adapters"),
+    ({"tuning": ["full", "ia3"]}, "tuning: a hybrid combines adapters; `full`"),
+    ({"tuning": ["lora", "ia3"], "stages": []}, "stages: an empty list"),
+    ({"tuning": ["lora", "ia3"], "stages": [{"train": ["oft"]}]}, r"stages\[0\].train: 'oft' is not one of"),
+    ({"tuning": ["lora", "ia3"], "stages": [{"train": ["lora"], "steps": 3}]},
+     r"stages\[0\].steps: the last stage runs until training ends"),
+    ({"tuning": ["lora", "ia3"], "stages": [{"train": ["lora"]}, {"train": ["ia3"]}]},
+     r"stages\[0\].steps: every stage but the last needs"),
+    ({"tuning": ["lora", "ia3"], "stages": [{"train": ["lora"]}]}, "stages: 'ia3' trains in no stage"),
+    ({"tuning": ["lora", "ia3"], "stages": [{"train": ["lora"], "steps": 1, "lr": 2}]},
+     r"stages\[0\].lr: unknown key"),
+    ({"method": "rm", "tuning": "ia3"}, "tuning: rm trains with lora or full, got 'ia3'"),
+    ({"tuning": "full", "adapter": "x"}, "adapter: continuing an adapter needs an adapter tuning"),
+    ({"tuning": ["lora", "ia3"], "adapter": "x", "stages": [{"train": ["lora", "ia3"]}]},
+     "stages: staged training starts new adapters"),
+])
+def test_bad_tuning_configs_name_the_key(extra, message):
+    values = {"model": "m", "data": "d", "method": "sft", **extra}
+    with pytest.raises(ConfigError, match=message):
+        load_config(**values)
+
+
+def test_overlapping_hybrid_parts_are_refused_with_both_names(setup, tmp_path):
+    cfg = _cfg(setup, tmp_path / "run", method="sft", tuning=["lora", "ia3"],
+               lora={"targets": ["k_proj", "q_proj"]}, ia3={"targets": ["k_proj"], "feedforward": None})
+    with pytest.raises(ConfigError, match=r"tuning: ia3: target `model.layers.0.self_attn.k_proj` is a LoraLinear.*"
+                                          r"after lora: two parts may not adapt the same module"):
+        build_trainer(cfg)
