@@ -496,3 +496,64 @@ def test_gemma2_layers(tokenizer_dirs, tmp_path):
         assert torch.equal(model(input_ids=IDS).logits, plain)
         _randomize(model)
         assert not torch.equal(model(input_ids=IDS).logits, plain)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(model_dir):
+    """Recomputing a checkpointed layer reruns the hooks (the attention adapter after the residual add reads the
+    layer's input remembered by a pre-hook): the gradients do not change."""
+    grads = []
+    for checkpointing in (False, True):
+        ours = _base(model_dir)
+        apply_bottleneck(ours, BottleneckConfig(kind="houlsby", placement="after_residual"))
+        _randomize(ours)
+        ours.train()
+        if checkpointing:  # as pyft's training loop enables it, after the adapters
+            ours.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        hidden = ours.get_decoder()(input_ids=IDS, use_cache=False).last_hidden_state
+        hidden.square().sum().backward()
+        grads.append({n: p.grad for n, p in ours.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 16
+    for name, g in grads[0].items():
+        assert torch.equal(g, grads[1][name]), name
+
+
+def test_bfloat16_base(model_dir):
+    """A bf16 base: the adapters stay float32, the update is added in float32 and cast back once; zero-init
+    adapters leave the logits bit-identical."""
+    from transformers import AutoModelForCausalLM
+
+    ours = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        plain = ours(input_ids=IDS).logits
+    apply_bottleneck(ours, BottleneckConfig(kind="houlsby", placement="after_residual"))
+    assert all(p.dtype == torch.float32 for _, a in bottleneck_modules(ours) for p in a.parameters())
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=IDS).logits, plain)
+        _randomize(ours)
+        logits = ours(input_ids=IDS).logits
+    assert logits.dtype == torch.bfloat16 and not torch.equal(logits, plain)
+
+
+def test_pyft_generate_with_a_bottleneck_adapter(model_dir, tmp_path):
+    """`pyft generate --adapter` takes a bottleneck adapter: greedy tokens equal model.generate on the model with
+    the adapter applied."""
+    from pyft.generate import Generator, SamplingSettings
+    from pyft.generate.prompts import Prompt
+
+    ours = _base(model_dir)
+    apply_bottleneck(ours, BottleneckConfig(kind="houlsby"))
+    _randomize(ours, seed=2)
+    save_bottleneck_adapter(ours, tmp_path / "bn")
+    gen = Generator(model_dir, adapter=tmp_path / "bn", dtype="float32")
+    chat = [{"role": "user", "content": "Hello there"}]
+    got = gen.complete([Prompt(messages=chat)], SamplingSettings(max_new_tokens=8))[0]
+    ids = torch.tensor([gen.encode(gen.prompt_text(Prompt(messages=chat)), chat=True)])
+    with torch.no_grad():
+        want = ours.generate(input_ids=ids, max_new_tokens=8, do_sample=False, eos_token_id=gen.eos_token_ids,
+                             pad_token_id=gen.pad_token_id)[0, ids.shape[1]:].tolist()
+        with adapters_disabled(ours):
+            base = ours.generate(input_ids=ids, max_new_tokens=8, do_sample=False, eos_token_id=gen.eos_token_ids,
+                                 pad_token_id=gen.pad_token_id)[0, ids.shape[1]:].tolist()
+    end = next((i for i, t in enumerate(want) if t in gen.eos_token_ids), None)
+    assert got.token_ids == (want if end is None else want[:end + 1])
+    assert want != base, "the adapter must change what is generated"

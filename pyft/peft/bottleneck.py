@@ -28,7 +28,8 @@ These are AdapterHub's ``DoubleSeqBnConfig`` (``original_ln_before=False``) and 
 (``original_ln_before=True``, ``residual_before_ln=True``) as AdapterHub computes them on pre-norm decoders
 such as Llama, where no layer norm follows the residual add. Layers in ``leave_out`` get no adapter.
 In Gemma 2/3 layers (a norm after each sublayer) ``before_residual`` adapts the sublayer's output before
-that norm; ``after_residual`` is refused there for the attention adapter.
+that norm; ``after_residual`` is refused there for the attention adapter (and in layers without an
+``input_layernorm``, whose input it reads).
 
 The adapters are attached with forward hooks, so the base model's module paths and parameter names do
 not change, and they act whichever way the model is called: ``model(...)``, ``model.get_decoder()(...)``,
@@ -259,9 +260,12 @@ class BottleneckAdapter(nn.Module):
             new = (out.to(torch.float32) + self.update(stream_input + out)).to(out.dtype)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
-    def _layer_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Forward pre-hook on the decoder layer: remember its input (the residual stream ``r``)."""
-        self._stream_input = args[0] if args else kwargs.get("hidden_states")
+    def _stream_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook on the layer's ``input_layernorm``: remember its input, the residual stream ``r``.
+
+        Inside the layer's ``forward``, so a checkpointed layer's recompute (transformers checkpoints ``forward``,
+        not ``__call__``, whose hooks run once) remembers it again."""
+        self._stream_input = args[0] if args else next(iter(kwargs.values()), None)
 
     def _layer_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
         """Forward hook on the decoder layer (the FFN adapter after the residual add): ``y + f(y)``."""
@@ -334,9 +338,12 @@ def apply_bottleneck(model: nn.Module, config: BottleneckConfig) -> list[str]:
             if found is None:
                 raise ValueError(f"decoder layer {i} ({type(layer).__name__}) has no {sublayer} submodule named "
                                  f"one of {list(names)}")
-            if sublayer == "attention" and placement == "after_residual" and _has_post_sublayer_norm(layer):
+            if sublayer == "attention" and placement == "after_residual" and (
+                    _has_post_sublayer_norm(layer) or not isinstance(getattr(layer, "input_layernorm", None),
+                                                                     nn.Module)):
                 raise ValueError(f"placement: after_residual is not supported for the attention adapter of "
-                                 f"{type(layer).__name__} (a norm follows the attention block); use before_residual")
+                                 f"{type(layer).__name__} (a norm follows the attention block, or no "
+                                 "`input_layernorm` reads the layer's input); use before_residual")
             plans.append((layer, sublayer, found[1]))
     for p in model.parameters():
         p.requires_grad_(False)
@@ -349,7 +356,7 @@ def apply_bottleneck(model: nn.Module, config: BottleneckConfig) -> list[str]:
         if placement == "before_residual":
             module.register_forward_hook(adapter._sublayer_hook, prepend=True)
         elif sublayer == "attention":
-            layer.register_forward_pre_hook(adapter._layer_pre_hook, with_kwargs=True, prepend=True)
+            layer.input_layernorm.register_forward_pre_hook(adapter._stream_pre_hook, with_kwargs=True, prepend=True)
             module.register_forward_hook(adapter._sublayer_hook, prepend=True)
         else:
             # prepend: transformers' output_hidden_states hooks on the layer must see the adapted output
