@@ -6,11 +6,14 @@
 - :func:`adapters_disabled` — run the base model (reference model without a second copy);
 - :func:`merge_lora` — fold adapters into the base weights;
 - :mod:`pyft.peft.ia3` — (IA)³ (:class:`Ia3Config`, :func:`apply_ia3`, :func:`merge_ia3`,
-  :func:`save_ia3_adapter`), saved in PEFT's ``IA3`` format; :func:`load_adapter` loads both kinds.
+  :func:`save_ia3_adapter`), saved in PEFT's ``IA3`` format; :func:`load_adapter` loads both kinds;
+- :mod:`pyft.peft.bottleneck` — Houlsby/Pfeiffer bottleneck adapters (:class:`BottleneckConfig`,
+  :func:`apply_bottleneck`, :func:`save_bottleneck_adapter`), in pyft's ``PYFT_BOTTLENECK`` format.
 
 HF ``peft`` is not imported: it is only a test oracle.
 """
 
+from pyft.peft.bottleneck import BottleneckConfig, apply_bottleneck, save_bottleneck_adapter
 from pyft.peft.ia3 import Ia3Config, Ia3Linear, apply_ia3, merge_ia3, save_ia3_adapter
 from pyft.peft.adapter_io import adapter_tensors, load_adapter, read_adapter_config, save_adapter
 from pyft.peft.lora import (
@@ -26,6 +29,9 @@ from pyft.peft.lora import (
 )
 
 __all__ = [
+    "BottleneckConfig",
+    "apply_bottleneck",
+    "save_bottleneck_adapter",
     "Ia3Config",
     "Ia3Linear",
     "apply_ia3",
