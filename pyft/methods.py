@@ -70,6 +70,8 @@ TUNING_TABLE: dict[str, Tuning] = {t.name: t for t in (
     Tuning("ia3", "(IA)³: learned scaling of keys, values and feedforward activations", "ia3", peft_type="IA3",
            mergeable=True, apply="pyft.peft.ia3:apply_ia3", save="pyft.peft.ia3:save_ia3_adapter",
            paper="arXiv:2205.05638"),
+    Tuning("bottleneck", "bottleneck adapters after attention and FFN (Houlsby) or after the FFN (Pfeiffer)",
+           "bottleneck", peft_type="PYFT_BOTTLENECK", apply="pyft.peft.bottleneck:apply_bottleneck", save="pyft.peft.bottleneck:save_bottleneck_adapter", paper="arXiv:1902.00751"),
 )}
 #: Which weights a run trains: the names of :data:`TUNING_TABLE`.
 TUNINGS = tuple(TUNING_TABLE)

@@ -40,6 +40,7 @@ from pyft.methods import (
     get_method,
     get_tuning,
 )
+from pyft.peft.bottleneck import BottleneckConfig
 from pyft.peft.ia3 import Ia3Config
 from pyft.peft.lora import LoraConfig
 
@@ -191,6 +192,7 @@ class TrainConfig:
     adapter: str | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
     ia3: Ia3Config = field(default_factory=Ia3Config)
+    bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
     stages: list[StageSection] | None = None
     quant: QuantSection = field(default_factory=QuantSection)
     align: AlignSection = field(default_factory=AlignSection)
