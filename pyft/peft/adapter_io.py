@@ -190,6 +190,8 @@ def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> LoraConfig:
 #: ``function(model, raw_config, config_path, weights_path, trainable) -> adapted module names``.
 OTHER_LOADERS: dict[str, str] = {
     "IA3": "pyft.peft.ia3:load_ia3_into",
+    "PROMPT_TUNING": "pyft.peft.prompt:load_prompt_into",
+    "P_TUNING": "pyft.peft.prompt:load_prompt_into",
 }
 
 
