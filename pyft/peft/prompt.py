@@ -219,14 +219,17 @@ def _as_kwargs(module: nn.Module, args: tuple, kwargs: dict) -> dict:
     return out
 
 
-def _insert(embeds: torch.Tensor, positions: torch.Tensor, starts: torch.Tensor, prompts: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _insert(embeds: torch.Tensor, positions: torch.Tensor, starts: torch.Tensor, prompts: torch.Tensor,
+            from_zero: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Insert ``prompts`` ``[n, H]`` before every document start.
 
     Args:
         embeds: ``[B, T, H]`` token embeddings.
         positions: ``[B, T]`` their positions.
         starts: ``[B, T]`` bool, True where a document starts (always at column 0).
+        from_zero: give the virtual tokens positions ``0 … n-1`` (one document per row, maybe left-padded);
+            otherwise they continue into their document: ``p … p+n-1`` for a document starting at position ``p``
+            (0 in packed rows), so transformers keeps them in that document's block.
 
     Returns:
         ``(embeds', positions', index)``: ``[B, T', H]`` and ``[B, T']`` with the virtual tokens in (rows shorter
@@ -249,8 +252,9 @@ def _insert(embeds: torch.Tensor, positions: torch.Tensor, starts: torch.Tensor,
     virtual = (st + n * (docs[sb, st] - 1)).unsqueeze(1) + torch.arange(n, device=device)  # [D, n] columns
     out = out.index_put((sb.unsqueeze(1).expand_as(virtual), virtual),
                         prompts.to(embeds.dtype).unsqueeze(0).expand(len(sb), n, h))
+    first = torch.zeros_like(st) if from_zero else positions[sb, st]
     new_pos = new_pos.index_put((sb.unsqueeze(1).expand_as(virtual), virtual),
-                                positions[sb, st].unsqueeze(1) + torch.arange(n, device=device))
+                                first.unsqueeze(1) + torch.arange(n, device=device))
     return out, new_pos, index
 
 
@@ -288,11 +292,12 @@ def _pre_hook(decoder: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dic
     positions = positions.to(device).expand(b, t)
     starts = torch.zeros(b, t, dtype=torch.bool, device=device)
     starts[:, 0] = True
-    if mask is None and cache is None and t > 1:
+    packed = mask is None and cache is None
+    if packed and t > 1:
         # packed rows: a document starts wherever the position does not follow the previous one (transformers'
-        # own rule for its block-diagonal mask)
+        # own rule for its block-diagonal mask, which it applies without a mask and a cache)
         starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
-    embeds, positions, index = _insert(embeds, positions, starts, prompt.prompts())
+    embeds, positions, index = _insert(embeds, positions, starts, prompt.prompts(), from_zero=not packed)
     kwargs["inputs_embeds"] = embeds
     kwargs["position_ids"] = positions
     if mask is not None:
@@ -382,7 +387,11 @@ def _load_tokenizer(ref: str) -> Any:
     path = resolve_model(ref, kind="tokenizer")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"tokenizer: {ref} is not a tokenizer directory")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:  # e.g. a tokenizer that needs its own code: never run
+        raise ValueError(f"tokenizer: {ref} cannot be loaded without running code from it or is not a "
+                         f"tokenizer ({e})") from None
 
 
 def _init_ids(config: PromptTuningConfig, vocab: int) -> torch.Tensor | None:
