@@ -70,6 +70,10 @@ TUNING_TABLE: dict[str, Tuning] = {t.name: t for t in (
     Tuning("ia3", "(IA)³: learned scaling of keys, values and feedforward activations", "ia3", peft_type="IA3",
            mergeable=True, apply="pyft.peft.ia3:apply_ia3", save="pyft.peft.ia3:save_ia3_adapter",
            paper="arXiv:2205.05638"),
+    Tuning("prompt_tuning", "soft prompt: learned virtual tokens before every input", "prompt_tuning",
+           peft_type="PROMPT_TUNING", virtual_tokens=True, apply="pyft.peft.prompt:apply_prompt_tuning", save="pyft.peft.prompt:save_prompt_adapter", paper="arXiv:2104.08691"),
+    Tuning("p_tuning", "P-tuning: virtual tokens produced by a prompt encoder (MLP or LSTM) while training",
+           "p_tuning", peft_type="P_TUNING", virtual_tokens=True, apply="pyft.peft.prompt:apply_p_tuning", save="pyft.peft.prompt:save_prompt_adapter", paper="arXiv:2103.10385"),
     Tuning("bottleneck", "bottleneck adapters after attention and FFN (Houlsby) or after the FFN (Pfeiffer)",
            "bottleneck", peft_type="PYFT_BOTTLENECK", apply="pyft.peft.bottleneck:apply_bottleneck", save="pyft.peft.bottleneck:save_bottleneck_adapter", paper="arXiv:1902.00751"),
 )}

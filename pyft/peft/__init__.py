@@ -6,9 +6,12 @@
 - :func:`adapters_disabled` — run the base model (reference model without a second copy);
 - :func:`merge_lora` — fold adapters into the base weights;
 - :mod:`pyft.peft.ia3` — (IA)³ (:class:`Ia3Config`, :func:`apply_ia3`, :func:`merge_ia3`,
-  :func:`save_ia3_adapter`), saved in PEFT's ``IA3`` format; :func:`load_adapter` loads both kinds;
+  :func:`save_ia3_adapter`), saved in PEFT's ``IA3`` format; :func:`load_adapter` loads every kind;
 - :mod:`pyft.peft.bottleneck` — Houlsby/Pfeiffer bottleneck adapters (:class:`BottleneckConfig`,
-  :func:`apply_bottleneck`, :func:`save_bottleneck_adapter`), in pyft's ``PYFT_BOTTLENECK`` format.
+  :func:`apply_bottleneck`, :func:`save_bottleneck_adapter`), in pyft's ``PYFT_BOTTLENECK`` format;
+- :mod:`pyft.peft.prompt` — prompt tuning and P-tuning (:class:`PromptTuningConfig`, :class:`PTuningConfig`,
+  :func:`apply_prompt_tuning`, :func:`apply_p_tuning`, :func:`save_prompt_adapter`), PEFT's ``PROMPT_TUNING`` /
+  ``P_TUNING`` formats; not mergeable.
 
 HF ``peft`` is not imported: it is only a test oracle.
 """
@@ -27,6 +30,14 @@ from pyft.peft.lora import (
     trainable_parameters,
     trainable_parameters_report,
 )
+from pyft.peft.prompt import (
+    PromptTuningConfig,
+    PTuningConfig,
+    apply_p_tuning,
+    apply_prompt_tuning,
+    load_prompt_into,
+    save_prompt_adapter,
+)
 
 __all__ = [
     "BottleneckConfig",
@@ -37,6 +48,12 @@ __all__ = [
     "apply_ia3",
     "merge_ia3",
     "save_ia3_adapter",
+    "PromptTuningConfig",
+    "PTuningConfig",
+    "apply_prompt_tuning",
+    "apply_p_tuning",
+    "save_prompt_adapter",
+    "load_prompt_into",
     "LoraConfig",
     "LoraLinear",
     "ModulesToSave",

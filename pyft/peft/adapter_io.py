@@ -191,6 +191,8 @@ def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> LoraConfig:
 OTHER_LOADERS: dict[str, str] = {
     "IA3": "pyft.peft.ia3:load_ia3_into",
     "PYFT_BOTTLENECK": "pyft.peft.bottleneck:load_bottleneck_into",
+    "PROMPT_TUNING": "pyft.peft.prompt:load_prompt_into",
+    "P_TUNING": "pyft.peft.prompt:load_prompt_into",
 }
 
 

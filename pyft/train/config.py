@@ -43,6 +43,7 @@ from pyft.methods import (
 from pyft.peft.bottleneck import BottleneckConfig
 from pyft.peft.ia3 import Ia3Config
 from pyft.peft.lora import LoraConfig
+from pyft.peft.prompt import PromptTuningConfig, PTuningConfig
 
 
 @dataclass
@@ -192,6 +193,8 @@ class TrainConfig:
     adapter: str | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
     ia3: Ia3Config = field(default_factory=Ia3Config)
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
+    p_tuning: PTuningConfig = field(default_factory=PTuningConfig)
     bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
     stages: list[StageSection] | None = None
     quant: QuantSection = field(default_factory=QuantSection)
