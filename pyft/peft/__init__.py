@@ -7,11 +7,14 @@
 - :func:`merge_lora` — fold adapters into the base weights;
 - :mod:`pyft.peft.ia3` — (IA)³ (:class:`Ia3Config`, :func:`apply_ia3`, :func:`merge_ia3`,
   :func:`save_ia3_adapter`), saved in PEFT's ``IA3`` format; :func:`load_adapter` loads both kinds.
+- :mod:`pyft.peft.oft` — OFT (:class:`OftConfig`, :func:`apply_oft`, :func:`merge_oft`,
+  :func:`save_oft_adapter`), saved in PEFT's ``OFT`` format.
 
 HF ``peft`` is not imported: it is only a test oracle.
 """
 
 from pyft.peft.ia3 import Ia3Config, Ia3Linear, apply_ia3, merge_ia3, save_ia3_adapter
+from pyft.peft.oft import OftConfig, OftLinear, apply_oft, merge_oft, save_oft_adapter
 from pyft.peft.adapter_io import adapter_tensors, load_adapter, read_adapter_config, save_adapter
 from pyft.peft.lora import (
     LoraConfig,
@@ -31,6 +34,11 @@ __all__ = [
     "apply_ia3",
     "merge_ia3",
     "save_ia3_adapter",
+    "OftConfig",
+    "OftLinear",
+    "apply_oft",
+    "merge_oft",
+    "save_oft_adapter",
     "LoraConfig",
     "LoraLinear",
     "ModulesToSave",

@@ -190,6 +190,7 @@ def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> LoraConfig:
 #: ``function(model, raw_config, config_path, weights_path, trainable) -> adapted module names``.
 OTHER_LOADERS: dict[str, str] = {
     "IA3": "pyft.peft.ia3:load_ia3_into",
+    "OFT": "pyft.peft.oft:load_oft_into",
 }
 
 
@@ -232,7 +233,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
         raw = read_json_object(config_path)
         loader = _other_loader(raw.get("peft_type"))
         if loader is not None:
-            check_adapter_config(raw, config_path)
+            # `r` is LoRA's rank there; other kinds check their own (OFT's is 0 when unset)
+            check_adapter_config({k: v for k, v in raw.items() if k != "r"}, config_path)
             if not weights.is_file():
                 raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_NAME}")
             return loader(model, raw, config_path, weights, trainable)
