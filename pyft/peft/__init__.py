@@ -11,13 +11,16 @@
   :func:`apply_bottleneck`, :func:`save_bottleneck_adapter`), in pyft's ``PYFT_BOTTLENECK`` format;
 - :mod:`pyft.peft.prompt` — prompt tuning and P-tuning (:class:`PromptTuningConfig`, :class:`PTuningConfig`,
   :func:`apply_prompt_tuning`, :func:`apply_p_tuning`, :func:`save_prompt_adapter`), PEFT's ``PROMPT_TUNING`` /
-  ``P_TUNING`` formats; not mergeable.
+  ``P_TUNING`` formats; not mergeable;
+- :mod:`pyft.peft.oft` — OFT (:class:`OftConfig`, :func:`apply_oft`, :func:`merge_oft`,
+  :func:`save_oft_adapter`), saved in PEFT's ``OFT`` format.
 
 HF ``peft`` is not imported: it is only a test oracle.
 """
 
 from pyft.peft.bottleneck import BottleneckConfig, apply_bottleneck, save_bottleneck_adapter
 from pyft.peft.ia3 import Ia3Config, Ia3Linear, apply_ia3, merge_ia3, save_ia3_adapter
+from pyft.peft.oft import OftConfig, OftLinear, apply_oft, merge_oft, save_oft_adapter
 from pyft.peft.adapter_io import adapter_tensors, load_adapter, read_adapter_config, save_adapter
 from pyft.peft.lora import (
     LoraConfig,
@@ -54,6 +57,11 @@ __all__ = [
     "apply_p_tuning",
     "save_prompt_adapter",
     "load_prompt_into",
+    "OftConfig",
+    "OftLinear",
+    "apply_oft",
+    "merge_oft",
+    "save_oft_adapter",
     "LoraConfig",
     "LoraLinear",
     "ModulesToSave",

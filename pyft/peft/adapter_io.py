@@ -193,6 +193,7 @@ OTHER_LOADERS: dict[str, str] = {
     "PYFT_BOTTLENECK": "pyft.peft.bottleneck:load_bottleneck_into",
     "PROMPT_TUNING": "pyft.peft.prompt:load_prompt_into",
     "P_TUNING": "pyft.peft.prompt:load_prompt_into",
+    "OFT": "pyft.peft.oft:load_oft_into",
 }
 
 
@@ -240,7 +241,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
         raw = read_json_object(config_path)
         loader = _other_loader(raw.get("peft_type"))
         if loader is not None:
-            check_adapter_config(raw, config_path)
+            # `r` is LoRA's rank there; other kinds check their own (OFT's is 0 when unset)
+            check_adapter_config({k: v for k, v in raw.items() if k != "r"}, config_path)
             if not weights.is_file():
                 raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_NAME}")
             return loader(model, raw, config_path, weights, trainable)
