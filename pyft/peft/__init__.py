@@ -6,12 +6,15 @@
 - :func:`adapters_disabled` — run the base model (reference model without a second copy);
 - :func:`merge_lora` — fold adapters into the base weights;
 - :mod:`pyft.peft.ia3` — (IA)³ (:class:`Ia3Config`, :func:`apply_ia3`, :func:`merge_ia3`,
-  :func:`save_ia3_adapter`), saved in PEFT's ``IA3`` format; :func:`load_adapter` loads both kinds.
+  :func:`save_ia3_adapter`), saved in PEFT's ``IA3`` format; :func:`load_adapter` loads both kinds;
+- :mod:`pyft.peft.prefix` — prefix tuning and P-tuning v2 (:class:`PrefixConfig`, :func:`apply_prefix_tuning`,
+  :func:`save_prefix_adapter`), saved in PEFT's ``PREFIX_TUNING`` format.
 
 HF ``peft`` is not imported: it is only a test oracle.
 """
 
 from pyft.peft.ia3 import Ia3Config, Ia3Linear, apply_ia3, merge_ia3, save_ia3_adapter
+from pyft.peft.prefix import PrefixConfig, apply_prefix_tuning, prefix_config_for, save_prefix_adapter
 from pyft.peft.adapter_io import adapter_tensors, load_adapter, read_adapter_config, save_adapter
 from pyft.peft.lora import (
     LoraConfig,
@@ -31,6 +34,10 @@ __all__ = [
     "apply_ia3",
     "merge_ia3",
     "save_ia3_adapter",
+    "PrefixConfig",
+    "apply_prefix_tuning",
+    "prefix_config_for",
+    "save_prefix_adapter",
     "LoraConfig",
     "LoraLinear",
     "ModulesToSave",

@@ -190,6 +190,7 @@ def read_adapter_config(adapter_dir: str | os.PathLike[str]) -> LoraConfig:
 #: ``function(model, raw_config, config_path, weights_path, trainable) -> adapted module names``.
 OTHER_LOADERS: dict[str, str] = {
     "IA3": "pyft.peft.ia3:load_ia3_into",
+    "PREFIX_TUNING": "pyft.peft.prefix:load_prefix_into",
 }
 
 
