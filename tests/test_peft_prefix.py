@@ -98,6 +98,22 @@ def test_gqa_shapes_and_config(model_dir, tmp_path):
         assert cfg.num_key_value_heads < cfg.num_attention_heads
 
 
+def test_zero_init_as_peft(model_dir, tmp_path):
+    """init_zero is PEFT's init_weights="zero": a zero prefix (with projection: the MLP's output layer at zero)."""
+    from peft import PrefixTuningConfig, get_peft_model
+
+    for projection in (False, True):
+        ref = get_peft_model(_base(model_dir), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N,
+                                                                  prefix_projection=projection, init_weights="zero"))
+        ours = _base(model_dir)
+        apply_prefix_tuning(ours, PrefixConfig(num_virtual_tokens=N, projection=projection, init_zero=True))
+        assert not prefix_encoder(ours)().any()
+        ref.save_pretrained(tmp_path / f"peft{projection}")
+        save_prefix_adapter(ours, tmp_path / f"ours{projection}")
+        assert json.loads((tmp_path / f"ours{projection}" / "adapter_config.json").read_text()) == \
+            json.loads((tmp_path / f"peft{projection}" / "adapter_config.json").read_text())
+
+
 @pytest.mark.parametrize("projection", [False, True])
 def test_logits_and_gradients_equal_peft(model_dir, projection):
     ref, ours = _pair(model_dir, projection)
@@ -222,19 +238,42 @@ def test_generate_equals_peft_greedy(model_dir):
     `generate` drops the prefix under transformers 5: it is not the oracle.)"""
     ref, ours = _pair(model_dir, False)
     new = 8
-    seq = IDS
+    seq, steps = IDS, []
     with torch.no_grad():
         for _ in range(new):
-            nxt = ref(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)
-            seq = torch.cat([seq, nxt], dim=1)
+            steps.append(ref(input_ids=seq).logits[:, -1])
+            seq = torch.cat([seq, steps[-1].argmax(-1, keepdim=True)], dim=1)
         out = ours.generate(input_ids=IDS, attention_mask=torch.ones_like(IDS), max_new_tokens=new, do_sample=False,
-                            return_dict_in_generate=True)
+                            return_dict_in_generate=True, output_logits=True)
         assert torch.equal(out.sequences, seq)
+        # each step's logits too (one new token against the cache vs the whole sequence recomputed: ≤ 1e-6)
+        for got, want in zip(out.logits, steps, strict=True):
+            assert _rel(got, want) <= TOL
         cache = getattr(out, "cache", None) or out.past_key_values
         # prefix once + prompt + all generated tokens but the last (never fed back)
         assert cache.get_seq_length() == N + seq.shape[1] - 1
         no_cache = ours.generate(input_ids=IDS, max_new_tokens=new, do_sample=False, use_cache=False)
         assert torch.equal(no_cache, seq)
+
+
+def test_generate_left_padded_batch(model_dir):
+    """A left-padded batch: the 2-D mask gets the prefix's columns at every step and positions come from the mask
+    (transformers' rule, shifted by n): equal to greedy decoding with PEFT's forward given the same mask and
+    positions."""
+    ref, ours = _pair(model_dir, False)
+    mask = torch.ones_like(IDS)
+    mask[1, :3] = 0
+    ids = IDS.masked_fill(mask == 0, 0)
+    new = 6
+    seq, m = ids, mask
+    with torch.no_grad():
+        for _ in range(new):
+            pos = (m.cumsum(-1) - 1).clamp_min(0)
+            nxt = ref(input_ids=seq, attention_mask=m, position_ids=pos).logits[:, -1].argmax(-1, keepdim=True)
+            seq, m = torch.cat([seq, nxt], dim=1), torch.cat([m, torch.ones_like(nxt)], dim=1)
+        out = ours.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                            pad_token_id=0)
+    assert torch.equal(out, seq)
 
 
 @pytest.mark.parametrize("projection", [False, True])

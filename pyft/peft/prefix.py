@@ -174,11 +174,6 @@ class PrefixEncoder(nn.Module):
             if init_zero:
                 nn.init.zeros_(self.embedding.weight)
 
-    @property
-    def projected(self) -> bool:
-        """Whether the prefix is computed by the MLP (training a ``projection`` config) or stored directly."""
-        return self.transform is not None
-
     def forward(self) -> torch.Tensor:
         """The whole prefix, ``[n, num_layers*2*token_dim]`` float32: what PEFT saves as ``prompt_embeddings``."""
         if self.transform is None:
@@ -201,17 +196,6 @@ class PrefixEncoder(nn.Module):
             block = nn.functional.linear(hidden, last.weight[lo:hi], last.bias[lo:hi])
         kv = block.reshape(self.num_virtual_tokens, 2, s.num_kv_heads, s.head_dim).permute(1, 2, 0, 3)
         return kv[0], kv[1]
-
-    def freeze_to_table(self) -> None:
-        """Replace the MLP by its output (as PEFT's saved form), so the prefix itself is the parameter."""
-        if self.transform is None:
-            return
-        with torch.no_grad():
-            table = self.forward().detach().clone()
-        self.embedding = nn.Embedding(self.num_virtual_tokens, self.shape.width, device=table.device)
-        with torch.no_grad():
-            self.embedding.weight.copy_(table)
-        self.transform = None
 
 
 def prefix_encoder(model: nn.Module) -> PrefixEncoder | None:
@@ -289,14 +273,14 @@ class _DecoderHook:
 
     def __init__(self, encoder: PrefixEncoder, decoder: nn.Module, argument: str) -> None:
         self.encoder, self.argument = encoder, argument
-        self.parameters = list(inspect.signature(decoder.forward).parameters)
+        self.names = list(inspect.signature(decoder.forward).parameters)
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         enc = self.encoder
         if not enc.adapter_enabled:
             return None
         kwargs = dict(kwargs)
-        for name, value in zip(self.parameters, args):
+        for name, value in zip(self.names, args):
             kwargs[name] = value
         for alias in ("cache", "past_key_values"):
             if alias != self.argument and alias in kwargs:
