@@ -13,7 +13,9 @@
   :func:`apply_prompt_tuning`, :func:`apply_p_tuning`, :func:`save_prompt_adapter`), PEFT's ``PROMPT_TUNING`` /
   ``P_TUNING`` formats; not mergeable;
 - :mod:`pyft.peft.oft` — OFT (:class:`OftConfig`, :func:`apply_oft`, :func:`merge_oft`,
-  :func:`save_oft_adapter`), saved in PEFT's ``OFT`` format.
+  :func:`save_oft_adapter`), saved in PEFT's ``OFT`` format;
+- :mod:`pyft.peft.prefix` — prefix tuning and P-tuning v2 (:class:`PrefixConfig`, :func:`apply_prefix_tuning`,
+  :func:`save_prefix_adapter`), saved in PEFT's ``PREFIX_TUNING`` format.
 
 HF ``peft`` is not imported: it is only a test oracle.
 """
@@ -21,6 +23,7 @@ HF ``peft`` is not imported: it is only a test oracle.
 from pyft.peft.bottleneck import BottleneckConfig, apply_bottleneck, save_bottleneck_adapter
 from pyft.peft.ia3 import Ia3Config, Ia3Linear, apply_ia3, merge_ia3, save_ia3_adapter
 from pyft.peft.oft import OftConfig, OftLinear, apply_oft, merge_oft, save_oft_adapter
+from pyft.peft.prefix import PrefixConfig, apply_prefix_tuning, prefix_config_for, save_prefix_adapter
 from pyft.peft.adapter_io import adapter_tensors, load_adapter, read_adapter_config, save_adapter
 from pyft.peft.lora import (
     LoraConfig,
@@ -62,6 +65,10 @@ __all__ = [
     "apply_oft",
     "merge_oft",
     "save_oft_adapter",
+    "PrefixConfig",
+    "apply_prefix_tuning",
+    "prefix_config_for",
+    "save_prefix_adapter",
     "LoraConfig",
     "LoraLinear",
     "ModulesToSave",

@@ -194,6 +194,7 @@ OTHER_LOADERS: dict[str, str] = {
     "PROMPT_TUNING": "pyft.peft.prompt:load_prompt_into",
     "P_TUNING": "pyft.peft.prompt:load_prompt_into",
     "OFT": "pyft.peft.oft:load_oft_into",
+    "PREFIX_TUNING": "pyft.peft.prefix:load_prefix_into",
 }
 
 

@@ -43,6 +43,8 @@ from pyft.methods import (
 from pyft.peft.bottleneck import BottleneckConfig
 from pyft.peft.ia3 import Ia3Config
 from pyft.peft.lora import LoraConfig
+from pyft.peft.oft import OftConfig
+from pyft.peft.prefix import PrefixConfig
 from pyft.peft.prompt import PromptTuningConfig, PTuningConfig
 
 
@@ -195,6 +197,8 @@ class TrainConfig:
     ia3: Ia3Config = field(default_factory=Ia3Config)
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
     p_tuning: PTuningConfig = field(default_factory=PTuningConfig)
+    prefix_tuning: PrefixConfig = field(default_factory=PrefixConfig)
+    oft: OftConfig = field(default_factory=OftConfig)
     bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
     stages: list[StageSection] | None = None
     quant: QuantSection = field(default_factory=QuantSection)
