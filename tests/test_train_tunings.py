@@ -165,11 +165,11 @@ def test_each_adapter_tuning_trains_and_its_saved_adapter_reproduces_the_model(s
     loaded into a fresh base: the same logits as the trained model in memory."""
     from pyft.train.run import _save_final
 
-    cfg = _cfg(setup, tmp_path / "run", method=name, train={"max_steps": 4})
+    cfg = _cfg(setup, tmp_path / "run", method=name, train={"max_steps": 4, "eval_every": 4})
     trainer = build_trainer(cfg)
     result = trainer.run()
-    losses = [r["loss"] for r in result.history if "loss" in r]
-    assert losses[-1] < losses[0], losses
+    evals = [r["eval_loss"] for r in result.history if "eval_loss" in r]
+    assert len(evals) == 2 and evals[-1] < evals[0], evals  # the same validation rows before and after
     _save_final(cfg, trainer.model, setup["model"], trainer.train_ds)
     saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert saved["peft_type"] == TUNING_TABLE[name].peft_type
