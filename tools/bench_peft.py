@@ -154,7 +154,8 @@ def main() -> None:
         for name in names:
             cmd = [sys.executable, __file__, "--worker", name, "--work", str(work), "--steps", str(args.steps),
                    "--device", args.device, *[f"--lr={k}={v}" for k, v in lrs.items() if k == name]]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["?"])[-1]
                 rows.append({"name": name, "error": last[:160]})

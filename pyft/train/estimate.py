@@ -31,8 +31,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pyft.methods import OPTIMIZERS, SFT, TUNINGS, get_method
+from pyft.methods import OPTIMIZERS, SFT, TUNINGS, Tuning, get_method, get_tuning
 
 GIB = 2**30
 #: NF4 codes + double-quantised scales (8-bit per block of 64, float32 per 256 of those).
@@ -86,10 +87,22 @@ def _shapes(model_dir: str | os.PathLike[str]):
     return config, model
 
 
+def _applied_adapter(model: Any, tuning: Tuning) -> tuple[list[int], int]:
+    """``(sizes of the trained tensors, virtual tokens per sequence)`` of ``tuning`` with its default
+    settings, found by applying it to the (meta-device) model: nothing is allocated."""
+    from pyft.train.config import TrainConfig
+    from pyft.train.tunings import apply_adapters
+
+    config = TrainConfig(method=tuning.name)
+    parts = apply_adapters(config, model)
+    section = getattr(config, tuning.section) if tuning.section else None
+    return [p.numel() for ps in parts.values() for p in ps], getattr(section, "num_virtual_tokens", 0)
+
+
 def estimate(model_dir: str | os.PathLike[str], tuning: str, seq_len: int, batch: int, r: int = 16,
              gradient_checkpointing: bool = False, chunk_tokens: int = 4096, optim: str = "adamw",
              method: str = SFT, precompute_ref: bool = False) -> MemoryEstimate:
-    """Estimate training memory of ``tuning`` (``full``, ``lora``, ``qlora``) for ``batch`` rows of
+    """Estimate training memory of ``tuning`` (a :data:`~pyft.methods.TUNINGS` name) for ``batch`` rows of
     ``seq_len`` tokens, with the optimizer ``optim`` (one of :data:`OPTIMIZERS`), for the training
     ``method`` (a ``method:`` value of the config: ``sft``, ``dpo``, ...; a row is then a pair or a
     KTO example).
@@ -109,12 +122,19 @@ def estimate(model_dir: str | os.PathLike[str], tuning: str, seq_len: int, batch
     output = model.get_output_embeddings()
     decoder_linear = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not output]
     linear_params = sum(m.weight.numel() for m in decoder_linear)
-    adapter_sizes = [n for m in decoder_linear for n in (r * m.in_features, m.out_features * r)]  # A, B
+    kind = get_tuning(tuning)
+    virtual = 0
+    if kind.section == "lora":
+        adapter_sizes = [n for m in decoder_linear for n in (r * m.in_features, m.out_features * r)]  # A, B
+    elif kind.adapter:
+        adapter_sizes, virtual = _applied_adapter(model, kind)
+    else:
+        adapter_sizes = []
     adapter = sum(adapter_sizes)
     h = config.hidden_size
     i = getattr(config, "intermediate_size", 4 * h)
     layers = config.num_hidden_layers
-    tokens = seq_len * batch * per_row
+    tokens = (seq_len + virtual) * batch * per_row
     if gradient_checkpointing:
         act = layers * tokens * 2 * h + tokens * 2 * (10 * h + 3 * i)
     else:
@@ -125,7 +145,7 @@ def estimate(model_dir: str | os.PathLike[str], tuning: str, seq_len: int, batch
         reference = 4 * params if has_reference and not precompute_ref else 0
         return MemoryEstimate(tuning, params, params, 4 * params, 4 * params, opt_gpu, act, opt_cpu, reference)
     opt_gpu, opt_cpu = optimizer_bytes(adapter_sizes, optim)
-    base = 2 * params if tuning == "lora" else int(linear_params * NF4_BITS / 8) + 2 * (params - linear_params)
+    base = int(linear_params * NF4_BITS / 8) + 2 * (params - linear_params) if kind.nf4_base else 2 * params
     return MemoryEstimate(tuning, params, adapter, base + 4 * adapter, 4 * adapter, opt_gpu, act, opt_cpu)
 
 
@@ -172,12 +192,12 @@ def format_report(model_dir: str | os.PathLike[str], seq_len: int, batch: int, t
     what = f"{spec.name}: "
     lines = [(f"model {Path(model_dir)}: {est['full'].params / 1e6:,.1f}M parameters; {what}{rows}; LoRA r={r}; "
               f"gradient checkpointing {'on' if gradient_checkpointing else 'off'}; optimizer {optim}"),
-             f"{'tuning':<8}{'trainable':>12}{'weights':>10}{'grads':>10}{'optim':>10}{'activ.':>10}"
+             f"{'tuning':<14}{'trainable':>12}{'weights':>10}{'grads':>10}{'optim':>10}{'activ.':>10}"
              + (f"{'ref.':>10}" if has_reference else "") + f"{'total':>10}  (GiB)"]
     for m in tunings:
         e = est[m]
         values = (e.weights, e.gradients, e.optimizer, e.activations) + ((e.reference,) if has_reference else ())
-        lines.append(f"{m:<8}{e.trainable / 1e6:>11.2f}M" + "".join(f"{v / GIB:>10.2f}" for v in (*values, e.total)))
+        lines.append(f"{m:<14}{e.trainable / 1e6:>11.2f}M" + "".join(f"{v / GIB:>10.2f}" for v in (*values, e.total)))
     if has_reference:
         lines.append("reference model: lora/qlora use the base with adapters off (no copy); full keeps a frozen "
                      + ("copy (align.precompute_ref: true removes it)" if not precompute_ref
