@@ -96,3 +96,30 @@ def test_cli_import_stays_light():
     code = "import sys, pyft.cli.main, pyft.methods; pyft.cli.main.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"
+
+
+def test_readme_tuning_table_is_the_generated_one():
+    from pyft.methods import TUNING_TABLE, tunings_table
+
+    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- tunings-table:begin[^>]*-->\n(.*?)\n<!-- tunings-table:end -->", readme, re.S)
+    assert block, "README.md lost its generated tunings table"
+    assert block.group(1) == tunings_table()
+    assert all(f"| `{name}` |" in block.group(1) for name in TUNING_TABLE)
+
+
+def test_every_tuning_resolves_to_its_functions_and_section():
+    """Each entry's apply/save functions exist, and its section is a field of the config (so YAML reaches it)."""
+    import importlib
+
+    from pyft.methods import TUNING_TABLE
+    from pyft.train.config import TrainConfig
+
+    for t in TUNING_TABLE.values():
+        if t.section:
+            assert hasattr(TrainConfig(), t.section), t.name
+        for target in (t.apply, t.save):
+            if target:
+                module, name = target.split(":")
+                assert callable(getattr(importlib.import_module(module), name)), target
+        assert t.adapter == bool(t.apply and t.save and t.peft_type), t.name
