@@ -52,7 +52,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, metavar="PATH|ID",
                    help="HF tokenizer directory (or model directory), tokenizer.json file, or Hub id owner/name[@rev]")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
-    p.add_argument("--format", choices=["alpaca", "sharegpt", "messages", "text", "preference", "kto"],
+    p.add_argument("--format", choices=["alpaca", "sharegpt", "messages", "text", "preference", "kto", "classify"],
                    default=d["format"],
                    help="convert every record as this format (default: detect per record from its keys)")
     p.add_argument("--columns", action="append", default=[], metavar="PYFT=YOURS,...",
