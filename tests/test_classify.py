@@ -324,3 +324,27 @@ def test_config_errors(task):
 
     with pytest.raises(DataError, match="field `label`: 'no' is not one of classify.labels"):
         build_trainer(_config(task, "x", "lora", classify={"labels": ["yes", "maybe"]}))
+
+
+def test_pyft_eval_scores_a_classifier(task, lora_run, tmp_path, capsys):
+    """``pyft eval`` on model/ (or base + adapter/): predicted classes and classification metrics."""
+    from pyft.cli.main import main
+
+    out, _ = lora_run
+    assert main(["eval", str(out / "model"), "--data", str(task["heldout"]), "--out", str(tmp_path / "m")]) == 0
+    assert "classification.accuracy" in capsys.readouterr().out
+    merged = json.loads((tmp_path / "m" / "eval.json").read_text())["classification"]
+    assert merged["accuracy"] >= 0.9 and merged["confusion_matrix"]["labels"] == ["no", "yes"]
+    assert (tmp_path / "m" / "confusion_matrix.png").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "m" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 80 and {r["predicted_label"] for r in rows} <= {"no", "yes"}
+    assert main(["eval", str(task["llama"]), "--adapter", str(out / "adapter"), "--data", str(task["heldout"]),
+                 "--out", str(tmp_path / "a")]) == 0
+    adapter = json.loads((tmp_path / "a" / "eval.json").read_text())["classification"]
+    assert adapter["confusion_matrix"] == merged["confusion_matrix"]
+    capsys.readouterr()
+    assert main(["eval", str(out / "model"), "--data", str(task["heldout"]), "--general"]) == 1
+    assert "--general evaluate generation" in capsys.readouterr().err
+    bad = _write(tmp_path / "bad.jsonl", [{"text": "a", "label": "no"}, {"text": "b", "label": "maybe"}])
+    assert main(["eval", str(out / "model"), "--data", str(bad)]) == 1
+    assert f"{bad} line 2: field `label`: 'maybe' is not a class of the model" in capsys.readouterr().err
