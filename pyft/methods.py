@@ -127,6 +127,12 @@ def _check_classify(config: TrainConfig) -> None:
     if config.adapter is not None:
         raise ConfigError("adapter: a classifier starts a new adapter with its score head; merge the adapter into "
                           "the model first (pyft merge)")
+    if config.train.sample_every is not None:
+        raise ConfigError(f"train.sample_every: a classifier does not generate text (set it to null), got "
+                          f"{config.train.sample_every!r}")
+    if config.eval.general:
+        raise ConfigError(f"eval.general: a classifier has no language-model head to measure perplexity with (set "
+                          f"it to false), got {config.eval.general!r}")
 
 
 def _check_kto(config: TrainConfig) -> None:

@@ -318,6 +318,10 @@ def test_full_and_qlora_tunings_save_a_classifier(task, single_thread):
 def test_config_errors(task):
     with pytest.raises(ConfigError, match="adapter: a classifier starts a new adapter"):
         _config(task, "x", "lora", adapter=str(task["root"]))
+    with pytest.raises(ConfigError, match="train.sample_every: a classifier does not generate"):
+        _config(task, "x", "lora", train={"sample_every": 5})
+    with pytest.raises(ConfigError, match="eval.general: a classifier has no language-model head"):
+        _config(task, "x", "lora", eval={"general": True})
     with pytest.raises(ConfigError, match=r"classify: labels: 'a' is listed more than once"):
         _config(task, "x", "lora", classify={"labels": ["a", "a"]})
     from pyft.train import build_trainer

@@ -23,6 +23,7 @@ formats (detected per record from its keys, so one file may mix chat formats):
   text        {"text": ...}
   preference  {"prompt"?, "chosen", "rejected"}   (strings or message lists)
   kto         {"prompt", "completion", "label": true|false}
+  classify    {"text" | "messages", "label": "class name" | class index}   (method: classify)
 
 example:
   pyft data prepare chats.jsonl --tokenizer ./my-model --out ./prepared \\
