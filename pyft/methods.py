@@ -92,8 +92,11 @@ OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
 OPTIMIZER_ALIASES = {"adamw_torch": "adamw", "paged_adamw_32bit": "paged_adamw"}
 #: The default objective: supervised fine-tuning (what a tuning name as ``method`` selects).
 SFT = "sft"
-#: Model heads: a causal LM, or a sequence-classification model with one label (reward models).
-CAUSAL_LM, SEQUENCE_SCORE = "causal_lm", "sequence_score"
+#: Model heads: a causal LM, a sequence-classification model with one label (reward models), or one
+#: with ``num_labels`` classes (classifiers).
+CAUSAL_LM, SEQUENCE_SCORE, SEQUENCE_CLASSES = "causal_lm", "sequence_score", "sequence_classes"
+#: The heads of a ``*ForSequenceClassification`` model (a new ``score`` layer, saved whole).
+SEQUENCE_HEADS = (SEQUENCE_SCORE, SEQUENCE_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,8 @@ class Method:
         needs_reference: scores sequences against a reference model (``align.reference``).
         kl_sequences: also scores sequences outside the data rows (KTO's mismatched KL pairs), so a
             precomputed reference table still keeps a live reference for them.
-        head: ``causal_lm`` or ``sequence_score`` (a one-label sequence classifier, saved whole).
+        head: ``causal_lm``, ``sequence_score`` (a one-label sequence classifier, saved whole) or
+            ``sequence_classes`` (a classifier over ``classify.labels``, saved whole).
         tunings: the tunings it supports.
         loss_types: ``() -> `` accepted ``align.loss_type`` values (the first is the default; empty for
             none), read from :mod:`pyft.losses.preference` when called.
@@ -177,6 +181,18 @@ def _check_reward_model(config: TrainConfig) -> None:
     if config.adapter is not None:
         raise ConfigError("adapter: a reward model starts a new adapter with its score head; merge the adapter into "
                           "the model first (pyft merge)")
+
+
+def _check_classify(config: TrainConfig) -> None:
+    if config.adapter is not None:
+        raise ConfigError("adapter: a classifier starts a new adapter with its score head; merge the adapter into "
+                          "the model first (pyft merge)")
+    if config.train.sample_every is not None:
+        raise ConfigError(f"train.sample_every: a classifier does not generate text (set it to null), got "
+                          f"{config.train.sample_every!r}")
+    if config.eval.general:
+        raise ConfigError(f"eval.general: a classifier has no language-model head to measure perplexity with (set "
+                          f"it to false), got {config.eval.general!r}")
 
 
 def _check_kto(config: TrainConfig) -> None:
@@ -235,6 +251,18 @@ def _reward(p: ObjectiveParts) -> Objective:
     return RewardObjective(p.config.align, p.pad_token_id)
 
 
+def _classify(p: ObjectiveParts) -> Objective:
+    from pyft.classify.labels import class_weights, resolve_labels
+    from pyft.classify.objective import ClassifyObjective
+    from pyft.data import PreparedDataset
+
+    c = p.config.classify
+    train = PreparedDataset(p.config.data, "train")
+    labels = resolve_labels(train.info, c.labels)
+    weights = class_weights(c.class_weights, labels, labels.data_to_id[train.row_labels()])
+    return ClassifyObjective(labels, p.pad_token_id, c.label_smoothing, weights)
+
+
 def _dpo_losses() -> tuple[str, ...]:
     from pyft.losses.preference import DPO_LOSS_TYPES
 
@@ -270,6 +298,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("rm", "Bradley-Terry reward model: a one-label sequence classifier scoring chosen over rejected",
            ("preference",), 2, False, _reward, head=SEQUENCE_SCORE, tunings=("lora", "full"),
            paper="arXiv:2203.02155", check=_check_reward_model),
+    Method("classify", "sequence classification: a classifier head on the last token, cross-entropy over the "
+           "classes (label smoothing, class weights)", ("classify",), 1, False, _classify, head=SEQUENCE_CLASSES,
+           reward_curves=False, disable_dropout=False, check=_check_classify),
 )}
 
 

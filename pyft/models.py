@@ -123,11 +123,40 @@ def load_reward_model(path: str | os.PathLike[str], *, dtype: Any = "auto", devi
     Returns:
         A ``transformers`` ``*ForSequenceClassification`` model with ``num_labels=1``, in eval mode.
     """
+    return load_sequence_classifier(path, {"num_labels": 1}, dtype=dtype, device=device, pad_token_id=pad_token_id,
+                                    attn_implementation=attn_implementation)
+
+
+def load_sequence_classifier(path: str | os.PathLike[str], labels: dict[str, Any], *, dtype: Any = "auto",
+                             device: Any = None, pad_token_id: int | None = None,
+                             attn_implementation: str | None = None, quantize: str | None = None,
+                             compute_dtype: Any = None, quant_blocksize: int = 64, double_quant: bool = True):
+    """A causal LM directory loaded as a ``*ForSequenceClassification`` model.
+
+    Args:
+        labels: config fields of the classes: ``num_labels`` and optionally ``id2label``,
+            ``label2id``, ``problem_type`` (:meth:`pyft.classify.labels.LabelMap.model_config`).
+        quantize: ``"nf4"``: the decoder's linear layers in 4-bit NormalFloat (QLoRA's base, see
+            :func:`load_model`); the ``score`` head stays in ``dtype``.
+        Others as :func:`load_model`.
+
+    The ``score`` head is new (random: transformers' initialisation, seeded by torch's RNG) unless
+    the directory already holds a sequence-classification model. ``pad_token_id`` is recorded in the
+    config: transformers reads the logits at the last token that is not padding.
+
+    Returns:
+        The model, in eval mode.
+    """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    if quantize is not None:
+        lm = load_model(path, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                        quantize=quantize, compute_dtype=compute_dtype, quant_blocksize=quant_blocksize,
+                        double_quant=double_quant)
+        return _classifier_around(lm, labels, pad_token_id)
     p = check_model_dir(path)
-    kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype), "local_files_only": True, "num_labels": 1}
+    kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype), "local_files_only": True, **labels}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if pad_token_id is not None:
@@ -140,4 +169,28 @@ def load_reward_model(path: str | os.PathLike[str], *, dtype: Any = "auto", devi
         hf_logging.set_verbosity(level)
     if device is not None:
         model.to(device)
+    return model.eval()
+
+
+def _classifier_around(lm: Any, labels: dict[str, Any], pad_token_id: int | None) -> Any:
+    """A ``*ForSequenceClassification`` model over the decoder of the loaded causal LM ``lm`` (its
+    weights, quantized or not, are reused) with a new ``score`` head, initialised as transformers does."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(lm.config)
+    for key, value in labels.items():
+        setattr(config, key, value)
+    if pad_token_id is not None:
+        config.pad_token_id = pad_token_id
+    config.architectures = None
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    setattr(model, model.base_model_prefix, lm.get_decoder())
+    embed = lm.get_input_embeddings().weight
+    dtype = next((p.dtype for p in lm.get_output_embeddings().parameters()), embed.dtype)
+    model.score = torch.nn.Linear(config.hidden_size, config.num_labels, bias=False, device=embed.device, dtype=dtype)
+    model.score.weight.data.normal_(mean=0.0, std=getattr(config, "initializer_range", 0.02))
     return model.eval()

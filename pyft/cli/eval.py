@@ -18,7 +18,10 @@ def add_eval_parser(sub) -> None:
                     "optional `choices` (accuracy, macro-F1, confusion matrix). --prepared: held-out loss and "
                     "perplexity. --general: perplexity on general-domain text (the multilingual corpus shipped "
                     "with pyft when no file is given). --compare BASE: the same evaluation of BASE, the "
-                    "differences and a forgetting plot. --harness TASKS: lm-evaluation-harness, if installed.")
+                    "differences and a forgetting plot. --harness TASKS: lm-evaluation-harness, if installed. "
+                    "A classifier (a `pyft train` method: classify model/, or a base with its adapter/) is "
+                    "evaluated on --data rows with `text` or `messages` and a `label`: the predicted class, "
+                    "accuracy, macro-F1, confusion matrix.")
     add_model_arguments(e)
     e.add_argument("--data", metavar="FILE.jsonl", help="prompts with references or labels")
     e.add_argument("--prepared", metavar="DIR", help="a `pyft data prepare` directory (its validation split)")
@@ -45,6 +48,8 @@ def run_eval(args: argparse.Namespace) -> int:
                               device=args.device, dtype=args.dtype)
         print(results)
         return 0
+    if is_classifier(args.model, args.adapter):
+        return run_classifier_eval(args)
     if args.compare and args.general is None:
         args.general = True  # forgetting is the point of a comparison
     if args.data is None and args.prepared is None and args.general is None:
@@ -71,5 +76,45 @@ def run_eval(args: argparse.Namespace) -> int:
               + (f"; general-domain perplexity {general:+.1f}%" if general is not None else ""))
     if args.out:
         files = write_outputs(args.out, tuned, comparison, overwrite=args.overwrite)
+        print("wrote " + ", ".join(str(f) for f in files), file=sys.stderr)
+    return 0
+
+
+def is_classifier(model: str, adapter: str | None) -> bool:
+    """Whether ``model`` (or ``adapter``) is a sequence classifier: a local model directory of a
+    ``*ForSequenceClassification`` architecture, or a ``SEQ_CLS`` adapter."""
+    import json
+    from pathlib import Path
+
+    path = Path(adapter) / "adapter_config.json" if adapter else Path(model) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # not local, or not readable here: the causal-LM path names the problem
+    if not isinstance(config, dict):
+        return False
+    if adapter:
+        return config.get("task_type") == "SEQ_CLS"
+    return any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+
+
+def run_classifier_eval(args: argparse.Namespace) -> int:
+    """``pyft eval`` of a classifier: predictions and classification metrics on ``--data``."""
+    from pyft.classify import evaluate_classifier, load_classifier
+    from pyft.eval.run import format_report, write_outputs
+
+    unsupported = [flag for flag, value in (("--prepared", args.prepared), ("--general", args.general),
+                                            ("--compare", args.compare), ("--quantize", args.quantize)) if value]
+    if unsupported:
+        raise ConfigError(f"pyft eval: {', '.join(unsupported)} evaluate generation; {args.model} is a classifier "
+                          f"(give --data with labelled rows)")
+    if args.data is None:
+        raise ConfigError("pyft eval: a classifier is evaluated on --data (rows with `text` or `messages` and a "
+                          "`label`)")
+    classifier = load_classifier(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    report = evaluate_classifier(classifier, args.data, batch_size=args.batch_size)
+    print(format_report(report))
+    if args.out:
+        files = write_outputs(args.out, report, overwrite=args.overwrite)
         print("wrote " + ", ".join(str(f) for f in files), file=sys.stderr)
     return 0

@@ -23,6 +23,7 @@ formats (detected per record from its keys, so one file may mix chat formats):
   text        {"text": ...}
   preference  {"prompt"?, "chosen", "rejected"}   (strings or message lists)
   kto         {"prompt", "completion", "label": true|false}
+  classify    {"text" | "messages", "label": "class name" | class index}   (method: classify)
 
 example:
   pyft data prepare chats.jsonl --tokenizer ./my-model --out ./prepared \\
@@ -52,7 +53,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, metavar="PATH|ID",
                    help="HF tokenizer directory (or model directory), tokenizer.json file, or Hub id owner/name[@rev]")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
-    p.add_argument("--format", choices=["alpaca", "sharegpt", "messages", "text", "preference", "kto"],
+    p.add_argument("--format", choices=["alpaca", "sharegpt", "messages", "text", "preference", "kto", "classify"],
                    default=d["format"],
                    help="convert every record as this format (default: detect per record from its keys)")
     p.add_argument("--columns", action="append", default=[], metavar="PYFT=YOURS,...",

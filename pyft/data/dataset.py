@@ -54,14 +54,18 @@ _OFFSETS = {
     "kto": [(f"{p}_offsets", (f"{p}_ids",), False) for p in ("prompt", "completion")],
 }
 _OFFSETS["text"] = _OFFSETS["chat"]
+_OFFSETS["classify"] = [("input_offsets", ("input_ids",), False)]
+#: Kinds with a per-row ``label`` tensor.
+_LABELLED = ("kto", "classify")
 
 
-def _check_shard(shard: dict[str, np.ndarray], path: Path, kind: str, rows: int) -> None:
+def _check_shard(shard: dict[str, np.ndarray], path: Path, kind: str, rows: int,
+                 classes: list[Any] | None = None) -> None:
     """Refuse a shard whose offsets do not index its tokens (so no row reads past them), naming the tensor."""
     def bad(name: str, message: str) -> DataError:
         return data_error(path, f"tensor `{name}` {message}", name)
 
-    needed = {n for o, targets, _ in _OFFSETS[kind] for n in (o, *targets)} | ({"label"} if kind == "kto" else set())
+    needed = {n for o, targets, _ in _OFFSETS[kind] for n in (o, *targets)} | ({"label"} if kind in _LABELLED else set())
     for name in sorted(needed):
         if name not in shard:
             raise bad(name, "is missing")
@@ -78,8 +82,13 @@ def _check_shard(shard: dict[str, np.ndarray], path: Path, kind: str, rows: int)
     for name in per_row:
         if len(shard[name]) != rows + 1:
             raise bad(name, f"holds {len(shard[name]) - 1} rows; meta.json says {rows}")
-    if kind == "kto" and len(shard["label"]) != rows:
+    if kind in _LABELLED and len(shard["label"]) != rows:
         raise bad("label", f"holds {len(shard['label'])} rows; meta.json says {rows}")
+    if kind == "classify" and rows:
+        n = len(classes or [])
+        lo, hi = int(shard["label"].min()), int(shard["label"].max())
+        if lo < 0 or hi >= n:
+            raise bad("label", f"holds class index {lo if lo < 0 else hi}; meta.json lists {n} classes")
 
 
 class PreparedDataset:
@@ -91,7 +100,9 @@ class PreparedDataset:
       (restarting at 0 for each document of a packed row) and ``seq_lengths [D]`` (the lengths
       of the row's D documents);
     - ``preference``: ``prompt``, ``chosen``, ``rejected`` (token ids);
-    - ``kto``: ``prompt_ids``, ``completion_ids`` and ``label`` (a 0-d array, 1 = desirable).
+    - ``kto``: ``prompt_ids``, ``completion_ids`` and ``label`` (a 0-d array, 1 = desirable);
+    - ``classify``: ``input_ids`` and ``label`` (a 0-d array: the index of the row's class in
+      ``info.classes["values"]``).
 
     Works with ``torch.utils.data.DataLoader`` and the collators of :mod:`pyft.data.collate`.
     """
@@ -107,7 +118,7 @@ class PreparedDataset:
         for s in self.info.splits[split]["shards"]:
             path = child_path(self.info.out_dir, s["file"], self.info.out_dir / "meta.json", f"splits.{split}.shards")
             self._shards.append(read_safetensors_mmap(path))
-            _check_shard(self._shards[-1], path, self.kind, s["rows"])
+            _check_shard(self._shards[-1], path, self.kind, s["rows"], (self.info.classes or {}).get("values"))
         sizes = [s["rows"] for s in self.info.splits[split]["shards"]]
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64).tolist()
 
@@ -138,6 +149,8 @@ class PreparedDataset:
             }
         if self.kind == "preference":
             return {k: _slice(shard, k, i) for k in ("prompt", "chosen", "rejected")}
+        if self.kind == "classify":
+            return {"input_ids": _slice(shard, "input", i), "label": shard["label"][i]}
         return {
             "prompt_ids": _slice(shard, "prompt", i),
             "completion_ids": _slice(shard, "completion", i),
@@ -151,11 +164,20 @@ class PreparedDataset:
             if self.kind in ("chat", "text"):
                 rows = shard["row_offsets"]
                 out.append(np.diff(shard["doc_offsets"][rows]))
+            elif self.kind == "classify":
+                out.append(np.diff(shard["input_offsets"]))
             elif self.kind == "preference":
                 p = np.diff(shard["prompt_offsets"])
                 out.append(p + np.maximum(np.diff(shard["chosen_offsets"]), np.diff(shard["rejected_offsets"])))
             else:
                 out.append(np.diff(shard["prompt_offsets"]) + np.diff(shard["completion_offsets"]))
+        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+    def row_labels(self) -> np.ndarray:
+        """The ``label`` of every row (int64 ``[len(self)]``) of KTO or classify data."""
+        if self.kind not in _LABELLED:
+            raise ValueError(f"{self.info.out_dir}: {self.kind} data has no per-row label")
+        out = [np.asarray(shard["label"]) for shard in self._shards]
         return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
 
     def __repr__(self) -> str:

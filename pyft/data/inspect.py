@@ -74,6 +74,9 @@ def render_example(out_dir: str | os.PathLike[str], index: int = 0, split: str =
             f"CHOSEN:\n{on}{tok.decode(item['chosen'].tolist())}{off}\n"
             f"REJECTED:\n{on}{tok.decode(item['rejected'].tolist())}{off}"
         )
+    if ds.kind == "classify":
+        value = ds.info.classes["values"][int(item["label"])]
+        return f"CLASS {value!r}:\n{tok.decode(item['input_ids'].tolist())}"
     label = "desirable" if int(item["label"]) else "undesirable"
     return (
         f"PROMPT:\n{tok.decode(item['prompt_ids'].tolist())}\n"

@@ -35,6 +35,7 @@ _META_FIELDS = {
                      "shards": [{"file": "str", "rows": "int"}]}},
     "length_histogram": {"buckets": "list", "counts": "list", "max": "int"},
     "problems?": ["str"],
+    "classes?": {"type": "str", "values": "list", "examples": ["int"], "first": ["str"]},
 }
 
 
@@ -59,15 +60,24 @@ class PreparedInfo:
             raise FileNotFoundError(f"{out}: not a prepared data directory (no meta.json)")
         meta = read_json_object(meta_path)
         check_fields(meta, meta_path, _META_FIELDS)  # a damaged meta.json is named, not a KeyError later
-        if meta["kind"] not in ("chat", "text", "preference", "kto"):
-            raise data_error(meta_path, f"field `kind` is {meta['kind']!r}; expected chat, text, preference or kto",
-                             "kind")
+        if meta["kind"] not in ("chat", "text", "preference", "kto", "classify"):
+            raise data_error(meta_path, f"field `kind` is {meta['kind']!r}; expected chat, text, preference, kto "
+                             f"or classify", "kind")
+        if meta["kind"] == "classify":
+            _check_classes(meta, meta_path)
         return cls(out, meta)
 
     @property
     def kind(self) -> str:
-        """``chat``, ``text``, ``preference`` or ``kto``."""
+        """``chat``, ``text``, ``preference``, ``kto`` or ``classify``."""
         return self.meta["kind"]
+
+    @property
+    def classes(self) -> dict[str, Any] | None:
+        """Classified data: ``{"type": "name"|"index", "values": [...], "examples": [...], "first": [...]}``,
+        the sorted classes of the data (a row's ``label`` indexes ``values``), their examples and where
+        each first occurs (``file:line``); None for other kinds."""
+        return self.meta.get("classes")
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -131,6 +141,9 @@ class PreparedInfo:
                 f"truncated: prompt {cut_prompt:,}, completion {cut_completion:,}  "
                 f"(truncation {m['options'].get('truncation', 'keep_end')})"
             )
+        if m.get("classes"):
+            cl = m["classes"]
+            lines.append("classes:   " + ", ".join(f"{v} {n:,}" for v, n in zip(cl["values"], cl["examples"])))
         if c.get("mask_methods"):
             lines.append("masks:     " + ", ".join(f"{k} {v:,}" for k, v in c["mask_methods"].items()))
         lines.append(f"tokens:    {m['tokens']:,}  trainable {m['trainable_tokens']:,}")
@@ -153,6 +166,21 @@ class PreparedInfo:
             lines.append(f"problems ({d['invalid']:,}; first {len(m['problems'])}):")
             lines.extend(f"  {p}" for p in m["problems"])
         return "\n".join(lines)
+
+
+def _check_classes(meta: dict[str, Any], path: Path) -> None:
+    """Classified data must list its classes: one type, one count and location each."""
+    cl = meta.get("classes")
+    if cl is None:
+        raise data_error(path, "field `classes` is missing (classify data lists its classes)", "classes")
+    n = len(cl["values"])
+    ok_type = {"name": lambda v: isinstance(v, str), "index": lambda v: isinstance(v, int) and not isinstance(v, bool)}
+    if cl["type"] not in ok_type or not all(ok_type[cl["type"]](v) for v in cl["values"]):
+        raise data_error(path, f"field `classes.values` must be class names or indices as `classes.type` says "
+                         f"({cl['type']!r})", "classes.values")
+    if n == 0 or len(cl["examples"]) != n or len(cl["first"]) != n:
+        raise data_error(path, "fields `classes.values`, `classes.examples` and `classes.first` must be non-empty "
+                         "and of one length", "classes")
 
 
 #: Default option values of :func:`prepare`, from the Rust core (``PrepareOptions::new``): the one

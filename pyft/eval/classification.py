@@ -138,8 +138,20 @@ def classification_metrics(predictions: Sequence[str | None], references: Sequen
 
     Arguments and errors as :func:`confusion_matrix`.
     """
-    cm = confusion_matrix(predictions, references, labels)
+    return classification_report(confusion_matrix(predictions, references, labels))
+
+
+def classification_report(cm: ConfusionMatrix) -> ClassificationReport:
+    """The scores of :func:`classification_metrics` from a confusion matrix (counts summed elsewhere,
+    e.g. over batches and ranks during training).
+
+    Raises:
+        DataError: the matrix holds no example.
+    """
     counts = cm.counts
+    if counts.shape != (len(cm.labels), len(cm.labels) + 1) or counts.sum() <= 0:
+        raise data_error(f"a confusion matrix of {len(cm.labels)} labels needs shape ({len(cm.labels)}, "
+                         f"{len(cm.labels) + 1}) and at least one example, got {counts.shape}", "confusion")
     n = len(cm.labels)
     tp = np.diag(counts[:, :n])
     support = counts.sum(axis=1)  # references per class

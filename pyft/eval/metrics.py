@@ -20,6 +20,7 @@ from pyft.eval.classification import (
     ClassScores,
     ConfusionMatrix,
     classification_metrics,
+    classification_report,
     confusion_matrix,
     match_choice,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "ConfusionMatrix",
     "answer_tokens",
     "classification_metrics",
+    "classification_report",
     "confusion_matrix",
     "confusion_matrix_png",
     "corpus_bleu",

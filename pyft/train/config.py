@@ -6,7 +6,8 @@ number, got 'fast'``). Sections: ``model``, ``data``, ``method``, ``tuning``, ``
 ``output``.
 
 ``method`` is what is optimised: supervised fine-tuning (``lora``, ``qlora``, ``full``, or ``sft``
-with ``tuning``) or an alignment objective (``dpo``, ``kto``, ``orpo``, ``simpo``, ``cpo``, ``rm``).
+with ``tuning``), an alignment objective (``dpo``, ``kto``, ``orpo``, ``simpo``, ``cpo``, ``rm``) or
+sequence classification (``classify``, options in ``classify``: :class:`pyft.classify.config.ClassifySection`).
 ``tuning`` says which weights an alignment run (or ``sft``) trains: ``lora`` (default), ``qlora``,
 ``full`` or another adapter of :data:`pyft.methods.TUNING_TABLE` (``ia3``, ``oft``, ``prompt_tuning``,
 ...), each with its own section; a list (``[lora, prompt_tuning]``) trains a hybrid of adapters on
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pyft.align.config import AlignSection
+from pyft.classify.config import ClassifySection
 from pyft.errors import ConfigError
 from pyft.io.files import read_text
 from pyft.methods import (
@@ -203,6 +205,7 @@ class TrainConfig:
     stages: list[StageSection] | None = None
     quant: QuantSection = field(default_factory=QuantSection)
     align: AlignSection = field(default_factory=AlignSection)
+    classify: ClassifySection = field(default_factory=ClassifySection)
     freeze: FreezeSection = field(default_factory=FreezeSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)

@@ -29,8 +29,8 @@ from pyft.data import PreparedDataset
 from pyft.errors import ConfigError
 from pyft.hub import hub_ref
 from pyft.io.files import read_json_object
-from pyft.methods import SEQUENCE_SCORE, Method, ObjectiveParts
-from pyft.models import check_model_dir, load_model, load_reward_model
+from pyft.methods import SEQUENCE_CLASSES, SEQUENCE_HEADS, SEQUENCE_SCORE, Method, ObjectiveParts
+from pyft.models import check_model_dir, load_model, load_reward_model, load_sequence_classifier
 from pyft.peft import merge_lora, trainable_parameters_report
 from pyft.train.batches import resolve_precision
 from pyft.train.checkpoint import list_checkpoints, remove_stale_staging
@@ -142,17 +142,26 @@ def apply_freezing(model: nn.Module, config: TrainConfig) -> None:
 
 def load_for_training(config: TrainConfig, model_dir: Path, dtype: torch.dtype, device: torch.device,
                       pad_token_id: int) -> nn.Module:
-    """The model as the method and tuning need it: a one-label sequence scorer for reward models, an
-    NF4-quantized base for QLoRA (quantized from the safetensors while loading), else the causal LM."""
+    """The model as the method and tuning need it: a one-label sequence scorer for reward models, a
+    classifier over the classes of the data for ``classify``, an NF4-quantized base for QLoRA
+    (quantized from the safetensors while loading), else the causal LM."""
     if config.objective.head == SEQUENCE_SCORE:
         return load_reward_model(model_dir, dtype=dtype, device=device, pad_token_id=pad_token_id)
+    quant: dict[str, Any] = {}
     if config.nf4_base:
         q = config.quant
         names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
         compute = dtype if q.compute_dtype == "auto" else names[q.compute_dtype]
-        return load_model(model_dir, dtype=dtype, device=device, quantize="nf4", compute_dtype=compute,
-                          quant_blocksize=q.blocksize, double_quant=q.double_quant)
-    return load_model(model_dir, dtype=dtype, device=device)
+        quant = {"quantize": "nf4", "compute_dtype": compute, "quant_blocksize": q.blocksize,
+                 "double_quant": q.double_quant}
+    if config.objective.head == SEQUENCE_CLASSES:
+        from pyft.classify.labels import resolve_labels
+        from pyft.data import PreparedInfo
+
+        labels = resolve_labels(PreparedInfo.read(config.data), config.classify.labels)
+        return load_sequence_classifier(model_dir, labels.model_config(), dtype=dtype, device=device,
+                                        pad_token_id=pad_token_id, **quant)
+    return load_model(model_dir, dtype=dtype, device=device, **quant)
 
 
 def apply_tuning(config: TrainConfig, model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -300,8 +309,8 @@ def train(config: TrainConfig) -> TrainResult:
     """Run a whole training job; returns its :class:`TrainResult`.
 
     Writes into ``config.output``: ``adapter/`` (LoRA family, PEFT format) or ``model/`` (full
-    fine-tuning, a transformers directory with the tokenizer; reward models always get ``model/``,
-    a one-label sequence-classification model), ``metrics.jsonl``, ``loss.png`` (and
+    fine-tuning, a transformers directory with the tokenizer; reward models and classifiers always
+    get ``model/``, a sequence-classification model), ``metrics.jsonl``, ``loss.png`` (and
     ``rewards.png`` for alignment methods) and ``checkpoints/``. Under ``torchrun`` every process
     runs this; rank 0 writes the files.
     """
@@ -322,7 +331,10 @@ def train(config: TrainConfig) -> TrainResult:
 
 def _save_final(config: TrainConfig, model: nn.Module, model_dir: Path, ds: PreparedDataset) -> None:
     out = Path(config.output)
-    scorer = config.objective.head == SEQUENCE_SCORE
+    scorer = config.objective.head in SEQUENCE_HEADS
+    labels = None
+    if config.objective.head == SEQUENCE_CLASSES:  # the classes in id order, for loading the adapter
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if config.trains_adapter:
         task = "SEQ_CLS" if scorer else "CAUSAL_LM"
         # A Hub base is recorded as PEFT records it: the repo id, and the revision apart.
@@ -330,21 +342,23 @@ def _save_final(config: TrainConfig, model: nn.Module, model_dir: Path, ds: Prep
         base = hub[0] if hub else str(model_dir)
         revision = (hub[1] or config.model_revision) if hub else None
         save_adapters(config, model, out / "adapter", base_model_name_or_path=base, task_type=task, revision=revision)
-        _save_serving_info(out / "adapter", ds)
+        _save_serving_info(out / "adapter", ds, labels)
         if not scorer:
             return
-        # A reward model is also written whole, so transformers' sequence-classification loader reads it.
+        # A reward model or classifier is also written whole, so transformers' sequence-classification
+        # loader reads it (a QLoRA base is dequantized: the merged weights are in the compute dtype).
         model = merge_lora(model)
     with atomic_directory(out / "model", overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        _save_serving_info(tmp, ds)
+        _save_serving_info(tmp, ds, labels)
 
 
-def _save_serving_info(dest: Path, ds: PreparedDataset) -> None:
+def _save_serving_info(dest: Path, ds: PreparedDataset, labels: list[str] | None = None) -> None:
     """What serving needs to reproduce the training prompts, next to the weights: the tokenizer
     files the data was prepared with, the chat template used (``chat_template.jinja``, also inline
     in ``tokenizer_config.json``) and ``pyft_run.json`` (template name, default system prompt).
-    ``pyft merge``/``pyft export`` read these before the base model's own files."""
+    ``pyft merge``/``pyft export`` read these before the base model's own files. A classifier's
+    ``pyft_run.json`` also lists its ``labels`` in id order."""
     for f in (ds.info.out_dir / "tokenizer").iterdir():
         shutil.copy(f, dest / f.name)
     template = ds.info.meta.get("template") or {}
@@ -355,5 +369,6 @@ def _save_serving_info(dest: Path, ds: PreparedDataset) -> None:
         tc = read_json_object(tc_path) if tc_path.is_file() else {}
         tc["chat_template"] = source
         tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    run_info = {"template": template.get("name"), "system_prompt": ds.info.meta.get("system_prompt")}
+    run_info = {"template": template.get("name"), "system_prompt": ds.info.meta.get("system_prompt"),
+                **({"labels": labels} if labels is not None else {})}
     (dest / "pyft_run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")

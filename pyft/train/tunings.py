@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from pyft.errors import ConfigError
-from pyft.methods import SEQUENCE_SCORE, Tuning
+from pyft.methods import SEQUENCE_HEADS, Tuning
 
 if TYPE_CHECKING:
     from pyft.train.config import TrainConfig
@@ -28,10 +28,10 @@ def _function(target: str) -> Callable[..., Any]:
 
 
 def section_config(config: TrainConfig, tuning: Tuning) -> Any:
-    """The settings of ``tuning`` (its config section), with the run's additions: a reward model's new
-    score head trains in full beside LoRA (PEFT's ``SEQ_CLS`` default)."""
+    """The settings of ``tuning`` (its config section), with the run's additions: the new score head of a
+    reward model or classifier trains in full beside LoRA (PEFT's ``SEQ_CLS`` default)."""
     section = getattr(config, tuning.section) if tuning.section else None
-    if tuning.section == "lora" and config.objective.head == SEQUENCE_SCORE:
+    if tuning.section == "lora" and config.objective.head in SEQUENCE_HEADS:
         section = dataclasses.replace(section, modules_to_save=sorted(set(section.modules_to_save or []) | {"score"}))
     return section
 

@@ -9,6 +9,10 @@
 //!   `KTOTrainer` tokenize them (prompt alone with the generation prompt, prompt+completion
 //!   whole, the completion starting where the two diverge; EOS appended to plain-text
 //!   completions).
+//! - Classify: text as `tokenizer(text)` (no EOS appended: the classifier reads the last token of
+//!   the input as transformers' `*ForSequenceClassification` does at inference), messages rendered
+//!   with the chat template without a generation prompt, as `apply_chat_template(messages,
+//!   tokenize=True)`.
 //!
 //! The first label of every sequence is -100: with packing, the first token of a document must
 //! never be predicted from the previous document, and unpacked it is never a target anyway.
@@ -17,7 +21,7 @@ use std::ops::Range;
 
 use serde_json::Value;
 
-use crate::data::formats::{Example, Part};
+use crate::data::formats::{ClassLabel, Example, Part};
 use crate::data::mask::{first_token_from, generation_mask, overlap_mask};
 use crate::data::template::{ChatTemplate, SpecialTokens};
 use crate::data::tokenize::Tokenizer;
@@ -115,6 +119,13 @@ pub enum Encoded {
         /// Desirable or not.
         label: bool,
     },
+    /// A classified sequence.
+    Classified {
+        /// Token ids.
+        input_ids: Vec<u32>,
+        /// Its class.
+        label: ClassLabel,
+    },
 }
 
 impl Encoded {
@@ -124,15 +135,17 @@ impl Encoded {
             Encoded::Sequence { input_ids, .. } => input_ids.len(),
             Encoded::Pair { prompt, chosen, rejected } => prompt.len() + chosen.len() + rejected.len(),
             Encoded::Kto { prompt, completion, .. } => prompt.len() + completion.len(),
+            Encoded::Classified { input_ids, .. } => input_ids.len(),
         }
     }
 
-    /// Tokens that carry loss (completion tokens for preference/KTO).
+    /// Tokens that carry loss (completion tokens for preference/KTO, the last token of a classified sequence).
     pub fn trainable(&self) -> usize {
         match self {
             Encoded::Sequence { labels, .. } => labels.iter().filter(|&&l| l != IGNORE_INDEX).count(),
             Encoded::Pair { chosen, rejected, .. } => chosen.len() + rejected.len(),
             Encoded::Kto { completion, .. } => completion.len(),
+            Encoded::Classified { .. } => 1,
         }
     }
 }
@@ -195,6 +208,13 @@ impl Encoder<'_> {
                 let pc = self.prompt_completion_ids(prompt, completion)?;
                 let n = common_prefix(&prompt_ids, &pc);
                 Ok(Encoded::Kto { prompt: prompt_ids[..n].to_vec(), completion: pc[n..].to_vec(), label: *label })
+            }
+            Example::Classify { input, label } => {
+                let input_ids = match input {
+                    Part::Text(t) => self.tokenizer.encode(t, true)?.ids,
+                    Part::Messages(m) => self.tokenizer.encode(&self.render(m, false, None)?.text, false)?.ids,
+                };
+                Ok(Encoded::Classified { input_ids, label: label.clone() })
             }
         }
     }

@@ -11,7 +11,10 @@
 //! - `text`: `text` (continued pre-training);
 //! - `preference`: `prompt` (optional when implicit), `chosen`, `rejected`, each a string or a
 //!   list of messages;
-//! - `kto`: `prompt`, `completion` (string or messages) and a boolean `label`.
+//! - `kto`: `prompt`, `completion` (string or messages) and a boolean `label`;
+//! - `classify`: `text` or `messages` and a `label`: a class name (string) or a class index
+//!   (integer >= 0); detected when a record has `label` and `text`/`messages` but no
+//!   `prompt`/`completion`.
 //!
 //! Every validation failure is an [`Error::Record`] naming the file, line and field.
 
@@ -34,12 +37,21 @@ pub enum Format {
     Preference,
     /// prompt + completion + boolean label.
     Kto,
+    /// text or messages + class label (sequence classification).
+    Classify,
 }
 
 impl Format {
     /// All formats, in detection priority order.
-    pub const ALL: [Format; 6] =
-        [Format::Messages, Format::Sharegpt, Format::Preference, Format::Kto, Format::Alpaca, Format::Text];
+    pub const ALL: [Format; 7] = [
+        Format::Classify,
+        Format::Messages,
+        Format::Sharegpt,
+        Format::Preference,
+        Format::Kto,
+        Format::Alpaca,
+        Format::Text,
+    ];
 
     /// The format's name as used on the command line.
     pub fn name(self) -> &'static str {
@@ -50,6 +62,7 @@ impl Format {
             Format::Text => "text",
             Format::Preference => "preference",
             Format::Kto => "kto",
+            Format::Classify => "classify",
         }
     }
 
@@ -67,7 +80,9 @@ impl Format {
     pub fn detect(record: &Value) -> Option<Format> {
         let obj = record.as_object()?;
         let has = |k: &str| obj.contains_key(k);
-        if has("messages") {
+        if has("label") && !has("prompt") && !has("completion") && (has("text") || has("messages")) {
+            Some(Format::Classify)
+        } else if has("messages") {
             Some(Format::Messages)
         } else if has("conversations") {
             Some(Format::Sharegpt)
@@ -92,6 +107,8 @@ impl Format {
         let any = |keys: &[&str]| keys.iter().any(|k| obj.contains_key(*k));
         if any(&["chosen", "rejected"]) {
             Some(Format::Preference)
+        } else if any(&["label"]) && !any(&["prompt", "completion"]) {
+            Some(Format::Classify)
         } else if any(&["completion", "label"]) {
             Some(Format::Kto)
         } else if any(&["instruction", "output"]) {
@@ -108,6 +125,7 @@ impl Format {
             Format::Text => ExampleKind::Text,
             Format::Preference => ExampleKind::Preference,
             Format::Kto => ExampleKind::Kto,
+            Format::Classify => ExampleKind::Classify,
         }
     }
 }
@@ -123,6 +141,8 @@ pub enum ExampleKind {
     Preference,
     /// Unpaired binary feedback (KTO).
     Kto,
+    /// Labelled sequences (sequence classification).
+    Classify,
 }
 
 impl ExampleKind {
@@ -133,6 +153,7 @@ impl ExampleKind {
             ExampleKind::Text => "text",
             ExampleKind::Preference => "preference",
             ExampleKind::Kto => "kto",
+            ExampleKind::Classify => "classify",
         }
     }
 }
@@ -144,6 +165,33 @@ pub enum Part {
     Text(String),
     /// A JSON array of `{role, content, ...}` messages.
     Messages(Value),
+}
+
+/// The class of a classified example: a name, or an index into the class list of the training config.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClassLabel {
+    /// A class name (`"positive"`).
+    Name(String),
+    /// A class index (`1`).
+    Index(u32),
+}
+
+impl ClassLabel {
+    /// The label as JSON (a string or an integer), as in the input.
+    pub fn to_json(&self) -> Value {
+        match self {
+            ClassLabel::Name(n) => Value::String(n.clone()),
+            ClassLabel::Index(i) => Value::from(*i),
+        }
+    }
+
+    /// `name` or `index`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClassLabel::Name(_) => "name",
+            ClassLabel::Index(_) => "index",
+        }
+    }
 }
 
 /// One validated training example.
@@ -177,6 +225,13 @@ pub enum Example {
         /// Whether the completion is desirable.
         label: bool,
     },
+    /// A sequence with its class.
+    Classify {
+        /// The text, or the messages (rendered with the chat template, no generation prompt).
+        input: Part,
+        /// Its class.
+        label: ClassLabel,
+    },
 }
 
 impl Example {
@@ -197,6 +252,7 @@ impl Example {
             Example::Kto { prompt, completion, label } => {
                 serde_json::json!(["kto", part(prompt), part(completion), label])
             }
+            Example::Classify { input, label } => serde_json::json!(["classify", part(input), label.to_json()]),
         };
         v.to_string()
     }
@@ -271,6 +327,7 @@ pub fn convert(record: &Value, format: Format, location: &Location) -> Result<Ex
         Format::Text => Ok(Example::Text(ctx.text(ctx.required(obj, "text")?, "text")?.to_string())),
         Format::Preference => convert_preference(&ctx, obj),
         Format::Kto => convert_kto(&ctx, obj),
+        Format::Classify => convert_classify(&ctx, obj),
     }
 }
 
@@ -504,6 +561,33 @@ fn convert_kto(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
     Ok(Example::Kto { prompt, completion, label })
 }
 
+fn convert_classify(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Example> {
+    let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+    let input = match (present("text"), present("messages")) {
+        (true, true) => return Err(ctx.err_record("has both `text` and `messages`; a classified example is one of them")),
+        (false, true) => {
+            let turns = normalize_turns(ctx, &obj["messages"], "messages")?;
+            Part::Messages(validate_messages(ctx, &turns, "messages", false)?)
+        }
+        (true, false) => Part::Text(ctx.text(&obj["text"], "text")?.to_string()),
+        (false, false) => return Err(ctx.err("text", "missing (a classified example has `text` or `messages`)")),
+    };
+    let label = match ctx.required(obj, "label")? {
+        Value::String(s) if s.trim().is_empty() => return Err(ctx.err("label", "empty")),
+        Value::String(s) => ClassLabel::Name(s.clone()),
+        Value::Number(n) if n.as_u64().is_some_and(|i| i <= u64::from(u32::MAX)) => {
+            ClassLabel::Index(n.as_u64().expect("checked") as u32)
+        }
+        other => {
+            return Err(ctx.err(
+                "label",
+                format!("expected a class name (a string) or a class index (an integer >= 0), got {other}"),
+            ))
+        }
+    };
+    Ok(Example::Classify { input, label })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,6 +754,36 @@ mod tests {
         let call = json!({"role": "assistant", "content": null, "tool_calls": [{"function": {"name": "f"}}]});
         let answer = json!({"role": "assistant", "content": "a"});
         assert!(convert(&json!({"messages": [user, call, answer]}), Format::Messages, &loc()).is_ok());
+    }
+
+    #[test]
+    fn classify_is_detected_and_converted() {
+        assert_eq!(Format::detect(&json!({"text": "a", "label": "pos"})), Some(Format::Classify));
+        assert_eq!(Format::detect(&json!({"messages": [], "label": 1})), Some(Format::Classify));
+        assert_eq!(Format::detect(&json!({"prompt": "a", "completion": "b", "label": true})), Some(Format::Kto));
+        assert_eq!(Format::detect(&json!({"text": "a"})), Some(Format::Text));
+        assert_eq!(Format::detect_partial(&json!({"sentence": "a", "label": 0})), Some(Format::Classify));
+        let ex = convert(&json!({"text": "good", "label": "pos"}), Format::Classify, &loc()).unwrap();
+        assert_eq!(ex, Example::Classify { input: Part::Text("good".into()), label: ClassLabel::Name("pos".into()) });
+        let ex = convert(&json!({"messages": [{"role": "user", "content": "hi"}], "label": 2}), Format::Classify, &loc())
+            .unwrap();
+        assert!(matches!(ex, Example::Classify { input: Part::Messages(_), label: ClassLabel::Index(2) }));
+        assert_eq!(
+            err(json!({"text": "t", "label": 1.5}), Format::Classify),
+            "d.jsonl:7: field `label`: expected a class name (a string) or a class index (an integer >= 0), got 1.5"
+        );
+        assert_eq!(
+            err(json!({"text": "t", "label": -1}), Format::Classify),
+            "d.jsonl:7: field `label`: expected a class name (a string) or a class index (an integer >= 0), got -1"
+        );
+        assert_eq!(err(json!({"text": "t", "label": " "}), Format::Classify), "d.jsonl:7: field `label`: empty");
+        assert_eq!(err(json!({"text": "t"}), Format::Classify), "d.jsonl:7: field `label`: missing");
+        assert_eq!(
+            err(json!({"label": "x"}), Format::Classify),
+            "d.jsonl:7: field `text`: missing (a classified example has `text` or `messages`)"
+        );
+        assert!(ClassLabel::Name("b".into()) > ClassLabel::Name("a".into()));
+        assert!(ClassLabel::Index(10) > ClassLabel::Index(9));
     }
 
     #[test]

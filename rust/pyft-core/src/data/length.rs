@@ -11,7 +11,7 @@ pub enum Overlong {
     Drop,
     /// Keep the first `max_len` tokens (preference/KTO: keep the end of the prompt).
     Truncate,
-    /// Cut into `max_len` pieces, each its own document (chat/text only).
+    /// Cut into `max_len` pieces, each its own document (chat/text only; others truncate).
     Split,
 }
 
@@ -200,6 +200,27 @@ pub fn apply_length_policy(
                 }
             }
             docs.push(Encoded::Kto { prompt, completion, label });
+        }
+        Encoded::Classified { mut input_ids, label } => {
+            if input_ids.is_empty() {
+                counts.empty_completion += 1;
+                problems.push(Error::Record {
+                    location: location.clone(),
+                    field: None,
+                    message: "the input tokenized to nothing".into(),
+                });
+                return;
+            }
+            if input_ids.len() > max {
+                if policy.overlong == Overlong::Drop {
+                    counts.overlong += 1;
+                    return;
+                }
+                // `split` too: every piece would need the label, and the class may sit at the end.
+                counts.truncated += 1;
+                input_ids.truncate(max);
+            }
+            docs.push(Encoded::Classified { input_ids, label });
         }
     }
 }

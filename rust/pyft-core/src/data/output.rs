@@ -6,12 +6,22 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::data::encode::Encoded;
+use crate::data::formats::ClassLabel;
 use crate::data::pack::pack_bfd;
 use crate::data::shards::{to_i32, ShardColumns, ShardInfo};
 use crate::error::{Error, Result};
 
-/// Write one split's shards; returns its `meta.json` entry.
-pub fn write_split(root: &Path, name: &str, docs: &[Encoded], max_len: usize, pack: bool, shard_tokens: usize) -> Result<Value> {
+/// Write one split's shards; returns its `meta.json` entry. `classes` is the sorted class list of
+/// classified data (a shard's `label` holds the index into it), empty for other kinds.
+pub fn write_split(
+    root: &Path,
+    name: &str,
+    docs: &[Encoded],
+    max_len: usize,
+    pack: bool,
+    shard_tokens: usize,
+    classes: &[ClassLabel],
+) -> Result<Value> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let is_seq = matches!(docs.first(), Some(Encoded::Sequence { .. }) | None);
@@ -38,7 +48,7 @@ pub fn write_split(root: &Path, name: &str, docs: &[Encoded], max_len: usize, pa
             end += 1;
         }
         let file = format!("{name}/shard-{:05}.safetensors", shards.len());
-        let cols = shard_columns(docs, &rows[start..end])?;
+        let cols = shard_columns(docs, &rows[start..end], classes)?;
         cols.write(&root.join(&file), None)?;
         shards.push(ShardInfo { file, rows: end - start, tokens: tokens as u64 });
         start = end;
@@ -65,6 +75,15 @@ pub fn write_split(root: &Path, name: &str, docs: &[Encoded], max_len: usize, pa
         meta["desirable"] = json!(desirable);
         meta["undesirable"] = json!(docs.len() - desirable);
     }
+    if let Some(Encoded::Classified { .. }) = docs.first() {
+        let mut per_class = vec![0usize; classes.len()];
+        for d in docs {
+            if let Encoded::Classified { label, .. } = d {
+                per_class[class_index(classes, label)? as usize] += 1;
+            }
+        }
+        meta["class_examples"] = json!(per_class);
+    }
     Ok(meta)
 }
 
@@ -82,7 +101,13 @@ fn ids_i32(ids: &[u32]) -> impl Iterator<Item = i32> + '_ {
     ids.iter().map(|&x| x as i32)
 }
 
-fn shard_columns(docs: &[Encoded], rows: &[Vec<u32>]) -> Result<ShardColumns> {
+/// The index of `label` in the sorted `classes`.
+fn class_index(classes: &[ClassLabel], label: &ClassLabel) -> Result<i32> {
+    let i = classes.binary_search(label).map_err(|_| Error::Option(format!("class {label:?} is not in the class list")))?;
+    to_i32(i, "class index")
+}
+
+fn shard_columns(docs: &[Encoded], rows: &[Vec<u32>], classes: &[ClassLabel]) -> Result<ShardColumns> {
     let ordered: Vec<&Encoded> = rows.iter().flat_map(|r| r.iter().map(|&d| &docs[d as usize])).collect();
     let mut cols = ShardColumns::default();
     match ordered.first() {
@@ -135,6 +160,19 @@ fn shard_columns(docs: &[Encoded], rows: &[Vec<u32>]) -> Result<ShardColumns> {
             cols.push("prompt_offsets", offsets_of(pl.into_iter())?);
             cols.push("completion_ids", c);
             cols.push("completion_offsets", offsets_of(cl.into_iter())?);
+            cols.push("label", lab);
+        }
+        Some(Encoded::Classified { .. }) => {
+            let (mut ids, mut lens, mut lab) = (Vec::new(), Vec::new(), Vec::new());
+            for d in &ordered {
+                if let Encoded::Classified { input_ids, label } = d {
+                    ids.extend(ids_i32(input_ids));
+                    lens.push(input_ids.len());
+                    lab.push(class_index(classes, label)?);
+                }
+            }
+            cols.push("input_ids", ids);
+            cols.push("input_offsets", offsets_of(lens.into_iter())?);
             cols.push("label", lab);
         }
     }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data::columns::ColumnMap;
 use crate::data::encode::{Encoded, Encoder, TrainOn};
-use crate::data::formats::{convert, json_kind, Example, ExampleKind, Format};
+use crate::data::formats::{convert, json_kind, ClassLabel, Example, ExampleKind, Format};
 pub use crate::data::length::{Overlong, Truncation};
 use crate::data::length::{apply_length_policy, LengthCounts, LengthPolicy};
 use crate::data::output::{write_split, LengthHistogram};
@@ -311,6 +311,16 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
         }
         counts.duplicate = before - items.len() - mix_items.iter().map(|(_, v)| v.len()).sum::<usize>();
     }
+    // Classified data: one label type (names or indices), and the sorted class list.
+    let classes = if kind == ExampleKind::Classify {
+        class_table(&mut items, &mut mix_items, &mut problems, &mut counts.invalid)
+    } else {
+        Vec::new()
+    };
+    if !problems.is_empty() && !opts.skip_invalid {
+        return Err(invalid(problems));
+    }
+    let class_list: Vec<ClassLabel> = classes.iter().map(|(c, _, _)| c.clone()).collect();
 
     // 4. Split the task data, then mix general data into the training side.
     let (train_idx, val_idx) = split_indices(items.len(), opts.val_ratio, opts.seed);
@@ -386,7 +396,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
         if docs.is_empty() && name == "validation" {
             continue;
         }
-        let split_meta = write_split(staging.path(), name, docs, opts.max_len, opts.pack, opts.shard_tokens)?;
+        let split_meta =
+            write_split(staging.path(), name, docs, opts.max_len, opts.pack, opts.shard_tokens, &class_list)?;
         splits.insert(name.to_string(), split_meta);
     }
     let tokens: usize = train_docs.iter().chain(&val_docs).map(Encoded::tokens).sum();
@@ -454,6 +465,15 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Value> {
         "length_histogram": histogram.to_json(),
         "problems": problems.iter().take(20).map(|e| e.to_string()).collect::<Vec<_>>(),
     });
+    let mut meta = meta;
+    if let Some((first, _, _)) = classes.first() {
+        meta["classes"] = json!({
+            "type": first.type_name(),
+            "values": classes.iter().map(|(c, _, _)| c.to_json()).collect::<Vec<_>>(),
+            "examples": classes.iter().map(|(_, n, _)| n).collect::<Vec<_>>(),
+            "first": classes.iter().map(|(_, _, at)| at.to_string()).collect::<Vec<_>>(),
+        });
+    }
     let meta_path = staging.path().join("meta.json");
     let text = serde_json::to_string_pretty(&meta).map_err(|e| Error::Option(e.to_string()))?;
     std::fs::write(&meta_path, text).map_err(|e| Error::io(&meta_path, e))?;
@@ -547,7 +567,7 @@ fn undetectable(value: &Value) -> String {
     let keys: Vec<&String> = obj.keys().collect();
     format!(
         "cannot detect the format from keys {keys:?} (expected messages, conversations, instruction+output, \
-         prompt+chosen+rejected, prompt+completion+label or text); pass --format, or name your keys with --columns"
+         prompt+chosen+rejected, prompt+completion+label, text+label or text); pass --format, or name your keys with --columns"
     )
 }
 
@@ -643,6 +663,57 @@ fn invalid(mut problems: Vec<Error>) -> Error {
     }
 }
 
+/// The classes of classified examples, sorted (names by code point, indices by value), each with
+/// its number of examples and where it first occurs. A label of the other type than the first
+/// record's (an index among names) is an invalid record.
+fn class_table(
+    items: &mut Vec<Item>,
+    mix_items: &mut [(usize, Vec<Item>)],
+    problems: &mut Vec<Error>,
+    invalid: &mut usize,
+) -> Vec<(ClassLabel, usize, Location)> {
+    fn label_of(it: &Item) -> Option<&ClassLabel> {
+        match &it.example {
+            Example::Classify { label, .. } => Some(label),
+            _ => None,
+        }
+    }
+    let first = items
+        .iter()
+        .chain(mix_items.iter().flat_map(|(_, v)| v.iter()))
+        .find_map(|it| label_of(it).map(|l| (l.type_name(), it.location.clone())));
+    let Some((kind, at)) = first else { return Vec::new() };
+    let mut keep = |it: &Item| match label_of(it) {
+        Some(l) if l.type_name() != kind => {
+            *invalid += 1;
+            problems.push(Error::Record {
+                location: it.location.clone(),
+                field: Some("label".into()),
+                message: format!(
+                    "a class {} ({}), but the labels of {} are class {kind}s (from line {}); use one kind for all",
+                    l.type_name(),
+                    l.to_json(),
+                    at.file.display(),
+                    at.line
+                ),
+            });
+            false
+        }
+        _ => true,
+    };
+    items.retain(&mut keep);
+    for (_, v) in mix_items.iter_mut() {
+        v.retain(&mut keep);
+    }
+    let mut table: BTreeMap<ClassLabel, (usize, Location)> = BTreeMap::new();
+    for it in items.iter().chain(mix_items.iter().flat_map(|(_, v)| v.iter())) {
+        if let Some(l) = label_of(it) {
+            table.entry(l.clone()).or_insert_with(|| (0, it.location.clone())).0 += 1;
+        }
+    }
+    table.into_iter().map(|(l, (n, at))| (l, n, at)).collect()
+}
+
 fn add_system_prompt(example: &mut Example, system: &str) {
     let add = |messages: &mut Value| {
         if let Some(items) = messages.as_array_mut() {
@@ -654,7 +725,8 @@ fn add_system_prompt(example: &mut Example, system: &str) {
     match example {
         Example::Chat { messages, .. } => add(messages),
         Example::Preference { prompt: crate::data::formats::Part::Messages(m), .. }
-        | Example::Kto { prompt: crate::data::formats::Part::Messages(m), .. } => add(m),
+        | Example::Kto { prompt: crate::data::formats::Part::Messages(m), .. }
+        | Example::Classify { input: crate::data::formats::Part::Messages(m), .. } => add(m),
         _ => {}
     }
 }

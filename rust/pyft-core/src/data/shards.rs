@@ -15,7 +15,8 @@
 //!
 //! A preference shard holds `prompt_ids`, `chosen_ids`, `rejected_ids` with their
 //! `*_offsets` `[N+1]`; a KTO shard `prompt_ids`, `completion_ids`, their offsets and `label`
-//! `[N]` (1 desirable, 0 undesirable).
+//! `[N]` (1 desirable, 0 undesirable); a classify shard `input_ids`, `input_offsets` `[N+1]` and
+//! `label` `[N]` (the index of the example's class in `meta.json`'s `classes.values`).
 
 use std::collections::HashMap;
 use std::path::Path;
