@@ -395,3 +395,21 @@ def test_disable_dropout_zeroes_modules_but_keeps_the_saved_config():
     assert attn and all(p == 0.0 for p in attn)
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     assert model.config.attention_dropout == 0.1
+
+
+@pytest.mark.parametrize("tuning", ["ia3", "oft", "bottleneck"])
+def test_dpo_with_other_adapters_starts_at_log2_against_the_base_with_adapters_off(task, tmp_path, tuning):
+    """These adapters start as the identity, so with the base-with-adapters-off reference the first DPO
+    loss is exactly log 2 (policy = reference); after a few steps the policy has moved away from it."""
+    import math
+
+    from pyft.align.reference import AdapterDisabledReference
+
+    trainer = build_trainer(_align(task, tmp_path, "dpo", task["sft"], task["pref"], 3, 1e-2, tuning=tuning,
+                                   train={"eval_every": None}))
+    assert isinstance(trainer.objective.reference, AdapterDisabledReference)
+    first = trainer.train_step()
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)  # identical log-probs, up to fp32 rounding
+    trainer.train_step()
+    last = trainer.train_step()
+    assert last["loss"] != pytest.approx(math.log(2), abs=1e-4)
