@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,13 @@ from pyft.errors import DataError
 from pyft.io.files import check_adapter_config, check_regular, data_error, open_regular, read_json_object
 from pyft.io.safetensors import model_files, read_header
 
-__all__ = ["inspect_path", "format_summary", "read_safetensors_header", "LLAMA_FILE_TYPES",
-           "VLLM_MAX_LORA_RANKS"]
+__all__ = [
+    "LLAMA_FILE_TYPES",
+    "VLLM_MAX_LORA_RANKS",
+    "format_summary",
+    "inspect_path",
+    "read_safetensors_header",
+]
 
 #: ``general.file_type`` values (llama.cpp's ``llama_ftype``, as in gguf 0.19.0); ids 4-6, 33-35 were removed.
 LLAMA_FILE_TYPES: dict[int, str] = {
@@ -80,7 +86,7 @@ def _detect(path: Path) -> str:
     if path.is_dir():
         # `exists`, not `is_file`: a FIFO or device under one of these names is refused when read,
         # not taken for a missing file.
-        if (path / "adapter_config.json").exists():
+        if (path / "adapter_config.json").exists() or (path / "pyft_hybrid.json").exists():
             return "adapter"
         if ((path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
                 or (path / "config.json").exists()):
@@ -308,13 +314,89 @@ def _serving_targets(cfg: dict[str, Any], max_rank: int) -> dict[str, dict[str, 
             "gguf_lora": {"ok": not gguf, "problems": gguf}}
 
 
+#: The settings shown for adapter kinds other than LoRA (``peft_type`` -> config fields).
+_KIND_FIELDS = {
+    "IA3": ("target_modules", "feedforward_modules"),
+    "OFT": ("target_modules", "r", "oft_block_size", "use_cayley_neumann", "coft", "block_share"),
+    "PROMPT_TUNING": ("num_virtual_tokens", "token_dim", "prompt_tuning_init"),
+    "P_TUNING": ("num_virtual_tokens", "token_dim", "encoder_reparameterization_type"),
+    "PREFIX_TUNING": ("num_virtual_tokens", "num_layers", "token_dim", "prefix_projection"),
+    "PYFT_BOTTLENECK": ("kind", "reduction_factor", "non_linearity", "placement", "bottleneck_size"),
+}
+
+
+def _other_serving(peft_type: Any) -> dict[str, dict[str, Any]]:
+    """Serving verdicts of an adapter that is not LoRA: vLLM and llama.cpp load LoRA adapters only;
+    mergeable kinds serve after ``pyft merge``, the others with the base + adapter in transformers."""
+    from pyft.methods import TUNING_TABLE
+
+    mergeable = any(t.mergeable for t in TUNING_TABLE.values() if t.peft_type == peft_type)
+    why = (f"peft_type {peft_type} (only LORA): " + (
+        "merge it into the base first (pyft merge), then export the merged model" if mergeable else
+        "it cannot be merged into the weights; serve the base + adapter with transformers (pyft generate)"))
+    return {"vllm": {"ok": False, "max_lora_rank": None, "problems": [why]},
+            "gguf_lora": {"ok": False, "problems": [why]}}
+
+
+def _summarise_other_adapter(path: Path, cfg: dict[str, Any], header: dict[str, Any],
+                             with_tensors: bool) -> dict[str, Any]:
+    from pyft.methods import TUNING_TABLE
+
+    peft_type = cfg.get("peft_type")
+    # the adapted module of each tensor: its path before the adapter's own parameter names
+    modules = {re.split(r"\.(?:ia3_l|oft_R|bottleneck)(?:\.|$)", t["name"])[0] for t in header["tensors"]
+               if t["name"].startswith("base_model.model.")}
+    out = {
+        "peft_type": peft_type,
+        "task_type": cfg.get("task_type"),
+        "base_model_name_or_path": cfg.get("base_model_name_or_path"),
+        "settings": {k: cfg.get(k) for k in _KIND_FIELDS.get(peft_type, ())},
+        "adapted_modules": len(modules) or None,  # None: virtual tokens, no module is adapted
+        "mergeable": any(t.mergeable for t in TUNING_TABLE.values() if t.peft_type == peft_type),
+        "serving": _other_serving(peft_type),
+        **_tensor_stats(header["tensors"], with_tensors),
+    }
+    out["adapter_parameters"] = out.pop("parameters")
+    return out
+
+
+def _summarise_hybrid(path: Path, with_tensors: bool) -> dict[str, Any]:
+    from pyft.peft.hybrid import read_hybrid_parts
+
+    try:
+        names = read_hybrid_parts(path)
+    except ValueError as e:
+        raise _bad(path, str(e)) from None
+    parts = {name: _summarise_adapter(path / name, with_tensors) for name in names}
+    dtypes: dict[str, dict[str, int]] = {}
+    for p in parts.values():
+        for dtype, v in p["dtypes"].items():
+            acc = dtypes.setdefault(dtype, {k: 0 for k in v})
+            for k, n in v.items():
+                acc[k] = acc.get(k, 0) + n
+    why = "a hybrid adapter: serve the base + adapter with pyft generate, or load each part with PEFT"
+    return {"peft_type": "hybrid", "task_type": None, "parts": parts,
+            "mergeable": all(p["mergeable"] for p in parts.values()),
+            "serving": {"vllm": {"ok": False, "max_lora_rank": None, "problems": [why]},
+                        "gguf_lora": {"ok": False, "problems": [why]}},
+            "tensor_count": sum(p["tensor_count"] for p in parts.values()),
+            "adapter_parameters": sum(p["adapter_parameters"] for p in parts.values()),
+            "total_bytes": sum(p["total_bytes"] for p in parts.values()), "dtypes": dtypes}
+
+
 def _summarise_adapter(path: Path, with_tensors: bool) -> dict[str, Any]:
+    if (path / "pyft_hybrid.json").exists() and not (path / "adapter_config.json").exists():
+        return _summarise_hybrid(path, with_tensors)
     cfg = read_json_object(path / "adapter_config.json")
-    check_adapter_config(cfg, path / "adapter_config.json")
+    lora = cfg.get("peft_type") == "LORA"
+    # `r` is LoRA's rank; other kinds have their own meaning for it (OFT's is 0 when unset)
+    check_adapter_config(cfg if lora else {k: v for k, v in cfg.items() if k != "r"}, path / "adapter_config.json")
     weights = path / "adapter_model.safetensors"
     if not weights.exists():
         raise _bad(path, "no adapter_model.safetensors (only safetensors adapters can be inspected)")
     header = read_safetensors_header(weights)
+    if not lora:
+        return _summarise_other_adapter(path, cfg, header, with_tensors)
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
     if not (type(r) is int and r > 0 and isinstance(alpha, (int, float)) and not isinstance(alpha, bool)):
         raise _bad(path / "adapter_config.json", f"`r` ({r!r}) must be a positive integer and `lora_alpha` "
@@ -345,6 +427,7 @@ def _summarise_adapter(path: Path, with_tensors: bool) -> dict[str, Any]:
         "adapted_modules": len(modules),
         "max_rank": max_rank,
         "lora_parameters": lora_params,
+        "mergeable": True,
         "serving": _serving_targets(cfg, max_rank),
         **_tensor_stats(header["tensors"], with_tensors),
     }
@@ -443,7 +526,22 @@ def format_summary(s: dict[str, Any]) -> str:
         if "tensors" in s:
             _tensor_lines(lines, s["tensors"], "type")
         return "\n".join(lines)
-    if s["kind"] == "adapter":
+    if s["kind"] == "adapter" and s["peft_type"] == "hybrid":
+        _field(lines, "peft type", f"pyft hybrid of {', '.join(s['parts'])} (one adapter directory per part)")
+        for name, part in s["parts"].items():
+            _field(lines, f"part {name}", f"{part['peft_type']}, {_count(part['adapter_parameters'])} parameters, "
+                                          f"{part['adapted_modules'] or 'no'} adapted modules")
+        _field(lines, "merges into weights", "yes" if s["mergeable"] else "no")
+        _field(lines, "vLLM / GGUF LoRA", "no: " + s["serving"]["vllm"]["problems"][0])
+    elif s["kind"] == "adapter" and s["peft_type"] != "LORA":
+        _field(lines, "peft type", f"{s['peft_type']} ({s['task_type']})")
+        _field(lines, "base model", s["base_model_name_or_path"])
+        for k, v in s["settings"].items():
+            _field(lines, k.replace("_", " "), v)
+        _field(lines, "adapted modules", s["adapted_modules"] or "none (virtual tokens)")
+        _field(lines, "merges into weights", "yes (pyft merge)" if s["mergeable"] else "no")
+        _field(lines, "vLLM / GGUF LoRA", "no: " + s["serving"]["vllm"]["problems"][0])
+    elif s["kind"] == "adapter":
         _field(lines, "peft type", f"{s['peft_type']} ({s['task_type']})")
         _field(lines, "base model", s["base_model_name_or_path"])
         _field(lines, "rank / alpha", f"r {s['r']}, lora_alpha {s['lora_alpha']}, scaling {s['scaling']:.4g}"

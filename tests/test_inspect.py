@@ -524,3 +524,55 @@ def test_special_files_are_refused_without_blocking(tiny_model, tmp_path, inspec
     what = "a FIFO" if kind == "fifo" else "a character device"
     assert (r.returncode, r.stderr) == (1, (f"pyft: error: {path}: is {what}, not a regular file (pyft reads only "
                                             "regular files; symlinks are followed to what they point at)\n"))
+
+
+@pytest.fixture(scope="module")
+def other_adapters(tokenizer_dirs, tmp_path_factory):
+    """One saved adapter of every kind beyond LoRA, and a hybrid, on a tiny Llama."""
+    from pyft.methods import TUNING_TABLE
+    from pyft.models import load_model
+    from pyft.train.config import TrainConfig
+    from pyft.train.tunings import apply_adapters, save_adapters
+
+    root = tmp_path_factory.mktemp("kinds")
+    base = make_tiny_model(root / "m", tokenizer_dirs["chatml"], arch="llama")
+    names = [t.name for t in TUNING_TABLE.values() if t.adapter and t.section != "lora"]
+    for kind in [*([n] for n in names), ["lora", "bottleneck"]]:
+        cfg = TrainConfig(method="sft", tuning=kind if len(kind) > 1 else kind[0])
+        model = load_model(base, dtype="float32")
+        apply_adapters(cfg, model)
+        save_adapters(cfg, model, root / "+".join(kind), base_model_name_or_path=str(base), task_type="CAUSAL_LM",
+                      revision=None)
+    return root, names
+
+
+def test_every_adapter_kind_is_summarised_with_where_it_serves(other_adapters):
+    from safetensors import safe_open
+
+    from pyft.methods import TUNING_TABLE
+
+    root, names = other_adapters
+    for name in names:
+        s = inspect_path(root / name)
+        kind = TUNING_TABLE[name]
+        with safe_open(str(root / name / "adapter_model.safetensors"), "pt") as f:
+            params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        assert s["peft_type"] == kind.peft_type and s["adapter_parameters"] == params, name
+        assert s["mergeable"] == kind.mergeable and not s["serving"]["vllm"]["ok"], name
+        hint = "pyft merge" if kind.mergeable else "cannot be merged"
+        assert hint in s["serving"]["vllm"]["problems"][0], name
+        assert (s["adapted_modules"] is None) == kind.virtual_tokens, name
+        text = format_summary(s)
+        assert f"peft type              {kind.peft_type}" in text and "merges into weights" in text
+    assert inspect_path(root / "ia3")["adapted_modules"] == 6  # k, v, down in 2 layers
+    assert inspect_path(root / "bottleneck")["adapted_modules"] == 2  # one FFN adapter per layer
+
+
+def test_a_hybrid_adapter_is_summarised_per_part(other_adapters):
+    root, _ = other_adapters
+    s = inspect_path(root / "lora+bottleneck")
+    assert s["peft_type"] == "hybrid" and list(s["parts"]) == ["lora", "bottleneck"]
+    assert s["parts"]["lora"]["peft_type"] == "LORA" and s["parts"]["bottleneck"]["peft_type"] == "PYFT_BOTTLENECK"
+    assert s["adapter_parameters"] == sum(p["adapter_parameters"] for p in s["parts"].values())
+    assert not s["mergeable"]
+    assert "pyft hybrid of lora, bottleneck" in format_summary(s)
