@@ -257,11 +257,14 @@ def test_refuses_unsupported_peft_files(model_dir, tmp_path):
     path = tmp_path / "a" / "adapter_config.json"
     raw = read_json_object(path)
     for change, field in [({"bias": "all"}, "bias"), ({"fan_in_fan_out": True}, "fan_in_fan_out"),
-                          ({"modules_to_save": ["lm_head"]}, "modules_to_save"), ({"r": 4}, "r"),
-                          ({"coft": "yes"}, "coft")]:
+                          ({"r": 4}, "r"), ({"coft": "yes"}, "coft")]:
         path.write_text(json.dumps({**raw, **change}))
         with pytest.raises(ValueError, match=f"adapter_config.json: .*`?{field}`?"):
             load_adapter(_base(model_dir), tmp_path / "a")
+    # modules_to_save are loaded (pyft.peft.saved_modules); named but absent from the file, they are refused
+    path.write_text(json.dumps({**raw, "modules_to_save": ["lm_head"]}))
+    with pytest.raises(ValueError, match=r"adapter_model.safetensors: modules_to_save .* missing `lm_head.weight`"):
+        load_adapter(_base(model_dir), tmp_path / "a")
     path.write_text(json.dumps({k: v for k, v in raw.items() if k != "oft_block_size"}))
     with pytest.raises(ValueError, match="PEFT < 0.14"):
         load_adapter(_base(model_dir), tmp_path / "a")

@@ -180,3 +180,40 @@ def test_each_adapter_tuning_trains_and_its_saved_adapter_reproduces_the_model(s
         lt, lr, lb = trainer.model(IDS).logits, reloaded(IDS).logits, _base(setup)(IDS).logits
     assert _rel(lr, lt) <= 1e-6  # the same weights in fp32; only kernel choice may differ
     assert _rel(lt, lb) > 1e-4  # training changed the model
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # PEFT's prefix call
+@pytest.mark.parametrize("name", ["ia3", "oft", "prompt_tuning", "prefix_tuning", "bottleneck"])
+def test_modules_to_save_train_beside_any_adapter_and_peft_reads_them(setup, tmp_path, name):
+    """`<section>.modules_to_save: [lm_head]` trains the output layer in full beside the adapter; it is
+    saved in the adapter's file under PEFT's names (``base_model.`` for prompt learning, else
+    ``base_model.model.``), reloads in pyft, and PEFT loads the PEFT kinds with the same logits."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from pyft.train.run import _save_final
+
+    cfg = _cfg(setup, tmp_path / "run", method=name, **{name: {"modules_to_save": ["lm_head"]}},
+               train={"max_steps": 2})
+    trainer = build_trainer(cfg)
+    trainer.run()
+    _save_final(cfg, trainer.model, setup["model"], trainer.train_ds)
+    adapter = tmp_path / "run" / "adapter"
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    prefix = "base_model." if name in ("prompt_tuning", "prefix_tuning") else "base_model.model."
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    assert saved["modules_to_save"] == ["lm_head"] and f"{prefix}lm_head.weight" in tensors
+    base_head = _base(setup).lm_head.weight
+    assert not torch.equal(tensors[f"{prefix}lm_head.weight"], base_head)  # the head trained
+    ours = _base(setup)
+    load_adapter(ours, adapter)
+    trainer.model.eval()
+    with torch.no_grad():
+        lt, lo = trainer.model(IDS).logits, ours(IDS).logits
+    assert _rel(lo, lt) <= 1e-6
+    if saved["peft_type"].startswith("PYFT_"):
+        return
+    theirs = PeftModel.from_pretrained(_base(setup), adapter)
+    with torch.no_grad():
+        lp = theirs(IDS).logits[:, -IDS.shape[1]:]  # prompt learning: PEFT returns the virtual positions too
+    assert _rel(lo, lp) <= 1e-6

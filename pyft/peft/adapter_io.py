@@ -20,7 +20,7 @@ from torch import nn
 
 from pyft._atomic import atomic_directory
 from pyft.io.files import check_adapter_config, read_json_object
-from pyft.peft.lora import LoraConfig, ModulesToSave, apply_lora, lora_modules
+from pyft.peft.lora import LoraConfig, ModulesToSave, apply_lora, lora_modules, saved_module_names
 
 PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
@@ -209,6 +209,35 @@ def _other_loader(peft_type: Any) -> Any:
     return getattr(importlib.import_module(module), function)
 
 
+def _load_with_saved_modules(loader: Any, model: nn.Module, raw: dict[str, Any], config_path: Path, weights: Path,
+                             trainable: bool) -> list[str]:
+    """Load an adapter of another kind than LoRA that also holds ``modules_to_save``: the kind's loader
+    gets the file without those modules' tensors, then the modules are wrapped and filled."""
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    from pyft.io.files import json_field
+    from pyft.peft.saved_modules import apply_saved_modules, load_saved_modules, split_saved_modules
+
+    names = json_field(raw, config_path, "modules_to_save", "str_list")
+    try:
+        paths = saved_module_names(model, names)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: field {e}") from None
+    own, modules = split_saved_modules(load_file(str(weights)), raw["peft_type"], paths)
+    with tempfile.TemporaryDirectory(prefix="pyft-adapter-") as tmp:
+        part = Path(tmp) / WEIGHTS_NAME
+        save_file(own, str(part), metadata={"format": "pt"})
+        try:
+            adapted = loader(model, {k: v for k, v in raw.items() if k != "modules_to_save"}, config_path, part, trainable)
+        except ValueError as e:  # name the user's file, not the staged copy
+            raise ValueError(str(e).replace(str(part), str(weights))) from None
+    apply_saved_modules(model, names)
+    load_saved_modules(model, modules, paths, weights, trainable)
+    return adapted
+
+
 def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, trainable: bool = False) -> list[str]:
     """Apply the adapter saved in ``adapter_dir`` (by pyft or PEFT) to ``model``, in place.
 
@@ -246,6 +275,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike[str], *, train
             check_adapter_config({k: v for k, v in raw.items() if k != "r"}, config_path)
             if not weights.is_file():
                 raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_NAME}")
+            if raw.get("modules_to_save"):
+                return _load_with_saved_modules(loader, model, raw, config_path, weights, trainable)
             return loader(model, raw, config_path, weights, trainable)
     config = read_adapter_config(adapter_dir)
     if not weights.is_file():

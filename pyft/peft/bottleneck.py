@@ -132,6 +132,7 @@ class BottleneckConfig:
     scaling: float = 1.0
     dropout: float = 0.0
     leave_out: list[int] = field(default_factory=list)
+    modules_to_save: list[str] | None = None  # trained in full and saved beside the adapter (pyft.peft.saved_modules)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

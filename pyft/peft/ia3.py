@@ -49,6 +49,7 @@ class Ia3Config:
     feedforward: str | list[str] | None = field(default_factory=lambda: ["down_proj"])
     exclude: str | list[str] | None = None
     init_ones: bool = True
+    modules_to_save: list[str] | None = None  # trained in full and saved beside the adapter (pyft.peft.saved_modules)
 
     def __post_init__(self) -> None:
         if not isinstance(self.targets, str) and not self.targets:

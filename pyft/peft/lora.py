@@ -240,13 +240,18 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> list[str]:
         adapted.append(name)
     if not adapted:
         raise ValueError(f"no module of the model matches targets {targets!r}")
-    for name in _saved_module_names(model, config.modules_to_save):
+    for name in saved_module_names(model, config.modules_to_save):
         replace_module(model, name, ModulesToSave(model.get_submodule(name)))
     model.pyft_lora_config = LoraConfig(**{**config.__dict__, "targets": targets})
     return adapted
 
 
-def _saved_module_names(model: nn.Module, modules_to_save: Sequence[str] | None) -> list[str]:
+def saved_module_names(model: nn.Module, modules_to_save: Sequence[str] | None) -> list[str]:
+    """The paths of the modules ``modules_to_save`` names (each a path or a ``.``-suffix, as PEFT matches).
+
+    Raises:
+        ValueError: a name matches no module of ``model``.
+    """
     if not modules_to_save:
         return []
     names = [n for n, _ in model.named_modules() if n and any(n == m or n.endswith(f".{m}") for m in modules_to_save)]

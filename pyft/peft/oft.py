@@ -227,6 +227,7 @@ class OftConfig:
     use_cayley_neumann: bool = True
     num_cayley_neumann_terms: int = 5
     init_weights: bool = True
+    modules_to_save: list[str] | None = None  # trained in full and saved beside the adapter (pyft.peft.saved_modules)
 
     def __post_init__(self) -> None:
         if not isinstance(self.targets, str) and not self.targets:

@@ -91,6 +91,7 @@ class PrefixConfig:
     projection: bool = False
     encoder_hidden_size: int | None = None
     init_zero: bool = False
+    modules_to_save: list[str] | None = None  # trained in full and saved beside the adapter (pyft.peft.saved_modules)
 
     def __post_init__(self) -> None:
         if isinstance(self.num_virtual_tokens, bool) or not isinstance(self.num_virtual_tokens, int) \

@@ -80,6 +80,7 @@ class PromptTuningConfig:
     init: str = "random"
     init_text: str | None = None
     tokenizer: str | None = None
+    modules_to_save: list[str] | None = None  # trained in full and saved beside the adapter (pyft.peft.saved_modules)
 
     def __post_init__(self) -> None:
         _check_count(self.num_virtual_tokens)
@@ -112,6 +113,7 @@ class PTuningConfig:
     encoder_hidden_size: int | None = None
     encoder_num_layers: int = 2
     encoder_dropout: float = 0.0
+    modules_to_save: list[str] | None = None  # trained in full and saved beside the adapter (pyft.peft.saved_modules)
 
     def __post_init__(self) -> None:
         _check_count(self.num_virtual_tokens)

@@ -46,7 +46,16 @@ def apply_adapters(config: TrainConfig, model: nn.Module) -> dict[str, list[nn.P
 
     def applier(tuning: Tuning) -> Callable[[nn.Module], Any]:
         apply, section = _function(tuning.apply), section_config(config, tuning)
-        return lambda m: apply(m, section)
+        if tuning.section == "lora" or not getattr(section, "modules_to_save", None):
+            return lambda m: apply(m, section)
+
+        def apply_with_saved_modules(m: nn.Module) -> None:  # LoRA wraps its own modules_to_save
+            from pyft.peft.saved_modules import apply_saved_modules
+
+            apply(m, section)
+            apply_saved_modules(m, section.modules_to_save)
+
+        return apply_with_saved_modules
 
     try:
         return apply_parts(model, [(t.name, applier(t)) for t in config.tunings])
@@ -88,12 +97,24 @@ def save_adapters(config: TrainConfig, model: nn.Module, dest: Path, *, base_mod
 
     tunings = config.tunings
     kw = {"base_model_name_or_path": base_model_name_or_path, "task_type": task_type, "revision": revision}
-    if len(tunings) == 1:
-        _function(tunings[0].save)(model, dest, overwrite=True, **kw)
-        return
+
+    def save_part(t: Tuning, part_dir: Path) -> None:
+        _function(t.save)(model, part_dir, overwrite=False, **kw)
+        saved_modules = getattr(section_config(config, t), "modules_to_save", None)
+        if t.section != "lora" and saved_modules:  # LoRA saves its own modules_to_save
+            from pyft.peft.saved_modules import add_saved_modules
+
+            add_saved_modules(part_dir, model, saved_modules)
+
     with atomic_directory(dest, overwrite=True) as tmp:
+        if len(tunings) == 1:
+            save_part(tunings[0], Path(tmp) / "part")
+            for f in (Path(tmp) / "part").iterdir():
+                f.rename(Path(tmp) / f.name)
+            (Path(tmp) / "part").rmdir()
+            return
         for t in tunings:
-            _function(t.save)(model, Path(tmp) / t.name, overwrite=False, **kw)
+            save_part(t, Path(tmp) / t.name)
         write_hybrid_file(tmp, [t.name for t in tunings])
 
 
