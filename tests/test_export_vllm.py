@@ -133,7 +133,8 @@ def test_missing_required_keys(peft_adapter, tmp_path: Path) -> None:
 
 def test_not_lora_and_not_an_adapter(peft_adapter, tmp_path: Path) -> None:
     d = edit_config(peft_adapter("plain"), tmp_path / "a", peft_type="IA3")
-    assert check_vllm_adapter(d) == ["`peft_type` is 'IA3': vLLM serves LoRA adapters only"]
+    assert check_vllm_adapter(d) == [("`peft_type` is 'IA3': vLLM serves LoRA adapters only (an IA3 adapter merges "
+                                      "into the base weights: pass --merge)")]
     with pytest.raises(ConfigError, match="no adapter_config.json"):
         check_vllm_adapter(tmp_path)
     (d / "adapter_model.safetensors").unlink()

@@ -15,6 +15,11 @@ targets:
   ollama     model.gguf (+ adapter.gguf) + Modelfile, and `ollama create`  --out DIR
   vllm       the adapter checked for vLLM, or a merged model (--merge)     --out DIR
 
+adapters: LoRA (also as gguf-lora / vLLM adapters), or IA3 and OFT, which merge (gguf, ollama --merge,
+vllm --merge; llama.cpp and vLLM load LoRA adapters only). Prompt tuning, P-tuning, prefix tuning and
+bottleneck adapters add tokens or activations: no target takes them (serve base + adapter with
+transformers/PEFT).
+
 a 4-bit NF4 base (bitsandbytes) is dequantized exactly as bitsandbytes does and written as --qtype
 (or 16-bit for vllm --merge), never re-quantized to NF4.
 

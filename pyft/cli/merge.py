@@ -27,6 +27,14 @@ does not adapt counts as a zero delta; semantics of peft.utils.merge_utils):
                as PEFT add_weighted_adapter(combination_type="svd")
 weights: one per adapter, default 1.0 each (as PEFT add_weighted_adapter). DoRA adapters merge only alone.
 
+adapter kinds (adapter_config.json peft_type), each merged in float32 and rounded once, as PEFT merge_and_unload:
+  LORA  LoRA, rsLoRA, DoRA: W + s * B @ A (combinable by the methods above)
+  IA3   (IA)^3: W times ia3_l, per input column for feedforward_modules, else per output row (and bias)
+  OFT   W @ R^T, R block-diagonal orthogonal (Cayley transform, exact or Cayley-Neumann; coft, block_share)
+  IA3 and OFT adapters merge alone (one adapter, weight 1, method linear).
+  PROMPT_TUNING, P_TUNING, PREFIX_TUNING (P-tuning v2) and bottleneck adapters add tokens or activations, not
+  weights: they cannot be merged (serve the base with the adapter in transformers/PEFT).
+
 a 4-bit NF4 base (bitsandbytes, e.g. the base of a QLoRA run) is dequantized exactly as bitsandbytes
 does and merged in 16-bit; the output is a 16-bit model (never re-quantized to 4 bits). Without an
 adapter, `pyft-merge NF4_BASE OUT` only dequantizes.
@@ -46,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("base", metavar="BASE",
                    help="base model directory (config.json + safetensors) or Hub id owner/name[@revision]")
     p.add_argument("paths", nargs="+", metavar="[ADAPTER] OUT",
-                   help="a PEFT LoRA adapter directory or Hub id (or use --adapter), then the output model directory")
+                   help="a PEFT adapter directory (LoRA, IA3, OFT) or Hub id (or use --adapter), then the output model "
+                        "directory")
     p.add_argument("--adapter", action="append", default=[], metavar="DIR|ID",
                    help="an adapter to merge (repeat for several; after a positional ADAPTER if both are given)")
     p.add_argument("--weights", metavar="W1,W2,...", help="one weight per adapter, comma-separated (default 1.0 each)")
@@ -114,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = "pyft-merge") -> int:
     """``pyft-merge`` (and ``pyft merge``, which delegates here)."""
-    parser = argparse.ArgumentParser(prog=prog, description="Merge LoRA adapters into their base model.")
+    parser = argparse.ArgumentParser(prog=prog, description="Merge adapters (LoRA, IA3, OFT) into their base model.")
     add_arguments(parser)
     # Intermixed: `BASE --adapter A --adapter B OUT` puts OUT after options, which plain parse_args
     # cannot give to a positional that already took its first value.

@@ -32,6 +32,36 @@ _SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_emb
 _SKIPPED = (".embed_tokens.base_layer.weight", ".lm_head.base_layer.weight")
 
 
+#: Adapter kinds that add tokens or activations rather than change weights: nothing to merge, and
+#: vLLM/llama.cpp do not load them (the Rust merge refuses them with the same reasons).
+UNMERGEABLE = {
+    "PROMPT_TUNING": "prompt tuning prepends learned virtual-token embeddings to the input",
+    "MULTITASK_PROMPT_TUNING": "prompt tuning prepends learned virtual-token embeddings to the input",
+    "P_TUNING": "P-tuning prepends virtual-token embeddings (made by its prompt encoder) to the input",
+    "PREFIX_TUNING": "prefix tuning (and P-tuning v2) adds learned key/value vectors in front of every attention "
+                     "layer's keys and values",
+    "ADAPTION_PROMPT": "adaption prompts add learned, gated prompt tokens to the top attention layers",
+    "PYFT_BOTTLENECK": "bottleneck adapters add new down-projection/non-linearity/up-projection modules to every layer",
+}
+
+#: Adapter kinds vLLM does not serve as adapters but that merge into the base weights.
+MERGEABLE_NOT_LORA = ("IA3", "OFT")
+
+
+def unmergeable_message(peft_type: str, label: str | None = None) -> str | None:
+    """Why an adapter of ``peft_type`` (called ``label`` in the message) can be neither merged nor
+    served by vLLM/llama.cpp, and what serves it; ``None`` for the other kinds."""
+    reason = UNMERGEABLE.get(peft_type)
+    if reason is None:
+        return None
+    label = label or peft_type
+    return (f"a {label} adapter cannot be merged or exported as merged weights: {reason}, which no change of the "
+            "base model's weights reproduces (there is no weight to fold it into). Serve the base model with the "
+            "adapter in transformers/PEFT (PeftModel.from_pretrained(base, adapter), or pyft generate/eval with the "
+            f"adapter); vLLM and llama.cpp/Ollama do not load {peft_type} adapters. Mergeable adapters: LORA, IA3, "
+            "OFT")
+
+
 def _config(adapter_dir: PathLike) -> dict[str, Any]:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.is_file():
@@ -84,15 +114,27 @@ def check_vllm_adapter(adapter_dir: PathLike) -> list[str]:
         ``--max-lora-rank`` at least :func:`required_max_lora_rank`).
 
     Raises:
-        ConfigError: ``adapter_config.json`` is missing.
+        ConfigError: ``adapter_config.json`` is missing, or the adapter is of a kind that neither vLLM
+            serves nor merging turns into weights (prompt/prefix tuning, P-tuning, bottleneck adapters:
+            the message says why and what serves them).
         DataError: ``adapter_config.json`` is not JSON, or ``adapter_model.safetensors`` is not a valid
             safetensors file (the message names the file).
     """
     d = Path(adapter_dir)
     cfg = _config(d)
     problems: list[str] = []
-    if cfg.get("peft_type", "LORA") != "LORA":
-        return [f"`peft_type` is {cfg.get('peft_type')!r}: vLLM serves LoRA adapters only"]
+    peft_type = cfg.get("peft_type", "LORA")
+    label = None
+    if "peft_type" not in cfg and (isinstance(cfg.get("config"), dict) or str(cfg.get("version", "")).startswith(
+            ("adapters.", "adapter-transformers"))):
+        peft_type, label = "PYFT_BOTTLENECK", "bottleneck (AdapterHub)"  # the `adapters` library's layout
+    refusal = unmergeable_message(peft_type, label) if isinstance(peft_type, str) else None
+    if refusal is not None:
+        raise ConfigError(f"{d / 'adapter_config.json'}: {refusal}")
+    if peft_type != "LORA":
+        hint = f" (an {peft_type} adapter merges into the base weights: pass --merge)" \
+            if peft_type in MERGEABLE_NOT_LORA else ""
+        return [f"`peft_type` is {peft_type!r}: vLLM serves LoRA adapters only{hint}"]
     missing = [k for k in _REQUIRED if k not in cfg]
     if missing:
         problems.append(f"adapter_config.json lacks {', '.join(f'`{k}`' for k in missing)} (vLLM requires them)")

@@ -274,6 +274,8 @@ def check_adapter_config(config: Mapping[str, Any], path: PathLike) -> None:
         DataError: naming the file and the field.
     """
     for key, kind in _ADAPTER_FIELDS:
+        if key == "r" and config.get("peft_type") == "OFT":
+            kind = "int"  # OFT's `r` is 0 when `oft_block_size` sets the blocks
         json_field(config, path, key, kind)
     for key, kind in (("rank_pattern", "positive_int"), ("alpha_pattern", "number")):
         pattern = config.get(key) or {}

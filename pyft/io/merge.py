@@ -1,8 +1,12 @@
-"""``pyft.io.merge``: fold LoRA-family adapters into their base model, streamed in Rust.
+"""``pyft.io.merge``: fold adapters (LoRA family, IA3, OFT) into their base model, streamed in Rust.
 
 Each base tensor is read memory-mapped, merged in float32 (``W + s·BA``; DoRA renormalised to
 its magnitude; several adapters combined by ``linear``/``ties``/``dare_linear``/``dare_ties``/``svd``
-on their delta weights), rounded once to the output dtype and written to the current shard. Peak
+on their delta weights; IA3: ``W`` scaled by ``ia3_l`` per input column of a feedforward module, per
+output row and bias element otherwise; OFT: ``W Rᵀ`` with ``R`` PEFT's block-diagonal Cayley rotation),
+rounded once to the output dtype and written to the current shard. Prompt tuning, P-tuning, prefix
+tuning and bottleneck adapters add tokens or activations, not weights: they are refused, saying so
+and what serves them. Peak
 memory is a few tensors, not the model. Output: an HF model directory (shards + index when needed,
 ``config.json`` copied with only the dtype changed, tokenizer files copied verbatim, the chat
 template inline and as ``chat_template.jinja``, every end-of-turn id in ``generation_config.json``)
@@ -94,9 +98,10 @@ def merge(
         base: base model directory (``config.json`` + safetensors): 16/32-bit, or a bitsandbytes
             NF4 checkpoint (ours or ``save_pretrained`` of a ``load_in_4bit`` model; double
             quantization, any ``bnb_4bit_quant_storage``, sharded) that is dequantized.
-        adapter: a PEFT LoRA adapter directory (LoRA, rsLoRA, DoRA, embedding LoRA, rank/alpha
-            patterns, ``modules_to_save``) or a list of them. DoRA adapters merge only alone. An
-            empty list copies the base (dequantized, when it is NF4; in ``dtype``).
+        adapter: a PEFT adapter directory or a list of them: LoRA (rsLoRA, DoRA, embedding LoRA,
+            rank/alpha patterns, ``modules_to_save``), IA3 or OFT (linear and embedding layers,
+            ``block_share``, ``coft``, exact Cayley or Cayley–Neumann). DoRA, IA3 and OFT adapters
+            merge only alone. An empty list copies the base (dequantized, when it is NF4; in ``dtype``).
         out: output directory (staged, renamed into place at the end).
         weights: one weight per adapter. Default: 1.0 each (as PEFT's ``add_weighted_adapter``).
         method: ``linear``, ``ties``, ``dare_linear``, ``dare_ties`` or ``svd``.
@@ -121,8 +126,9 @@ def merge(
 
     Raises:
         ConfigError: bad options (weights count, method, density, extra file names).
-        DataError: an adapter that does not fit the base (names the tensor and both shapes), a
-            malformed file, a quantized base other than bitsandbytes NF4 (FP4, 8-bit, GPTQ, …) or
+        DataError: an adapter that does not fit the base (names the tensor and both shapes), an
+            adapter that cannot be merged (prompt/prefix tuning, P-tuning, bottleneck adapters: the
+            message says why and what serves it), a malformed file, a quantized base other than bitsandbytes NF4 (FP4, 8-bit, GPTQ, …) or
             a broken quant state (names the tensor and the file). Nothing is written then.
     """
     adapters = [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter)

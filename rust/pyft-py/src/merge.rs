@@ -10,7 +10,8 @@ use pyft_core::Error;
 
 use crate::error::to_pyerr;
 
-/// Merge PEFT LoRA adapters into a base model directory, tensor by tensor. A bitsandbytes NF4 base
+/// Merge PEFT adapters (LoRA family; or one IA3 or OFT adapter) into a base model directory, tensor
+/// by tensor; prompt/prefix tuning and bottleneck adapters are refused. A bitsandbytes NF4 base
 /// is dequantized (as `dequantize_4bit`) and written 16-bit, never re-quantized.
 ///
 /// Args:

@@ -12,8 +12,9 @@
 //! - an embedding LoRA (`lora_embedding_A [r, vocab]`, `_B [dim, r]`) is written with A transposed
 //!   (llama.cpp's `token_embd` convention: `lora_a` ne `[r, vocab]`, `lora_b` ne `[r, dim]`).
 //!
-//! DoRA, `modules_to_save` and `lora_bias` have no GGUF LoRA equivalent: they are refused with
-//! advice to merge instead.
+//! DoRA, `modules_to_save` and `lora_bias` have no GGUF LoRA equivalent, nor do IA3 and OFT
+//! adapters: they are refused with advice to merge instead. Prompt/prefix tuning and bottleneck
+//! adapters are refused as unmergeable ([`crate::merge::adapter::classify`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use crate::gguf::value::GgufValue;
 use crate::gguf::writer::{GgufWriter, TensorPlan};
 use crate::io::paths::check_output_disjoint;
 use crate::io::staging::check_target;
+use crate::merge::adapter::Kind;
 use crate::merge::lora::LoraAdapter;
 use crate::tensor::to_f32;
 
@@ -92,6 +94,16 @@ pub fn export_lora_gguf(opts: &LoraExportOptions) -> Result<ExportReport> {
     let hp = HParams::from_config(&config)?;
     let cfg_path = opts.adapter.join("adapter_config.json");
     let adapter_config = read_json(&cfg_path)?;
+    match crate::merge::adapter::classify(&adapter_config, &cfg_path)? {
+        Kind::Lora => {}
+        kind => {
+            let t = kind.peft_type();
+            return Err(bad(&cfg_path, format!(
+                "an {t} adapter has no GGUF LoRA form (llama.cpp and Ollama load LoRA adapters only), but it merges: \
+                 export the base with the adapter merged in (pyft-export BASE --adapter {} --to gguf, or \
+                 --to ollama --merge), or pyft-merge it and export the merged model", opts.adapter.display())));
+        }
+    }
     let adapter = LoraAdapter::open(&opts.adapter)?;
     if adapter.dora {
         return Err(bad(&cfg_path, "DoRA adapters have no GGUF LoRA form (llama.cpp applies plain B·A): \

@@ -19,9 +19,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::io::safetensors::{SafetensorsFile, TensorInfo};
+use crate::merge::adapter::PREFIX;
 use crate::tensor::{decode_into, encode_into, to_f32, DType};
-
-const PREFIX: &str = "base_model.model.";
 
 /// The adapter tensors of one adapted linear or embedding module.
 #[derive(Debug, Clone)]
@@ -78,14 +77,11 @@ fn pattern_value(patterns: Option<&serde_json::Map<String, Value>>, module: &str
 impl LoraAdapter {
     /// Open `dir` (`adapter_config.json` + `adapter_model.safetensors`) and index its tensors.
     pub fn open(dir: &Path) -> Result<LoraAdapter> {
-        let cfg_path = dir.join("adapter_config.json");
-        let text = crate::io::file::read_to_string(&cfg_path)?;
-        let cfg: Value = serde_json::from_str(&text).map_err(|e| bad(&cfg_path, format!("malformed JSON: {e}")))?;
-        if !cfg.is_object() {
-            return Err(bad(&cfg_path, "not a JSON object (an adapter config is {\"peft_type\": ...})"));
-        }
-        if cfg["peft_type"] != "LORA" {
-            return Err(bad(&cfg_path, format!("field `peft_type` is {}; only LORA adapters merge", cfg["peft_type"])));
+        let (cfg_path, cfg) = crate::merge::adapter::read_config(dir)?;
+        let kind = crate::merge::adapter::classify(&cfg, &cfg_path)?;
+        if kind != crate::merge::adapter::Kind::Lora {
+            return Err(bad(&cfg_path, format!("field `peft_type` is \"{}\" where a LORA adapter is needed",
+                                              kind.peft_type())));
         }
         for (key, ok) in [("fan_in_fan_out", Value::Bool(false)), ("lora_bias", Value::Bool(false)),
                           ("bias", Value::String("none".into()))] {

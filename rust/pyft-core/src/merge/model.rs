@@ -35,7 +35,8 @@ pub const COPIED_FILES: &[&str] = &[
 pub struct MergeOptions {
     /// The base model directory (config.json + safetensors).
     pub base: PathBuf,
-    /// PEFT LoRA adapter directories and their weights (one adapter with weight 1.0 for a plain merge).
+    /// PEFT adapter directories (LoRA; or one IA3/OFT adapter) and their weights (one adapter with
+    /// weight 1.0 for a plain merge).
     pub adapters: Vec<AdapterInput>,
     /// How several adapters combine.
     pub method: Combine,
@@ -116,7 +117,7 @@ pub fn merge_model(opts: &MergeOptions) -> Result<MergeReport> {
     let mut total_params = 0usize;
     for (i, p) in plan.iter().enumerate() {
         report.replaced += usize::from(model.is_replaced(i));
-        report.merged_modules += usize::from(model.has_delta(i));
+        report.merged_modules += usize::from(model.is_merged_weight(i));
         weight_map.insert(p.name.clone(), json!(shard_name(shard_of[i])));
         report.total_bytes += p.nbytes();
         let name = p.dtype.torch_name().to_string();

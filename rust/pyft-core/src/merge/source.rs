@@ -24,15 +24,18 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::io::safetensors::{model_files, SafetensorsFile, TensorInfo};
 use crate::merge::combine::{disjoint_mean, magnitude_prune, random_prune, stream_key, weighted_sum};
+use crate::merge::adapter::{Adapter, PeftTensors};
+use crate::merge::ia3::{scale_columns, scale_rows, Ia3Adapter};
 use crate::merge::lora::{add_product, merge_f32_rows, merge_into, merge_rows, LoraAdapter};
+use crate::merge::oft::{OftAdapter, Rotation};
 use crate::merge::svd::truncate_product;
 use crate::nf4::checkpoint::{check_config, find_weights, Nf4Weight};
-use crate::tensor::{from_f32, to_f32, DType};
+use crate::tensor::{decode_into, encode_into, from_f32, to_f32, DType};
 
 /// One adapter to merge and its weight in the combination.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterInput {
-    /// A PEFT LoRA adapter directory.
+    /// A PEFT adapter directory (LoRA, IA3 or OFT).
     pub dir: PathBuf,
     /// Its weight `w_i` (1.0 for a plain merge).
     pub weight: f32,
@@ -144,6 +147,50 @@ struct Entry {
     data: Data,
     /// `(adapter index, module path)` of every adapter with a delta for this tensor.
     deltas: Vec<(usize, String)>,
+    /// What the one IA3/OFT adapter does to this tensor.
+    op: Option<Op>,
+}
+
+/// The change an IA3 or OFT adapter makes to one tensor (see [`super::ia3`], [`super::oft`]).
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    /// IA3 on a linear weight: scale its input columns (`feedforward`) or output rows.
+    Ia3 { module: String, feedforward: bool },
+    /// IA3 on the bias of an output-scaled module: scale each element.
+    Ia3Bias { module: String },
+    /// OFT on a linear or embedding weight: rotate each row.
+    Oft { module: String },
+}
+
+/// An adapter that multiplies weights (IA3, OFT): merged alone, not combined with others.
+#[derive(Debug)]
+enum Single {
+    Ia3(Ia3Adapter),
+    Oft(OftAdapter),
+}
+
+impl Single {
+    fn tensors(&self) -> &PeftTensors {
+        match self {
+            Single::Ia3(a) => &a.tensors,
+            Single::Oft(a) => &a.tensors,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Single::Ia3(_) => "IA3",
+            Single::Oft(_) => "OFT",
+        }
+    }
+}
+
+/// The parts of an adapter file that replace base tensors, for the checks common to all kinds.
+struct Copies<'a> {
+    dir: &'a Path,
+    file: &'a SafetensorsFile,
+    saved: &'a std::collections::BTreeMap<String, TensorInfo>,
+    base_copies: &'a std::collections::BTreeMap<String, TensorInfo>,
 }
 
 /// A base model plus adapters, combined lazily per tensor. See the module docs.
@@ -153,7 +200,10 @@ pub struct MergedModel {
     config: Value,
     files: Vec<SafetensorsFile>,
     nf4: Vec<Nf4Weight>,
+    /// The LoRA adapters (empty when `single` holds an IA3/OFT adapter).
     adapters: Vec<LoraAdapter>,
+    /// The one IA3/OFT adapter, merged alone; `Data::Adapter(0, _)` then points into its file.
+    single: Option<Single>,
     weights: Vec<f32>,
     method: Combine,
     tensors: Vec<SourceTensor>,
@@ -164,8 +214,8 @@ fn file_err(path: &Path, message: String) -> Error {
     Error::File { path: path.to_path_buf(), message }
 }
 
-fn mismatch(adapter: &LoraAdapter, name: &str, adapter_shape: &[usize], base_shape: &[usize]) -> Error {
-    file_err(&adapter.dir, format!("`{name}`: the adapter needs shape {adapter_shape:?} but the base model has \
+fn mismatch(dir: &Path, name: &str, adapter_shape: &[usize], base_shape: &[usize]) -> Error {
+    file_err(dir, format!("`{name}`: the adapter needs shape {adapter_shape:?} but the base model has \
                                     {base_shape:?}: the adapter was trained on a different base model"))
 }
 
@@ -181,7 +231,18 @@ pub(crate) fn set_config_dtype(config: &mut Value, dtype: DType) {
 impl MergedModel {
     /// The directories this model is read from: the base, then each adapter.
     pub fn input_dirs(&self) -> Vec<&Path> {
-        std::iter::once(self.base.as_path()).chain(self.adapters.iter().map(|a| a.dir.as_path())).collect()
+        std::iter::once(self.base.as_path())
+            .chain(self.adapters.iter().map(|a| a.dir.as_path()))
+            .chain(self.single.iter().map(|s| s.tensors().dir.as_path()))
+            .collect()
+    }
+
+    /// The file of adapter `ai` (the IA3/OFT adapter when there is one).
+    fn adapter_file(&self, ai: usize) -> &SafetensorsFile {
+        match &self.single {
+            Some(s) => &s.tensors().file,
+            None => &self.adapters[ai].file,
+        }
     }
 
     /// Open `base` (config.json + safetensors) and `adapters` (may be empty), combined by `method`,
@@ -213,8 +274,28 @@ impl MergedModel {
                 set_config_dtype(&mut config, d);
             }
         }
-        let opened: Vec<LoraAdapter> = adapters.iter().map(|a| LoraAdapter::open(&a.dir)).collect::<Result<_>>()?;
-        let single_plain = opened.len() == 1 && method == Combine::Linear && adapters[0].weight == 1.0;
+        let all: Vec<Adapter> = adapters.iter().map(|a| Adapter::open(&a.dir)).collect::<Result<_>>()?;
+        let single_plain = all.len() == 1 && method == Combine::Linear && adapters[0].weight == 1.0;
+        let mut opened: Vec<LoraAdapter> = Vec::with_capacity(all.len());
+        let mut single = None;
+        for a in all {
+            let dir = a.dir().to_path_buf();
+            let other = match a {
+                Adapter::Lora(l) => {
+                    opened.push(l);
+                    continue;
+                }
+                Adapter::Ia3(x) => Single::Ia3(x),
+                Adapter::Oft(x) => Single::Oft(x),
+            };
+            if !single_plain {
+                return Err(file_err(&dir, format!(
+                    "{} adapters merge alone (one adapter, weight 1, method linear): they multiply the weights \
+                     rather than add a delta, so there is nothing to weight or combine with other adapters; \
+                     merge it by itself first, then merge other adapters into the result", other.kind())));
+            }
+            single = Some(other);
+        }
         if let Some(d) = opened.iter().find(|a| a.dora) {
             if !single_plain {
                 return Err(file_err(&d.dir, "DoRA adapters cannot be combined or weighted (their magnitude \
@@ -255,15 +336,24 @@ impl MergedModel {
                 };
                 index.insert(name.to_string(), tensors.len());
                 tensors.push(SourceTensor { name: name.to_string(), shape, dtype });
-                entries.push(Entry { data, deltas: Vec::new() });
+                entries.push(Entry { data, deltas: Vec::new(), op: None });
             }
         }
-        for (ai, ad) in opened.iter().enumerate() {
-            for (name, t) in &ad.saved {
+        let copies: Vec<Copies> = match &single {
+            Some(s) => {
+                let t = s.tensors();
+                vec![Copies { dir: &t.dir, file: &t.file, saved: &t.saved, base_copies: &t.base_copies }]
+            }
+            None => opened.iter()
+                .map(|a| Copies { dir: &a.dir, file: &a.file, saved: &a.saved, base_copies: &a.base_copies })
+                .collect(),
+        };
+        for (ai, ad) in copies.iter().enumerate() {
+            for (name, t) in ad.saved {
                 match index.get(name) {
                     Some(&i) => {
                         if t.shape != tensors[i].shape {
-                            return Err(mismatch(ad, name, &t.shape, &tensors[i].shape));
+                            return Err(mismatch(ad.dir, name, &t.shape, &tensors[i].shape));
                         }
                         entries[i].data = Data::Adapter(ai, t.clone());
                     }
@@ -272,24 +362,24 @@ impl MergedModel {
                         config["tie_word_embeddings"] = json!(false);
                         let dtype = tensors.first().map(|t| t.dtype).unwrap_or(DType::F32);
                         tensors.push(SourceTensor { name: name.clone(), shape: t.shape.clone(), dtype });
-                        entries.push(Entry { data: Data::Adapter(ai, t.clone()), deltas: Vec::new() });
+                        entries.push(Entry { data: Data::Adapter(ai, t.clone()), deltas: Vec::new(), op: None });
                         index.insert(name.clone(), tensors.len() - 1);
                     }
                     None => {
-                        return Err(file_err(&ad.dir, format!("saved tensor `{name}` has no counterpart in the base model")))
+                        return Err(file_err(ad.dir, format!("saved tensor `{name}` has no counterpart in the base model")))
                     }
                 }
             }
         }
         // PEFT saves the base weight of an adapted embedding next to its LoRA; it is the base unless
         // the vocabulary was resized or trained, in which case it replaces the base (as PEFT loads it).
-        for (ai, ad) in opened.iter().enumerate() {
-            for (name, t) in &ad.base_copies {
+        for (ai, ad) in copies.iter().enumerate() {
+            for (name, t) in ad.base_copies {
                 let Some(&i) = index.get(name) else {
-                    return Err(file_err(&ad.dir, format!("saved base weight `{name}` has no counterpart in the base model")));
+                    return Err(file_err(ad.dir, format!("saved base weight `{name}` has no counterpart in the base model")));
                 };
                 if t.shape != tensors[i].shape {
-                    return Err(mismatch(ad, name, &t.shape, &tensors[i].shape));
+                    return Err(mismatch(ad.dir, name, &t.shape, &tensors[i].shape));
                 }
                 let dequantized;
                 let (x, x_dtype) = match &entries[i].data {
@@ -298,14 +388,14 @@ impl MergedModel {
                         dequantized = from_f32(&nf4_values(&nf4[*k], &files)?, tensors[i].dtype);
                         (&dequantized[..], tensors[i].dtype)
                     }
-                    Data::Adapter(..) => return Err(file_err(&ad.dir, format!("`{name}` is replaced by two adapters"))),
+                    Data::Adapter(..) => return Err(file_err(ad.dir, format!("`{name}` is replaced by two adapters"))),
                 };
                 let y = ad.file.bytes(t);
                 // Compared in the base's dtype: PEFT loads the copy into the base's parameter.
                 let same = if x_dtype == t.dtype { x == y } else { from_f32(&to_f32(y, t.dtype), x_dtype) == x };
                 if !same {
-                    if opened.iter().enumerate().any(|(aj, o)| aj != ai && (!o.saved.is_empty() || !o.base_copies.is_empty())) {
-                        return Err(file_err(&ad.dir, format!(
+                    if copies.iter().enumerate().any(|(aj, o)| aj != ai && (!o.saved.is_empty() || !o.base_copies.is_empty())) {
+                        return Err(file_err(ad.dir, format!(
                             "`{name}`: this adapter carries a changed base weight and another adapter replaces \
                              weights too; only one adapter may")));
                     }
@@ -321,13 +411,45 @@ impl MergedModel {
                 };
                 let expected = m.weight_shape();
                 if tensors[i].shape != expected {
-                    return Err(mismatch(ad, &name, &expected, &tensors[i].shape));
+                    return Err(mismatch(&ad.dir, &name, &expected, &tensors[i].shape));
                 }
                 entries[i].deltas.push((ai, module.clone()));
             }
         }
-        Ok(MergedModel { base: base.to_path_buf(), config, files, nf4, adapters: opened, weights: adapters.iter().map(|a| a.weight).collect(),
-                         method, tensors, entries })
+        if let Some(s) = &single {
+            let dir = &s.tensors().dir;
+            let modules: Vec<&String> = match s {
+                Single::Ia3(a) => a.modules.keys().collect(),
+                Single::Oft(a) => a.modules.keys().collect(),
+            };
+            for module in modules {
+                let name = format!("{module}.weight");
+                let Some(&i) = index.get(&name) else {
+                    return Err(file_err(dir, format!("adapted module `{module}` has no weight `{name}` in the base model")));
+                };
+                let shape = tensors[i].shape.clone();
+                let op = match s {
+                    Single::Ia3(a) => {
+                        let feedforward = a.resolve(module, &shape)?;
+                        let bias = format!("{module}.bias");
+                        if let (false, Some(&b)) = (feedforward, index.get(&bias)) {
+                            if tensors[b].shape != shape[..1] {
+                                return Err(mismatch(dir, &bias, &shape[..1], &tensors[b].shape));
+                            }
+                            entries[b].op = Some(Op::Ia3Bias { module: module.clone() });
+                        }
+                        Op::Ia3 { module: module.clone(), feedforward }
+                    }
+                    Single::Oft(a) => {
+                        a.check(module, &shape)?;
+                        Op::Oft { module: module.clone() }
+                    }
+                };
+                entries[i].op = Some(op);
+            }
+        }
+        Ok(MergedModel { base: base.to_path_buf(), config, files, nf4, adapters: opened, single,
+                         weights: adapters.iter().map(|a| a.weight).collect(), method, tensors, entries })
     }
 
     /// The base `config.json` (`tie_word_embeddings` set to false when an adapter's `lm_head`
@@ -346,9 +468,14 @@ impl MergedModel {
         self.has_delta(i) || self.is_replaced(i)
     }
 
-    /// Whether tensor `i` gets an adapter delta.
+    /// Whether tensor `i` gets an adapter delta (LoRA) or transform (IA3 scaling, OFT rotation).
     pub fn has_delta(&self, i: usize) -> bool {
-        !self.entries[i].deltas.is_empty()
+        !self.entries[i].deltas.is_empty() || self.entries[i].op.is_some()
+    }
+
+    /// Whether tensor `i` is the weight of an adapted module (not a bias an IA3 adapter scales).
+    pub fn is_merged_weight(&self, i: usize) -> bool {
+        self.has_delta(i) && !matches!(self.entries[i].op, Some(Op::Ia3Bias { .. }))
     }
 
     /// Whether tensor `i` starts from an adapter's copy (`modules_to_save`, a changed embedding base).
@@ -377,7 +504,7 @@ impl MergedModel {
     pub fn stored(&self, i: usize) -> Option<(&[u8], DType)> {
         match &self.entries[i].data {
             Data::Base(fi, t) => Some((self.files[*fi].bytes(t), t.dtype)),
-            Data::Adapter(ai, t) => Some((self.adapters[*ai].file.bytes(t), t.dtype)),
+            Data::Adapter(ai, t) => Some((self.adapter_file(*ai).bytes(t), t.dtype)),
             Data::Nf4(_) => None,
         }
     }
@@ -386,7 +513,7 @@ impl MergedModel {
     pub fn release(&self, i: usize) {
         match &self.entries[i].data {
             Data::Base(fi, t) => self.files[*fi].release(t),
-            Data::Adapter(ai, t) => self.adapters[*ai].file.release(t),
+            Data::Adapter(ai, t) => self.adapter_file(*ai).release(t),
             Data::Nf4(k) => self.nf4[*k].release(&self.files),
         }
     }
@@ -399,7 +526,7 @@ impl MergedModel {
         }
         let (file, t) = match &self.entries[i].data {
             Data::Base(fi, t) => (&self.files[*fi], t),
-            Data::Adapter(ai, t) => (&self.adapters[*ai].file, t),
+            Data::Adapter(ai, t) => (self.adapter_file(*ai), t),
             Data::Nf4(_) => return None,
         };
         let (offset, len) = file.file_range(t);
@@ -423,19 +550,40 @@ impl MergedModel {
         let shape = &self.tensors[i].shape;
         let rows = shape.first().copied().unwrap_or(1);
         let width = shape.iter().product::<usize>().checked_div(rows).unwrap_or(0);
-        let lora = match self.entries[i].deltas.as_slice() {
-            [] => None,
-            [(ai, m)] if self.adapters.len() == 1 && self.method == Combine::Linear && self.weights[0] == 1.0 => {
+        let op = match (self.entries[i].deltas.as_slice(), &self.entries[i].op) {
+            ([], None) => None,
+            ([], Some(op)) => Some(self.row_op(i, op)?),
+            ([(ai, m)], _) if self.adapters.len() == 1 && self.method == Combine::Linear && self.weights[0] == 1.0 => {
                 let module = &self.adapters[*ai].modules[m];
                 if module.magnitude.is_some() {
                     return Ok(None);
                 }
                 let (b, a) = module.factors(&self.adapters[*ai].file);
-                Some(RowLora { b, a, rank: module.rank(), scaling: module.scaling })
+                Some(RowOp::Lora(RowLora { b, a, rank: module.rank(), scaling: module.scaling }))
             }
             _ => return Ok(None),
         };
-        Ok(Some(TensorRows { source, rows, width, lora }))
+        Ok(Some(TensorRows { source, rows, width, op }))
+    }
+
+    /// The per-row form of an IA3/OFT change to tensor `i`.
+    fn row_op(&self, i: usize, op: &Op) -> Result<RowOp> {
+        let internal = || Error::Internal(format!("tensor `{}`: adapter kind changed", self.tensors[i].name));
+        let ia3_factors = |a: &Ia3Adapter, module: &str| {
+            let l = &a.modules[module].l;
+            to_f32(a.tensors.file.bytes(l), l.dtype)
+        };
+        Ok(match (op, &self.single) {
+            (Op::Ia3 { module, feedforward: true }, Some(Single::Ia3(a))) => RowOp::ScaleColumns(ia3_factors(a, module)),
+            (Op::Ia3 { module, feedforward: false } | Op::Ia3Bias { module }, Some(Single::Ia3(a))) => {
+                RowOp::ScaleRows(ia3_factors(a, module))
+            }
+            (Op::Oft { module }, Some(Single::Oft(a))) => {
+                let inp = self.tensors[i].shape.get(1).copied().ok_or_else(internal)?;
+                RowOp::Rotate(a.rotation(module, inp)?)
+            }
+            _ => return Err(internal()),
+        })
     }
 
     /// The merged values of tensor `i` in f32, row-major in its torch shape. An adapter's copy
@@ -452,6 +600,11 @@ impl MergedModel {
                 _ => unreachable!("only NF4 weights have no stored bytes"),
             },
         };
+        if let Some(op) = &self.entries[i].op {
+            let width = self.tensors[i].shape.get(1).copied().unwrap_or(1);
+            self.row_op(i, op)?.apply(&mut v, width, 0, true);
+            return Ok(v);
+        }
         let deltas = &self.entries[i].deltas;
         if deltas.is_empty() {
             return Ok(v);
@@ -542,15 +695,43 @@ struct RowLora {
     scaling: f32,
 }
 
+/// What happens to each row of a [`TensorRows`].
+#[derive(Debug)]
+enum RowOp {
+    /// `+ s·(B@A)` (one plain LoRA).
+    Lora(RowLora),
+    /// IA3 output scaling: row `o` times `factors[o]` (a weight, or a bias with rows of one).
+    ScaleRows(Vec<f32>),
+    /// IA3 input scaling: column `j` times `factors[j]`.
+    ScaleColumns(Vec<f32>),
+    /// OFT: each row rotated block by block.
+    Rotate(Rotation),
+}
+
+impl RowOp {
+    /// Apply an IA3/OFT change to rows `first..` of a tensor, `values` (`[n, width]`, f32); an OFT
+    /// rotation of a whole tensor (`whole`) runs rows in parallel.
+    fn apply(&self, values: &mut [f32], width: usize, first: usize, whole: bool) {
+        match self {
+            RowOp::Lora(_) => {}
+            RowOp::ScaleRows(f) => scale_rows(values, width, &f[first.min(f.len())..]),
+            RowOp::ScaleColumns(f) => scale_columns(values, f),
+            RowOp::Rotate(r) if whole => r.apply(values),
+            RowOp::Rotate(r) => r.apply_rows(values),
+        }
+    }
+}
+
 /// A tensor of a [`MergedModel`] produced a block of rows at a time in any output dtype: each row
-/// is decoded (or dequantized) to f32, gets `s·(B@A)` added exactly as [`MergedModel::read_f32`]
-/// does, and is rounded once, so the bytes equal `from_f32(read_f32(i), dtype)`.
+/// is decoded (or dequantized) to f32, gets `s·(B@A)` added (or its IA3 scaling, OFT rotation)
+/// exactly as [`MergedModel::read_f32`] does, and is rounded once, so the bytes equal
+/// `from_f32(read_f32(i), dtype)`.
 #[derive(Debug)]
 pub struct TensorRows<'a> {
     source: RowSource<'a>,
     rows: usize,
     width: usize,
-    lora: Option<RowLora>,
+    op: Option<RowOp>,
 }
 
 impl TensorRows<'_> {
@@ -577,15 +758,29 @@ impl TensorRows<'_> {
         let task = |(t, out): (usize, &mut [u8]), scratch: &mut Vec<f32>| -> Result<()> {
             let o = first + t * ROWS_PER_TASK;
             let n = out.len() / out_row;
-            let delta = self.lora.as_ref().map(|l| (&l.b[o * l.rank..(o + n) * l.rank], &l.a[..], l.scaling));
-            match &self.source {
-                RowSource::Stored { bytes, dtype: from } => {
+            let delta = match &self.op {
+                Some(RowOp::Lora(l)) => Some((&l.b[o * l.rank..(o + n) * l.rank], &l.a[..], l.scaling)),
+                _ => None,
+            };
+            let other = self.op.as_ref().filter(|op| !matches!(op, RowOp::Lora(_)));
+            match (&self.source, other) {
+                (RowSource::Stored { bytes, dtype: from }, None) => {
                     let src = &bytes[o * width * from.size()..(o + n) * width * from.size()];
                     merge_rows(src, *from, out, dtype, width, delta, scratch);
                 }
-                RowSource::Nf4 { weight, files, scales } => {
+                (RowSource::Stored { bytes, dtype: from }, Some(op)) => {
+                    let src = &bytes[o * width * from.size()..(o + n) * width * from.size()];
+                    scratch.resize(n * width, 0.0);
+                    decode_into(src, *from, scratch);
+                    op.apply(scratch, width, o, false);
+                    encode_into(scratch, dtype, out);
+                }
+                (RowSource::Nf4 { weight, files, scales }, other) => {
                     scratch.resize(n * width, 0.0);
                     weight.dequantize_into(files, scales, o * width, scratch)?;
+                    if let Some(op) = other {
+                        op.apply(scratch, width, o, false);
+                    }
                     merge_f32_rows(scratch, out, dtype, width, delta);
                 }
             }
