@@ -217,3 +217,25 @@ def test_modules_to_save_train_beside_any_adapter_and_peft_reads_them(setup, tmp
     with torch.no_grad():
         lp = theirs(IDS).logits[:, -IDS.shape[1]:]  # prompt learning: PEFT returns the virtual positions too
     assert _rel(lo, lp) <= 1e-6
+
+
+def test_merging_a_hybrid_names_its_parts_and_merges_a_part(setup, tmp_path, capsys):
+    """`pyft merge` of a whole hybrid is refused (one part at a time), writing nothing; its LoRA part
+    merges; and the merged model plus the (IA)³ part gives the hybrid's logits."""
+    from pyft.cli.main import main
+
+    train(_cfg(setup, tmp_path / "run", method="sft", **HYBRID, train={"max_steps": 2}))
+    adapter = tmp_path / "run" / "adapter"
+    assert main(["merge", str(setup["model"]), str(adapter), str(tmp_path / "merged")]) != 0
+    assert "pyft_hybrid.json: a pyft hybrid adapter (lora, ia3) merges or exports one part at a time" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "merged").exists()
+    assert main(["merge", str(setup["model"]), str(adapter / "lora"), str(tmp_path / "merged")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    load_adapter(merged, adapter / "ia3")
+    whole = _base(setup)
+    load_adapter(whole, adapter)
+    with torch.no_grad():
+        assert _rel(merged(IDS).logits, whole(IDS).logits) <= 1e-5  # W + BA rounded once in fp32

@@ -5,7 +5,9 @@ eval loss before and after, and whether the result merges into the weights.
 The model and task are the demo's (``pyft demo``): the random-init Llama-shape tiny model
 (:data:`pyft.demo.DEMO_SHAPE`, hidden 128, 4 layers) with its locally trained ChatML tokenizer, and the
 bundled conversations prepared as the demo prepares them (packed to 256 tokens, 10 % validation).
-Each tuning trains for the demo's step budget (``--steps``, 250) at batch 4 with a cosine schedule,
+The base is random-init, so, as the demo's LoRA does, every adapter also trains the output layer in
+full (``modules_to_save: [lm_head]``; the hybrid's LoRA part does). Each tuning trains for the demo's
+step budget (``--steps``, 250) at batch 4 with a cosine schedule,
 fp32, seed 0, at a learning rate suited to it (:data:`RUNS`; ``--lr NAME=VALUE`` overrides one), in its
 own process, so its peak memory (``ru_maxrss`` on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) is
 its own. tokens/s counts trained (target) tokens over the wall time of the training loop, its two
@@ -28,7 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"}
+#: The demo's base is random-init, so its output layer must learn the task's vocabulary: as the demo's
+#: LoRA does, every adapter run also trains ``lm_head`` in full (``modules_to_save``, PEFT's way).
+HEAD = {"modules_to_save": ["lm_head"]}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear", **HEAD}
 #: name -> (config values, learning rate). Every run but ``full`` trains adapters over the frozen base.
 RUNS: dict[str, tuple[dict, float]] = {
     "full": ({"method": "full"}, 1e-3),
@@ -36,15 +41,15 @@ RUNS: dict[str, tuple[dict, float]] = {
     "rslora": ({"method": "lora", "lora": {**LORA, "rslora": True}}, 3e-3),
     "dora": ({"method": "lora", "lora": {**LORA, "dora": True}}, 3e-3),
     "qlora": ({"method": "qlora", "lora": LORA}, 3e-3),
-    "ia3": ({"method": "ia3"}, 3e-2),
-    "oft": ({"method": "oft"}, 1e-2),
-    "prompt_tuning": ({"method": "prompt_tuning", "prompt_tuning": {"num_virtual_tokens": 20}}, 3e-2),
-    "p_tuning": ({"method": "p_tuning", "p_tuning": {"num_virtual_tokens": 20}}, 1e-2),
-    "prefix_tuning": ({"method": "prefix_tuning", "prefix_tuning": {"num_virtual_tokens": 20, "projection": True}},
-                      1e-2),
-    "p_tuning_v2": ({"method": "p_tuning_v2", "prefix_tuning": {"num_virtual_tokens": 20}}, 1e-2),
-    "bottleneck (pfeiffer)": ({"method": "bottleneck", "bottleneck": {"kind": "pfeiffer"}}, 3e-3),
-    "bottleneck (houlsby)": ({"method": "bottleneck", "bottleneck": {"kind": "houlsby"}}, 3e-3),
+    "ia3": ({"method": "ia3", "ia3": HEAD}, 3e-3),
+    "oft": ({"method": "oft", "oft": HEAD}, 3e-3),
+    "prompt_tuning": ({"method": "prompt_tuning", "prompt_tuning": {"num_virtual_tokens": 20, **HEAD}}, 3e-3),
+    "p_tuning": ({"method": "p_tuning", "p_tuning": {"num_virtual_tokens": 20, **HEAD}}, 3e-3),
+    "prefix_tuning": ({"method": "prefix_tuning",
+                       "prefix_tuning": {"num_virtual_tokens": 20, "projection": True, **HEAD}}, 3e-3),
+    "p_tuning_v2": ({"method": "p_tuning_v2", "prefix_tuning": {"num_virtual_tokens": 20, **HEAD}}, 3e-3),
+    "bottleneck (pfeiffer)": ({"method": "bottleneck", "bottleneck": {"kind": "pfeiffer", **HEAD}}, 3e-3),
+    "bottleneck (houlsby)": ({"method": "bottleneck", "bottleneck": {"kind": "houlsby", **HEAD}}, 3e-3),
     "hybrid: prompt, then + lora": ({
         "method": "sft", "tuning": ["prompt_tuning", "lora"], "prompt_tuning": {"num_virtual_tokens": 20},
         "lora": {**LORA, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
@@ -85,6 +90,7 @@ def worker(name: str, work: Path, steps: int, lr: float, device: str) -> dict:
     )
     trainer = build_trainer(config)
     trainable, total = trainable_parameters(trainer.model)
+    head = trainer.model.get_output_embeddings().weight.numel() if config.trains_adapter else 0
     cuda = device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -104,7 +110,7 @@ def worker(name: str, work: Path, steps: int, lr: float, device: str) -> dict:
     evals = [r["eval_loss"] for r in result.history if "eval_loss" in r]
     tokens = sum(r.get("tokens", 0) for r in result.history if "loss" in r and "eval_loss" not in r)
     peak = int(torch.cuda.max_memory_allocated()) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"name": name, "trainable": trainable, "total": total, "peak_bytes": peak, "tokens": tokens,
+    return {"name": name, "trainable": trainable, "adapter": trainable - head, "total": total, "peak_bytes": peak, "tokens": tokens,
             "seconds": seconds, "tokens_per_s": tokens / seconds, "eval_start": evals[0], "eval_end": evals[-1],
             "learned": evals[-1] <= 0.5 * evals[0], "lr": lr, "steps": steps,
             "mergeable": all(get_tuning(t).mergeable for t in config.tuning_parts)}
@@ -112,14 +118,16 @@ def worker(name: str, work: Path, steps: int, lr: float, device: str) -> dict:
 
 def table(rows: list[dict], device: str) -> str:
     peak_name = "peak GPU memory" if device == "cuda" else "peak RSS"
-    lines = [f"| tuning | trainable params | {peak_name} | tokens/s | eval loss start → end | ≤ half | mergeable | lr |",
-             "|---|---:|---:|---:|---|---|---|---:|"]
+    lines = [(f"| tuning | adapter params | trainable params (with lm_head) | {peak_name} | tokens/s | "
+             "eval loss start → end | ≤ half | mergeable | lr |"),
+             "|---|---:|---:|---:|---:|---|---|---|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | — | — | — | failed: {r['error']} | — | — | — |")
+            lines.append(f"| {r['name']} | — | — | — | — | failed: {r['error']} | — | — | — |")
             continue
         share = 100 * r["trainable"] / r["total"]
-        lines.append(f"| {r['name']} | {r['trainable']:,} ({share:.2f} %) | {r['peak_bytes'] / 2**20:.0f} MiB | "
+        adapter = f"{r['adapter']:,}" if r["adapter"] != r["trainable"] else "(all weights)"
+        lines.append(f"| {r['name']} | {adapter} | {r['trainable']:,} ({share:.2f} %) | {r['peak_bytes'] / 2**20:.0f} MiB | "
                      f"{r['tokens_per_s']:,.0f} | {r['eval_start']:.3f} → {r['eval_end']:.3f} | "
                      f"{'yes' if r['learned'] else 'no'} | {'yes' if r['mergeable'] else 'no'} | {r['lr']:g} |")
     return "\n".join(lines)

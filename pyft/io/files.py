@@ -297,6 +297,14 @@ def check_model_files(model_dir: PathLike, adapter_dirs: Sequence[PathLike] = ()
         check_model_config(read_json_object(config), config)
     for adapter in adapter_dirs:
         path = Path(adapter) / "adapter_config.json"
+        hybrid = Path(adapter) / "pyft_hybrid.json"
+        if not path.exists() and hybrid.exists():
+            parts = read_json_object(hybrid).get("parts")
+            names = ", ".join(map(str, parts)) if isinstance(parts, list) else "?"
+            raise data_error(hybrid, f"a pyft hybrid adapter ({names}) merges or exports one part at a time: pass "
+                                     f"a part's directory (e.g. {Path(adapter) / 'lora'}); prompt, prefix and "
+                                     f"bottleneck parts do not merge: serve them with the base in transformers "
+                                     f"(pyft generate --adapter {adapter})")
         if path.exists():
             check_adapter_config(read_json_object(path), path)
 
