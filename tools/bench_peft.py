@@ -6,7 +6,8 @@ The model and task are the demo's (``pyft demo``): the random-init Llama-shape t
 (:data:`pyft.demo.DEMO_SHAPE`, hidden 128, 4 layers) with its locally trained ChatML tokenizer, and the
 bundled conversations prepared as the demo prepares them (packed to 256 tokens, 10 % validation).
 The base is random-init, so, as the demo's LoRA does, every adapter also trains the output layer in
-full (``modules_to_save: [lm_head]``; the hybrid's LoRA part does). Each tuning trains for the demo's
+full (``modules_to_save: [lm_head]``; the hybrid's LoRA part does); the baseline row trains only
+``lm_head`` and the final norm, to show what the adapters add. Each tuning trains for the demo's
 step budget (``--steps``, 250) at batch 4 with a cosine schedule,
 fp32, seed 0, at a learning rate suited to it (:data:`RUNS`; ``--lr NAME=VALUE`` overrides one), in its
 own process, so its peak memory (``ru_maxrss`` on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) is
@@ -37,6 +38,8 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear", **HEAD}
 #: name -> (config values, learning rate). Every run but ``full`` trains adapters over the frozen base.
 RUNS: dict[str, tuple[dict, float]] = {
     "full": ({"method": "full"}, 1e-3),
+    "baseline: lm_head + final norm only": ({"method": "full", "freeze": {"embeddings": True, "first_layers": 4}},
+                                            3e-3),
     "lora": ({"method": "lora", "lora": LORA}, 3e-3),
     "rslora": ({"method": "lora", "lora": {**LORA, "rslora": True}}, 3e-3),
     "dora": ({"method": "lora", "lora": {**LORA, "dora": True}}, 3e-3),
@@ -90,7 +93,8 @@ def worker(name: str, work: Path, steps: int, lr: float, device: str) -> dict:
     )
     trainer = build_trainer(config)
     trainable, total = trainable_parameters(trainer.model)
-    head = trainer.model.get_output_embeddings().weight.numel() if config.trains_adapter else 0
+    head = sum(p.numel() for p in trainer.model.get_output_embeddings().parameters() if p.requires_grad)
+    head = head if config.trains_adapter else 0  # lm_head trained in full beside the adapter
     cuda = device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -110,7 +114,8 @@ def worker(name: str, work: Path, steps: int, lr: float, device: str) -> dict:
     evals = [r["eval_loss"] for r in result.history if "eval_loss" in r]
     tokens = sum(r.get("tokens", 0) for r in result.history if "loss" in r and "eval_loss" not in r)
     peak = int(torch.cuda.max_memory_allocated()) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"name": name, "trainable": trainable, "adapter": trainable - head, "total": total, "peak_bytes": peak, "tokens": tokens,
+    return {"name": name, "trainable": trainable, "adapter": trainable - head if config.trains_adapter else None,
+            "total": total, "peak_bytes": peak, "tokens": tokens,
             "seconds": seconds, "tokens_per_s": tokens / seconds, "eval_start": evals[0], "eval_end": evals[-1],
             "learned": evals[-1] <= 0.5 * evals[0], "lr": lr, "steps": steps,
             "mergeable": all(get_tuning(t).mergeable for t in config.tuning_parts)}
@@ -126,7 +131,8 @@ def table(rows: list[dict], device: str) -> str:
             lines.append(f"| {r['name']} | — | — | — | — | failed: {r['error']} | — | — | — |")
             continue
         share = 100 * r["trainable"] / r["total"]
-        adapter = f"{r['adapter']:,}" if r["adapter"] != r["trainable"] else "(all weights)"
+        adapter = f"{r['adapter']:,}" if r["adapter"] is not None else (
+            "(all weights)" if r["trainable"] == r["total"] else "—")
         lines.append(f"| {r['name']} | {adapter} | {r['trainable']:,} ({share:.2f} %) | {r['peak_bytes'] / 2**20:.0f} MiB | "
                      f"{r['tokens_per_s']:,.0f} | {r['eval_start']:.3f} → {r['eval_end']:.3f} | "
                      f"{'yes' if r['learned'] else 'no'} | {'yes' if r['mergeable'] else 'no'} | {r['lr']:g} |")
