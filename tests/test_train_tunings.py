@@ -239,3 +239,25 @@ def test_merging_a_hybrid_names_its_parts_and_merges_a_part(setup, tmp_path, cap
     load_adapter(whole, adapter)
     with torch.no_grad():
         assert _rel(merged(IDS).logits, whole(IDS).logits) <= 1e-5  # W + BA rounded once in fp32
+
+
+@pytest.mark.parametrize("name", ["ia3", "oft"])
+def test_mergeable_adapters_with_modules_to_save_merge_to_the_trained_model(setup, tmp_path, name):
+    """`pyft merge` folds an (IA)³/OFT adapter and its fully trained `lm_head` into a plain model with the
+    trained model's logits (f32 merge rounded once: a few fp32 ulps of the largest logit)."""
+    from transformers import AutoModelForCausalLM
+
+    from pyft.cli.main import main
+    from pyft.train.run import _save_final
+
+    cfg = _cfg(setup, tmp_path / "run", method=name, **{name: {"modules_to_save": ["lm_head"]}},
+               train={"max_steps": 2})
+    trainer = build_trainer(cfg)
+    trainer.run()
+    _save_final(cfg, trainer.model, setup["model"], trainer.train_ds)
+    out = tmp_path / "merged"
+    assert main(["merge", str(setup["model"]), str(tmp_path / "run" / "adapter"), str(out), "--dtype", "fp32"]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert _rel(merged(IDS).logits, trainer.model(IDS).logits) <= 1e-5
