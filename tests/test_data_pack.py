@@ -6,10 +6,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import pyft.data
+from pyft.errors import DataError
 from pyft.data import PackedCollator, PaddedCollator
 
 from helpers import CONVERSATIONS, write_jsonl
@@ -46,11 +47,17 @@ def _check_packed(out_dir, max_len):
     max_len=st.integers(min_value=16, max_value=200),
     overlong=st.sampled_from(["truncate", "split", "drop"]),
 )
+@example(texts=["0a0a0a0a0a0a0a0a"], max_len=16, overlong="drop")  # every record overlong: found by hypothesis
 def test_packing_invariants(texts, max_len, overlong, tokenizer_dirs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pack")
     src = write_jsonl(tmp / "t.jsonl", [{"text": t} for t in texts])
     common = dict(max_len=max_len, overlong=overlong, train_on="all")
-    plain = pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp / "plain", **common)
+    try:
+        plain = pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp / "plain", **common)
+    except DataError as e:  # every text longer than max_len under `drop`: refused, nothing written
+        assert overlong == "drop" and f"all {len(texts)} records were dropped ({len(texts)} overlong)" in str(e)
+        assert not (tmp / "plain").exists()
+        return
     packed = pyft.data.prepare(src, tokenizer_dirs["chatml"], tmp / "packed", pack="bfd", **common)
     ds = _check_packed(tmp / "packed", max_len)
     # Every kept document (and so every kept token) is placed exactly once.
