@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,12 @@ from pyft import _atomic as atomic
 from pyft._atomic import atomic_directory
 from pyft.errors import ConfigError
 from pyft.io.files import check_regular, data_error, read_json_object
+from pyft.train.sharded_checkpoint import (
+    is_sharded,
+    load_sharded_checkpoint,
+    load_sharded_weights,
+    load_whole_into_sharded,
+)
 
 STEP_PREFIX = "step-"
 
@@ -230,13 +237,24 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     with atomic_directory(target, overwrite=True) as tmp:
         save_file(trainable_state(model, optimizer), str(tmp / "trainable.safetensors"))
         save_state(tmp, "optimizer", optimizer.state_dict())
-        save_state(tmp, "scheduler", scheduler.state_dict())
-        save_state(tmp, "rng", {"ranks": rng_states or [rng_state()]})
-        (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+        write_run_state(tmp, scheduler, state, rng_states or [rng_state()])
+    prune_checkpoints(root, keep_last, keep)
+    return target
+
+
+def write_run_state(directory: Path, scheduler: Any, state: dict[str, Any], rng_states: list[dict[str, Any]]) -> None:
+    """Write what a checkpoint holds besides tensors: ``scheduler.json``, ``rng.json`` (every rank's
+    generators) and ``state.json`` (written last: its presence marks a complete checkpoint)."""
+    save_state(directory, "scheduler", scheduler.state_dict())
+    save_state(directory, "rng", {"ranks": rng_states})
+    (directory / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+
+
+def prune_checkpoints(root: Path, keep_last: int, keep: Path | None = None) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints under ``root`` (never ``keep``)."""
     for old in list_checkpoints(root)[:-keep_last]:
         if keep is None or old != keep:
             atomic.discard_directory(old)
-    return target
 
 
 #: What separates an output's name from its staging owner's PID (``pyft._atomic``'s naming).
@@ -299,13 +317,23 @@ def _checked_weights(path: Path, params: dict[str, nn.Parameter], trained: set[i
     return saved
 
 
-def load_trainable(path: Path, model: nn.Module) -> None:
+def load_trainable(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                   sharded: bool = False) -> None:
     """Copy the trained weights of checkpoint ``path`` into ``model`` (nothing else of the run's state).
 
-    Raises:
-        ConfigError, DataError: as :func:`load_checkpoint`.
+    ``optimizer`` names the trained parameters (needed for a sharded checkpoint, or a sharded
+    ``model``: then every rank calls this). Raises ConfigError, DataError as :func:`load_checkpoint`.
     """
     check_format(path)
+    if is_sharded(path) or sharded:
+        if optimizer is None:
+            raise TypeError("load_trainable: a sharded checkpoint or model needs the optimizer")
+        if is_sharded(path):
+            load_sharded_weights(path, model, optimizer)
+        else:
+            params = dict(model.named_parameters())
+            load_whole_into_sharded(_checked_weights(path, params, set()), None, model, optimizer)
+        return
     params = dict(model.named_parameters())
     saved = _checked_weights(path, params, set())
     with torch.no_grad():
@@ -314,8 +342,13 @@ def load_trainable(path: Path, model: nn.Module) -> None:
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    rank: int = 0) -> dict[str, Any]:
+                    rank: int = 0, world: int = 1, sharded: bool = False) -> dict[str, Any]:
     """Restore parameters, optimizer, scheduler and this rank's RNG from ``path``; return its ``state.json``.
+
+    Any world size reads any checkpoint: a sharded one (:mod:`pyft.train.sharded_checkpoint`) into
+    whole or sharded tensors, a whole one into a whole or (``sharded``: FSDP) sharded model. The
+    random generators carry over when the world size is the one that saved them; otherwise each
+    rank keeps the state the run's seed gave it (only dropout draws differ) and rank 0 says so.
 
     Raises:
         ConfigError: an older pyft's checkpoint, or one from another model, method or optimizer.
@@ -323,30 +356,41 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     """
     check_format(path)
     params = dict(model.named_parameters())
-    saved = _checked_weights(path, params, {id(p) for g in optimizer.param_groups for p in g["params"]})
-    optim_state, sched_state = load_state(path, "optimizer"), load_state(path, "scheduler")
+    whole = not is_sharded(path)
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    saved = _checked_weights(path, params, trained) if whole else {}
+    optim_state = load_state(path, "optimizer") if whole else None
+    sched_state = load_state(path, "scheduler")
     rng = load_state(path, "rng")
     rngs = rng.get("ranks") if isinstance(rng, dict) else None
-    if not isinstance(rngs, list) or len(rngs) <= rank:
-        count = len(rngs) if isinstance(rngs, list) else 0
-        raise ConfigError(f"{path / 'rng.json'}: saved by {count} process(es), cannot resume rank {rank}")
+    if not isinstance(rngs, list) or not rngs:
+        raise ConfigError(f"{path / 'rng.json'}: holds no process's generator states")
     # The scheduler copies its state into its attributes: only the ones it has (a torch version may
     # add some; those missing keep their value), and lr_lambdas as saved for plain functions.
     expected = scheduler.state_dict()
     if (not isinstance(sched_state, dict) or "last_epoch" not in sched_state or not set(sched_state) <= set(expected)
             or sched_state.get("lr_lambdas") != expected["lr_lambdas"]):
         raise ConfigError(f"{path / 'scheduler.json'}: not a state of this run's learning-rate scheduler")
-    with torch.no_grad():
-        for name, tensor in saved.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-    try:
-        optimizer.load_state_dict(optim_state)
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
-        raise ConfigError(f"{path / 'optimizer.json'}: does not match this run's optimizer "
-                          f"({type(optimizer).__name__}): {e}") from None
+    if not whole:
+        load_sharded_checkpoint(path, model, optimizer)
+    elif sharded:
+        load_whole_into_sharded(saved, optim_state, model, optimizer)
+    else:
+        with torch.no_grad():
+            for name, tensor in saved.items():
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+        try:
+            optimizer.load_state_dict(optim_state)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+            raise ConfigError(f"{path / 'optimizer.json'}: does not match this run's optimizer "
+                              f"({type(optimizer).__name__}): {e}") from None
     scheduler.load_state_dict(sched_state)
-    try:
-        set_rng_state(rngs[rank])
-    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
-        raise ConfigError(f"{path / 'rng.json'}: invalid generator state of rank {rank}: {e}") from None
+    if len(rngs) == world:
+        try:
+            set_rng_state(rngs[rank])
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
+            raise ConfigError(f"{path / 'rng.json'}: invalid generator state of rank {rank}: {e}") from None
+    elif rank == 0:
+        print(f"[warning] {path} was saved by {len(rngs)} process(es) and resumes on {world}: weights, optimizer "
+              "and data order carry over exactly, random draws (dropout) start from the run's seed", file=sys.stderr)
     return read_json_object(path / "state.json")

@@ -95,6 +95,14 @@ class TrainSection:
       forward per micro-batch, without gradient and with dropout off. Logged as ``kl`` (``eval_kl``
       in evaluation); ``loss`` stays the cross-entropy. Methods with ``Method.kl_to_base`` only
       (``sft``); not with ``align.precompute_ref``.
+    - ``parallel``: how a run under ``torchrun`` (``pyft train --nproc N``) splits the work. ``ddp``
+      (default): every process holds the whole model, gradients are summed by PyTorch's
+      DistributedDataParallel. ``fsdp``: PyTorch's FSDP2 shards parameters, gradients and optimizer
+      states over the processes (each holds ``1/N``), decoder layer by decoder layer; pick it when
+      the model and its optimizer do not fit one device. Checkpoints are then sharded (each process
+      writes its part) and resume on any number of processes. One process ignores it.
+    - ``fsdp_cpu_offload``: under ``parallel: fsdp``, keep the shards, their gradients and optimizer
+      states in CPU memory (FSDP2's ``CPUOffloadPolicy``): less GPU memory, slower steps.
     - ``load_best``: keep the best evaluated weights (a checkpoint at every new best eval loss, never
       pruned; loaded back when the run ends or stops early). ``null`` (default) = on when
       ``eval_every`` is set; needs a validation split.
@@ -134,6 +142,8 @@ class TrainSection:
     sample_prompts: list[str] = field(default_factory=list)
     sample_max_new_tokens: int = 64
     kl_to_base: float = 0.0
+    parallel: str = "ddp"
+    fsdp_cpu_offload: bool = False
 
 
 @dataclass
@@ -245,6 +255,8 @@ class TrainConfig:
             (self.eval.general_max_increase >= 0, "eval.general_max_increase", "must be >= 0"),
             (0 <= t.kl_to_base < math.inf, "train.kl_to_base", "must be >= 0 (a finite coefficient; 0 = off)"),
             (len(t.betas) == 2, "train.betas", "expected two numbers"),
+            (t.parallel in ("ddp", "fsdp"), "train.parallel", "expected ddp or fsdp"),
+            (not t.fsdp_cpu_offload or t.parallel == "fsdp", "train.fsdp_cpu_offload", "needs train.parallel: fsdp"),
             (self.freeze.unfreeze_every is None or self.freeze.unfreeze_every >= 1, "freeze.unfreeze_every",
              "must be >= 1"),
             (self.quant.blocksize in (32, 64, 128, 256, 512, 1024, 2048, 4096), "quant.blocksize",
@@ -259,10 +271,29 @@ class TrainConfig:
             with_kl = ", ".join(m.name for m in METHODS.values() if m.kl_to_base)
             raise ConfigError(f"train.kl_to_base: only {with_kl} adds a KL to the base model, not method "
                               f"{method.name} (set it to 0), got {t.kl_to_base!r}")
+        if t.parallel == "fsdp":
+            self._validate_fsdp()
         if t.kl_to_base and self.align.precompute_ref:
             raise ConfigError("align.precompute_ref: train.kl_to_base compares whole next-token distributions with "
                               "the base model at every step, which cannot be precomputed; drop one of them")
         return self
+
+    def _validate_fsdp(self) -> None:
+        """What ``train.parallel: fsdp`` cannot do: run something on rank 0 alone while the other ranks
+        hold the rest of each parameter."""
+        t = self.train
+        alone = [(t.sample_every is not None, "train.sample_every", "generates samples on one process"),
+                 (bool(self.eval.general), "eval.general", "measures general perplexity on one process"),
+                 (OPTIMIZER_ALIASES.get(t.optim, t.optim) != "adamw", "train.optim",
+                  "keeps 8-bit or paged states FSDP does not shard; use adamw, with train.fsdp_cpu_offload to "
+                  "keep its states in CPU memory"),
+                 (self.freeze.unfreeze_every is not None, "freeze.unfreeze_every",
+                  "changes the trainable set while parameters are sharded"),
+                 (bool(self.stages), "stages", "changes the trainable set while parameters are sharded")]
+        for bad, key, why in alone:
+            if bad:
+                raise ConfigError(f"{key}: not available with train.parallel: fsdp (it {why}); use "
+                                  f"train.parallel: ddp, or drop {key}")
 
     @property
     def objective(self) -> Method:

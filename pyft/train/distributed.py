@@ -1,9 +1,7 @@
-"""Data parallelism under ``torchrun``: process group setup and the few collectives the loop needs.
+"""Processes under ``torchrun``: process group setup and the few collectives the loop needs besides
+the gradient reduction (which :mod:`pyft.train.parallel` leaves to DDP or FSDP2).
 
-pyft does not wrap the model in ``DistributedDataParallel``: the loop computes each rank's
-token-loss sum divided by the *global* token count and then sums gradients across ranks with one
-all-reduce per parameter, which is exactly the gradient of the global batch. Backend: gloo on
-CPU, NCCL on CUDA. Rank 0 alone logs and writes files.
+Backend: gloo on CPU, NCCL on CUDA. Rank 0 alone logs and writes files.
 """
 
 from __future__ import annotations
@@ -64,14 +62,13 @@ def reduce_sums(sums: dict[str, float], info: DistInfo, device: torch.device,
     return {k: all_reduce_sum(sums.get(k, 0.0), info, device) for k in keys}
 
 
-def all_reduce_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
-    """Sum every parameter's gradient over ranks (missing gradients count as zero)."""
+def all_reduce_max(value: float | int, info: DistInfo, device: torch.device) -> float:
+    """The largest ``value`` over ranks."""
     if not info.enabled:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
@@ -87,3 +84,12 @@ def barrier(info: DistInfo) -> None:
     """Wait for all ranks."""
     if info.enabled:
         dist.barrier()
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -90,8 +90,9 @@ def grad_norms_by_group(model: nn.Module,
     Per-tensor norms in float32 (``torch._foreach_norm``, as ``clip_grad_norm_``, but returned in
     float32 whatever the gradients' dtype, where ``clip_grad_norm_`` rounds a bf16 tensor's norm to
     bf16), squared and summed per group with one ``index_add_``, read back with one device sync.
-    Each per-tensor norm carries the float32 reduction error of torch's kernel, as the global norm does. Call it after gradients are complete (all-reduced, unscaled),
-    before the optimizer step. Metrics: ``grad_norm/<group>``.
+    Each per-tensor norm carries the float32 reduction error of torch's kernel, as the global norm does.
+    Call it after gradients are complete (all-reduced, unscaled), before the optimizer step, on every
+    rank: under FSDP the squares of the shards are summed over ranks. Metrics: ``grad_norm/<group>``.
 
     Args:
         model: the model whose ``.grad`` tensors are read.
@@ -109,8 +110,9 @@ def grad_norms_by_group(model: nn.Module,
     for g, name in enumerate(names):
         for p in groups[name]:
             if p.grad is not None:
-                grads.append(p.grad)
+                grads.append(p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad)  # FSDP: this rank's shard
                 index.append(g)
+    sharded = any(hasattr(p.grad, "to_local") for ps in groups.values() for p in ps if p.grad is not None)
     if not grads:
         return {}
     device = grads[0].device
@@ -123,6 +125,10 @@ def grad_norms_by_group(model: nn.Module,
         squares[torch.tensor(ks, device=device)] = torch.stack(norms).to(device).square()
     sums = torch.zeros(len(names), dtype=torch.float32, device=device)
     sums.index_add_(0, torch.tensor(index, device=device), squares)
+    if sharded:  # FSDP: each rank holds a shard of every gradient; the squares add up over ranks
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
     present = set(index)
     values = sums.sqrt().tolist()
     return {name: values[g] for g, name in enumerate(names) if g in present}

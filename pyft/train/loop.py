@@ -32,15 +32,20 @@ from pyft.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_trainable,
+    prune_checkpoints,
+    remove_stale_staging,
     rng_state,
     save_checkpoint,
+    write_run_state,
 )
 from pyft.train.config import TrainConfig
-from pyft.train.distributed import DistInfo, all_reduce_grads, barrier, gather_objects, reduce_sums
+from pyft.train.distributed import DistInfo, all_reduce_max, barrier, gather_objects, reduce_sums
 from pyft.train.grad_norms import grad_norms_by_group
 from pyft.train.monitor import Monitor, RunInfo
 from pyft.train.optim import build_optimizer, build_scheduler, warmup_steps
+from pyft.train.parallel import build_parallel
 from pyft.train.progress import write
+from pyft.train.sharded_checkpoint import save_sharded_checkpoint
 
 __all__ = ["Trainer", "TrainResult", "RowStream", "resolve_precision", "seed_everything", "peak_memory"]
 
@@ -107,6 +112,9 @@ class Trainer:
         self.train_ds, self.eval_ds = train_ds, eval_ds
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(opts.precision, self.device)
+        # DDP or FSDP under torchrun (FSDP shards the model in place: the optimizer is built after).
+        self.parallel = build_parallel(model, objective, opts.parallel, self.dist, self.device, self.precision,
+                                       cpu_offload=opts.fsdp_cpu_offload, find_unused=frozen_at is not None)
         rows_per_step = opts.batch_size * opts.grad_accum * self.dist.world
         self.total_steps = opts.max_steps or max(1, math.ceil(opts.epochs * math.ceil(len(train_ds) / rows_per_step)))
         self.optimizer = build_optimizer(model, opts.lr, opts.weight_decay, tuple(opts.betas), opts.eps, opts.optim)
@@ -152,13 +160,14 @@ class Trainer:
                                   self.device)
         totals = self._totals(batches)  # normalise by the whole step: all micro-batches on all ranks
         sums: dict[str, float] = {}
-        for batch in batches:
-            with autocast(self.precision, self.device):
-                loss, part = self.objective.loss(self.model, batch, totals)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        for i, batch in enumerate(batches):
+            # Gradients are summed over ranks once, after the last micro-batch (DDP/FSDP).
+            with self.parallel.micro_step(last=i == len(batches) - 1):
+                with autocast(self.precision, self.device):
+                    loss, part = self.parallel.runner(batch, totals)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             for k, v in part.items():
                 sums[k] = sums.get(k, 0.0) + v
-        all_reduce_grads(self.params, self.dist)
         return self.objective.finalize(reduce_sums(sums, self.dist, self.device), totals), int(totals.get("tokens", 0))
 
     def train_step(self) -> dict[str, float]:
@@ -175,7 +184,7 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         groups = grad_norms_by_group(self.model)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.options.max_grad_norm or float("inf")))
+        grad_norm = self.parallel.clip_grad_norm(self.params, self.options.max_grad_norm or float("inf"))
         # fp16: scaled gradients that overflow are the loss scaler's to handle: it skips the update and
         # halves the scale (as torch.amp and HF's Trainer do), unless the scale has already collapsed.
         overflow = (self.scaler is not None and math.isfinite(metrics["loss"]) and not math.isfinite(grad_norm)
@@ -231,9 +240,17 @@ class Trainer:
         sums: dict[str, float] = {}
         for batch in batches:
             with autocast(self.precision, self.device):
-                _, part = self.objective.loss(self.model, batch, totals)
+                _, part = self.parallel.runner(batch, totals)
             for k, v in part.items():
                 sums[k] = sums.get(k, 0.0) + v
+        if self.parallel.sharded:  # every rank must join each forward's parameter gathers: the ranks with
+            # fewer batches run the difference again on a batch of the split, and discard the result
+            spare = batches[:1] or collate_batches(self.objective.collate, self.eval_ds, [0], "validation", 1,
+                                                   self.device)
+            for _ in range(int(all_reduce_max(len(batches), self.dist, self.device)) - len(batches)):
+                with autocast(self.precision, self.device):
+                    self.parallel.runner(spare[0], totals)
+            self.parallel.reshard()
         return self.objective.finalize(reduce_sums(sums, self.dist, self.device, agree_keys=True), totals)
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -246,15 +263,23 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Write a checkpoint (rank 0), with every rank's RNG state; the best one is never pruned."""
         rngs = gather_objects(rng_state(), self.dist)
-        if self.dist.is_main:
-            keep = checkpoint_path(self.ckpt_root, self.best_step) if self.load_best and self.best_step else None
+        keep = checkpoint_path(self.ckpt_root, self.best_step) if self.load_best and self.best_step else None
+        if self.parallel.sharded:  # every rank writes its shards
+            if self.dist.is_main:
+                remove_stale_staging(self.ckpt_root)
+            save_sharded_checkpoint(checkpoint_path(self.ckpt_root, self.step), self.model, self.optimizer,
+                                    lambda tmp: write_run_state(tmp, self.scheduler, self.state(), rngs), self.dist)
+            if self.dist.is_main:
+                prune_checkpoints(self.ckpt_root, self.options.keep_last, keep)
+        elif self.dist.is_main:
             save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.scheduler, self.state(),
                             self.options.keep_last, rngs, keep=keep)
         barrier(self.dist)
 
     def resume(self, path: Path) -> None:
         """Continue from checkpoint ``path``."""
-        state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, rank=self.dist.rank)
+        state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, rank=self.dist.rank,
+                                world=self.dist.world, sharded=self.parallel.sharded)
         self.step = state["step"]
         self.stream = RowStream(len(self.train_ds), self.options.seed, state["data"]["epoch"], state["data"]["offset"])
         self.best_eval, self.bad_evals = state["best_eval"], state["bad_evals"]
@@ -331,7 +356,8 @@ class Trainer:
         if not self.load_best or self.best_step is None:
             return None
         if self.best_step != self.step:
-            load_trainable(checkpoint_path(self.ckpt_root, self.best_step), self.model)
+            load_trainable(checkpoint_path(self.ckpt_root, self.best_step), self.model, self.optimizer,
+                           sharded=self.parallel.sharded)
             if self.dist.is_main:
                 write(f"[train] kept the weights of step {self.best_step} (best eval loss {self.best_eval:.4f}) "
                       f"instead of step {self.step}'s (train.load_best)")

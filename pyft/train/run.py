@@ -39,6 +39,7 @@ from pyft.train.distributed import DistInfo, all_reduce_sum, barrier, init_distr
 from pyft.train.dropout import disable_dropout, set_model_dropout
 from pyft.train.loop import Trainer, TrainResult, seed_everything
 from pyft.train.monitor import build_monitor
+from pyft.train.parallel import gather_to_main
 from pyft.train.reference_logps import PolicyReference, precompute_reference_logps
 from pyft.train.tunings import apply_adapters, continue_adapter, save_adapters, stage_frozen
 
@@ -321,6 +322,10 @@ def train(config: TrainConfig) -> TrainResult:
 
         general = GeneralPerplexity(config, trainer.train_ds, trainer.model)
     result = trainer.run()
+    # FSDP: whole parameters on rank 0 for the outputs (an adapter run's trained ones; a sequence
+    # scorer's adapter is also merged into a whole model, so it needs them all).
+    scorer = config.objective.head in SEQUENCE_HEADS
+    gather_to_main(trainer.parallel, trainer.dist, trainable_only=config.trains_adapter and not scorer)
     if trainer.dist.is_main:
         _save_final(config, trainer.model, Path(config.model), trainer.train_ds)
         if general is not None:

@@ -1,0 +1,205 @@
+"""How the loop runs a micro-batch across processes: one process, PyTorch's DistributedDataParallel,
+or FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+The objective's loss is computed inside the ``forward`` of :class:`ObjectiveStep`, a module that
+holds the model, so both engines see one forward per micro-batch: DDP prepares its bucketed,
+backward-overlapped all-reduce there; FSDP2's root gathers the parameters it manages (embeddings,
+final norm, output layer) for the whole loss, since the objectives call the decoder and the output
+layer separately (:func:`pyft.losses.forward.forward_hidden`).
+
+Gradients are **summed** over ranks, not averaged: each rank's loss is already divided by the
+step's global normalisers (target tokens or pairs over all micro-batches and ranks), so the sum is
+exactly the gradient of the global batch. DDP gets a sum comm hook, FSDP2 a gradient divide factor
+of 1. Inner micro-steps of gradient accumulation neither communicate nor reshard
+(:meth:`Parallel.micro_step`).
+
+Under FSDP2 each decoder layer is its own unit and the rest of the model the root's; parameters
+become ``DTensor`` shards (dim 0) of which each rank stores ``1/world``; gradients and optimizer
+states follow them. ``precision: bf16`` gathers parameters in bf16 and reduces gradients in fp32
+(``MixedPrecisionPolicy``); ``train.fsdp_cpu_offload`` keeps shards, gradients and optimizer states
+in CPU memory (``CPUOffloadPolicy``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pyft.errors import ConfigError
+from pyft.train.distributed import DistInfo
+
+#: ``train.parallel`` values: how a multi-process run splits the work.
+PARALLEL_MODES = ("ddp", "fsdp")
+
+
+class ObjectiveStep(nn.Module):
+    """``forward(batch, totals) -> (loss, metrics)``: the objective's loss of one micro-batch.
+
+    Args:
+        model: the model (its parameters are this module's, under ``model.``).
+        objective: a :class:`pyft.objectives.Objective`; kept outside the module tree, so a reference
+            model it may hold is neither wrapped nor sharded.
+    """
+
+    def __init__(self, model: nn.Module, objective: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.__dict__["objective"] = objective
+
+    def forward(self, batch: dict[str, Any], totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective.loss(self.model, batch, totals)
+
+
+def _sum_hook(_state, bucket):  # type: ignore[no-untyped-def]
+    """DDP comm hook: all-reduce a gradient bucket (``dist.GradBucket``) as a sum (DDP's default
+    averages); returns a ``Future[Tensor]``. Unannotated: DDP checks annotations against the classes
+    themselves, and this module's are strings."""
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder's blocks (``model.get_decoder().layers`` or the architecture's equivalent), in order.
+
+    Raises:
+        ConfigError: the model has no list of blocks FSDP could shard by layer.
+    """
+    from pyft.train.grad_norms import _blocks, _decoder
+
+    blocks = _blocks(_decoder(model), model)
+    if not blocks:
+        raise ConfigError(f"train.parallel: fsdp shards a model by decoder layer; {type(model).__name__} has no "
+                          "list of decoder layers pyft recognises (use train.parallel: ddp)")
+    return list(blocks)
+
+
+@dataclass
+class Parallel:
+    """The engine a run uses, and the module its micro-batches go through.
+
+    Attributes:
+        mode: ``single`` (one process), ``ddp`` or ``fsdp``.
+        runner: call ``runner(batch, totals)`` for the loss (DDP wrapper, FSDP root or the plain step).
+        step_module: the :class:`ObjectiveStep` (FSDP root under fsdp); its ``model`` is the run's model.
+    """
+
+    mode: str
+    runner: nn.Module
+    step_module: ObjectiveStep
+
+    @property
+    def sharded(self) -> bool:
+        """Whether parameters are FSDP shards (``DTensor``), not whole tensors."""
+        return self.mode == "fsdp"
+
+    def fsdp_modules(self) -> list[nn.Module]:
+        from torch.distributed.fsdp import FSDPModule
+
+        return [m for m in self.step_module.modules() if isinstance(m, FSDPModule)]
+
+    @contextlib.contextmanager
+    def micro_step(self, last: bool) -> Iterator[None]:
+        """Run one micro-batch's forward and backward inside this; only the ``last`` of a step
+        reduces gradients across ranks (and, under FSDP, reshards after its backward)."""
+        if self.mode == "ddp" and not last:
+            with self.runner.no_sync():  # type: ignore[operator]
+                yield
+            return
+        if self.mode == "fsdp":
+            for m in self.fsdp_modules():
+                m.set_requires_gradient_sync(last, recurse=False)  # type: ignore[operator]
+                m.set_reshard_after_backward(last, recurse=False)  # type: ignore[operator]
+        yield
+
+    def reshard(self) -> None:
+        """Free gathered parameters after forward passes without a backward (evaluation): the root
+        keeps its parameters gathered after forward, for the backward, until this."""
+        for m in self.fsdp_modules():
+            m.reshard()  # type: ignore[operator]
+
+    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> float:
+        """Clip the gradients of ``params`` to global L2 norm ``max_norm``; returns the norm before
+        clipping (over all shards under FSDP)."""
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return float(norm)
+
+
+def build_parallel(model: nn.Module, objective: Any, mode: str, dist_info: DistInfo, device: torch.device,
+                   precision: str, cpu_offload: bool = False, find_unused: bool = False) -> Parallel:
+    """Wrap ``model`` for ``mode`` (``ddp`` or ``fsdp``; one process is always ``single``).
+
+    Args:
+        model: the model with its trainable parameters set (``requires_grad``); FSDP shards it in
+            place, so build the optimizer from it afterwards.
+        objective: the run's objective.
+        dist_info: the process group (world 1: no wrapping).
+        device: where parameters live.
+        precision: the resolved precision (``bf16`` selects FSDP's bf16 gathers, fp32 reductions).
+        cpu_offload: FSDP only, keep shards, gradients and optimizer states on the CPU.
+        find_unused: DDP only, for runs whose trainable set changes (stages, progressive unfreezing).
+    """
+    step = ObjectiveStep(model, objective)
+    if not dist_info.enabled:
+        return Parallel("single", step, step)
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        ddp = DistributedDataParallel(step, device_ids=ids, broadcast_buffers=False,
+                                      find_unused_parameters=find_unused, gradient_as_bucket_view=True)
+        ddp.register_comm_hook(None, _sum_hook)
+        return Parallel("ddp", ddp, step)
+    if mode != "fsdp":
+        raise ConfigError(f"train.parallel: expected {' or '.join(PARALLEL_MODES)}, got {mode!r}")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (dist_info.world,))
+    mixed = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16"
+             else MixedPrecisionPolicy())
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh, mp_policy=mixed, offload_policy=offload)
+    fully_shard(step, mesh=mesh, mp_policy=mixed, offload_policy=offload, reshard_after_forward=False)
+    parallel = Parallel("fsdp", step, step)
+    for m in parallel.fsdp_modules():
+        m.set_gradient_divide_factor(1.0)  # type: ignore[operator]
+        m.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]  # a plain SUM (gloo has no PREMUL_SUM)
+    return parallel
+
+
+def gather_to_main(parallel: Parallel, dist_info: DistInfo, trainable_only: bool) -> None:
+    """Put whole parameters back into the model on rank 0 after FSDP training, for writing the outputs.
+
+    Every rank takes part (each parameter is all-gathered in turn, so at most one whole parameter is
+    in flight per rank). On rank 0 each gathered parameter replaces its shard in every module that
+    holds it (tied weights stay tied), on the CPU; other ranks keep their shards. Afterwards the model
+    is for saving only: no more forward passes through FSDP. A no-op unless ``parallel`` is sharded.
+
+    Args:
+        trainable_only: gather just the trained parameters (adapters, ``modules_to_save``): the base
+            weights an adapter run saves nothing of stay sharded.
+    """
+    if not parallel.sharded:
+        return
+    model = parallel.step_module.model
+    whole: dict[int, nn.Parameter] = {}
+    for _, p in model.named_parameters():
+        if trainable_only and not p.requires_grad:
+            continue
+        full = p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
+        if dist_info.is_main:
+            whole[id(p)] = nn.Parameter(full.detach().to("cpu"), requires_grad=p.requires_grad)
+    if not dist_info.is_main:
+        return
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and id(p) in whole:
+                module._parameters[name] = whole[id(p)]

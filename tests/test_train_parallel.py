@@ -1,0 +1,108 @@
+"""Training on several processes (torchrun, gloo, CPU): FSDP2 and DDP give the weights and losses of
+one process with the same global batch; the outputs are whole and load where users load them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import CONVERSATIONS, reorder_tolerance, torchrun_train, write_jsonl
+
+import pyft.data
+from pyft.errors import ConfigError
+from pyft.testing import make_tiny_model
+from pyft.train import load_config, train
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizer_dirs, tmp_path_factory):
+    """A tiny Qwen2 (untied output layer) and a tiny Llama with tied embeddings, and chat data."""
+    base = tmp_path_factory.mktemp("parallel")
+    model = make_tiny_model(base / "model", tokenizer_dirs["chatml"], arch="qwen2")
+    convs = [c for c in CONVERSATIONS for _ in range(4)]
+    src = write_jsonl(base / "c.jsonl", [{"messages": m} for m in convs])
+    pyft.data.prepare(src, model, base / "data", val_ratio=0.2, seed=0)
+    return {"model": model, "data": base / "data", "base": base}
+
+
+def _common(setup, **extra) -> list[str]:
+    args = {"model": setup["model"], "data": setup["data"], "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0,
+            "train.lr": 1e-3, "train.max_steps": 3, "train.seed": 3, "train.schedule": "constant",
+            "train.eval_every": 3, **extra}
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if (out / "adapter" / "adapter_model.safetensors").is_file():
+        return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    found: dict[str, torch.Tensor] = {}
+    for f in sorted((out / "model").glob("*.safetensors")):
+        found.update(load_file(str(f)))
+    return found
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _tolerance(setup, steps: int, rows: int) -> float:
+    """:func:`helpers.reorder_tolerance` for this tiny model: the ranks' shards and the sum over 2
+    ranks only reorder float32 reductions (FSDP's all-gather and reduce-scatter copy and add)."""
+    config = json.loads((setup["model"] / "config.json").read_text())
+    tokens = rows * max(len(r["input_ids"]) for r in pyft.data.load(setup["data"]))
+    return reorder_tolerance(steps=steps, tokens=tokens, matmuls=7 * config["num_hidden_layers"] + 1,
+                             width=max(config["vocab_size"], config["intermediate_size"]))
+
+
+def _assert_same_run(setup, single: Path, multi: Path, steps: int = 3, rows: int = 8) -> None:
+    a, b = _weights(single), _weights(multi)
+    assert a and set(a) == set(b)
+    tol = _tolerance(setup, steps, rows)
+    for k in a:
+        scale = a[k].abs().max().clamp_min(1e-12)
+        assert float((a[k] - b[k]).abs().max() / scale) <= tol, k
+    x, y = _metrics(single), _metrics(multi)
+    assert len(x) == len(y)  # rank 0 alone wrote metrics
+    for p, q in zip(x, y):
+        key = "loss" if "loss" in p else "eval_loss"
+        assert p[key] == pytest.approx(q[key], rel=tol), key
+        if "grad_norm" in p:
+            assert p["grad_norm"] == pytest.approx(q["grad_norm"], rel=tol)
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_fsdp_two_processes_equal_one_process(setup, tmp_path, tuning):
+    """FSDP2 on 2 gloo processes x batch 4 gives the weights, losses and gradient norms of 1 process
+    x batch 8 (the gradient norm is computed over both ranks' shards)."""
+    common = _common(setup, method=tuning)
+    train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
+    r = torchrun_train([*common, f"output={tmp_path / 'fsdp'}", "train.batch_size=4", "train.parallel=fsdp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_run(setup, tmp_path / "single", tmp_path / "fsdp")
+
+
+def test_fsdp_accumulation_equals_one_process(setup, tmp_path):
+    """2 processes x batch 2 x accumulation 2 (inner micro-steps neither reduce nor reshard) equal
+    1 process x batch 8."""
+    common = _common(setup, method="full")
+    train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
+    r = torchrun_train([*common, f"output={tmp_path / 'fsdp'}", "train.batch_size=2", "train.grad_accum=2",
+                        "train.parallel=fsdp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_run(setup, tmp_path / "single", tmp_path / "fsdp")
+
+
+def test_fsdp_config_errors_name_the_key(setup):
+    for extra, key in [(["train.sample_every=5"], "train.sample_every"), (["eval.general=true"], "eval.general"),
+                       (["train.optim=adamw_8bit"], "train.optim"), (["freeze.unfreeze_every=2"],
+                                                                      "freeze.unfreeze_every")]:
+        with pytest.raises(ConfigError, match=rf"{key}: not available with train.parallel: fsdp"):
+            load_config(None, [*_common(setup, method="full"), "train.parallel=fsdp", *extra]).validate()
+    with pytest.raises(ConfigError, match="train.parallel: expected ddp or fsdp"):
+        load_config(None, [*_common(setup), "train.parallel=zero3"]).validate()
+    with pytest.raises(ConfigError, match="train.fsdp_cpu_offload: needs train.parallel: fsdp"):
+        load_config(None, [*_common(setup), "train.fsdp_cpu_offload=true"]).validate()
