@@ -243,14 +243,16 @@ def test_dpo_resume_is_exact(task, tmp_path):
     assert last[0][-1] == last[1][-1]
 
 
-def test_ddp_two_processes_equal_one_for_dpo(task, tmp_path):
-    """torchrun with 2 gloo processes x 4 pairs gives the adapter of 1 process x 8 pairs."""
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_ddp_two_processes_equal_one_for_dpo(task, tmp_path, parallel):
+    """torchrun with 2 gloo processes x 4 pairs gives the adapter of 1 process x 8 pairs, under DDP and
+    under FSDP (the reference is the sharded base with the adapters off)."""
     from safetensors.torch import load_file
 
     common = ["method=dpo", f"model={task['sft']}", f"data={task['pref']}", "train.lr=1e-3", "train.max_steps=2",
               "train.schedule=constant", "train.eval_every=2"]
     train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
-    r = torchrun_train([*common, f"output={tmp_path / 'ddp'}", "train.batch_size=4"])
+    r = torchrun_train([*common, f"output={tmp_path / 'ddp'}", "train.batch_size=4", f"train.parallel={parallel}"])
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "ddp" / "adapter" / "adapter_model.safetensors")
@@ -413,3 +415,44 @@ def test_dpo_with_other_adapters_starts_at_log2_against_the_base_with_adapters_o
     trainer.train_step()
     last = trainer.train_step()
     assert last["loss"] != pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_fsdp_full_dpo_with_precomputed_reference_equals_one_process(task, tmp_path):
+    """Full-tuning DPO sharded on 2 processes, the reference log-probs precomputed (by both ranks,
+    before sharding), gives the weights and losses of one process with the same 8 pairs."""
+    common = ["method=dpo", "tuning=full", f"model={task['sft']}", f"data={task['pref']}", "train.lr=1e-5",
+              "train.max_steps=2", "train.schedule=constant", "train.eval_every=2", "align.precompute_ref=true"]
+    train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
+    r = torchrun_train([*common, f"output={tmp_path / 'fsdp'}", "train.batch_size=4", "train.parallel=fsdp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+
+    a = {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(tmp_path / "single" / "model").named_parameters()}
+    b = {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "model").named_parameters()}
+    tol = _reorder_tol(task["sft"], task["pref"], steps=2, rows=2 * 8)
+    for k in a:
+        assert float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) <= tol, k
+    for x, y in zip(_metrics(tmp_path / "single"), _metrics(tmp_path / "fsdp")):
+        for key in ("loss", "rewards/margins", "eval_loss"):
+            if key in x:
+                assert x[key] == pytest.approx(y[key], rel=tol, abs=1e-7), key
+
+
+@pytest.mark.parametrize("method", ["kto", "orpo"])
+def test_fsdp_lora_kto_and_orpo_train_sharded(task, tmp_path, method):
+    """KTO (its KL estimate all-reduced inside the loss, the reference the base with adapters off) and
+    ORPO (no reference) train under FSDP on 2 processes, evaluate on ranks holding different numbers
+    of rows, and write a complete adapter."""
+    data = task["kto"] if method == "kto" else task["pref"]
+    args = [f"method={method}", f"model={task['sft']}", f"data={data}", "train.lr=1e-3", "train.max_steps=2",
+            "train.eval_every=2", "train.batch_size=4", "train.parallel=fsdp", f"output={tmp_path / 'fsdp'}"]
+    r = torchrun_train(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _metrics(tmp_path / "fsdp")
+    steps = [x for x in rows if "loss" in x]
+    assert len(steps) == 2 and all(math.isfinite(x["loss"]) for x in steps)
+    assert "eval_loss" in rows[-1]
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors")
+    assert weights and all(w.abs().max() > 0 for k, w in weights.items() if "lora_B" in k)

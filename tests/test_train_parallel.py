@@ -106,3 +106,104 @@ def test_fsdp_config_errors_name_the_key(setup):
         load_config(None, [*_common(setup), "train.parallel=zero3"]).validate()
     with pytest.raises(ConfigError, match="train.fsdp_cpu_offload: needs train.parallel: fsdp"):
         load_config(None, [*_common(setup), "train.fsdp_cpu_offload=true"]).validate()
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -> None:
+    assert a and set(a) == set(b)
+    for k in a:
+        scale = a[k].abs().max().clamp_min(1e-12)
+        assert float((a[k] - b[k]).abs().max() / scale) <= tol, k
+
+
+def test_sharded_checkpoint_resumes_on_1_2_and_4_processes(setup, tmp_path):
+    """A 2-process FSDP run checkpointed (sharded) at step 10 and resumed on 1, 2 or 4 processes with
+    the same global batch reaches the weights of the uninterrupted run at step 20; a 1-process
+    checkpoint resumes under FSDP on 2."""
+    import shutil
+
+    from pyft.train.sharded_checkpoint import SHARDED_DIR
+
+    common = [*_common(setup, method="full"), "train.eval_every=null", "train.save_every=10", "train.keep_last=1"]
+    per = {1: ["train.batch_size=8"], 2: ["train.batch_size=4", "train.parallel=fsdp"],
+           4: ["train.batch_size=2", "train.parallel=fsdp"]}
+    r = torchrun_train([*common, "train.max_steps=20", f"output={tmp_path / 'whole'}", *per[2]])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun_train([*common, "train.max_steps=10", f"output={tmp_path / 'cut'}", *per[2]])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = tmp_path / "cut" / "checkpoints" / "step-000010"
+    shards = sorted(p.name for p in (ckpt / SHARDED_DIR).iterdir())
+    assert len(shards) == 2 and all(s.endswith(".safetensors") for s in shards)  # one file per rank
+    assert not list(ckpt.rglob("*.metadata")) and not list(ckpt.rglob("*.pt"))  # nothing pickled
+    whole = _weights(tmp_path / "whole")
+    for n in (1, 2, 4):
+        out = tmp_path / f"resumed{n}"
+        shutil.copytree(tmp_path / "cut", out)
+        args = [*common, "train.max_steps=20", "train.resume=auto", f"output={out}", *per[n]]
+        if n == 1:
+            train(load_config(None, args))
+        else:
+            r = torchrun_train(args, nproc=n)
+            assert r.returncode == 0, r.stderr[-3000:]
+        # Same world size: the same arithmetic, so the same bits. Another world size reorders the
+        # float32 sums of each step's gradients (10 steps of 8 rows).
+        tol = 0.0 if n == 2 else _tolerance(setup, 10, 8)
+        _same(whole, _weights(out), tol)
+        steps = [x["step"] for x in _metrics(out) if "loss" in x]
+        assert steps[-1] == 20 and 11 in steps  # continued from step 10
+    # A whole checkpoint (one process) resumed sharded on 2 processes.
+    train(load_config(None, [*common, "train.max_steps=10", f"output={tmp_path / 'cut1'}", *per[1]]))
+    r = torchrun_train([*common, "train.max_steps=20", "train.resume=auto", f"output={tmp_path / 'cut1'}", *per[2]])
+    assert r.returncode == 0, r.stderr[-3000:]
+    _same(whole, _weights(tmp_path / "cut1"), _tolerance(setup, 20, 8))
+
+
+def test_fsdp_lora_adapter_loads_in_peft_with_the_same_logits(setup, tmp_path):
+    """The adapter rank 0 writes after FSDP training is complete (every LoRA tensor, trained: B is
+    no longer zero) and PEFT gives the logits pyft's own loader gives."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pyft.models import load_model
+    from pyft.peft import load_adapter
+
+    r = torchrun_train([*_common(setup, method="lora"), f"output={tmp_path / 'fsdp'}", "train.batch_size=4",
+                        "train.parallel=fsdp", "train.lr=1e-2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    adapter = tmp_path / "fsdp" / "adapter"
+    weights = _weights(tmp_path / "fsdp")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    layers = json.loads((setup["model"] / "config.json").read_text())["num_hidden_layers"]
+    assert len(weights) == 2 * layers * len(config["target_modules"])
+    assert all(w.abs().max() > 0 for k, w in weights.items() if "lora_B" in k)
+    ids = torch.tensor([[1, 5, 9, 200, 17, 3, 44]])
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(setup["model"]), adapter).eval()
+    mine = load_model(setup["model"])
+    load_adapter(mine, adapter)
+    mine.eval()
+    with torch.no_grad():
+        a, b = peft_model(input_ids=ids).logits, mine(input_ids=ids).logits
+    # Same weights, same float32 ops up to kernel order: a few float32 ulps of the logits' scale.
+    assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
+def test_fsdp_full_fine_tuning_output_exports(setup, tmp_path):
+    """The model/ directory of an FSDP full fine-tuning run is a whole transformers model that pyft
+    export turns into a GGUF file."""
+    from transformers import AutoModelForCausalLM
+
+    r = torchrun_train([*_common(setup, method="full"), f"output={tmp_path / 'fsdp'}", "train.batch_size=4",
+                        "train.parallel=fsdp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    model_dir = tmp_path / "fsdp" / "model"
+    trained = AutoModelForCausalLM.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(setup["model"])
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert len(changed) == len(list(base.named_parameters()))  # every tensor whole and trained
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.gguf"
+    r = subprocess.run([sys.executable, "-m", "pyft.cli.main", "export", str(model_dir), "--to", "gguf", "--out",
+                        str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert out.stat().st_size > 0
