@@ -207,3 +207,26 @@ def test_fsdp_full_fine_tuning_output_exports(setup, tmp_path):
                         str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert out.stat().st_size > 0
+
+
+def test_pyft_train_nproc_runs_torchrun(setup, tmp_path):
+    """`pyft train --nproc 2` launches 2 processes (rank 0 alone logs and writes) and gives the run of
+    torchrun with the same arguments; bad values are refused before anything starts."""
+    import subprocess
+    import sys
+
+    args = [*_common(setup, method="lora"), "train.batch_size=4", "train.parallel=fsdp"]
+    cmd = [sys.executable, "-m", "pyft.cli.main", "train", *args]
+    r = subprocess.run([*cmd, f"output={tmp_path / 'nproc'}", "--nproc", "2"], capture_output=True, text=True,
+                       timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[train] 2 processes" in r.stderr
+    r2 = torchrun_train([*args, f"output={tmp_path / 'torchrun'}"])
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    a, b = _weights(tmp_path / "nproc"), _weights(tmp_path / "torchrun")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    for bad, why in [("0", "--nproc: must be >= 1"), ("2", "train.sample_every: not available")]:
+        extra = ["train.sample_every=5"] if "sample" in why else []
+        r = subprocess.run([*cmd, *extra, f"output={tmp_path / 'bad'}", "--nproc", bad], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode != 0 and why in r.stderr and not (tmp_path / "bad").exists()

@@ -10,9 +10,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pyft
 from pyft.errors import PyftError
+
+if TYPE_CHECKING:
+    from pyft.train.config import TrainConfig
 
 _PREPARE_EPILOG = """\
 formats (detected per record from its keys, so one file may mix chat formats):
@@ -130,12 +134,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
+    if args.nproc is not None:
+        return _launch_processes(args.nproc, config, [*([path] if path else []), *overrides,
+                                                      *(["--overwrite"] if args.overwrite else [])])
     result = train(config)
     kept = f" (kept step {result.best_step}: the best evaluation)" if result.best_step not in (None, result.steps) else ""
     print(f"trained {result.steps} steps: final train loss {result.train_loss:.4f}"
           + (f", eval loss {result.eval_loss:.4f}{kept}" if result.eval_loss is not None else "")
           + f"\npeak memory {result.peak_memory_bytes / 2**30:.2f} GiB; outputs in {result.output}")
     return 0
+
+
+def _launch_processes(nproc: int, config: TrainConfig, train_args: list[str]) -> int:
+    """``pyft train --nproc N``: check the config once, then run ``pyft train`` under ``torchrun
+    --standalone --nproc_per_node N`` (this machine; rank 0 writes the outputs) and return its exit code."""
+    import subprocess
+
+    from pyft.errors import ConfigError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
+    if "WORLD_SIZE" in os.environ:
+        raise ConfigError("--nproc: this process already runs under torchrun; drop --nproc")
+    config.validate()
+    device = config.train.device or "auto"
+    if device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and nproc > gpus:
+            raise ConfigError(f"--nproc: {nproc} processes but this machine has {gpus} GPU(s); one process per GPU")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "pyft.cli.main", "train", *train_args]
+    print(f"[train] {nproc} processes: {' '.join(cmd[2:])}", file=sys.stderr)
+    return subprocess.run(cmd, check=False).returncode
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
@@ -268,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace the run already in the output directory (its adapter or model, metrics and "
                          "checkpoints); without it such an output is refused unless train.resume continues it")
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    tr.add_argument("--nproc", type=int, metavar="N",
+                    help="train on N processes of this machine (one per GPU; torchrun --standalone): "
+                         "data parallel, or sharded with train.parallel=fsdp. Several machines: run "
+                         "torchrun -m pyft.cli.main train ... on each (see the README)")
     qz = sub.add_parser("quantize", help="write a 4-bit NF4 checkpoint (bitsandbytes format, loads in transformers)",
                         description="Quantize a model's decoder linear layers to NF4 (bit-identical to bitsandbytes) "
                                     "and write a checkpoint transformers + bitsandbytes and pyft load as 4-bit. "
