@@ -85,13 +85,16 @@ def test_fsdp_two_processes_equal_one_process(setup, tmp_path, tuning):
     _assert_same_run(setup, tmp_path / "single", tmp_path / "fsdp")
 
 
-def test_fsdp_accumulation_equals_one_process(setup, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["train.gradient_checkpointing=true", "train.fsdp_cpu_offload=true"]],
+                         ids=["plain", "checkpointing+offload"])
+def test_fsdp_accumulation_equals_one_process(setup, tmp_path, extra):
     """2 processes x batch 2 x accumulation 2 (inner micro-steps neither reduce nor reshard) equal
-    1 process x batch 8."""
+    1 process x batch 8; so do they with activation checkpointing (each layer recomputed in the
+    backward, gathering its shards again) and CPU offload of shards, gradients and AdamW states."""
     common = _common(setup, method="full")
     train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
     r = torchrun_train([*common, f"output={tmp_path / 'fsdp'}", "train.batch_size=2", "train.grad_accum=2",
-                        "train.parallel=fsdp"])
+                        "train.parallel=fsdp", *extra])
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_same_run(setup, tmp_path / "single", tmp_path / "fsdp")
 
@@ -102,6 +105,14 @@ def test_fsdp_config_errors_name_the_key(setup):
                                                                       "freeze.unfreeze_every")]:
         with pytest.raises(ConfigError, match=rf"{key}: not available with train.parallel: fsdp"):
             load_config(None, [*_common(setup, method="full"), "train.parallel=fsdp", *extra]).validate()
+    # A reference model kept whole on every process is refused; the precomputed or adapters-off ones are fine.
+    for extra in (["method=dpo", "tuning=full"], ["method=sft", "tuning=full", "train.kl_to_base=0.1"],
+                  ["method=kto", "tuning=full", "align.precompute_ref=true"]):
+        with pytest.raises(ConfigError, match="fsdp cannot keep the reference model live"):
+            load_config(None, [*_common(setup), "train.parallel=fsdp", *extra]).validate()
+    for extra in (["method=dpo", "tuning=full", "align.precompute_ref=true"], ["method=dpo", "tuning=lora"],
+                  ["method=kto", "tuning=qlora"]):
+        load_config(None, [*_common(setup), "train.parallel=fsdp", *extra]).validate()
     with pytest.raises(ConfigError, match="train.parallel: expected ddp or fsdp"):
         load_config(None, [*_common(setup), "train.parallel=zero3"]).validate()
     with pytest.raises(ConfigError, match="train.fsdp_cpu_offload: needs train.parallel: fsdp"):

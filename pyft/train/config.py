@@ -294,6 +294,21 @@ class TrainConfig:
             if bad:
                 raise ConfigError(f"{key}: not available with train.parallel: fsdp (it {why}); use "
                                   f"train.parallel: ddp, or drop {key}")
+        # The reference model (as pyft.train.run.build_reference picks it) must be the sharded policy
+        # with its adapters off, or precomputed before sharding: a whole frozen copy (or a starting
+        # adapter's snapshot) would sit unsharded on every process.
+        method, align = self.objective, self.align
+        if not (method.needs_reference or t.kl_to_base):
+            return
+        live_base = align.reference == "auto" and self.trains_adapter and not self.adapter
+        precomputed = align.precompute_ref and not method.kl_sequences
+        if not (live_base or precomputed):
+            what = ("the starting adapter's snapshot" if self.adapter and align.reference == "auto"
+                    else "a whole frozen copy of the model")
+            fix = ("align.precompute_ref: true" if not (method.kl_sequences or t.kl_to_base)
+                   else "LoRA/QLoRA (the reference is then the base with adapters off)")
+            raise ConfigError(f"train.parallel: fsdp cannot keep the reference model live here: it would be {what} on "
+                              f"every process, unsharded; use {fix}, or train.parallel: ddp")
 
     @property
     def objective(self) -> Method:

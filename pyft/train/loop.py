@@ -95,6 +95,8 @@ class Trainer:
         dist_info: the DDP process group (default: one process).
         frozen_at: progressive unfreezing: ``step -> parameters still frozen`` (None: no schedule).
         monitor: metrics, progress, trackers and alarms (default: history only).
+        device: where batches go and the model computes (default: where its parameters are; under
+            FSDP the model may still be in CPU memory, and sharding moves it).
 
     ``sampler`` (set after construction, rank 0 only): called as ``sampler(model, step)`` every
     ``train.sample_every`` steps; its record goes to :meth:`Monitor.samples`.
@@ -104,13 +106,14 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, model: nn.Module, train_ds: PreparedDataset,
                  eval_ds: PreparedDataset | None, objective: Objective, dist_info: DistInfo | None = None,
-                 frozen_at: Callable[[int], list[nn.Parameter]] | None = None, monitor: Monitor | None = None) -> None:
+                 frozen_at: Callable[[int], list[nn.Parameter]] | None = None, monitor: Monitor | None = None,
+                 device: torch.device | None = None) -> None:
         self.config = config
         self.options = opts = config.train
         self.dist = dist_info or DistInfo()
         self.model, self.objective = model, objective
         self.train_ds, self.eval_ds = train_ds, eval_ds
-        self.device = next(model.parameters()).device
+        self.device = device or next(model.parameters()).device
         self.precision = resolve_precision(opts.precision, self.device)
         # DDP or FSDP under torchrun (FSDP shards the model in place: the optimizer is built after).
         self.parallel = build_parallel(model, objective, opts.parallel, self.dist, self.device, self.precision,

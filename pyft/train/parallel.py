@@ -164,7 +164,7 @@ def build_parallel(model: nn.Module, objective: Any, mode: str, dist_info: DistI
     mesh = init_device_mesh(device.type, (dist_info.world,))
     mixed = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16"
              else MixedPrecisionPolicy())
-    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload else OffloadPolicy()
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mixed, offload_policy=offload)
     fully_shard(step, mesh=mesh, mp_policy=mixed, offload_policy=offload, reshard_after_forward=False)

@@ -228,7 +228,10 @@ def build_trainer(config: TrainConfig) -> Trainer:
     meta_tok = train_ds.info.meta["tokenizer"]
     pad = meta_tok.get("pad_token_id") if meta_tok.get("pad_token_id") is not None else meta_tok.get("eos_token_id")
     pad = pad or 0
-    model = load_for_training(config, model_dir, dtype, device, pad)
+    # FSDP: loaded whole into CPU memory, then each decoder layer moves to the device as its shard
+    # (a model that does not fit one device never is on one whole).
+    sharded = dist_info.enabled and opts.parallel == "fsdp"
+    model = load_for_training(config, model_dir, dtype, torch.device("cpu") if sharded else device, pad)
     check_data_matches_model(train_ds, model_dir, model.config.vocab_size, method)
     if earlier_run:  # overwrite: only now that model and data are known good
         if dist_info.is_main:
@@ -266,7 +269,7 @@ def build_trainer(config: TrainConfig) -> Trainer:
     elif config.stages:
         frozen_at = lambda step: stage_frozen(config, parts, step)
     monitor = build_monitor(opts.report_to, Path(config.output), dist_info.is_main)
-    trainer = Trainer(config, model, train_ds, eval_ds, objective, dist_info, frozen_at, monitor)
+    trainer = Trainer(config, model, train_ds, eval_ds, objective, dist_info, frozen_at, monitor, device=device)
     if opts.sample_every and dist_info.is_main:
         from pyft.train.samples import build_sampler
 
