@@ -285,8 +285,8 @@ class TrainConfig:
         alone = [(t.sample_every is not None, "train.sample_every", "generates samples on one process"),
                  (bool(self.eval.general), "eval.general", "measures general perplexity on one process"),
                  (OPTIMIZER_ALIASES.get(t.optim, t.optim) != "adamw", "train.optim",
-                  "keeps 8-bit or paged states FSDP does not shard; use adamw, with train.fsdp_cpu_offload to "
-                  "keep its states in CPU memory"),
+                  ("keeps 8-bit or paged states FSDP does not shard; use adamw, with train.fsdp_cpu_offload to "
+                   "keep its states in CPU memory")),
                  (self.freeze.unfreeze_every is not None, "freeze.unfreeze_every",
                   "changes the trainable set while parameters are sharded"),
                  (bool(self.stages), "stages", "changes the trainable set while parameters are sharded")]
