@@ -267,3 +267,19 @@ def test_pyft_train_nproc_runs_torchrun(setup, tmp_path):
         r = subprocess.run([*cmd, *extra, f"output={tmp_path / 'bad'}", "--nproc", bad], capture_output=True,
                            text=True, timeout=120, check=False)
         assert r.returncode != 0 and why in r.stderr and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_fsdp_bf16_mixed_precision_trains_close_to_one_process(setup, tmp_path, tuning):
+    """precision: bf16 under FSDP gathers parameters in bf16 and reduces gradients in fp32
+    (MixedPrecisionPolicy); one process computes in bf16 under autocast instead. The losses agree to
+    bf16 rounding: relative 2^-8 per rounding, a few roundings deep, so 3e-2 (a wrong normalisation or
+    a missing reduction is off by 2x)."""
+    common = _common(setup, method=tuning, **{"train.precision": "bf16"})
+    single = train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
+    r = torchrun_train([*common, f"output={tmp_path / 'fsdp'}", "train.batch_size=4", "train.parallel=fsdp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    fsdp = _metrics(tmp_path / "fsdp")
+    losses = [x["loss"] for x in fsdp if "loss" in x]
+    assert losses == pytest.approx([x["loss"] for x in single.history if "loss" in x], rel=3e-2)
+    assert set(_weights(tmp_path / "fsdp")) == set(_weights(tmp_path / "single"))
