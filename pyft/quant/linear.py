@@ -13,6 +13,11 @@ from the float32 product ``NF4[code] * absmax`` to the compute dtype, the same o
 (CPU) ``gemm_4bit`` of bitsandbytes 0.50.2, so outputs are bit-identical to ``bnb.nn.Linear4bit``
 there. Unlike ``Linear4bit``, which casts its output back to the input dtype, the output stays in
 the compute dtype.
+
+Float storage (FSDP-QLoRA): FSDP2 shards parameters, not buffers, so :meth:`NF4Linear.set_storage`
+(or :func:`set_nf4_storage` for a whole model) can turn the packed codes into a frozen
+``nn.Parameter`` of a float dtype whose bytes are the codes (bitsandbytes' ``quant_storage``);
+every use views them back as uint8, so the numerics do not change.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from torch import nn
 from pyft.io.dtypes import float_of_torch, parse_float, torch_dtype
 from pyft.quant.dequant import NestedAbsmax, dequantize_nf4, nf4_code
 
-#: Buffers holding the quantized weight: moved between devices, never cast to another dtype.
-_QUANT_BUFFERS = ("weight", "absmax", "nested_absmax", "nested_code", "offset")
+#: Tensors holding the quantized weight (buffers, ``weight`` a parameter under float storage): moved
+#: between devices, never cast to another dtype.
+_QUANT_TENSORS = ("weight", "absmax", "nested_absmax", "nested_code", "offset")
 _QS_KEY = "quant_state.bitsandbytes__nf4"
 
 
@@ -74,7 +80,9 @@ class NF4Linear(nn.Module):
     Buffers (``state_dict`` keys): ``weight`` (uint8 packed codes), ``absmax`` (float32, or uint8
     codes when double-quantized), and with double quantization ``nested_absmax``, ``nested_code``,
     ``offset``. :meth:`bnb_state_dict` gives bitsandbytes' serialized keys instead.
-    ``module.to(dtype)`` moves these buffers but never changes their dtype.
+    ``module.to(dtype)`` moves these tensors but never changes their dtype. After
+    :meth:`set_storage` with a float dtype, ``weight`` is a frozen parameter of that dtype holding
+    the same bytes (:meth:`packed` always gives them as uint8).
     """
 
     def __init__(self, packed: torch.Tensor, absmax: torch.Tensor | NestedAbsmax, shape: Sequence[int],
@@ -95,6 +103,7 @@ class NF4Linear(nn.Module):
         if data.numel() != (n + 1) // 2:
             raise ValueError(f"`packed` holds {data.numel()} bytes; shape {list(shape)} needs {(n + 1) // 2}")
         nb = -(-n // blocksize)
+        self.packed_bytes = data.numel()
         self.blocksize = int(blocksize)
         self.weight_dtype = dtype
         self.compute_dtype = compute_dtype or dtype
@@ -204,7 +213,7 @@ class NF4Linear(nn.Module):
             ``.nested_quant_map``), and the JSON blob ``.quant_state.bitsandbytes__nf4`` (the bytes
             ``json.dumps`` writes).
         """
-        out = {f"{prefix}weight": self.weight}
+        out = {f"{prefix}weight": self.packed()}
         if self.bias is not None:
             out[f"{prefix}bias"] = self.bias.detach()
         out[f"{prefix}weight.absmax"] = self.absmax
@@ -228,6 +237,55 @@ class NF4Linear(nn.Module):
         """Whether the block scales are double-quantized (stored as uint8 codes)."""
         return self.nested_absmax is not None
 
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype the packed codes are stored in: uint8 (a buffer), or a float dtype (a frozen parameter)."""
+        return self.weight.dtype
+
+    def set_storage(self, dtype: torch.dtype) -> None:
+        """Store the packed codes as ``dtype``, the same bytes either way (no copy when their count
+        is a multiple of ``dtype``'s size; else a copy zero-padded at the end).
+
+        ``torch.uint8``: a buffer ``[(n + 1) // 2, 1]`` (the default, bitsandbytes' layout). A float
+        dtype: a frozen ``nn.Parameter`` ``[ceil(bytes / itemsize), 1]`` whose bytes are the codes, as
+        bitsandbytes' ``quant_storage``: FSDP shards it on dim 0 and its all-gather returns the
+        exact bytes, as long as it is gathered in its own dtype (mixed precision's ``param_dtype``,
+        or none). Numerics are unchanged: :meth:`packed` views the bytes back as uint8. Not
+        ``state_dict``-compatible with the uint8 form; :meth:`bnb_state_dict` is the same for both.
+
+        Raises:
+            ValueError: ``dtype`` is neither uint8 nor a floating-point dtype.
+        """
+        if dtype != torch.uint8 and not dtype.is_floating_point:
+            raise ValueError(f"NF4 storage dtype must be uint8 or a floating-point dtype, got {dtype}")
+        if dtype == self.weight.dtype:
+            return
+        data = self.packed().reshape(-1)
+        self._parameters.pop("weight", None)
+        self._buffers.pop("weight", None)
+        if dtype == torch.uint8:
+            self.register_buffer("weight", data.clone().reshape(-1, 1))
+            return
+        size = torch.empty((), dtype=dtype).element_size()
+        if data.numel() % size or data.storage_offset() % size:  # a view needs whole, aligned elements
+            data = torch.cat([data, data.new_zeros(-data.numel() % size)])
+        self.weight = nn.Parameter(data.view(dtype).reshape(-1, 1), requires_grad=False)
+
+    def packed(self) -> torch.Tensor:
+        """The packed codes as uint8 ``[(n + 1) // 2, 1]``: the buffer, or a view of the float storage.
+
+        Raises:
+            RuntimeError: the storage is an FSDP shard (outside the forward of the FSDP module that
+                gathers it, and not gathered with ``full_tensor()``).
+        """
+        weight = self.weight
+        if weight.dtype == torch.uint8:
+            return weight
+        if hasattr(weight, "to_local"):
+            raise RuntimeError("NF4Linear: its codes are an FSDP shard here (`weight` is a DTensor); use the layer "
+                               "inside the FSDP module's forward, or gather `weight` first")
+        return weight.detach().reshape(-1).view(torch.uint8)[: self.packed_bytes].reshape(-1, 1)
+
     def scales(self) -> torch.Tensor | NestedAbsmax:
         """The block scales as :func:`~pyft.quant.dequant.dequantize_nf4` takes them (views of the buffers)."""
         if self.nested_absmax is None:
@@ -237,7 +295,7 @@ class NF4Linear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weight ``[out_features, in_features]``, rounded once from float32 to ``dtype``
         (default: the original weight dtype). A new tensor, outside any autograd graph."""
-        return dequantize_nf4(self.weight, self.scales(), (self.out_features, self.in_features), self.blocksize,
+        return dequantize_nf4(self.packed(), self.scales(), (self.out_features, self.in_features), self.blocksize,
                               dtype or self.weight_dtype)
 
     def linear(self, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
@@ -245,7 +303,7 @@ class NF4Linear(nn.Module):
         weight dequantized straight into that dtype and not kept for backward."""
         bias = None if self.bias is None or not with_bias else self.bias.to(x.dtype)
         with torch.autocast(x.device.type, enabled=False):
-            return _NF4Matmul.apply(x, bias, self.weight, self.scales(), (self.out_features, self.in_features),
+            return _NF4Matmul.apply(x, bias, self.packed(), self.scales(), (self.out_features, self.in_features),
                                     self.blocksize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,18 +313,33 @@ class NF4Linear(nn.Module):
         return self.linear(x.to(dtype))
 
     def _apply(self, fn, recurse: bool = True):
-        # nn.Module.to(dtype)/.half() would cast the float32 scales (and could cast a float
-        # storage view); keep each quantized buffer's dtype and take only the new device.
-        before = {name: self._buffers[name] for name in _QUANT_BUFFERS if self._buffers.get(name) is not None}
+        # nn.Module.to(dtype)/.half() would cast the float32 scales and the float storage of the
+        # codes (a value cast, destroying the bytes); keep each quantized tensor's dtype and take only
+        # the new device. ``detach()`` keeps the old data even where ``_apply`` swaps a parameter's.
+        before = {name: t.detach() for name in _QUANT_TENSORS if (t := getattr(self, name)) is not None}
         super()._apply(fn, recurse)
         for name, old in before.items():
-            new = self._buffers[name]
-            if new.dtype != old.dtype:
+            new = getattr(self, name)
+            if new.dtype == old.dtype:
+                continue
+            if name in self._parameters:
+                new.data = old.to(device=new.device)
+            else:
                 self._buffers[name] = old.to(device=new.device)
         return self
 
     def extra_repr(self) -> str:
         scales = "double-quantized" if self.is_double_quantized else "float32"
+        storage = "" if self.storage_dtype == torch.uint8 else f", storage={self.storage_dtype}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"blocksize={self.blocksize}, scales={scales}, dtype={self.weight_dtype}, "
-                f"compute_dtype={self.compute_dtype}")
+                f"compute_dtype={self.compute_dtype}{storage}")
+
+
+def set_nf4_storage(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the packed codes of every :class:`NF4Linear` in ``model`` as ``dtype``
+    (:meth:`NF4Linear.set_storage`), in place; returns how many layers there are."""
+    layers = [m for m in model.modules() if isinstance(m, NF4Linear)]
+    for layer in layers:
+        layer.set_storage(dtype)
+    return len(layers)

@@ -18,11 +18,21 @@ become ``DTensor`` shards (dim 0) of which each rank stores ``1/world``; gradien
 states follow them. ``precision: bf16`` gathers parameters in bf16 and reduces gradients in fp32
 (``MixedPrecisionPolicy``); ``train.fsdp_cpu_offload`` keeps shards, gradients and optimizer states
 in CPU memory (``CPUOffloadPolicy``).
+
+QLoRA under FSDP: FSDP2 shards parameters, not buffers, and an :class:`~pyft.quant.NF4Linear` keeps
+its packed 4-bit codes in a uint8 buffer, which every rank would hold whole. Before sharding, the
+codes become a frozen parameter of a float dtype holding the same bytes (bitsandbytes'
+``quant_storage``, as in Answer.AI's FSDP-QLoRA), so each rank stores ``1/world`` of them. The dtype
+is the one the unit's other parameters are gathered in (:func:`nf4_storage_dtype`): FSDP skips the
+mixed-precision cast of a parameter already in ``param_dtype``, so the all-gather moves the exact
+bytes. The block scales (1/32 of the codes' bytes with double quantization, 1/8 without) stay
+buffers on every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pyft.errors import ConfigError
+from pyft.quant.linear import NF4Linear, set_nf4_storage
 from pyft.train.distributed import DistInfo
 
 #: ``train.parallel`` values: how a multi-process run splits the work.
@@ -76,6 +87,54 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
         raise ConfigError(f"train.parallel: fsdp shards a model by decoder layer; {type(model).__name__} has no "
                           "list of decoder layers pyft recognises (use train.parallel: ddp)")
     return list(blocks)
+
+
+def nf4_storage_dtype(model: nn.Module, param_dtype: torch.dtype | None) -> torch.dtype:
+    """The float dtype to store NF4 codes in under FSDP: the one FSDP gathers the other parameters in.
+
+    That is mixed precision's ``param_dtype`` when there is one: FSDP then casts every parameter to
+    it for the all-gather except those already in it (a cast of the codes would convert values,
+    destroying the bytes). Without one, each parameter is gathered in its own dtype, none is cast,
+    and the model's main floating-point dtype (by element count; float32 if it has none) keeps the
+    unit's all-gather in one dtype.
+    """
+    if param_dtype is not None:
+        return param_dtype
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.__getitem__) if counts else torch.float32
+
+
+def nf4_bytes(model: nn.Module) -> tuple[int, int, int]:
+    """Bytes of the NF4 base: ``(codes this rank holds, codes in the whole model, block scales)``.
+
+    The codes are counted in their storage (a float parameter's local FSDP shard, unpadded, or the
+    whole tensor); the scales (``absmax`` and the double-quantization tensors) are whole on every rank.
+    """
+    held = whole = scales = 0
+    for m in model.modules():
+        if not isinstance(m, NF4Linear):
+            continue
+        w = m.weight
+        local = w.to_local() if hasattr(w, "to_local") else w
+        held += local.numel() * local.element_size()
+        whole += w.numel() * w.element_size()
+        scales += sum(t.numel() * t.element_size() for name, t in m.named_buffers(recurse=False) if name != "weight")
+    return held, whole, scales
+
+
+def _report_nf4_shards(model: nn.Module, dist_info: DistInfo, device: torch.device, dtype: torch.dtype) -> None:
+    """Print (rank 0, stderr) the NF4 code bytes each rank holds after sharding; call on every rank."""
+    held, whole, scales = nf4_bytes(model)
+    mine = torch.tensor([held], dtype=torch.int64, device=device)
+    every = [torch.zeros_like(mine) for _ in range(dist_info.world)]
+    dist.all_gather(every, mine)
+    if dist_info.is_main:
+        per_rank = ", ".join(str(int(t.item())) for t in every)
+        print(f"[train] fsdp: NF4 base codes stored as {str(dtype).removeprefix('torch.')}, held per rank: "
+              f"{per_rank} of {whole} bytes; block scales: {scales} bytes on every rank", file=sys.stderr)
 
 
 @dataclass
@@ -137,7 +196,8 @@ def build_parallel(model: nn.Module, objective: Any, mode: str, dist_info: DistI
 
     Args:
         model: the model with its trainable parameters set (``requires_grad``); FSDP shards it in
-            place, so build the optimizer from it afterwards.
+            place, so build the optimizer from it afterwards. Under FSDP its NF4 layers' codes
+            become float parameters first (:func:`nf4_storage_dtype`; same bytes, same outputs).
         objective: the run's objective.
         dist_info: the process group (world 1: no wrapping).
         device: where parameters live.
@@ -165,6 +225,8 @@ def build_parallel(model: nn.Module, objective: Any, mode: str, dist_info: DistI
     mixed = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16"
              else MixedPrecisionPolicy())
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload else OffloadPolicy()
+    storage = nf4_storage_dtype(model, mixed.param_dtype)
+    quantized = set_nf4_storage(model, storage)
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mixed, offload_policy=offload)
     fully_shard(step, mesh=mesh, mp_policy=mixed, offload_policy=offload, reshard_after_forward=False)
@@ -172,6 +234,8 @@ def build_parallel(model: nn.Module, objective: Any, mode: str, dist_info: DistI
     for m in parallel.fsdp_modules():
         m.set_gradient_divide_factor(1.0)  # type: ignore[operator]
         m.set_force_sum_reduction_for_comms(True)  # type: ignore[operator]  # a plain SUM (gloo has no PREMUL_SUM)
+    if quantized:
+        _report_nf4_shards(model, dist_info, device, storage)
     return parallel
 
 
