@@ -74,21 +74,33 @@ def _assert_same_run(setup, single: Path, multi: Path, steps: int = 3, rows: int
             assert p["grad_norm"] == pytest.approx(q["grad_norm"], rel=tol)
 
 
+@pytest.fixture(scope="module")
+def runs(setup, tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """For LoRA and full fine-tuning: one process x batch 8 (``single``) and FSDP2 on 2 gloo processes
+    x batch 4 (``fsdp``), 3 steps each; several tests read these outputs."""
+    root = tmp_path_factory.mktemp("runs")
+    out: dict[str, dict[str, Path]] = {}
+    for tuning in ("lora", "full"):
+        common = _common(setup, method=tuning)
+        single, fsdp = root / f"{tuning}-single", root / f"{tuning}-fsdp"
+        train(load_config(None, [*common, f"output={single}", "train.batch_size=8"]))
+        r = torchrun_train([*common, f"output={fsdp}", "train.batch_size=4", "train.parallel=fsdp"])
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[tuning] = {"single": single, "fsdp": fsdp}
+    return out
+
+
 @pytest.mark.parametrize("tuning", ["lora", "full"])
-def test_fsdp_two_processes_equal_one_process(setup, tmp_path, tuning):
+def test_fsdp_two_processes_equal_one_process(setup, runs, tuning):
     """FSDP2 on 2 gloo processes x batch 4 gives the weights, losses and gradient norms of 1 process
     x batch 8 (the gradient norm is computed over both ranks' shards)."""
-    common = _common(setup, method=tuning)
-    train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
-    r = torchrun_train([*common, f"output={tmp_path / 'fsdp'}", "train.batch_size=4", "train.parallel=fsdp"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    _assert_same_run(setup, tmp_path / "single", tmp_path / "fsdp")
+    _assert_same_run(setup, runs[tuning]["single"], runs[tuning]["fsdp"])
 
 
-@pytest.mark.parametrize("extra", [["train.parallel=fsdp"], ["train.parallel=ddp"],
+@pytest.mark.parametrize("extra", [["train.parallel=ddp"],
                                    ["train.parallel=fsdp", "train.gradient_checkpointing=true",
                                     "train.fsdp_cpu_offload=true"]],
-                         ids=["fsdp", "ddp", "fsdp+checkpointing+offload"])
+                         ids=["ddp", "fsdp+checkpointing+offload"])
 def test_accumulation_equals_one_process(setup, tmp_path, extra):
     """2 processes x batch 2 x accumulation 2 (inner micro-steps neither reduce nor reshard: DDP's
     no_sync, FSDP's gradient sync off) equal 1 process x batch 8; so do they with activation
@@ -194,7 +206,7 @@ def test_sharded_checkpoint_resumes_on_1_2_and_4_processes(setup, tmp_path):
     _same(whole, _weights(tmp_path / "cut1"), _tolerance(setup, 20, 8))
 
 
-def test_fsdp_lora_adapter_loads_in_peft_with_the_same_logits(setup, tmp_path):
+def test_fsdp_lora_adapter_loads_in_peft_with_the_same_logits(setup, runs):
     """The adapter rank 0 writes after FSDP training is complete (every LoRA tensor, trained: B is
     no longer zero) and PEFT gives the logits pyft's own loader gives."""
     from peft import PeftModel
@@ -203,11 +215,8 @@ def test_fsdp_lora_adapter_loads_in_peft_with_the_same_logits(setup, tmp_path):
     from pyft.models import load_model
     from pyft.peft import load_adapter
 
-    r = torchrun_train([*_common(setup, method="lora"), f"output={tmp_path / 'fsdp'}", "train.batch_size=4",
-                        "train.parallel=fsdp", "train.lr=1e-2"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    adapter = tmp_path / "fsdp" / "adapter"
-    weights = _weights(tmp_path / "fsdp")
+    adapter = runs["lora"]["fsdp"] / "adapter"
+    weights = _weights(runs["lora"]["fsdp"])
     config = json.loads((adapter / "adapter_config.json").read_text())
     layers = json.loads((setup["model"] / "config.json").read_text())["num_hidden_layers"]
     assert len(weights) == 2 * layers * len(config["target_modules"])
@@ -223,15 +232,12 @@ def test_fsdp_lora_adapter_loads_in_peft_with_the_same_logits(setup, tmp_path):
     assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
 
 
-def test_fsdp_full_fine_tuning_output_exports(setup, tmp_path):
+def test_fsdp_full_fine_tuning_output_exports(setup, runs, tmp_path):
     """The model/ directory of an FSDP full fine-tuning run is a whole transformers model that pyft
     export turns into a GGUF file."""
     from transformers import AutoModelForCausalLM
 
-    r = torchrun_train([*_common(setup, method="full"), f"output={tmp_path / 'fsdp'}", "train.batch_size=4",
-                        "train.parallel=fsdp"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    model_dir = tmp_path / "fsdp" / "model"
+    model_dir = runs["full"]["fsdp"] / "model"
     trained = AutoModelForCausalLM.from_pretrained(model_dir)
     base = AutoModelForCausalLM.from_pretrained(setup["model"])
     changed = [n for n, p in trained.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
@@ -246,7 +252,7 @@ def test_fsdp_full_fine_tuning_output_exports(setup, tmp_path):
     assert out.stat().st_size > 0
 
 
-def test_pyft_train_nproc_runs_torchrun(setup, tmp_path):
+def test_pyft_train_nproc_runs_torchrun(setup, runs, tmp_path):
     """`pyft train --nproc 2` launches 2 processes (rank 0 alone logs and writes) and gives the run of
     torchrun with the same arguments; bad values are refused before anything starts."""
     import subprocess
@@ -258,9 +264,7 @@ def test_pyft_train_nproc_runs_torchrun(setup, tmp_path):
                        timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "[train] 2 processes" in r.stderr
-    r2 = torchrun_train([*args, f"output={tmp_path / 'torchrun'}"])
-    assert r2.returncode == 0, r2.stderr[-3000:]
-    a, b = _weights(tmp_path / "nproc"), _weights(tmp_path / "torchrun")
+    a, b = _weights(tmp_path / "nproc"), _weights(runs["lora"]["fsdp"])  # the same run under torchrun
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     for bad, why in [("0", "--nproc: must be >= 1"), ("2", "train.sample_every: not available")]:
         extra = ["train.sample_every=5"] if "sample" in why else []
@@ -269,7 +273,7 @@ def test_pyft_train_nproc_runs_torchrun(setup, tmp_path):
         assert r.returncode != 0 and why in r.stderr and not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize("tuning", ["lora", "full"])
+@pytest.mark.parametrize("tuning", ["lora"])
 def test_fsdp_bf16_mixed_precision_trains_close_to_one_process(setup, tmp_path, tuning):
     """precision: bf16 under FSDP gathers parameters in bf16 and reduces gradients in fp32
     (MixedPrecisionPolicy); one process computes in bf16 under autocast instead. The losses agree to
