@@ -287,3 +287,38 @@ def test_fsdp_bf16_mixed_precision_trains_close_to_one_process(setup, tmp_path, 
     losses = [x["loss"] for x in fsdp if "loss" in x]
     assert losses == pytest.approx([x["loss"] for x in single.history if "loss" in x], rel=3e-2)
     assert set(_weights(tmp_path / "fsdp")) == set(_weights(tmp_path / "single"))
+
+
+def test_damaged_or_foreign_sharded_checkpoint_is_refused_naming_it(setup, runs, tmp_path):
+    """Resuming from a sharded checkpoint whose shard is cut short, whose shards are gone, or that
+    another method wrote fails before training with an error naming the file or the mismatch."""
+    import shutil
+
+    from pyft.errors import DataError
+    from pyft.train import build_trainer
+
+    saved = sorted((runs["full"]["fsdp"] / "checkpoints").glob("step-*"))[-1]
+    assert (saved / "sharded").is_dir()
+
+    def resume_from(tuning: str, damage) -> None:
+        out = tmp_path / f"{tuning}-{damage.__name__}"
+        ckpt = out / "checkpoints" / saved.name
+        shutil.copytree(saved, ckpt)
+        damage(ckpt / "sharded")
+        build_trainer(load_config(None, [*_common(setup, method=tuning), f"output={out}", "train.resume=auto",
+                                         "train.batch_size=8"]))
+
+    def truncated(d: Path) -> None:
+        first = sorted(d.glob("*.safetensors"))[0]
+        first.write_bytes(first.read_bytes()[:4])
+
+    def removed(d: Path) -> None:
+        for f in d.glob("*.safetensors"):
+            f.unlink()
+
+    with pytest.raises(DataError, match=r"shard-00001-model-00001-of-00001\.safetensors.*not a valid safetensors"):
+        resume_from("full", truncated)
+    with pytest.raises(DataError, match="holds no .safetensors shard"):
+        resume_from("full", removed)
+    with pytest.raises(ConfigError, match="checkpoint does not match this model/method/optimizer"):
+        resume_from("lora", lambda d: None)

@@ -36,6 +36,7 @@ from pyft._atomic import atomic_directory
 from pyft.errors import ConfigError
 from pyft.io.files import check_regular, data_error, read_json_object
 from pyft.train.sharded_checkpoint import (
+    check_matches,
     is_sharded,
     load_sharded_checkpoint,
     load_sharded_weights,
@@ -359,6 +360,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     whole = not is_sharded(path)
     trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
     saved = _checked_weights(path, params, trained) if whole else {}
+    if not whole:
+        check_matches(path, model, optimizer)
     optim_state = load_state(path, "optimizer") if whole else None
     sched_state = load_state(path, "scheduler")
     rng = load_state(path, "rng")

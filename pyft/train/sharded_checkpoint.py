@@ -137,6 +137,22 @@ def _saved_keys(shards: Path) -> set[str]:
     return keys
 
 
+def check_matches(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse sharded checkpoint ``path`` unless its trained weights are exactly this run's trained
+    parameters (by name), before anything is loaded.
+
+    Raises:
+        ConfigError: another model, method or tuning wrote it.
+        DataError: its shards are missing or corrupt.
+    """
+    saved = {k[len(_WEIGHTS):] for k in _saved_keys(path / SHARDED_DIR) if k.startswith(_WEIGHTS)}
+    mine = set(_trained(model, optimizer))
+    if saved != mine:
+        example = sorted(mine - saved) or sorted(saved - mine)
+        raise ConfigError(f"{path}: checkpoint does not match this model/method/optimizer (e.g. "
+                          f"{'missing' if mine - saved else 'unexpected'} `{example[0]}`)")
+
+
 def load_sharded_weights(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Copy the trained weights of sharded checkpoint ``path`` into ``model`` (all ranks)."""
     _load(path, {_WEIGHTS + n: p for n, p in _trained(model, optimizer).items()})
