@@ -3,7 +3,8 @@
 Per optimizer step (:meth:`Trainer.train_step`): take ``batch_size × grad_accum`` rows on every rank
 in a seeded per-epoch order, sum the objective's normalisers over all of them (target tokens for
 SFT, pairs for DPO), run each micro-batch and back-propagate its loss divided by those totals (so
-accumulation equals one big batch, whatever the sequence lengths), clip, step, schedule. What a step
+accumulation equals one big batch, whatever the sequence lengths, and summing the ranks' gradients
+gives the global batch's), clip, step, schedule. What a step
 optimises comes from an :class:`~pyft.objectives.Objective`. Evaluation, early stopping (keeping the
 best evaluated weights), checkpoints (exact resume) and metrics follow their own intervals; what is
 watched and logged lives in :mod:`pyft.train.monitor`.
@@ -92,7 +93,8 @@ class Trainer:
         model: the model, with adapters applied or parameters frozen as the tuning says.
         train_ds, eval_ds: prepared splits (``eval_ds`` None without a validation split).
         objective: what a step optimises.
-        dist_info: the DDP process group (default: one process).
+        dist_info: the process group under torchrun (default: one process); ``train.parallel``
+            says whether the model is replicated (DDP) or sharded (FSDP2), see :mod:`pyft.train.parallel`.
         frozen_at: progressive unfreezing: ``step -> parameters still frozen`` (None: no schedule).
         monitor: metrics, progress, trackers and alarms (default: history only).
         device: where batches go and the model computes (default: where its parameters are; under

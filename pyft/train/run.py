@@ -316,7 +316,8 @@ def train(config: TrainConfig) -> TrainResult:
     fine-tuning, a transformers directory with the tokenizer; reward models and classifiers always
     get ``model/``, a sequence-classification model), ``metrics.jsonl``, ``loss.png`` (and
     ``rewards.png`` for alignment methods) and ``checkpoints/``. Under ``torchrun`` every process
-    runs this; rank 0 writes the files.
+    runs this; rank 0 writes the files (under ``train.parallel: fsdp`` every process writes its
+    checkpoint shards, and the final weights are gathered to rank 0 first).
     """
     trainer = build_trainer(config)
     general = None
