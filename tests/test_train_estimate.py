@@ -224,6 +224,13 @@ def test_parallel_advice_ladder(llama8b):
     for table, t, p in steps:
         assert advice(gpu_for(table[(t, p)]), "lora").startswith(f"{p} with {t} with gradient checkpointing: ")
     assert "the peak is loading the whole model" in advice(gpu_for(ckpt[("lora", "fsdp")]), "lora")
+    # Trains within the GPU but cannot load the whole model first: the advice says what blocked it.
+    blocked = ckpt[("lora", "fsdp")]
+    assert blocked.total < blocked.loading
+    said = advice(blocked.total / GIB / 0.9 + 0.01, "lora")
+    assert said.startswith("fsdp with qlora with gradient checkpointing: ")
+    assert (f"(fsdp with lora with gradient checkpointing would train in {blocked.total / GIB:.1f} GiB per GPU, but "
+            f"every process loads the whole model first: {blocked.loading / GIB:.1f} GiB)") in said
     assert advice(gpu_for(ckpt[("qlora", "fsdp")]) - 0.1, "lora").startswith("does not fit on 8 GPUs of ")
     assert recommend_parallel(est, None, 8, "full", ckpt).startswith("give --gpu-memory")
     # With checkpointing, full fine-tuning's FSDP peak is loading the whole fp32 model on every GPU.
@@ -283,3 +290,28 @@ def test_parallel_choices_match_training(tiny, capsys):
     assert "invalid choice: 'zero3'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         estimate(tiny, "full", 8, 1, precision="fp8")
+
+
+@pytest.mark.slow
+def test_bench_fsdp_smoke_state_matches_the_estimate(tmp_path):
+    """``tools/bench_fsdp.py`` on the tiny shape, 1 and 2 processes, one step: every rank's parameters,
+    gradients and AdamW states (local FSDP shards) are what ``estimate`` predicts, up to AdamW's
+    4-byte ``step`` tensors, and FSDP halves them."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, str(root / "tools" / "bench_fsdp.py"), "--shape", "tiny", "--steps", "1",
+                        "--procs", "1,2", "--json", str(out)], capture_output=True, text=True, env=env, timeout=600,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert {(row["nproc"], row["mode"]) for row in summary["rows"]} == {(1, "single"), (2, "ddp"), (2, "fsdp")}
+    for row in summary["rows"]:
+        assert 0 <= row["state"] - row["est_state"] <= 4 * 64, row  # one float32 step per parameter tensor
+    assert summary["fsdp_state_fraction"]["2"] == pytest.approx(0.5, abs=1e-3)

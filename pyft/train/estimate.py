@@ -360,7 +360,9 @@ def recommend_parallel(estimates: dict[tuple[str, str], MemoryEstimate], gpu_gib
     that fits (:attr:`MemoryEstimate.peak`) of ``first`` (a tuning) under ``ddp``, then under
     ``fsdp``, then the lighter tunings of :data:`LADDER` after it (lora, then qlora) the same way;
     each as estimated, else with gradient checkpointing (``checkpointed``). DDP comes first: it
-    communicates less and keeps the whole model, which it can when it fits.
+    communicates less (FSDP moves the whole weights twice a step, DDP only the gradients), and a
+    recomputed forward (checkpointing) usually costs less than that. An FSDP choice that would train
+    within the budget but whose whole-model loading does not fit is named in the advice.
 
     Args:
         estimates: ``(tuning, engine) -> estimate`` for ``engine`` ``ddp`` and (when FSDP is
@@ -369,22 +371,27 @@ def recommend_parallel(estimates: dict[tuple[str, str], MemoryEstimate], gpu_gib
     if gpu_gib is None:
         return "give --gpu-memory GIB to choose between ddp and fsdp"
     budget = gpu_gib * 0.9 * GIB
+    blocked = ""  # the first FSDP choice that trains within budget but cannot load the whole model first
     for tuning in ladder(first):
         for engine in ("ddp", "fsdp"):
             for table, how in ((estimates, ""), (checkpointed or {}, " with gradient checkpointing")):
                 e = table.get((tuning, engine))
+                if e is not None and e.total <= budget < e.peak and not blocked:
+                    blocked = (f" (fsdp with {tuning}{how} would train in {e.total / GIB:.1f} GiB per GPU, but every "
+                               f"process loads the whole model first: {e.loading / GIB:.1f} GiB)")
                 if e is None or e.peak > budget:
                     continue
                 gib = f"{e.peak / GIB:.1f} GiB per GPU"
                 if engine == "ddp":
-                    return f"ddp with {tuning}{how}: {gib}, the whole model on each of the {nproc} GPUs"
+                    return f"ddp with {tuning}{how}: {gib}, the whole model on each of the {nproc} GPUs{blocked}"
                 ddp = table.get((tuning, "ddp"))
                 return (f"fsdp with {tuning}{how}: {gib}, each GPU holding 1/{nproc} of the weights, gradients and "
                         f"optimizer states" + (f" (ddp would need {ddp.peak / GIB:.1f})" if ddp else "")
-                        + ("; the peak is loading the whole model before sharding" if e.peak > e.total else ""))
+                        + ("; the peak is loading the whole model before sharding" if e.peak > e.total else "")
+                        + blocked)
     offload = any(e.offloaded for e in estimates.values())
     return (f"does not fit on {nproc} GPUs of {gpu_gib:g} GiB: add GPUs, shorten --seq-len or lower --batch"
-            + ("" if offload else ", or try --parallel fsdp --cpu-offload"))
+            + ("" if offload else ", or try --parallel fsdp --cpu-offload") + blocked)
 
 
 def format_report(model_dir: str | os.PathLike[str], seq_len: int, batch: int, tunings: list[str], r: int,
