@@ -185,6 +185,8 @@ def _applied_adapter(model: Any, tuning: str) -> tuple[list[_Tensor], int]:
 
 @lru_cache(maxsize=32)
 def _inventory_cached(model_dir: str, mtime: float, tuning: str, r: int, base_bytes: int) -> _Inventory:
+    """:func:`_inventory` for one version (``mtime``) of the config, the frozen base stored in
+    ``base_bytes`` per element: the meta-device model with ``tuning`` (LoRA rank ``r``) applied."""
     from torch import nn
 
     config, model = _shapes(model_dir)
