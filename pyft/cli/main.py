@@ -185,7 +185,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     tunings = [tuning] if tuning else [t for t in TUNINGS if t in method.tunings]
     model = resolve_model(args.model, kind="config")  # a Hub id: only its config.json is fetched
     print(format_report(model, args.seq_len, args.batch, tunings, args.r, args.gradient_checkpointing,
-                        args.gpu_memory, args.examples, args.optim, method.name, args.precompute_ref))
+                        args.gpu_memory, args.examples, args.optim, method.name, args.precompute_ref,
+                        precision=args.precision, nproc=args.nproc, parallel=args.parallel,
+                        cpu_offload=args.cpu_offload))
     return 0
 
 
@@ -362,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
                           f"log-probs precomputed (no frozen copy under full fine-tuning)")
     est.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of your GPU, for the recommendation")
     est.add_argument("--examples", type=int, metavar="N", help="training examples, for the recommendation")
+    est.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16",
+                     help="as train.precision (default bf16, a GPU's; fp32 on a CPU): activation and gather bytes")
+    est.add_argument("--nproc", type=int, default=1, metavar="N",
+                     help="GPUs (processes) training together, as pyft train --nproc: memory is shown per GPU and "
+                          "the recommendation picks ddp, fsdp or a lighter tuning for N GPUs of --gpu-memory")
+    est.add_argument("--parallel", choices=("ddp", "fsdp"),
+                     help="as train.parallel: ddp (the whole model on each GPU) or fsdp (sharded 1/N); "
+                          "default: show both (needs --nproc 2 or more)")
+    est.add_argument("--cpu-offload", action="store_true",
+                     help="as train.fsdp_cpu_offload (with --parallel fsdp): shards, gradients and optimizer "
+                          "states in CPU memory, shown apart")
     from pyft.cli.generate import add_chat_parser, add_generate_parser
 
     add_generate_parser(sub)
