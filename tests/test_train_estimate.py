@@ -135,8 +135,8 @@ def test_fsdp_full_fine_tuning_follows_the_formulas(tiny):
     # Activations per process, as on one: 2 layers x 8 tokens x 2 bytes x (10 h + 3 i) + logits chunk (fp32, x2).
     assert e.activations == whole.activations == 2 * 8 * 2 * (10 * 16 + 3 * 32) + 8 * 64 * 4 * 2
     assert e.total == e.weights + e.gradients + e.optimizer + e.gathered + e.activations
-    assert e.loading == whole.weights == 4 * 7248  # loaded whole before sharding
-    assert e.peak == max(e.total, e.loading)
+    assert e.loading == whole.weights == 4 * 7248  # read whole into CPU memory before sharding
+    assert e.peak == e.total  # the GPU receives the model layer by layer, as shards
     # fp32 gathers in float32 and keeps float32 activations.
     f = estimate(tiny, "full", 8, 1, nproc=2, parallel="fsdp", precision="fp32")
     assert f.gathered == 2 * 2064 * 4 + 2 * 2592 * 4 + 2592 * (4 + 4)
@@ -218,23 +218,17 @@ def test_parallel_advice_ladder(llama8b):
     assert advice(gpu_for(ckpt[("full", "fsdp")])).startswith("fsdp with full with gradient checkpointing: ")
     # Down the ladder from lora (4 x 2048 tokens per GPU: activations dominate, so checkpointing decides):
     # each step's GPU is too small for the ones before it.
-    steps = [(ckpt, "lora", "ddp"), (ckpt, "lora", "fsdp"), (ckpt, "qlora", "ddp"), (ckpt, "qlora", "fsdp")]
+    # (QLoRA under DDP needs more than LoRA under FSDP here, so LoRA/FSDP is advised before it.)
+    steps = [(ckpt, "lora", "ddp"), (ckpt, "lora", "fsdp"), (ckpt, "qlora", "fsdp")]
+    assert ckpt[("qlora", "ddp")].peak > ckpt[("lora", "fsdp")].peak
     peaks = [table[(t, p)].peak for table, t, p in steps]
     assert peaks == sorted(peaks, reverse=True) and est[("lora", "fsdp")].peak > peaks[0]
     for table, t, p in steps:
         assert advice(gpu_for(table[(t, p)]), "lora").startswith(f"{p} with {t} with gradient checkpointing: ")
-    assert "the peak is loading the whole model" in advice(gpu_for(ckpt[("lora", "fsdp")]), "lora")
-    # Trains within the GPU but cannot load the whole model first: the advice says what blocked it.
-    blocked = ckpt[("lora", "fsdp")]
-    assert blocked.total < blocked.loading
-    said = advice(blocked.total / GIB / 0.9 + 0.01, "lora")
-    assert said.startswith("fsdp with qlora with gradient checkpointing: ")
-    assert (f"(fsdp with lora with gradient checkpointing would train in {blocked.total / GIB:.1f} GiB per GPU, but "
-            f"every process loads the whole model first: {blocked.loading / GIB:.1f} GiB)") in said
     assert advice(gpu_for(ckpt[("qlora", "fsdp")]) - 0.1, "lora").startswith("does not fit on 8 GPUs of ")
     assert recommend_parallel(est, None, 8, "full", ckpt).startswith("give --gpu-memory")
-    # With checkpointing, full fine-tuning's FSDP peak is loading the whole fp32 model on every GPU.
-    assert ckpt[("full", "fsdp")].peak == ckpt[("full", "fsdp")].loading == est[("full", "ddp")].weights
+    # FSDP reads the whole fp32 model into CPU memory, never onto one GPU.
+    assert ckpt[("full", "fsdp")].loading == est[("full", "ddp")].weights > ckpt[("full", "fsdp")].peak
 
 
 def test_parallel_report_shows_the_per_gpu_split(tiny, capsys):

@@ -20,7 +20,7 @@ Each rank measures itself and writes one JSON file (nothing in pyft changes for 
 - ``loaded``/``built``: its RSS after loading the model and after ``build_trainer`` (DDP's gradient
   buckets, FSDP's shards). On a CPU the whole model is loaded by mapping the safetensors file:
   pages nobody touches are never resident, so the whole copy pyft loads before FSDP shards it
-  costs little RSS here (on a GPU it is copied to the device whole: ``estimate``'s ``loading``);
+  costs little RSS here (``estimate``'s ``loading``: CPU memory; FSDP moves it to a GPU layer by layer);
 - ``setup``: its peak RSS (``VmHWM``) up to the end of ``build_trainer``;
 - ``train``: its peak RSS during the training steps alone (``VmHWM`` reset through
   ``/proc/self/clear_refs`` once the trainer is built).

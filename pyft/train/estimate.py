@@ -34,8 +34,9 @@ loaded). Assumptions, per GPU, for the way pyft trains:
   one layer's gradients with its float32 reduce-scatter buffer. Gathered weights and gradients are
   bf16 under ``precision: bf16`` (FSDP's ``MixedPrecisionPolicy``), else as stored.
   ``cpu_offload`` (``train.fsdp_cpu_offload``) moves the shards, gradients and optimizer states to
-  CPU memory (``offloaded``, per process, not in ``total``). Today every process loads the whole
-  model before sharding it (``loading``): :attr:`MemoryEstimate.peak` is the larger of the two.
+  CPU memory (``offloaded``, per process, not in ``total``). Every process reads the whole model into
+  CPU memory before sharding it (``loading``, CPU bytes per process, not in ``total``); sharding
+  then moves it to the GPU one decoder layer at a time, so the GPU never holds it whole.
 - ``precision``: ``bf16`` (the default, a GPU's), ``fp16`` or ``fp32`` (a CPU's): activations in
   2 bytes under bf16/fp16 autocast, else 4; adapter runs keep their frozen base in bf16 only under
   ``bf16`` (as ``pyft train`` loads it).
@@ -85,7 +86,7 @@ class MemoryEstimate:
     reference: int = 0  # DPO/KTO reference model weights (a frozen copy under full fine-tuning)
     gathered: int = 0  # FSDP: whole weights and gradients of the root and running layers
     offloaded: int = 0  # FSDP CPU offload: shards, gradients and optimizer states in CPU memory (not in ``total``)
-    loading: int = 0  # on the GPU while loading, before sharding: the whole model
+    loading: int = 0  # FSDP: CPU memory per process while loading (the whole model, before sharding)
     parallel: str = "single"
     nproc: int = 1
 
@@ -97,8 +98,9 @@ class MemoryEstimate:
 
     @property
     def peak(self) -> int:
-        """The most the GPU must hold: training (``total``) or loading the whole model before sharding."""
-        return max(self.total, self.loading)
+        """The most the GPU must hold (bytes): the training total (FSDP loads in CPU memory, and moves
+        the model to the GPU layer by layer as shards)."""
+        return self.total
 
 
 @dataclass(frozen=True)
@@ -363,8 +365,7 @@ def recommend_parallel(estimates: dict[tuple[str, str], MemoryEstimate], gpu_gib
     ``fsdp``, then the lighter tunings of :data:`LADDER` after it (lora, then qlora) the same way;
     each as estimated, else with gradient checkpointing (``checkpointed``). DDP comes first: it
     communicates less (FSDP moves the whole weights twice a step, DDP only the gradients), and a
-    recomputed forward (checkpointing) usually costs less than that. An FSDP choice that would train
-    within the budget but whose whole-model loading does not fit is named in the advice.
+    recomputed forward (checkpointing) usually costs less than that.
 
     Args:
         estimates: ``(tuning, engine) -> estimate`` for ``engine`` ``ddp`` and (when FSDP is
@@ -373,27 +374,21 @@ def recommend_parallel(estimates: dict[tuple[str, str], MemoryEstimate], gpu_gib
     if gpu_gib is None:
         return "give --gpu-memory GIB to choose between ddp and fsdp"
     budget = gpu_gib * 0.9 * GIB
-    blocked = ""  # the first FSDP choice that trains within budget but cannot load the whole model first
     for tuning in ladder(first):
         for engine in ("ddp", "fsdp"):
             for table, how in ((estimates, ""), (checkpointed or {}, " with gradient checkpointing")):
                 e = table.get((tuning, engine))
-                if e is not None and e.total <= budget < e.peak and not blocked:
-                    blocked = (f" (fsdp with {tuning}{how} would train in {e.total / GIB:.1f} GiB per GPU, but every "
-                               f"process loads the whole model first: {e.loading / GIB:.1f} GiB)")
                 if e is None or e.peak > budget:
                     continue
                 gib = f"{e.peak / GIB:.1f} GiB per GPU"
                 if engine == "ddp":
-                    return f"ddp with {tuning}{how}: {gib}, the whole model on each of the {nproc} GPUs{blocked}"
+                    return f"ddp with {tuning}{how}: {gib}, the whole model on each of the {nproc} GPUs"
                 ddp = table.get((tuning, "ddp"))
                 return (f"fsdp with {tuning}{how}: {gib}, each GPU holding 1/{nproc} of the weights, gradients and "
-                        f"optimizer states" + (f" (ddp would need {ddp.peak / GIB:.1f})" if ddp else "")
-                        + ("; the peak is loading the whole model before sharding" if e.peak > e.total else "")
-                        + blocked)
+                        f"optimizer states" + (f" (ddp would need {ddp.peak / GIB:.1f})" if ddp else ""))
     offload = any(e.offloaded for e in estimates.values())
     return (f"does not fit on {nproc} GPUs of {gpu_gib:g} GiB: add GPUs, shorten --seq-len or lower --batch"
-            + ("" if offload else ", or try --parallel fsdp --cpu-offload") + blocked)
+            + ("" if offload else ", or try --parallel fsdp --cpu-offload"))
 
 
 def format_report(model_dir: str | os.PathLike[str], seq_len: int, batch: int, tunings: list[str], r: int,
@@ -486,10 +481,11 @@ def _parallel_table(model_dir: str | os.PathLike[str], seq_len: int, batch: int,
         if cpu_offload:
             lines.append(f"--cpu-offload: the shards, gradients and optimizer states (CPU column) live in CPU memory, "
                          f"per process ({nproc} processes on one machine need {nproc} times that)")
-        loads = [(t, est[(t, "fsdp")]) for t in tunings if est[(t, "fsdp")].loading > est[(t, "fsdp")].total]
+        loads = [(t, est[(t, "fsdp")].loading) for t in tunings if (t, "fsdp") in est]
         if loads:
-            lines.append("loading: each process holds the whole model on its GPU before sharding it, more than "
-                         "training needs: " + ", ".join(f"{t} {e.loading / GIB:.2f} GiB" for t, e in loads))
+            lines.append("loading (fsdp): each process reads the whole model into CPU memory, then moves it to its "
+                         "GPU layer by layer as shards: " + ", ".join(f"{t} {b / GIB:.2f} GiB" for t, b in loads)
+                         + f" of CPU memory per process ({nproc} processes on one machine need {nproc} times that)")
     elif not fsdp_ok:
         lines.append(f"fsdp: not with --optim {kw['optim']} (FSDP does not shard 8-bit or paged states)")
     label = f" ({nproc} GPUs of {gpu_gib:g} GiB)" if gpu_gib is not None else ""
