@@ -76,12 +76,13 @@ def _assert_same_run(setup, single: Path, multi: Path, steps: int = 3, rows: int
 
 @pytest.fixture(scope="module")
 def runs(setup, tmp_path_factory) -> dict[str, dict[str, Path]]:
-    """For LoRA and full fine-tuning: one process x batch 8 (``single``) and FSDP2 on 2 gloo processes
-    x batch 4 (``fsdp``), 3 steps each; several tests read these outputs."""
+    """For LoRA, DoRA with rsLoRA scaling, and full fine-tuning: one process x batch 8 (``single``) and
+    FSDP2 on 2 gloo processes x batch 4 (``fsdp``), 3 steps each; several tests read these outputs."""
     root = tmp_path_factory.mktemp("runs")
     out: dict[str, dict[str, Path]] = {}
-    for tuning in ("lora", "full"):
-        common = _common(setup, method=tuning)
+    for tuning in ("lora", "dora", "full"):
+        extra = {"lora.dora": "true", "lora.rslora": "true"} if tuning == "dora" else {}
+        common = _common(setup, method="lora" if tuning == "dora" else tuning, **extra)
         single, fsdp = root / f"{tuning}-single", root / f"{tuning}-fsdp"
         train(load_config(None, [*common, f"output={single}", "train.batch_size=8"]))
         r = torchrun_train([*common, f"output={fsdp}", "train.batch_size=4", "train.parallel=fsdp"])
@@ -90,7 +91,7 @@ def runs(setup, tmp_path_factory) -> dict[str, dict[str, Path]]:
     return out
 
 
-@pytest.mark.parametrize("tuning", ["lora", "full"])
+@pytest.mark.parametrize("tuning", ["lora", "dora", "full"])
 def test_fsdp_two_processes_equal_one_process(setup, runs, tuning):
     """FSDP2 on 2 gloo processes x batch 4 gives the weights, losses and gradient norms of 1 process
     x batch 8 (the gradient norm is computed over both ranks' shards)."""
