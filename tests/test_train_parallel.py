@@ -298,7 +298,7 @@ def test_damaged_or_foreign_sharded_checkpoint_is_refused_naming_it(setup, runs,
     from pyft.errors import DataError
     from pyft.train import build_trainer
 
-    saved = sorted((runs["full"]["fsdp"] / "checkpoints").glob("step-*"))[-1]
+    saved = max((runs["full"]["fsdp"] / "checkpoints").glob("step-*"))
     assert (saved / "sharded").is_dir()
 
     def resume_from(tuning: str, damage) -> None:
@@ -310,7 +310,7 @@ def test_damaged_or_foreign_sharded_checkpoint_is_refused_naming_it(setup, runs,
                                          "train.batch_size=8"]))
 
     def truncated(d: Path) -> None:
-        first = sorted(d.glob("*.safetensors"))[0]
+        first = min(d.glob("*.safetensors"))
         first.write_bytes(first.read_bytes()[:4])
 
     def removed(d: Path) -> None:
@@ -323,3 +323,20 @@ def test_damaged_or_foreign_sharded_checkpoint_is_refused_naming_it(setup, runs,
         resume_from("full", removed)
     with pytest.raises(ConfigError, match="checkpoint does not match this model/method/optimizer"):
         resume_from("lora", lambda d: None)
+
+
+def test_sharded_checkpoint_weights_load_into_one_process(setup, runs, tmp_path):
+    """`load_trainable` (what train.load_best uses to restore the best step) reads a sharded
+    checkpoint into a whole model: the FSDP run's last checkpoint holds exactly its final weights."""
+    from pyft.train import build_trainer
+    from pyft.train.checkpoint import load_trainable
+
+    saved = max((runs["full"]["fsdp"] / "checkpoints").glob("step-*"))
+    assert saved.name == "step-000003"
+    trainer = build_trainer(load_config(None, [*_common(setup, method="full"), f"output={tmp_path / 'x'}"]))
+    load_trainable(saved, trainer.model, trainer.optimizer)
+    final = _weights(runs["full"]["fsdp"])
+    mine = dict(trainer.model.named_parameters())
+    assert set(final) <= set(mine)
+    for name, value in final.items():
+        assert torch.equal(mine[name].detach(), value), name
