@@ -340,3 +340,25 @@ def test_sharded_checkpoint_weights_load_into_one_process(setup, runs, tmp_path)
     assert set(final) <= set(mine)
     for name, value in final.items():
         assert torch.equal(mine[name].detach(), value), name
+
+
+def test_fsdp_full_fine_tuning_of_a_bf16_checkpoint_casts_layer_by_layer(setup, tmp_path):
+    """A bf16 checkpoint trained in fp32 under FSDP is loaded as stored (memory-mapped) and each layer
+    is cast just before it is sharded; the run equals one process, which converts it all at load
+    (bf16 -> fp32 is exact, so both start from the same fp32 weights), and model/ is saved in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(setup["model"]).to(torch.bfloat16).save_pretrained(bf16)
+    for f in setup["model"].iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            (bf16 / f.name).write_bytes(f.read_bytes())
+    common = [*_common(setup, method="full"), f"model={bf16}"]
+    train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
+    r = torchrun_train([*common, f"output={tmp_path / 'fsdp'}", "train.batch_size=4", "train.parallel=fsdp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_run(setup, tmp_path / "single", tmp_path / "fsdp")
+    for run in ("single", "fsdp"):
+        saved = json.loads((tmp_path / run / "model" / "config.json").read_text())
+        assert saved["dtype"] == "float32", run
+        assert all(t.dtype == torch.float32 for t in _weights(tmp_path / run).values())

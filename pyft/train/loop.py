@@ -99,6 +99,8 @@ class Trainer:
         monitor: metrics, progress, trackers and alarms (default: history only).
         device: where batches go and the model computes (default: where its parameters are; under
             FSDP the model may still be in CPU memory, and sharding moves it).
+        cast_to: under FSDP, the dtype parameters train in when the model was loaded in its
+            checkpoint's (see :func:`pyft.train.parallel.build_parallel`).
 
     ``sampler`` (set after construction, rank 0 only): called as ``sampler(model, step)`` every
     ``train.sample_every`` steps; its record goes to :meth:`Monitor.samples`.
@@ -109,7 +111,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, model: nn.Module, train_ds: PreparedDataset,
                  eval_ds: PreparedDataset | None, objective: Objective, dist_info: DistInfo | None = None,
                  frozen_at: Callable[[int], list[nn.Parameter]] | None = None, monitor: Monitor | None = None,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, cast_to: torch.dtype | None = None) -> None:
         self.config = config
         self.options = opts = config.train
         self.dist = dist_info or DistInfo()
@@ -119,7 +121,8 @@ class Trainer:
         self.precision = resolve_precision(opts.precision, self.device)
         # DDP or FSDP under torchrun (FSDP shards the model in place: the optimizer is built after).
         self.parallel = build_parallel(model, objective, opts.parallel, self.dist, self.device, self.precision,
-                                       cpu_offload=opts.fsdp_cpu_offload, find_unused=frozen_at is not None)
+                                       cpu_offload=opts.fsdp_cpu_offload, find_unused=frozen_at is not None,
+                                       cast_to=cast_to)
         rows_per_step = opts.batch_size * opts.grad_accum * self.dist.world
         self.total_steps = opts.max_steps or max(1, math.ceil(opts.epochs * math.ceil(len(train_ds) / rows_per_step)))
         self.optimizer = build_optimizer(model, opts.lr, opts.weight_decay, tuple(opts.betas), opts.eps, opts.optim)

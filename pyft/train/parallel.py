@@ -191,7 +191,8 @@ class Parallel:
 
 
 def build_parallel(model: nn.Module, objective: Any, mode: str, dist_info: DistInfo, device: torch.device,
-                   precision: str, cpu_offload: bool = False, find_unused: bool = False) -> Parallel:
+                   precision: str, cpu_offload: bool = False, find_unused: bool = False,
+                   cast_to: torch.dtype | None = None) -> Parallel:
     """Wrap ``model`` for ``mode`` (``ddp`` or ``fsdp``; one process is always ``single``).
 
     Args:
@@ -204,6 +205,10 @@ def build_parallel(model: nn.Module, objective: Any, mode: str, dist_info: DistI
         precision: the resolved precision (``bf16`` selects FSDP's bf16 gathers, fp32 reductions).
         cpu_offload: FSDP only, keep shards, gradients and optimizer states on the CPU.
         find_unused: DDP only, for runs whose trainable set changes (stages, progressive unfreezing).
+        cast_to: FSDP only, the dtype the floating-point parameters train in, when the model was
+            loaded in its checkpoint's dtype (memory-mapped, shared by the processes of a machine):
+            each unit is cast just before it is sharded, so a process never holds more than one
+            converted layer whole.
     """
     step = ObjectiveStep(model, objective)
     if not dist_info.enabled:
@@ -228,7 +233,11 @@ def build_parallel(model: nn.Module, objective: Any, mode: str, dist_info: DistI
     storage = nf4_storage_dtype(model, mixed.param_dtype)
     quantized = set_nf4_storage(model, storage)
     for layer in decoder_layers(model):
+        _cast_parameters(layer, cast_to)
         fully_shard(layer, mesh=mesh, mp_policy=mixed, offload_policy=offload)
+    _cast_parameters(step, cast_to)  # the root's own: embeddings, final norm, output layer
+    if cast_to is not None and hasattr(model, "config"):
+        model.config.dtype = cast_to  # what the saved config.json says the weights are
     fully_shard(step, mesh=mesh, mp_policy=mixed, offload_policy=offload, reshard_after_forward=False)
     parallel = Parallel("fsdp", step, step)
     for m in parallel.fsdp_modules():
@@ -237,6 +246,16 @@ def build_parallel(model: nn.Module, objective: Any, mode: str, dist_info: DistI
     if quantized:
         _report_nf4_shards(model, dist_info, device, storage)
     return parallel
+
+
+def _cast_parameters(module: nn.Module, dtype: torch.dtype | None) -> None:
+    """Cast ``module``'s floating-point parameters not yet sharded to ``dtype`` (new storage; tied
+    parameters stay one tensor). Already sharded ones (``DTensor``) and buffers are left alone."""
+    if dtype is None:
+        return
+    for p in module.parameters():
+        if p.is_floating_point() and p.dtype != dtype and not hasattr(p, "to_local"):
+            p.data = p.data.to(dtype)
 
 
 def gather_to_main(parallel: Parallel, dist_info: DistInfo, trainable_only: bool) -> None:

@@ -29,7 +29,7 @@ from pyft.data import PreparedDataset
 from pyft.errors import ConfigError
 from pyft.hub import hub_ref
 from pyft.io.files import read_json_object
-from pyft.methods import SEQUENCE_CLASSES, SEQUENCE_HEADS, SEQUENCE_SCORE, Method, ObjectiveParts
+from pyft.methods import CAUSAL_LM, SEQUENCE_CLASSES, SEQUENCE_HEADS, SEQUENCE_SCORE, Method, ObjectiveParts
 from pyft.models import check_model_dir, load_model, load_reward_model, load_sequence_classifier
 from pyft.peft import merge_lora, trainable_parameters_report
 from pyft.train.batches import resolve_precision
@@ -141,7 +141,7 @@ def apply_freezing(model: nn.Module, config: TrainConfig) -> None:
                 p.requires_grad_(False)
 
 
-def load_for_training(config: TrainConfig, model_dir: Path, dtype: torch.dtype, device: torch.device,
+def load_for_training(config: TrainConfig, model_dir: Path, dtype: torch.dtype | str, device: torch.device,
                       pad_token_id: int) -> nn.Module:
     """The model as the method and tuning need it: a one-label sequence scorer for reward models, a
     classifier over the classes of the data for ``classify``, an NF4-quantized base for QLoRA
@@ -229,9 +229,16 @@ def build_trainer(config: TrainConfig) -> Trainer:
     pad = meta_tok.get("pad_token_id") if meta_tok.get("pad_token_id") is not None else meta_tok.get("eos_token_id")
     pad = pad or 0
     # FSDP: loaded whole into CPU memory, then each decoder layer moves to the device as its shard
-    # (a model that does not fit one device never is on one whole).
+    # (a model that does not fit one device never is on one whole). Full fine-tuning of a causal LM
+    # loads in the checkpoint's dtype, memory-mapped (the processes of a machine share the pages),
+    # and each layer is cast to the training dtype just before it is sharded: a bf16 checkpoint
+    # trained in fp32 is never converted whole, once per process. (Adapters, new heads and the
+    # precomputed reference are created or scored in the training dtype, so they load converted.)
     sharded = dist_info.enabled and opts.parallel == "fsdp"
-    model = load_for_training(config, model_dir, dtype, torch.device("cpu") if sharded else device, pad)
+    lazy_cast = (sharded and config.tuning_kind == "full" and method.head == CAUSAL_LM
+                 and not (config.align.precompute_ref and method.needs_reference))
+    model = load_for_training(config, model_dir, "auto" if lazy_cast else dtype,
+                              torch.device("cpu") if sharded else device, pad)
     check_data_matches_model(train_ds, model_dir, model.config.vocab_size, method)
     if earlier_run:  # overwrite: only now that model and data are known good
         if dist_info.is_main:
@@ -269,7 +276,8 @@ def build_trainer(config: TrainConfig) -> Trainer:
     elif config.stages:
         frozen_at = lambda step: stage_frozen(config, parts, step)
     monitor = build_monitor(opts.report_to, Path(config.output), dist_info.is_main)
-    trainer = Trainer(config, model, train_ds, eval_ds, objective, dist_info, frozen_at, monitor, device=device)
+    trainer = Trainer(config, model, train_ds, eval_ds, objective, dist_info, frozen_at, monitor, device=device,
+                      cast_to=dtype if lazy_cast else None)
     if opts.sample_every and dist_info.is_main:
         from pyft.train.samples import build_sampler
 
