@@ -485,8 +485,8 @@ def _parallel_table(model_dir: str | os.PathLike[str], seq_len: int, batch: int,
         if loads:
             lines.append("loading (fsdp): each process reads the whole model into CPU memory, then moves it to its "
                          "GPU layer by layer as shards: " + ", ".join(f"{t} {b / GIB:.2f} GiB" for t, b in loads)
-                         + f" of CPU memory per process (memory-mapped, so shared by the processes of a machine, "
-                           f"when the checkpoint has the training dtype; else {nproc} copies on one machine)")
+                         + " of CPU memory per process, memory-mapped and so shared by the processes of a machine "
+                           "(a copy per process only when an adapter's base changes dtype before sharding)")
     elif not fsdp_ok:
         lines.append(f"fsdp: not with --optim {kw['optim']} (FSDP does not shard 8-bit or paged states)")
     label = f" ({nproc} GPUs of {gpu_gib:g} GiB)" if gpu_gib is not None else ""
