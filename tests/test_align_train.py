@@ -456,3 +456,21 @@ def test_fsdp_lora_kto_and_orpo_train_sharded(task, tmp_path, method):
 
     weights = load_file(tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors")
     assert weights and all(w.abs().max() > 0 for k, w in weights.items() if "lora_B" in k)
+
+
+def test_fsdp_lora_reward_model_equals_one_process(task, tmp_path):
+    """A LoRA reward model trained sharded: rank 0 gathers every weight (the adapter is merged into a
+    whole sequence-classification model/) and both outputs equal one process's with the same 8 pairs."""
+    from safetensors.torch import load_file
+
+    common = ["method=rm", "tuning=lora", f"model={task['base']}", f"data={task['pref']}", "train.lr=1e-3",
+              "train.max_steps=2", "train.schedule=constant", "train.eval_every=2"]
+    train(load_config(None, [*common, f"output={tmp_path / 'single'}", "train.batch_size=8"]))
+    r = torchrun_train([*common, f"output={tmp_path / 'fsdp'}", "train.batch_size=4", "train.parallel=fsdp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    tol = _reorder_tol(task["base"], task["pref"], steps=2, rows=2 * 8)
+    for part in ("adapter/adapter_model.safetensors", "model/model.safetensors"):
+        a, b = load_file(tmp_path / "single" / part), load_file(tmp_path / "fsdp" / part)
+        assert a and set(a) == set(b), part
+        for k, x in a.items():
+            assert float((x - b[k]).abs().max() / x.abs().max().clamp_min(1e-12)) <= tol, (part, k)
