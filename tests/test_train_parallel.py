@@ -261,7 +261,9 @@ def test_pyft_train_nproc_runs_torchrun(setup, runs, tmp_path):
 
     args = [*_common(setup, method="lora"), "train.batch_size=4", "train.parallel=fsdp"]
     cmd = [sys.executable, "-m", "pyft.cli.main", "train", *args]
-    r = subprocess.run([*cmd, f"output={tmp_path / 'nproc'}", "--nproc", "2"], capture_output=True, text=True, check=False,
+    # --nproc may stand among the overrides
+    r = subprocess.run([*cmd[:5], "--nproc", "2", *cmd[5:], f"output={tmp_path / 'nproc'}"], capture_output=True,
+                       text=True, check=False,
                        timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "[train] 2 processes" in r.stderr

@@ -385,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded tiny model and bundled data",
                           description="Build the tiny demo model, prepare the bundled data and show the results.")
     demo.add_argument("--out", default="pyft-demo", metavar="DIR", help="output directory (./pyft-demo)")
+    parser.train_parser = tr  # type: ignore[attr-defined]  # see main(): its options and overrides intermix
     return parser
 
 
@@ -396,7 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return merge_main(argv[1:], prog="pyft merge")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] == ["train"]:
+        # Options may come anywhere among the KEY=VALUE overrides (`train cfg.yaml --nproc 4 train.lr=1e-4`),
+        # which a subparser's positionals cannot take; the train parser alone can.
+        args = parser.train_parser.parse_intermixed_args(argv[1:])  # type: ignore[attr-defined]
+        args.command = "train"
+    else:
+        args = parser.parse_args(argv)
     handlers = {("data", "prepare"): _cmd_prepare, ("data", "inspect"): _cmd_inspect, ("demo", None): _cmd_demo,
                 ("train", None): _cmd_train, ("estimate", None): _cmd_estimate, ("quantize", None): _cmd_quantize,
                 ("merge", None): _cmd_merge, ("export", None): _cmd_export,
