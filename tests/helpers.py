@@ -71,6 +71,18 @@ def demo_task(tmp_path: Path, tokenizer_dir: Path, n: int = 100) -> tuple[Path, 
     return model, tmp_path / "data"
 
 
+def chat_task(base: Path, tokenizer_dir: Path) -> dict[str, Path]:
+    """A tiny Qwen2 (untied output layer) in ``base/model`` and :data:`CONVERSATIONS` x 4 prepared for it
+    in ``base/data`` (20 % validation); returns ``{"model", "data", "base"}``."""
+    import pyft.data
+    from pyft.testing import make_tiny_model
+
+    model = make_tiny_model(base / "model", tokenizer_dir, arch="qwen2")
+    src = write_jsonl(base / "c.jsonl", [{"messages": m} for m in CONVERSATIONS for _ in range(4)])
+    pyft.data.prepare(src, model, base / "data", val_ratio=0.2, seed=0)
+    return {"model": model, "data": base / "data", "base": base}
+
+
 def torchrun_train(args: list[str], nproc: int = 2, timeout: int = 300):
     """Run ``pyft train ARGS`` under ``torchrun --standalone`` with ``nproc`` CPU processes (gloo, one
     thread each); returns the ``subprocess.CompletedProcess``."""

@@ -7,23 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CONVERSATIONS, chat_task, demo_task, reorder_tolerance, torchrun_train, write_jsonl
 
 import pyft.data
 from pyft.errors import ConfigError
 from pyft.testing import make_tiny_model
 from pyft.train import build_trainer, load_config, train
 
-from helpers import CONVERSATIONS, demo_task, reorder_tolerance, torchrun_train, write_jsonl
-
 
 @pytest.fixture(scope="module")
 def setup(tokenizer_dirs, tmp_path_factory):
-    base = tmp_path_factory.mktemp("train")
-    model = make_tiny_model(base / "model", tokenizer_dirs["chatml"], arch="qwen2")
-    convs = [c for c in CONVERSATIONS for _ in range(4)]
-    src = write_jsonl(base / "c.jsonl", [{"messages": m} for m in convs])
-    pyft.data.prepare(src, model, base / "data", val_ratio=0.2, seed=0)
-    return {"model": model, "data": base / "data", "base": base}
+    return chat_task(tmp_path_factory.mktemp("train"), tokenizer_dirs["chatml"])
 
 
 def _cfg(setup, out, **train):
@@ -150,8 +144,8 @@ def test_ddp_two_cpu_processes_equal_one_process(setup, tmp_path):
 
 
 def test_non_finite_loss_stops_with_last_checkpoint(setup, tmp_path, monkeypatch):
-    import pyft.objectives.sft as sft
     from pyft.errors import TrainingError
+    from pyft.objectives import sft
 
     trainer = build_trainer(_cfg(setup, tmp_path / "nan", max_steps=5, batch_size=2, save_every=2))
     real = sft.sft_loss_sum
@@ -248,7 +242,7 @@ def test_bf16_autocast_on_cpu_and_fp16_needs_cuda(setup, tmp_path):
 
 
 def test_early_stopping_after_patience(setup, tmp_path, monkeypatch):
-    import pyft.train.loop as loop
+    from pyft.train import loop
 
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
     monkeypatch.setattr(loop.Trainer, "evaluate", lambda self: {"loss": next(losses)})
@@ -269,8 +263,9 @@ def _saved_adapter_as_params(out):
 def test_early_stopping_keeps_and_saves_the_best_evaluated_weights(setup, tmp_path, monkeypatch, capsys):
     """Eval loss is lowest at step 2 and rises after: the run stops at step 4 and keeps step 2's weights,
     bit-equal to checkpoint step 2, which ``keep_last: 1`` would otherwise have pruned."""
-    import pyft.train.loop as loop
     from safetensors.torch import load_file
+
+    from pyft.train import loop
 
     losses = iter([3.0, 2.0, 1.5, 2.5, 2.6, 2.7])
     monkeypatch.setattr(loop.Trainer, "evaluate", lambda self: {"loss": next(losses)})

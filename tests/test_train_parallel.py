@@ -8,23 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONVERSATIONS, reorder_tolerance, torchrun_train, write_jsonl
+from helpers import chat_task, reorder_tolerance, torchrun_train
 
 import pyft.data
 from pyft.errors import ConfigError
-from pyft.testing import make_tiny_model
 from pyft.train import load_config, train
 
 
 @pytest.fixture(scope="module")
 def setup(tokenizer_dirs, tmp_path_factory):
     """A tiny Qwen2 (untied output layer) and a tiny Llama with tied embeddings, and chat data."""
-    base = tmp_path_factory.mktemp("parallel")
-    model = make_tiny_model(base / "model", tokenizer_dirs["chatml"], arch="qwen2")
-    convs = [c for c in CONVERSATIONS for _ in range(4)]
-    src = write_jsonl(base / "c.jsonl", [{"messages": m} for m in convs])
-    pyft.data.prepare(src, model, base / "data", val_ratio=0.2, seed=0)
-    return {"model": model, "data": base / "data", "base": base}
+    return chat_task(tmp_path_factory.mktemp("parallel"), tokenizer_dirs["chatml"])
 
 
 def _common(setup, **extra) -> list[str]:

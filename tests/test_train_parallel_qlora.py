@@ -15,14 +15,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from helpers import CONVERSATIONS, reorder_tolerance, torchrun_train, write_jsonl
+from helpers import chat_task, reorder_tolerance, torchrun_train
 from torch import nn
 
 import pyft
 import pyft.data
 from pyft.peft import load_adapter, save_adapter
 from pyft.quant import NF4Linear, quantize_nf4, set_nf4_storage
-from pyft.testing import make_tiny_model
 from pyft.train import build_trainer, load_config, train
 from pyft.train.parallel import nf4_bytes, nf4_storage_dtype
 
@@ -219,12 +218,7 @@ def test_fully_shard_gathers_the_exact_codes(one_rank_group, precision):
 @pytest.fixture(scope="module")
 def setup(tokenizer_dirs, tmp_path_factory):
     """A tiny Qwen2 (untied output layer) and chat data."""
-    base = tmp_path_factory.mktemp("parallel_qlora")
-    model = make_tiny_model(base / "model", tokenizer_dirs["chatml"], arch="qwen2")
-    convs = [c for c in CONVERSATIONS for _ in range(4)]
-    src = write_jsonl(base / "c.jsonl", [{"messages": m} for m in convs])
-    pyft.data.prepare(src, model, base / "data", val_ratio=0.2, seed=0)
-    return {"model": model, "data": base / "data"}
+    return chat_task(tmp_path_factory.mktemp("parallel_qlora"), tokenizer_dirs["chatml"])
 
 
 def _args(setup, **extra) -> list[str]:
