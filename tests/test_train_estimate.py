@@ -136,7 +136,6 @@ def test_fsdp_full_fine_tuning_follows_the_formulas(tiny):
     assert e.activations == whole.activations == 2 * 8 * 2 * (10 * 16 + 3 * 32) + 8 * 64 * 4 * 2
     assert e.total == e.weights + e.gradients + e.optimizer + e.gathered + e.activations
     assert e.loading == whole.weights == 4 * 7248  # read whole into CPU memory before sharding
-    assert e.peak == e.total  # the GPU receives the model layer by layer, as shards
     # fp32 gathers in float32 and keeps float32 activations.
     f = estimate(tiny, "full", 8, 1, nproc=2, parallel="fsdp", precision="fp32")
     assert f.gathered == 2 * 2064 * 4 + 2 * 2592 * 4 + 2592 * (4 + 4)
@@ -207,7 +206,7 @@ def test_parallel_advice_ladder(llama8b):
     ckpt = {(t, p): estimate(llama8b, t, 2048, 4, gradient_checkpointing=True, nproc=8, parallel=p) for t, p in keys}
 
     def gpu_for(e):  # a GPU just big enough for e (90 % usable)
-        return e.peak / GIB / 0.9 + 0.01
+        return e.total / GIB / 0.9 + 0.01
 
     def advice(gib, first="full"):
         return recommend_parallel(est, gib, 8, first, ckpt)
@@ -220,15 +219,15 @@ def test_parallel_advice_ladder(llama8b):
     # each step's GPU is too small for the ones before it.
     # (QLoRA under DDP needs more than LoRA under FSDP here, so LoRA/FSDP is advised before it.)
     steps = [(ckpt, "lora", "ddp"), (ckpt, "lora", "fsdp"), (ckpt, "qlora", "fsdp")]
-    assert ckpt[("qlora", "ddp")].peak > ckpt[("lora", "fsdp")].peak
-    peaks = [table[(t, p)].peak for table, t, p in steps]
-    assert peaks == sorted(peaks, reverse=True) and est[("lora", "fsdp")].peak > peaks[0]
+    assert ckpt[("qlora", "ddp")].total > ckpt[("lora", "fsdp")].total
+    peaks = [table[(t, p)].total for table, t, p in steps]
+    assert peaks == sorted(peaks, reverse=True) and est[("lora", "fsdp")].total > peaks[0]
     for table, t, p in steps:
         assert advice(gpu_for(table[(t, p)]), "lora").startswith(f"{p} with {t} with gradient checkpointing: ")
     assert advice(gpu_for(ckpt[("qlora", "fsdp")]) - 0.1, "lora").startswith("does not fit on 8 GPUs of ")
     assert recommend_parallel(est, None, 8, "full", ckpt).startswith("give --gpu-memory")
     # FSDP reads the whole fp32 model into CPU memory, never onto one GPU.
-    assert ckpt[("full", "fsdp")].loading == est[("full", "ddp")].weights > ckpt[("full", "fsdp")].peak
+    assert ckpt[("full", "fsdp")].loading == est[("full", "ddp")].weights > ckpt[("full", "fsdp")].total
 
 
 def test_parallel_report_shows_the_per_gpu_split(tiny, capsys):

@@ -200,20 +200,19 @@ def report(args: argparse.Namespace, model: Path, runs: dict[tuple[int, str], li
                          held / one_state, "est_state": est_state, "base": r["base"], "loaded": r["loaded"],
                          "built": r["built"], "setup_peak": r["setup"], "train_peak": r["train"],
                          "est_total": e.total, "est_gathered": e.gathered, "est_activations": e.activations,
-                         "est_loading": e.loading, "est_peak": e.peak, "step_s": r["step_s"]})
+                         "est_loading": e.loading, "step_s": r["step_s"]})
     print("\nResident memory per rank, MiB (RSS above the process baseline, i.e. minus `base`)")
     print("| processes | engine | rank | base | loaded whole model | after build | training peak | "
-          "est. training (state + gathered + activ.) | training vs est. | whole-run peak | est. peak | "
-          "peak vs est. |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "est. training (state + gathered + activ.) | training vs est. | whole-run peak | "
+          "peak vs est. training |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         base = row["base"]
         train, peak = row["train_peak"] - base, max(row["setup_peak"], row["train_peak"]) - base
         print(f"| {row['nproc']} | {row['mode']} | {row['rank']} | {base / MIB:,.0f} | "
               f"{(row['loaded'] - base) / MIB:,.0f} | {(row['built'] - base) / MIB:,.0f} | {train / MIB:,.0f} | "
               f"{row['est_total'] / MIB:,.0f} ({row['est_gathered'] / MIB:,.0f} + {row['est_activations'] / MIB:,.0f})"
-              f" | {_pct(train, row['est_total'])} | {peak / MIB:,.0f} | {row['est_peak'] / MIB:,.0f} | "
-              f"{_pct(peak, row['est_peak'])} |")
+              f" | {_pct(train, row['est_total'])} | {peak / MIB:,.0f} | {_pct(peak, row['est_total'])} |")
     fsdp = {n: max(r["state_fraction"] for r in rows if r["nproc"] == n and r["mode"] == "fsdp")
             for n in sorted({r["nproc"] for r in rows if r["mode"] == "fsdp"})}
     print("\nFSDP state per rank / 1 process (largest rank): "

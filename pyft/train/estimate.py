@@ -96,11 +96,6 @@ class MemoryEstimate:
         return (self.weights + self.gradients + self.optimizer + self.activations + self.reference
                 + self.gathered)
 
-    @property
-    def peak(self) -> int:
-        """The most the GPU must hold (bytes): the training total (FSDP loads in CPU memory, and moves
-        the model to the GPU layer by layer as shards)."""
-        return self.total
 
 
 @dataclass(frozen=True)
@@ -361,7 +356,7 @@ def ladder(first: str) -> list[str]:
 def recommend_parallel(estimates: dict[tuple[str, str], MemoryEstimate], gpu_gib: float | None, nproc: int,
                        first: str, checkpointed: dict[tuple[str, str], MemoryEstimate] | None = None) -> str:
     """Advice for ``nproc`` GPUs of ``gpu_gib`` GiB each (90 % usable, as :func:`recommend`): the first
-    that fits (:attr:`MemoryEstimate.peak`) of ``first`` (a tuning) under ``ddp``, then under
+    that fits (:attr:`MemoryEstimate.total`) of ``first`` (a tuning) under ``ddp``, then under
     ``fsdp``, then the lighter tunings of :data:`LADDER` after it (lora, then qlora) the same way;
     each as estimated, else with gradient checkpointing (``checkpointed``). DDP comes first: it
     communicates less (FSDP moves the whole weights twice a step, DDP only the gradients), and a
@@ -378,14 +373,14 @@ def recommend_parallel(estimates: dict[tuple[str, str], MemoryEstimate], gpu_gib
         for engine in ("ddp", "fsdp"):
             for table, how in ((estimates, ""), (checkpointed or {}, " with gradient checkpointing")):
                 e = table.get((tuning, engine))
-                if e is None or e.peak > budget:
+                if e is None or e.total > budget:
                     continue
-                gib = f"{e.peak / GIB:.1f} GiB per GPU"
+                gib = f"{e.total / GIB:.1f} GiB per GPU"
                 if engine == "ddp":
                     return f"ddp with {tuning}{how}: {gib}, the whole model on each of the {nproc} GPUs"
                 ddp = table.get((tuning, "ddp"))
                 return (f"fsdp with {tuning}{how}: {gib}, each GPU holding 1/{nproc} of the weights, gradients and "
-                        f"optimizer states" + (f" (ddp would need {ddp.peak / GIB:.1f})" if ddp else ""))
+                        f"optimizer states" + (f" (ddp would need {ddp.total / GIB:.1f})" if ddp else ""))
     offload = any(e.offloaded for e in estimates.values())
     return (f"does not fit on {nproc} GPUs of {gpu_gib:g} GiB: add GPUs, shorten --seq-len or lower --batch"
             + ("" if offload else ", or try --parallel fsdp --cpu-offload"))

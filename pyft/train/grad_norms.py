@@ -47,6 +47,11 @@ def _blocks(decoder: nn.Module, model: nn.Module) -> nn.ModuleList | None:
     return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()), default=None)
 
 
+def decoder_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The decoder's list of blocks (``layers``, ``h``, ... as the architecture names it), or None."""
+    return _blocks(_decoder(model), model)
+
+
 def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable parameters of ``model`` by group (see the module docstring), groups in model order.
 

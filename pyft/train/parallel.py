@@ -80,9 +80,9 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     Raises:
         ConfigError: the model has no list of blocks FSDP could shard by layer.
     """
-    from pyft.train.grad_norms import _blocks, _decoder
+    from pyft.train.grad_norms import decoder_blocks
 
-    blocks = _blocks(_decoder(model), model)
+    blocks = decoder_blocks(model)
     if not blocks:
         raise ConfigError(f"train.parallel: fsdp shards a model by decoder layer; {type(model).__name__} has no "
                           "list of decoder layers pyft recognises (use train.parallel: ddp)")
